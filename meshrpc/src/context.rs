@@ -1,0 +1,100 @@
+//! The context of the call a handler is serving: its deadline and metadata.
+//!
+//! The server runs every handler inside [`CallContext::scope`], so code anywhere below a
+//! handler can read [`CallContext::current`]. Calls made from inside a handler inherit its
+//! deadline and trace automatically: a nested call never outlives the call that caused it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::metadata::Metadata;
+
+tokio::task_local! {
+    static CURRENT: CallContext;
+}
+
+/// What a handler knows about the call it serves.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    deadline: Option<Instant>,
+    metadata: Metadata,
+    service: String,
+    method: String,
+}
+
+impl CallContext {
+    /// A context for a call to `service.method` with this deadline and metadata.
+    pub fn new(
+        service: impl Into<String>,
+        method: impl Into<String>,
+        deadline: Option<Instant>,
+        metadata: Metadata,
+    ) -> CallContext {
+        CallContext {
+            deadline,
+            metadata,
+            service: service.into(),
+            method: method.into(),
+        }
+    }
+
+    /// The context of the call being served by the current task, if any.
+    pub fn current() -> Option<CallContext> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// The deadline of the call being served by the current task, if any.
+    pub fn current_deadline() -> Option<Instant> {
+        CURRENT.try_with(|context| context.deadline).ok().flatten()
+    }
+
+    /// Runs `future` with this context as the current one.
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, future)
+    }
+
+    /// When the call must be answered by.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left until the deadline (zero once it has passed), if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// The metadata the caller sent.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The service being called.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The method being called.
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_current_context_is_visible_inside_its_scope_only() {
+        assert!(CallContext::current().is_none());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let context = CallContext::new("greeter", "greet", Some(deadline), Metadata::new());
+        let seen = context
+            .scope(async { CallContext::current_deadline() })
+            .await;
+        assert_eq!(seen, Some(deadline));
+        assert!(CallContext::current().is_none());
+    }
+}

@@ -1,0 +1,54 @@
+#![warn(missing_docs)]
+//! meshrpc: typed service-to-service calls over QUIC, with discovery, load balancing, mutual
+//! TLS, deadlines, retries and graceful drain — and no sidecar.
+//!
+//! A crate describes its services in `services.toml`; `meshrpc-build` turns each into a trait, a
+//! server (`GreeterServer`) and a client (`GreeterClient`) that implements the same trait, so a
+//! local implementation and a remote one are interchangeable. This crate is the runtime they
+//! use: the [`Status`] every call returns, the [`Channel`] clients send through, and the node
+//! that publishes servers and joins the mesh.
+//!
+//! Module map:
+//! - [`status`], [`spec`], [`codec`], [`metadata`], [`context`], [`options`]: the vocabulary
+//!   shared by generated code and the runtime;
+//! - [`channel`], [`service`]: the contract generated clients and servers implement.
+
+pub mod channel;
+pub mod codec;
+pub mod context;
+pub mod local;
+pub mod metadata;
+pub mod options;
+pub mod service;
+pub mod spec;
+pub mod status;
+
+pub use channel::{Call, Channel};
+pub use context::CallContext;
+pub use metadata::Metadata;
+pub use options::CallOptions;
+pub use service::{BoxFuture, Dispatch, ServiceClient};
+pub use spec::{FieldSpec, MethodSpec, ServiceSpec};
+pub use status::{Code, Status};
+
+/// Re-exported so generated code (and its `#[derive]`s) needs no direct serde dependency.
+pub use serde;
+
+/// Re-exported for generated code.
+pub use bytes;
+
+/// Re-exported so generated code can send `Vec<u8>` fields as MessagePack binaries.
+pub use serde_bytes;
+
+/// Includes the code `meshrpc-build` generated for one service of the crate's manifest.
+///
+/// ```ignore
+/// meshrpc::include_services!("greeter");
+/// ```
+/// expands to `include!(concat!(env!("OUT_DIR"), "/greeter.rs"))`.
+#[macro_export]
+macro_rules! include_services {
+    ($service:literal) => {
+        include!(concat!(env!("OUT_DIR"), "/", $service, ".rs"));
+    };
+}
