@@ -17,6 +17,8 @@ pub mod channel;
 pub mod codec;
 pub mod context;
 pub mod local;
+pub mod tls;
+pub mod wire;
 pub mod metadata;
 pub mod options;
 pub mod service;

@@ -1,11 +1,16 @@
 //! Call metadata: string pairs carried in the call header, such as the W3C `traceparent`.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An ordered list of string key/value pairs sent with a call. Keys are ASCII and compared
 /// without regard to case, as HTTP headers are.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+///
+/// On the wire it is a MessagePack map of strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Metadata {
     entries: Vec<(String, String)>,
 }
@@ -63,6 +68,36 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Metadata {
             metadata.insert(key, value);
         }
         metadata
+    }
+}
+
+impl Serialize for Metadata {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.entries.len()))?;
+        for (key, value) in &self.entries {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Metadata {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Metadata, D::Error> {
+        struct MetadataVisitor;
+        impl<'de> Visitor<'de> for MetadataVisitor {
+            type Value = Metadata;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of strings to strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Metadata, A::Error> {
+                let mut metadata = Metadata::new();
+                while let Some((key, value)) = access.next_entry::<String, String>()? {
+                    metadata.insert(key, value);
+                }
+                Ok(metadata)
+            }
+        }
+        deserializer.deserialize_map(MetadataVisitor)
     }
 }
 

@@ -1,0 +1,454 @@
+//! Mutual TLS for the mesh: every node presents a certificate signed by the cluster CA and
+//! verifies its peer's, in both directions.
+//!
+//! A node certificate names its cluster as the DNS name `<cluster>.meshrpc` (see
+//! [`cluster_server_name`]); a peer whose certificate was issued for another cluster is refused
+//! even when both share a CA. With no material configured, [`TlsMaterial::dev`] mints a
+//! development CA into a state directory once and signs a fresh node certificate with it at each
+//! start, so every local process of one cluster trusts the others with no setup.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName as TlsName, RootCertStore, SignatureScheme};
+
+/// The ALPN protocol of meshrpc's wire format, version 1.
+pub const ALPN: &[u8] = b"meshrpc/1";
+
+/// Environment variable naming the directory that holds the development CA.
+pub const STATE_DIR_ENV: &str = "MESHRPC_STATE_DIR";
+
+/// What went wrong while preparing TLS material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A PEM file held nothing usable.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file (or a description of the source).
+        path: PathBuf,
+        /// What was missing or wrong, and what to provide instead.
+        what: String,
+    },
+    /// Minting a certificate failed.
+    #[error("could not mint a certificate: {0}")]
+    Mint(#[from] rcgen::Error),
+    /// rustls rejected the material.
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The cluster name cannot be used in a certificate.
+    #[error(
+        "cluster name `{0}` is not usable: use 1 to 63 lowercase letters, digits and dashes, \
+         e.g. `default` or `shop-prod`"
+    )]
+    ClusterName(String),
+}
+
+/// The certificates and key a node uses: the cluster CA it trusts, its own chain and key.
+pub struct TlsMaterial {
+    roots: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("roots", &self.roots.len())
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clone for TlsMaterial {
+    fn clone(&self) -> TlsMaterial {
+        TlsMaterial {
+            roots: self.roots.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// The DNS name every node certificate of `cluster` carries: `<cluster>.meshrpc`.
+pub fn cluster_server_name(cluster: &str) -> Result<ServerName<'static>, TlsError> {
+    check_cluster_name(cluster)?;
+    ServerName::try_from(format!("{cluster}.meshrpc"))
+        .map_err(|_| TlsError::ClusterName(cluster.to_owned()))
+}
+
+fn check_cluster_name(cluster: &str) -> Result<(), TlsError> {
+    let valid = !cluster.is_empty()
+        && cluster.len() <= 63
+        && !cluster.starts_with('-')
+        && !cluster.ends_with('-')
+        && cluster
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(TlsError::ClusterName(cluster.to_owned()))
+    }
+}
+
+/// The default state directory: `$MESHRPC_STATE_DIR`, else `$XDG_STATE_HOME/meshrpc`, else
+/// `~/.local/state/meshrpc`, else a per-user directory under the system's temporary directory.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(STATE_DIR_ENV).filter(|dir| !dir.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|dir| !dir.is_empty()) {
+        return PathBuf::from(dir).join("meshrpc");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|dir| !dir.is_empty()) {
+        return PathBuf::from(home).join(".local/state/meshrpc");
+    }
+    let user = std::env::var("USER").unwrap_or_else(|_| "user".to_owned());
+    std::env::temp_dir().join(format!("meshrpc-{user}"))
+}
+
+impl TlsMaterial {
+    /// Development material for `node` in `cluster`: the cluster's dev CA under `state_dir`
+    /// (minted on first use, key written with mode 0600) and a node certificate signed by it.
+    pub fn dev(state_dir: &Path, cluster: &str, node: &str) -> Result<TlsMaterial, TlsError> {
+        check_cluster_name(cluster)?;
+        let dir = state_dir.join(cluster);
+        fs::create_dir_all(&dir).map_err(|source| TlsError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let (ca_params, ca_key, ca_der) = load_or_mint_dev_ca(&dir, cluster)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let node_key = KeyPair::generate()?;
+        let node_cert = node_params(cluster, node)?.signed_by(&node_key, &issuer)?;
+        Ok(TlsMaterial {
+            roots: vec![ca_der],
+            chain: vec![node_cert.der().clone()],
+            key: PrivateKeyDer::try_from(node_key.serialize_der()).map_err(|what| {
+                TlsError::Pem {
+                    path: dir,
+                    what: what.to_owned(),
+                }
+            })?,
+        })
+    }
+
+    /// Material from PEM files: the CA certificate(s) to trust, this node's certificate chain
+    /// and its private key.
+    pub fn from_pem_files(ca: &Path, cert: &Path, key: &Path) -> Result<TlsMaterial, TlsError> {
+        let read = |path: &Path| {
+            fs::read(path).map_err(|source| TlsError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        TlsMaterial::from_pem(&read(ca)?, &read(cert)?, &read(key)?).map_err(|error| match error {
+            TlsError::Pem { path, what } => {
+                let file = match path.to_str() {
+                    Some("ca") => ca,
+                    Some("cert") => cert,
+                    _ => key,
+                };
+                TlsError::Pem {
+                    path: file.to_owned(),
+                    what,
+                }
+            }
+            other => other,
+        })
+    }
+
+    /// Material from PEM text (see [`TlsMaterial::from_pem_files`]).
+    pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<TlsMaterial, TlsError> {
+        let certs = |pem: &[u8], what: &str| -> Result<Vec<CertificateDer<'static>>, TlsError> {
+            let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
+                .collect::<Result<_, _>>()
+                .map_err(|error| TlsError::Pem {
+                    path: PathBuf::from(what),
+                    what: format!("unreadable PEM: {error}"),
+                })?;
+            if certs.is_empty() {
+                return Err(TlsError::Pem {
+                    path: PathBuf::from(what),
+                    what: "no `BEGIN CERTIFICATE` block found; give a PEM certificate".into(),
+                });
+            }
+            Ok(certs)
+        };
+        let roots = certs(ca, "ca")?;
+        let chain = certs(cert, "cert")?;
+        let key = rustls_pemfile::private_key(&mut &key[..])
+            .map_err(|error| TlsError::Pem {
+                path: PathBuf::from("key"),
+                what: format!("unreadable PEM: {error}"),
+            })?
+            .ok_or_else(|| TlsError::Pem {
+                path: PathBuf::from("key"),
+                what: "no private key block found; give a PKCS#8, PKCS#1 or SEC1 PEM key".into(),
+            })?;
+        Ok(TlsMaterial { roots, chain, key })
+    }
+
+    /// The rustls server configuration: TLS 1.3 only, ALPN `meshrpc/1`, client certificates
+    /// required, verified against the cluster CA and the cluster name.
+    pub fn server_config(&self, cluster: &str) -> Result<rustls::ServerConfig, TlsError> {
+        let provider = crypto_provider();
+        let roots = Arc::new(self.root_store()?);
+        let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|error| rustls::Error::General(error.to_string()))?;
+        let verifier = Arc::new(ClusterClientVerifier {
+            inner,
+            cluster_name: cluster_server_name(cluster)?,
+        });
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.max_early_data_size = u32::MAX;
+        Ok(config)
+    }
+
+    /// The rustls client configuration: TLS 1.3 only, ALPN `meshrpc/1`, this node's
+    /// certificate offered, the server verified against the cluster CA.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.root_store()?)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+
+    fn root_store(&self) -> Result<RootCertStore, TlsError> {
+        let mut store = RootCertStore::empty();
+        for root in &self.roots {
+            store.add(root.clone())?;
+        }
+        Ok(store)
+    }
+}
+
+/// The crypto provider meshrpc uses (ring), also installed as the process default when none is.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    let provider = rustls::crypto::ring::default_provider();
+    // Installing fails harmlessly when the application already chose a provider.
+    let _ = provider.clone().install_default();
+    Arc::new(provider)
+}
+
+fn ca_params(cluster: &str) -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "meshrpc");
+    name.push(
+        DnType::CommonName,
+        format!("meshrpc development CA for cluster {cluster}"),
+    );
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+fn node_params(cluster: &str, node: &str) -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::new(vec![format!("{cluster}.meshrpc")])?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "meshrpc");
+    name.push(DnType::CommonName, node);
+    params.distinguished_name = name;
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    Ok(params)
+}
+
+/// Loads the cluster's dev CA from `dir`, minting it first if absent. Concurrent first starts
+/// race safely: each writes to a temporary file and links it into place; losers read the winner's.
+fn load_or_mint_dev_ca(
+    dir: &Path,
+    cluster: &str,
+) -> Result<(CertificateParams, KeyPair, CertificateDer<'static>), TlsError> {
+    let key_path = dir.join("ca.key");
+    let cert_path = dir.join("ca.pem");
+    if !key_path.exists() {
+        let key = KeyPair::generate()?;
+        let cert = ca_params(cluster)?.self_signed(&key)?;
+        // The certificate first: a reader that finds the key can rely on the certificate.
+        publish_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
+        publish_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    }
+    let read = |path: &Path| {
+        fs::read_to_string(path).map_err(|source| TlsError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let key = KeyPair::from_pem(&read(&key_path)?)?;
+    let cert_pem = read(&cert_path)?;
+    let cert = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| TlsError::Pem {
+            path: cert_path.clone(),
+            what: format!(
+                "not a PEM certificate; delete {} to mint a new development CA",
+                dir.display()
+            ),
+        })?;
+    Ok((ca_params(cluster)?, key, cert))
+}
+
+/// Writes `contents` to `path` unless it exists, atomically and with `mode`.
+fn publish_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io_error = |source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&temporary)
+        .map_err(io_error)?;
+    file.write_all(contents).map_err(io_error)?;
+    file.sync_all().map_err(io_error)?;
+    drop(file);
+    let linked = fs::hard_link(&temporary, path);
+    let _ = fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(io_error(error)),
+    }
+}
+
+/// Verifies client certificates against the CA (rustls' WebPKI verifier) and then checks that
+/// the certificate was issued for this cluster.
+#[derive(Debug)]
+struct ClusterClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    cluster_name: ServerName<'static>,
+}
+
+impl ClientCertVerifier for ClusterClientVerifier {
+    fn root_hint_subjects(&self) -> &[TlsName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let certificate = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|error| rustls::Error::General(format!("bad client certificate: {error}")))?;
+        certificate
+            .verify_is_valid_for_subject_name(&self.cluster_name)
+            .map_err(|_| {
+                rustls::Error::General(format!(
+                    "client certificate is not issued for this cluster (expected the name {})",
+                    self.cluster_name.to_str()
+                ))
+            })?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dev_ca_is_minted_once_and_reused_with_a_private_key_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = TlsMaterial::dev(dir.path(), "test", "a").expect("mint");
+        let second = TlsMaterial::dev(dir.path(), "test", "b").expect("reuse");
+        assert_eq!(first.roots, second.roots, "both nodes trust the same CA");
+        assert_ne!(first.chain, second.chain, "each node has its own certificate");
+        let mode = fs::metadata(dir.path().join("test/ca.key"))
+            .expect("key exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        first.server_config("test").expect("server config");
+        first.client_config().expect("client config");
+    }
+
+    #[test]
+    fn cluster_names_must_fit_in_a_dns_label() {
+        assert!(cluster_server_name("shop-prod").is_ok());
+        for bad in ["", "Shop", "a_b", "-a", "a.b", &"x".repeat(64)] {
+            let error = cluster_server_name(bad).expect_err(bad);
+            assert!(error.to_string().contains("lowercase letters"), "{error}");
+        }
+    }
+
+    #[test]
+    fn pem_without_a_certificate_names_what_is_missing() {
+        let error = TlsMaterial::from_pem(b"", b"", b"").expect_err("empty");
+        assert!(error.to_string().contains("BEGIN CERTIFICATE"), "{error}");
+    }
+}
