@@ -1,0 +1,148 @@
+//! The caller's half of a call on a QUIC stream, and [`PeerService`], the tower service that
+//! sends every call to one known peer.
+
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
+use tower::Service;
+
+use super::connections::Connections;
+use super::io::read_frame;
+use crate::channel::Call;
+use crate::service::BoxFuture;
+use crate::status::{Code, Status};
+use crate::wire::{CallHeader, FrameDecoder, FrameKind, StatusBody, encode_frame};
+
+/// Sends `call` to the peer at `addr` over a new stream of the pooled connection and waits for
+/// the reply. Dropping the returned future stops the stream, which cancels the handler.
+pub async fn call_peer(
+    connections: &Connections,
+    addr: SocketAddr,
+    call: Call,
+    max_message_size: usize,
+) -> Result<Bytes, Status> {
+    let request = encode_request(&call, max_message_size)?;
+    let connection = connections.get(addr).await?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|error| {
+        Status::refused(Code::Unavailable, format!("cannot open a stream to {addr}: {error}"))
+    })?;
+    send.write_chunk(request)
+        .await
+        .map_err(|error| Status::unavailable(format!("sending to {addr} failed: {error}")))?;
+    // Finishing can only fail if the peer already stopped the stream; its reply says why.
+    let _ = send.finish();
+
+    let decoder = FrameDecoder::new(max_message_size);
+    let mut buffer = BytesMut::new();
+    let mut payload = None;
+    loop {
+        let frame = read_frame(&mut recv, &decoder, &mut buffer)
+            .await
+            .map_err(|error| error.to_status())?;
+        match frame {
+            Some(frame) if frame.kind == FrameKind::Data && payload.is_none() => {
+                payload = Some(frame.body);
+            }
+            Some(frame) if frame.kind == FrameKind::Status => {
+                let status: StatusBody = rmp_serde::from_slice(&frame.body).map_err(|error| {
+                    Status::internal(format!("{addr} sent an undecodable status: {error}"))
+                })?;
+                return if status.is_ok() {
+                    Ok(payload.unwrap_or_default())
+                } else {
+                    Err(status.into_status())
+                };
+            }
+            Some(frame) => {
+                return Err(Status::internal(format!(
+                    "{addr} broke the protocol: unexpected {:?} frame in a reply",
+                    frame.kind
+                )));
+            }
+            None => {
+                return Err(Status::unavailable(format!(
+                    "{addr} ended the call without a status"
+                )));
+            }
+        }
+    }
+}
+
+/// Encodes the `CALL` and `DATA` frames of a call into one buffer, sent in one write.
+fn encode_request(call: &Call, max_message_size: usize) -> Result<Bytes, Status> {
+    if call.payload.len() > max_message_size {
+        return Err(Status::new(
+            Code::ResourceExhausted,
+            format!(
+                "the request to `{}` is {} bytes, over the limit of {max_message_size} bytes",
+                call.target(),
+                call.payload.len()
+            ),
+        ));
+    }
+    let deadline_ms = match call.deadline {
+        None => None,
+        Some(deadline) => {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Status::deadline_exceeded(format!(
+                    "the deadline of `{}` passed before it was sent",
+                    call.target()
+                )));
+            }
+            // Round up: a call with 0.4 ms left must not read as "no time left".
+            Some(remaining.as_micros().div_ceil(1000) as u64)
+        }
+    };
+    let header = CallHeader {
+        service: call.service.to_string(),
+        method: call.method.to_string(),
+        deadline_ms,
+        metadata: call.metadata.clone(),
+        sticky_key: call.sticky_key.clone(),
+    };
+    let header = rmp_serde::to_vec_named(&header)
+        .map_err(|error| Status::internal(format!("cannot encode call header: {error}")))?;
+    let mut buffer = BytesMut::with_capacity(10 + header.len() + call.payload.len());
+    encode_frame(FrameKind::Call, &header, &mut buffer);
+    encode_frame(FrameKind::Data, &call.payload, &mut buffer);
+    Ok(buffer.freeze())
+}
+
+/// A tower service that sends every call to one peer address.
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    connections: Connections,
+    addr: SocketAddr,
+    max_message_size: usize,
+}
+
+impl PeerService {
+    /// Calls go to `addr` over `connections`.
+    pub fn new(connections: Connections, addr: SocketAddr, max_message_size: usize) -> PeerService {
+        PeerService {
+            connections,
+            addr,
+            max_message_size,
+        }
+    }
+}
+
+impl Service<Call> for PeerService {
+    type Response = Bytes;
+    type Error = Status;
+    type Future = BoxFuture<'static, Result<Bytes, Status>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        let connections = self.connections.clone();
+        let addr = self.addr;
+        let max = self.max_message_size;
+        Box::pin(async move { call_peer(&connections, addr, call, max).await })
+    }
+}

@@ -1,0 +1,103 @@
+//! Builds a node's quinn endpoint: TLS from [`TlsMaterial`], transport parameters for a mesh
+//! on a LAN, and a UDP socket with large buffers (small ones overflow under large payloads and
+//! the resulting loss costs far more than the memory).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::Limits;
+use crate::tls::{TlsError, TlsMaterial};
+
+/// UDP socket buffer size requested for both directions.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Why an endpoint could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// TLS material was unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP socket could not be bound.
+    #[error("could not listen on {addr}: {source} (is another process using this port?)")]
+    Bind {
+        /// The listen address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// The transport parameters of every meshrpc connection.
+pub fn transport_config(limits: &Limits) -> TransportConfig {
+    let mut config = TransportConfig::default();
+    let window = (limits.max_message_size as u64 + 64 * 1024).max(1024 * 1024);
+    config
+        .max_concurrent_bidi_streams(VarInt::from_u32(limits.max_concurrent_streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(16))
+        // Keep-alives well inside the idle timeout keep idle mesh connections open.
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(20_000))))
+        // A LAN-sized first guess, so the first lost packet is retried in milliseconds.
+        .initial_rtt(Duration::from_millis(10))
+        .stream_receive_window(VarInt::from_u64(window).unwrap_or(VarInt::MAX))
+        .receive_window(VarInt::from_u64(window.saturating_mul(4)).unwrap_or(VarInt::MAX))
+        .send_window(window.saturating_mul(4))
+        .datagram_receive_buffer_size(Some(1024 * 1024));
+    config
+}
+
+/// Creates the endpoint bound to `listen`, serving and connecting with `tls`.
+pub fn build_endpoint(
+    listen: SocketAddr,
+    tls: &TlsMaterial,
+    cluster: &str,
+    limits: &Limits,
+) -> Result<quinn::Endpoint, EndpointError> {
+    let transport = Arc::new(transport_config(limits));
+
+    let server_tls = QuicServerConfig::try_from(tls.server_config(cluster)?)
+        .map_err(|error| TlsError::Rustls(rustls::Error::General(error.to_string())))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
+    server.transport_config(transport.clone());
+
+    let client_tls = QuicClientConfig::try_from(tls.client_config()?)
+        .map_err(|error| TlsError::Rustls(rustls::Error::General(error.to_string())))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
+    client.transport_config(transport);
+
+    let socket = bind_socket(listen).map_err(|source| EndpointError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(|source| EndpointError::Bind {
+        addr: listen,
+        source,
+    })?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+fn bind_socket(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))?;
+    if listen.is_ipv6() {
+        // Accept IPv4 peers too when listening on [::].
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&listen.into())?;
+    Ok(socket.into())
+}

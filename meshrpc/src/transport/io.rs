@@ -1,0 +1,58 @@
+//! Reading frames off a quinn stream, with the limits checked before memory is reserved.
+
+use bytes::BytesMut;
+use quinn::RecvStream;
+
+use crate::status::{Code, Status};
+use crate::wire::{Frame, FrameDecoder, FrameError};
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub(crate) enum ReadFrameError {
+    /// The bytes broke the wire format.
+    Frame(FrameError),
+    /// The stream or connection failed.
+    Stream(quinn::ReadError),
+}
+
+impl ReadFrameError {
+    /// The status that describes this failure to the other side (or to the local caller).
+    pub(crate) fn to_status(&self) -> Status {
+        match self {
+            ReadFrameError::Frame(error @ FrameError::TooLarge { .. }) => {
+                Status::new(Code::ResourceExhausted, error.to_string())
+            }
+            ReadFrameError::Frame(error) => {
+                Status::invalid_argument(format!("malformed frame: {error}"))
+            }
+            ReadFrameError::Stream(quinn::ReadError::Reset(code)) => {
+                Status::unavailable(format!("the peer reset the stream (code {code})"))
+            }
+            ReadFrameError::Stream(error) => Status::unavailable(format!("stream failed: {error}")),
+        }
+    }
+}
+
+/// Reads the next frame, or `None` at a clean end of stream.
+pub(crate) async fn read_frame(
+    recv: &mut RecvStream,
+    decoder: &FrameDecoder,
+    buffer: &mut BytesMut,
+) -> Result<Option<Frame>, ReadFrameError> {
+    loop {
+        if let Some(frame) = decoder.decode(buffer).map_err(ReadFrameError::Frame)? {
+            return Ok(Some(frame));
+        }
+        match recv
+            .read_chunk(usize::MAX, true)
+            .await
+            .map_err(ReadFrameError::Stream)?
+        {
+            Some(chunk) => buffer.extend_from_slice(&chunk.bytes),
+            None => {
+                decoder.finish(buffer).map_err(ReadFrameError::Frame)?;
+                return Ok(None);
+            }
+        }
+    }
+}

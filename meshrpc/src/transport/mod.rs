@@ -1,0 +1,55 @@
+//! The QUIC layer: one endpoint per node that both accepts and opens connections, one
+//! persistent connection per peer, one bidirectional stream per call.
+//!
+//! [`endpoint`] builds the quinn endpoint tuned for a mesh, [`connections`] pools outgoing
+//! connections, [`client`] runs a call on a stream and [`server`] serves incoming streams.
+
+pub mod client;
+pub mod connections;
+pub mod endpoint;
+pub(crate) mod io;
+pub mod server;
+
+use std::time::Duration;
+
+/// Limits that protect a node from its peers (and its peers from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest request or response payload accepted, in bytes; checked from the length
+    /// prefix before any memory is reserved. Default 4 MiB.
+    pub max_message_size: usize,
+    /// Streams (calls) a peer may have open on one connection at once; further calls wait for
+    /// a free stream. Default 4,096.
+    pub max_concurrent_streams: u32,
+    /// Calls this node serves at once across all peers; beyond it calls are refused with
+    /// `resource_exhausted` (load shedding) and may be retried elsewhere. Default 16,384.
+    pub max_concurrent_calls: usize,
+    /// How long a peer may take to send a call's request once it opened the stream.
+    /// Default 10 s.
+    pub request_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_message_size: 4 * 1024 * 1024,
+            max_concurrent_streams: 4096,
+            max_concurrent_calls: 16_384,
+            request_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// QUIC application error codes used to reset or stop streams and close connections.
+pub mod error_code {
+    use quinn::VarInt;
+
+    /// The caller gave up on the call (its future was dropped).
+    pub const CANCELLED: VarInt = VarInt::from_u32(0x01);
+    /// The peer broke the wire protocol on this stream.
+    pub const PROTOCOL: VarInt = VarInt::from_u32(0x02);
+    /// A frame exceeded a size limit.
+    pub const TOO_LARGE: VarInt = VarInt::from_u32(0x03);
+    /// The node is shutting down.
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(0x04);
+}

@@ -1,0 +1,373 @@
+//! The callee's half: accept connections, serve each stream as one call, answer every failure
+//! with a status on that stream, and never let one peer's bad bytes reach anyone else.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::Limits;
+use super::error_code;
+use super::io::{ReadFrameError, read_frame};
+use crate::context::CallContext;
+use crate::service::{Dispatch, unknown_method};
+use crate::status::{Code, Status};
+use crate::wire::{CallHeader, Frame, FrameDecoder, FrameKind, StatusBody, encode_frame};
+
+/// Longest deadline a caller may ask for; longer ones are clamped (a day).
+const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A handler for streams that are not calls (HTTP tunnels, membership exchanges): it receives
+/// the opening frame and the stream.
+pub type StreamHandler = Arc<
+    dyn Fn(Connection, Frame, SendStream, RecvStream) -> Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What a node serves: its published services, stream handlers and limits.
+pub struct Server {
+    services: HashMap<String, Arc<dyn Dispatch>>,
+    stream_handlers: HashMap<u8, StreamHandler>,
+    limits: Limits,
+    draining: AtomicBool,
+    calls: Arc<Semaphore>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("services", &self.services.keys().collect::<Vec<_>>())
+            .field("limits", &self.limits)
+            .field("draining", &self.is_draining())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server for `services` under `limits`.
+    pub fn new(services: Vec<Arc<dyn Dispatch>>, limits: Limits) -> Server {
+        let services = services
+            .into_iter()
+            .map(|service| (service.spec().name.to_owned(), service))
+            .collect();
+        Server {
+            services,
+            stream_handlers: HashMap::new(),
+            limits,
+            draining: AtomicBool::new(false),
+            calls: Arc::new(Semaphore::new(limits.max_concurrent_calls)),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// Routes streams that open with a frame of `kind` to `handler`.
+    pub fn set_stream_handler(&mut self, kind: FrameKind, handler: StreamHandler) {
+        self.stream_handlers.insert(kind as u8, handler);
+    }
+
+    /// The published services, by name.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<dyn Dispatch>> {
+        self.services.values()
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Starts refusing new calls (with a refusal callers retry elsewhere).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether new calls are refused.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Calls being served right now.
+    pub fn calls_in_flight(&self) -> usize {
+        self.limits.max_concurrent_calls - self.calls.available_permits()
+    }
+
+    /// Waits until no call is in flight, or `timeout` passes; returns whether all finished.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let all = u32::try_from(self.limits.max_concurrent_calls).unwrap_or(u32::MAX);
+        tokio::time::timeout(timeout, self.calls.acquire_many(all))
+            .await
+            .is_ok()
+    }
+
+    /// Tells accept loops to stop.
+    pub fn stop_accepting(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Accepts connections on `endpoint` until [`Server::stop_accepting`].
+    pub async fn accept_loop(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            let incoming = tokio::select! {
+                incoming = endpoint.accept() => incoming,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            let Some(incoming) = incoming else { return };
+            let server = self.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(connection) => server.serve_connection(connection).await,
+                    // Wrong CA, no client certificate, wrong cluster, wrong ALPN: refused here.
+                    Err(error) => debug!(%error, "refused an incoming connection"),
+                }
+            });
+        }
+    }
+
+    /// Serves every stream of one connection until it closes.
+    pub async fn serve_connection(self: Arc<Self>, connection: Connection) {
+        loop {
+            let (send, recv) = match connection.accept_bi().await {
+                Ok(streams) => streams,
+                Err(error) => {
+                    debug!(peer = %connection.remote_address(), %error, "connection ended");
+                    return;
+                }
+            };
+            let server = self.clone();
+            let connection = connection.clone();
+            tokio::spawn(async move { server.serve_stream(connection, send, recv).await });
+        }
+    }
+
+    async fn serve_stream(&self, connection: Connection, send: SendStream, mut recv: RecvStream) {
+        let decoder = FrameDecoder::new(self.limits.max_message_size);
+        let mut buffer = BytesMut::new();
+        let opening = tokio::time::timeout(
+            self.limits.request_read_timeout,
+            read_frame(&mut recv, &decoder, &mut buffer),
+        )
+        .await;
+        let frame = match opening {
+            Err(_) => {
+                let status = Status::deadline_exceeded("no call header arrived in time");
+                return reject(send, recv, &status);
+            }
+            Ok(Err(error)) => return reject_read_error(send, recv, &error),
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(frame))) => frame,
+        };
+        match frame.kind {
+            FrameKind::Call => self.serve_call(frame.body, send, recv, decoder, buffer).await,
+            kind => match self.stream_handlers.get(&(kind as u8)) {
+                Some(handler) => handler(connection, frame, send, recv).await,
+                None => {
+                    let status = Status::invalid_argument(format!(
+                        "a stream must open with a CALL frame; {kind:?} is not served here"
+                    ));
+                    reject(send, recv, &status);
+                }
+            },
+        }
+    }
+
+    async fn serve_call(
+        &self,
+        header: Bytes,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        decoder: FrameDecoder,
+        mut buffer: BytesMut,
+    ) {
+        let header: CallHeader = match rmp_serde::from_slice(&header) {
+            Ok(header) => header,
+            Err(error) => {
+                let status = Status::invalid_argument(format!("malformed call header: {error}"));
+                return reject(send, recv, &status);
+            }
+        };
+        let deadline = header
+            .deadline_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms).min(MAX_DEADLINE));
+        let service = match self.route(&header) {
+            Ok(service) => service,
+            Err(status) => return reject(send, recv, &status),
+        };
+        if self.is_draining() {
+            let status = Status::refused(Code::Unavailable, "this node is draining");
+            return reject(send, recv, &status);
+        }
+        let Ok(_permit) = self.calls.clone().try_acquire_owned() else {
+            let status = Status::refused(
+                Code::ResourceExhausted,
+                format!(
+                    "this node is serving its limit of {} calls; try another replica",
+                    self.limits.max_concurrent_calls
+                ),
+            );
+            return reject(send, recv, &status);
+        };
+
+        let read_by = deadline
+            .unwrap_or_else(|| Instant::now() + self.limits.request_read_timeout)
+            .min(Instant::now() + self.limits.request_read_timeout);
+        let request = tokio::time::timeout_at(
+            read_by,
+            read_request(&mut recv, &decoder, &mut buffer),
+        )
+        .await;
+        let request = match request {
+            Err(_) => Err(Status::deadline_exceeded(
+                "the request did not arrive before the deadline",
+            )),
+            Ok(result) => result,
+        };
+        let request = match request {
+            Ok(request) => request,
+            Err(status) => return reject(send, recv, &status),
+        };
+
+        let context = CallContext::new(
+            header.service,
+            header.method.clone(),
+            deadline,
+            header.metadata,
+        );
+        let handler = AssertUnwindSafe(context.scope(service.dispatch(&header.method, request)))
+            .catch_unwind();
+        let cancelled = send.stopped();
+        let outcome = tokio::select! {
+            biased;
+            outcome = run_until(deadline, handler) => outcome,
+            _ = cancelled => {
+                debug!(method = %header.method, "caller cancelled; handler dropped");
+                return;
+            }
+        };
+        let reply = match outcome {
+            Ok(Ok(Ok(payload))) => encode_reply(Some(&payload), &StatusBody::ok()),
+            Ok(Ok(Err(status))) => encode_reply(None, &StatusBody::from(&status)),
+            Ok(Err(_panic)) => {
+                warn!(method = %header.method, "handler panicked");
+                let status = Status::internal("the handler panicked");
+                encode_reply(None, &StatusBody::from(&status))
+            }
+            Err(()) => {
+                let status = Status::deadline_exceeded(format!(
+                    "the handler of `{}` did not finish before the deadline",
+                    header.method
+                ));
+                encode_reply(None, &StatusBody::from(&status))
+            }
+        };
+        if send.write_chunk(reply).await.is_ok() {
+            let _ = send.finish();
+        }
+    }
+
+    fn route(&self, header: &CallHeader) -> Result<Arc<dyn Dispatch>, Status> {
+        let Some(service) = self.services.get(&header.service) else {
+            let mut published: Vec<&str> = self.services.keys().map(String::as_str).collect();
+            published.sort_unstable();
+            return Err(Status::not_found(format!(
+                "no service `{}` on this node; it publishes: {}",
+                header.service,
+                if published.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    published.join(", ")
+                }
+            )));
+        };
+        if service.spec().method(&header.method).is_none() {
+            return Err(unknown_method(service.spec(), &header.method));
+        }
+        Ok(service.clone())
+    }
+}
+
+/// Reads the single `DATA` frame of a unary request and the end of the stream.
+async fn read_request(
+    recv: &mut RecvStream,
+    decoder: &FrameDecoder,
+    buffer: &mut BytesMut,
+) -> Result<Bytes, Status> {
+    let payload = match read_frame(recv, decoder, buffer).await {
+        Ok(Some(frame)) if frame.kind == FrameKind::Data => frame.body,
+        Ok(Some(frame)) => {
+            return Err(Status::invalid_argument(format!(
+                "expected the request's DATA frame, got {:?}",
+                frame.kind
+            )));
+        }
+        Ok(None) => {
+            return Err(Status::invalid_argument(
+                "the stream ended before the request's DATA frame",
+            ));
+        }
+        Err(error) => return Err(error.to_status()),
+    };
+    match read_frame(recv, decoder, buffer).await {
+        Ok(None) => Ok(payload),
+        Ok(Some(frame)) => Err(Status::invalid_argument(format!(
+            "a unary call carries one DATA frame; got a further {:?} frame",
+            frame.kind
+        ))),
+        Err(error) => Err(error.to_status()),
+    }
+}
+
+async fn run_until<F: Future>(deadline: Option<Instant>, future: F) -> Result<F::Output, ()> {
+    match deadline {
+        None => Ok(future.await),
+        Some(deadline) => tokio::time::timeout_at(deadline, future)
+            .await
+            .map_err(|_| ()),
+    }
+}
+
+fn encode_reply(payload: Option<&Bytes>, status: &StatusBody) -> Bytes {
+    let status = rmp_serde::to_vec_named(status).unwrap_or_else(|_| b"\x81\xa4code\x0d".to_vec());
+    let mut buffer = BytesMut::with_capacity(10 + status.len() + payload.map_or(0, Bytes::len));
+    if let Some(payload) = payload {
+        encode_frame(FrameKind::Data, payload, &mut buffer);
+    }
+    encode_frame(FrameKind::Status, &status, &mut buffer);
+    buffer.freeze()
+}
+
+/// Answers a stream with `status` and discards whatever else the peer sends on it.
+fn reject(mut send: SendStream, mut recv: RecvStream, status: &Status) {
+    debug!(%status, "rejected a stream");
+    let reply = encode_reply(None, &StatusBody::from(status));
+    let code = if status.code() == Code::ResourceExhausted {
+        error_code::TOO_LARGE
+    } else {
+        error_code::PROTOCOL
+    };
+    let _ = recv.stop(code);
+    tokio::spawn(async move {
+        if send.write_chunk(reply).await.is_ok() {
+            let _ = send.finish();
+        }
+    });
+}
+
+fn reject_read_error(send: SendStream, recv: RecvStream, error: &ReadFrameError) {
+    if let ReadFrameError::Stream(_) = error {
+        // The stream itself is gone; there is nobody to answer.
+        return;
+    }
+    reject(send, recv, &error.to_status());
+}
