@@ -1,0 +1,208 @@
+//! What a service looks like to tools that do not know its Rust types: the schema hash nodes
+//! compare to agree on the wire format, and the JSON descriptor the gateway builds its OpenAPI
+//! document and JSON transcoding from (format in `docs/MANIFEST.md`, "The service descriptor").
+
+use serde_json::{Map, Value, json};
+
+use crate::manifest::{Body, Declared, Field, Method, Service, VariantFields};
+use crate::types::Ty;
+
+/// 64-bit FNV-1a: tiny, stable across platforms and releases, good enough to tell schemas apart.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
+    })
+}
+
+/// The canonical text of everything that shapes the service's wire format: its name, each
+/// method's signature (types by canonical name, `use` types by full path) and response field,
+/// and the declared types. Docs, timeouts and flags are left out: they do not change the wire.
+pub(crate) fn canonical_schema(service: &Service) -> String {
+    let mut text = format!("service {}\n", service.name);
+    for method in &service.methods {
+        let params: Vec<String> = method.params.iter().map(field_text).collect();
+        text.push_str(&format!(
+            "method {}({}) -> {} returns {}\n",
+            method.name,
+            params.join(", "),
+            method.result.canonical(),
+            if method.result == Ty::Unit {
+                ""
+            } else {
+                &method.returns
+            },
+        ));
+    }
+    for declared in &service.types {
+        match &declared.body {
+            Body::Struct(fields) => {
+                let fields: Vec<String> = fields.iter().map(field_text).collect();
+                text.push_str(&format!(
+                    "struct {} {{ {} }}\n",
+                    declared.name,
+                    fields.join(", ")
+                ));
+            }
+            Body::Enum(variants) => {
+                let variants: Vec<String> = variants
+                    .iter()
+                    .map(|variant| match &variant.fields {
+                        VariantFields::Unit => variant.name.clone(),
+                        VariantFields::Tuple(types) => {
+                            let types: Vec<String> = types.iter().map(Ty::canonical).collect();
+                            format!("{}({})", variant.name, types.join(", "))
+                        }
+                        VariantFields::Named(fields) => {
+                            let fields: Vec<String> = fields.iter().map(field_text).collect();
+                            format!("{} {{ {} }}", variant.name, fields.join(", "))
+                        }
+                    })
+                    .collect();
+                text.push_str(&format!(
+                    "enum {} {{ {} }}\n",
+                    declared.name,
+                    variants.join(", ")
+                ));
+            }
+        }
+    }
+    text
+}
+
+fn field_text(field: &Field) -> String {
+    format!("{}: {}", field.name, field.ty.canonical())
+}
+
+/// The service's schema hash.
+pub(crate) fn schema_hash(service: &Service) -> u64 {
+    fnv1a(canonical_schema(service).as_bytes())
+}
+
+/// The JSON descriptor of a service.
+pub(crate) fn descriptor(service: &Service) -> Value {
+    let methods: Vec<Value> = service
+        .methods
+        .iter()
+        .map(|method| method_descriptor(service, method))
+        .collect();
+    let mut types = Map::new();
+    for declared in &service.types {
+        types.insert(
+            format!("{}.{}", service.name, declared.name),
+            type_schema(service, declared),
+        );
+    }
+    json!({
+        "service": service.name,
+        "doc": service.doc,
+        "schema_hash": format!("{:016x}", schema_hash(service)),
+        "methods": methods,
+        "types": types,
+    })
+}
+
+fn method_descriptor(service: &Service, method: &Method) -> Value {
+    let response_fields = if method.result == Ty::Unit {
+        Vec::new()
+    } else {
+        vec![Field {
+            name: method.returns.clone(),
+            doc: String::new(),
+            ty: method.result.clone(),
+        }]
+    };
+    json!({
+        "name": method.name,
+        "doc": method.doc,
+        "idempotent": method.idempotent,
+        "timeout_ms": method.timeout.map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+        "result_field": method.returns,
+        "request": object_schema(&service.name, &method.params),
+        "response": object_schema(&service.name, &response_fields),
+    })
+}
+
+/// The schema of a map with named fields; `Option` fields may be absent, the others are required.
+fn object_schema(service: &str, fields: &[Field]) -> Value {
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    for field in fields {
+        let mut schema = field.ty.schema(service, true);
+        if !field.doc.is_empty() && schema.get("$ref").is_none() {
+            schema["description"] = Value::String(field.doc.clone());
+        }
+        properties.insert(field.name.clone(), schema);
+        if !field.ty.is_optional() {
+            required.push(Value::String(field.name.clone()));
+        }
+    }
+    let mut schema = json!({ "type": "object", "properties": properties });
+    // OpenAPI 3.0 requires `required` to be non-empty when present.
+    if !required.is_empty() {
+        schema["required"] = Value::Array(required);
+    }
+    schema
+}
+
+fn type_schema(service: &Service, declared: &Declared) -> Value {
+    let mut schema = match &declared.body {
+        Body::Struct(fields) => object_schema(&service.name, fields),
+        Body::Enum(variants)
+            if variants
+                .iter()
+                .all(|variant| matches!(variant.fields, VariantFields::Unit)) =>
+        {
+            let names: Vec<&str> = variants
+                .iter()
+                .map(|variant| variant.name.as_str())
+                .collect();
+            json!({ "type": "string", "enum": names })
+        }
+        // serde's external tagging: a unit variant is its name; any other is a map with one
+        // key, the variant's name, holding its fields.
+        Body::Enum(variants) => {
+            let one_of: Vec<Value> = variants
+                .iter()
+                .map(|variant| {
+                    let payload = match &variant.fields {
+                        VariantFields::Unit => {
+                            return json!({ "type": "string", "enum": [variant.name] });
+                        }
+                        VariantFields::Tuple(types) if types.len() == 1 => {
+                            types[0].schema(&service.name, true)
+                        }
+                        VariantFields::Tuple(types) => {
+                            Ty::Tuple(types.clone()).schema(&service.name, true)
+                        }
+                        VariantFields::Named(fields) => object_schema(&service.name, fields),
+                    };
+                    json!({
+                        "type": "object",
+                        "properties": { variant.name.clone(): payload },
+                        "required": [variant.name],
+                        "additionalProperties": false,
+                    })
+                })
+                .collect();
+            json!({ "oneOf": one_of })
+        }
+    };
+    if !declared.doc.is_empty() {
+        schema["description"] = Value::String(declared.doc.clone());
+    }
+    schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_matches_the_reference_vectors() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+}

@@ -1,0 +1,1170 @@
+//! Reading `services.toml`: TOML with spans (so every mistake has a `LINE:COL`), signatures and
+//! type bodies parsed as Rust with `syn`, and every name and type checked before any code is
+//! generated.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::str::FromStr;
+use std::time::Duration;
+
+use heck::{ToSnakeCase, ToUpperCamelCase};
+use proc_macro2::{LineColumn, Span, TokenStream, TokenTree};
+use syn::spanned::Spanned as _;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::error::{Error, Source};
+use crate::types::{Scope, SpanError, Ty, UseType, closest};
+
+/// A parsed and checked manifest.
+#[derive(Debug, Clone)]
+pub(crate) struct Manifest {
+    pub(crate) services: Vec<Service>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Service {
+    pub(crate) name: String,
+    pub(crate) doc: String,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) types: Vec<Declared>,
+    /// The service's sections of the manifest, comments included.
+    pub(crate) text: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Method {
+    pub(crate) name: String,
+    pub(crate) doc: String,
+    pub(crate) idempotent: bool,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) params: Vec<Field>,
+    pub(crate) result: Ty,
+    pub(crate) returns: String,
+}
+
+/// A named, typed field: a parameter, or a field of a declared struct or variant.
+#[derive(Debug, Clone)]
+pub(crate) struct Field {
+    pub(crate) name: String,
+    pub(crate) doc: String,
+    pub(crate) ty: Ty,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Declared {
+    pub(crate) name: String,
+    pub(crate) doc: String,
+    pub(crate) body: Body,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Body {
+    Struct(Vec<Field>),
+    Enum(Vec<Variant>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Variant {
+    pub(crate) name: String,
+    pub(crate) doc: String,
+    pub(crate) fields: VariantFields,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum VariantFields {
+    Unit,
+    Tuple(Vec<Ty>),
+    Named(Vec<Field>),
+}
+
+const SERVICE_KEYS: &[&str] = &["doc", "use", "methods", "types"];
+const METHOD_KEYS: &[&str] = &["fn", "returns", "idempotent", "doc", "timeout"];
+const TYPE_KEYS: &[&str] = &["doc", "struct", "enum"];
+
+const KEYWORDS: &[&str] = &[
+    "as", "break", "const", "continue", "crate", "else", "enum", "extern", "false", "fn", "for",
+    "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub", "ref", "return",
+    "self", "Self", "static", "struct", "super", "trait", "true", "type", "unsafe", "use", "where",
+    "while", "async", "await", "dyn", "abstract", "become", "box", "do", "final", "macro",
+    "override", "priv", "typeof", "unsized", "virtual", "yield", "try", "gen",
+];
+
+/// Names that signatures use for built-in types; `use` and declared types may not shadow them.
+const BUILTIN_NAMES: &[&str] = &[
+    "String", "Vec", "Option", "HashMap", "BTreeMap", "Result", "Box", "bool", "char", "f32",
+    "f64", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
+];
+
+fn is_keyword(name: &str) -> bool {
+    KEYWORDS.contains(&name)
+}
+
+fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_snake_case(name: &str) -> bool {
+    is_identifier(name) && name == name.to_snake_case()
+}
+
+type Value<'i> = Spanned<DeValue<'i>>;
+type Key<'i> = Spanned<std::borrow::Cow<'i, str>>;
+
+/// Parses and checks a manifest.
+pub(crate) fn parse(source: Source<'_>) -> Result<Manifest, Error> {
+    let root = DeTable::parse(source.text).map_err(|error| toml_error(source, &error))?;
+    let root = root.get_ref();
+    if root.is_empty() {
+        return Err(source.error(
+            0,
+            "the manifest defines no service",
+            "add a service table, e.g. [greeter] with [greeter.methods] greet = { fn = \"greet(name: String) -> String\" }",
+        ));
+    }
+    let mut services = Vec::new();
+    for (key, value) in root.iter() {
+        services.push(parse_service(source, key, value)?);
+    }
+    let mut declared_by: Vec<(&str, &str)> = Vec::new();
+    for service in &services {
+        for declared in &service.types {
+            if let Some((_, other)) = declared_by.iter().find(|(name, _)| *name == declared.name) {
+                let offset = find_type_header(source.text, &service.name, &declared.name);
+                return Err(source.error(
+                    offset,
+                    format!("type `{}` is declared by both `{other}` and `{}`", declared.name, service.name),
+                    "generated code of several services may share a module: rename one, or declare it \
+                     once and list its path in the other service's `use`",
+                ));
+            }
+            declared_by.push((&declared.name, &service.name));
+        }
+    }
+    Ok(Manifest { services })
+}
+
+fn toml_error(source: Source<'_>, error: &toml::de::Error) -> Error {
+    let span = error.span().unwrap_or(0..0);
+    let message = error.message().trim_end();
+    if message.starts_with("duplicate key") {
+        let key = source.text.get(span.clone()).unwrap_or_default().trim();
+        return source.error(
+            span.start,
+            format!("`{key}` is defined twice"),
+            "each service, method, type and key is defined once: remove or rename the second definition",
+        );
+    }
+    source.error(
+        span.start,
+        format!("invalid TOML: {message}"),
+        "fix the syntax: `key = value` pairs under [table] headers, strings in double quotes",
+    )
+}
+
+fn unknown_key(source: Source<'_>, key: &Key<'_>, place: &str, valid: &[&str]) -> Error {
+    let name = key.get_ref();
+    let fix = match closest(name, valid.iter().copied()) {
+        Some(close) => format!(
+            "did you mean `{close}`? valid keys are: {}",
+            valid.join(", ")
+        ),
+        None => format!("valid keys are: {}", valid.join(", ")),
+    };
+    source.error(
+        key.span().start,
+        format!("unknown key `{name}` in {place}"),
+        fix,
+    )
+}
+
+fn expect_table<'a, 'i>(
+    source: Source<'_>,
+    value: &'a Value<'i>,
+    what: &str,
+    example: &str,
+) -> Result<&'a DeTable<'i>, Error> {
+    value.get_ref().as_table().ok_or_else(|| {
+        source.error(
+            value.span().start,
+            format!("{what} must be a table, not {}", describe(value)),
+            format!("write {example}"),
+        )
+    })
+}
+
+fn expect_string<'a>(
+    source: Source<'_>,
+    value: &'a Value<'_>,
+    key: &str,
+    example: &str,
+) -> Result<&'a str, Error> {
+    value.get_ref().as_str().ok_or_else(|| {
+        source.error(
+            value.span().start,
+            format!("`{key}` must be a string, not {}", describe(value)),
+            format!("write {key} = {example}"),
+        )
+    })
+}
+
+fn parse_service(source: Source<'_>, key: &Key<'_>, value: &Value<'_>) -> Result<Service, Error> {
+    let name = key.get_ref().to_string();
+    if !is_snake_case(&name) || is_keyword(&name) {
+        let fix = if is_keyword(&name) {
+            format!("`{name}` is a Rust keyword: pick another name, e.g. `{name}_service`")
+        } else {
+            let snake = name.to_snake_case();
+            let snake = if is_identifier(&snake) {
+                snake
+            } else {
+                "my_service".to_owned()
+            };
+            format!("write [{snake}]")
+        };
+        return Err(source.error(
+            key.span().start,
+            format!("service name `{name}` is not a snake_case identifier"),
+            fix,
+        ));
+    }
+    let table = expect_table(
+        source,
+        value,
+        &format!("service `{name}`"),
+        &format!("[{name}] with [{name}.methods]"),
+    )?;
+    let mut doc = String::new();
+    let mut uses_value = None;
+    let mut methods_value = None;
+    let mut types_value = None;
+    for (key, value) in table.iter() {
+        match key.get_ref().as_ref() {
+            "doc" => {
+                doc = expect_string(source, value, "doc", "\"What the service does.\"")?.to_owned()
+            }
+            "use" => uses_value = Some(value),
+            "methods" => methods_value = Some((key, value)),
+            "types" => types_value = Some(value),
+            _ => {
+                return Err(unknown_key(
+                    source,
+                    key,
+                    &format!("service `{name}`"),
+                    SERVICE_KEYS,
+                ));
+            }
+        }
+    }
+    let camel = name.to_upper_camel_case();
+    let generated = [
+        camel.clone(),
+        format!("{camel}Server"),
+        format!("{camel}Client"),
+    ];
+
+    // Type names first: signatures and type bodies may refer to any of them.
+    let mut declared_names = Vec::new();
+    let mut declared_entries = Vec::new();
+    if let Some(types) = types_value {
+        let types = expect_table(
+            source,
+            types,
+            "`types`",
+            &format!("[{name}.types.MyType] with struct = \"field: String\""),
+        )?;
+        for (key, value) in types.iter() {
+            let type_name = key.get_ref().to_string();
+            if !is_identifier(&type_name)
+                || type_name != type_name.to_upper_camel_case()
+                || is_keyword(&type_name)
+            {
+                let camel = type_name.to_upper_camel_case();
+                let camel = if is_identifier(&camel) {
+                    camel
+                } else {
+                    "MyType".to_owned()
+                };
+                return Err(source.error(
+                    key.span().start,
+                    format!("type name `{type_name}` is not an UpperCamelCase identifier"),
+                    format!("write [{name}.types.{camel}]"),
+                ));
+            }
+            if BUILTIN_NAMES.contains(&type_name.as_str()) || generated.contains(&type_name) {
+                return Err(source.error(
+                    key.span().start,
+                    format!("type name `{type_name}` is taken by a built-in or generated type"),
+                    format!("pick another name, e.g. `{type_name}Data`"),
+                ));
+            }
+            declared_names.push(type_name.clone());
+            declared_entries.push((key, value));
+        }
+    }
+
+    let mut uses = Vec::new();
+    if let Some(value) = uses_value {
+        let example = "[\"crate::model::Mood\"]";
+        let Some(array) = value.get_ref().as_array() else {
+            return Err(source.error(
+                value.span().start,
+                format!("`use` must be an array of paths, not {}", describe(value)),
+                format!("write use = {example}"),
+            ));
+        };
+        for entry in array.iter() {
+            let text = expect_string(source, entry, "use", example)?;
+            let used = parse_use(source, entry, text)?;
+            if BUILTIN_NAMES.contains(&used.name.as_str())
+                || declared_names.contains(&used.name)
+                || generated.contains(&used.name)
+                || uses.iter().any(|other: &UseType| other.name == used.name)
+            {
+                return Err(source.error(
+                    entry.span().start,
+                    format!("`{}` is already the name of another type of service `{name}`", used.name),
+                    "signatures refer to `use` types by their last path segment, which must be unique: \
+                     rename the type or the declared type",
+                ));
+            }
+            uses.push(used);
+        }
+    }
+
+    let scope = Scope {
+        service: &name,
+        declared: &declared_names,
+        uses: &uses,
+    };
+    let mut types = Vec::new();
+    for (key, value) in declared_entries {
+        types.push(parse_declared(source, scope, key, value)?);
+    }
+
+    let Some((methods_key, methods_value)) = methods_value else {
+        return Err(source.error(
+            key.span().start,
+            format!("service `{name}` has no methods"),
+            format!("add a [{name}.methods] table, e.g. greet = {{ fn = \"greet(name: String) -> String\" }}"),
+        ));
+    };
+    let methods_table = expect_table(
+        source,
+        methods_value,
+        "`methods`",
+        &format!("[{name}.methods]"),
+    )?;
+    if methods_table.is_empty() {
+        return Err(source.error(
+            methods_key.span().start,
+            format!("service `{name}` has no methods"),
+            "add one, e.g. greet = { fn = \"greet(name: String) -> String\" }",
+        ));
+    }
+    let mut methods: Vec<Method> = Vec::new();
+    let mut message_names = HashSet::new();
+    for (key, value) in methods_table.iter() {
+        let method = parse_method(source, scope, key, value)?;
+        if !message_names.insert(method.name.to_upper_camel_case()) {
+            return Err(source.error(
+                key.span().start,
+                format!(
+                    "method `{}` gives the same type names as another method",
+                    method.name
+                ),
+                "rename it: method names must differ in more than underscores",
+            ));
+        }
+        methods.push(method);
+    }
+
+    Ok(Service {
+        text: service_text(source.text, &name),
+        name,
+        doc,
+        methods,
+        types,
+    })
+}
+
+fn parse_use(source: Source<'_>, entry: &Value<'_>, text: &str) -> Result<UseType, Error> {
+    let map = StringMap::new(source, entry);
+    let path: syn::Path = syn::parse_str(text).map_err(|error| {
+        map.error(
+            error.span(),
+            text,
+            0,
+            format!("`{text}` is not a Rust path: {error}"),
+            "write the type's full path, e.g. \"crate::model::Mood\"",
+        )
+    })?;
+    if let Some(segment) = path
+        .segments
+        .iter()
+        .find(|segment| !segment.arguments.is_none())
+    {
+        return Err(map.error(
+            segment.arguments.span(),
+            text,
+            0,
+            "a `use` path names a type without generic arguments",
+            "write the plain path, e.g. \"crate::model::Mood\"",
+        ));
+    }
+    if path.segments.len() < 2 {
+        return Err(source.error(
+            entry.span().start,
+            format!("`{text}` is not a full path"),
+            format!(
+                "write the path from the crate root, e.g. \"crate::model::{text}\", so generated code \
+                 needs no `use` statements"
+            ),
+        ));
+    }
+    let segments: Vec<String> = path
+        .segments
+        .iter()
+        .map(|segment| segment.ident.to_string())
+        .collect();
+    let prefix = if path.leading_colon.is_some() {
+        "::"
+    } else {
+        ""
+    };
+    Ok(UseType {
+        name: segments.last().cloned().unwrap_or_default(),
+        path: format!("{prefix}{}", segments.join("::")),
+    })
+}
+
+fn parse_method(
+    source: Source<'_>,
+    scope: Scope<'_>,
+    key: &Key<'_>,
+    value: &Value<'_>,
+) -> Result<Method, Error> {
+    let name = key.get_ref().to_string();
+    if is_keyword(&name) {
+        return Err(source.error(
+            key.span().start,
+            format!("method `{name}` is named like a Rust keyword"),
+            format!("rename it, e.g. `{name}_item`"),
+        ));
+    }
+    if !is_snake_case(&name) {
+        let snake = name.to_snake_case();
+        let snake = if is_identifier(&snake) {
+            snake
+        } else {
+            "my_method".to_owned()
+        };
+        return Err(source.error(
+            key.span().start,
+            format!("method name `{name}` is not a snake_case identifier"),
+            format!("write {snake} = {{ fn = \"...\" }}"),
+        ));
+    }
+    let example = format!("{name} = {{ fn = \"{name}(name: String) -> String\" }}");
+    let mut signature = None;
+    let mut returns = None;
+    let mut idempotent = false;
+    let mut doc = String::new();
+    let mut timeout = None;
+    match value.get_ref() {
+        // Shorthand: `greet = "greet(name: String) -> String"`.
+        DeValue::String(_) => signature = Some(value),
+        DeValue::Table(table) => {
+            for (key, value) in table.iter() {
+                match key.get_ref().as_ref() {
+                    "fn" => signature = Some(value),
+                    "returns" => {
+                        returns = Some((
+                            value,
+                            expect_string(source, value, "returns", "\"message\"")?,
+                        ))
+                    }
+                    "idempotent" => {
+                        idempotent = value.get_ref().as_bool().ok_or_else(|| {
+                            source.error(
+                                value.span().start,
+                                format!("`idempotent` must be a boolean, not {}", describe(value)),
+                                "write idempotent = true or idempotent = false (no quotes)",
+                            )
+                        })?;
+                    }
+                    "doc" => {
+                        doc = expect_string(source, value, "doc", "\"What the method does.\"")?
+                            .to_owned()
+                    }
+                    "timeout" => timeout = Some(parse_timeout(source, value)?),
+                    _ => {
+                        return Err(unknown_key(
+                            source,
+                            key,
+                            &format!("method `{name}`"),
+                            METHOD_KEYS,
+                        ));
+                    }
+                }
+            }
+        }
+        _ => {
+            return Err(source.error(
+                value.span().start,
+                format!("method `{name}` must be a table, not {}", describe(value)),
+                format!("write {example}"),
+            ));
+        }
+    }
+    let Some(signature) = signature else {
+        return Err(source.error(
+            value.span().start,
+            format!("method `{name}` has no signature"),
+            format!("add `fn`: {example}"),
+        ));
+    };
+    let text = expect_string(
+        source,
+        signature,
+        "fn",
+        &format!("\"{name}(name: String) -> String\""),
+    )?;
+    let (params, result) = parse_signature(source, scope, &name, signature, text)?;
+    let returns = match returns {
+        None => "result".to_owned(),
+        Some((value, _)) if result == Ty::Unit => {
+            return Err(source.error(
+                value.span().start,
+                format!("method `{name}` returns nothing, so its response has no field to name"),
+                "remove `returns`, or give the signature a return type",
+            ));
+        }
+        Some((value, returns)) => {
+            if !is_snake_case(returns) || is_keyword(returns) {
+                return Err(source.error(
+                    value.span().start,
+                    format!("`returns = \"{returns}\"` is not a snake_case field name"),
+                    "write a field name such as returns = \"message\"",
+                ));
+            }
+            returns.to_owned()
+        }
+    };
+    Ok(Method {
+        name,
+        doc,
+        idempotent,
+        timeout,
+        params,
+        result,
+        returns,
+    })
+}
+
+fn describe(value: &Value<'_>) -> String {
+    match value.get_ref() {
+        DeValue::String(text) => format!("the string \"{text}\""),
+        other => with_article(other.type_str()),
+    }
+}
+
+fn with_article(noun: &str) -> String {
+    if noun.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {noun}")
+    } else {
+        format!("a {noun}")
+    }
+}
+
+fn parse_timeout(source: Source<'_>, value: &Value<'_>) -> Result<Duration, Error> {
+    let fix =
+        "write a whole number followed by ms, s or m, e.g. timeout = \"250ms\", \"2s\" or \"1m\"";
+    let Some(text) = value.get_ref().as_str() else {
+        return Err(source.error(
+            value.span().start,
+            format!(
+                "`timeout` must be a string with a unit, not {}",
+                describe(value)
+            ),
+            fix,
+        ));
+    };
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    let duration = digits.parse::<u64>().ok().and_then(|number| match unit {
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => number.checked_mul(60).map(Duration::from_secs),
+        _ => None,
+    });
+    match duration {
+        Some(duration) if !duration.is_zero() => Ok(duration),
+        Some(_) => Err(source.error(
+            value.span().start,
+            "a timeout of zero would fail every call",
+            fix,
+        )),
+        None => Err(source.error(
+            value.span().start,
+            format!("`{text}` is not a duration"),
+            fix,
+        )),
+    }
+}
+
+/// Maps offsets in a TOML string's content back to the manifest, when the string has no escapes
+/// (otherwise every position maps to the start of the value).
+#[derive(Debug, Clone, Copy)]
+struct StringMap<'a> {
+    source: Source<'a>,
+    value_start: usize,
+    content_start: Option<usize>,
+}
+
+impl<'a> StringMap<'a> {
+    fn new(source: Source<'a>, value: &Value<'_>) -> StringMap<'a> {
+        let span: Range<usize> = value.span();
+        let raw = source.text.get(span.clone()).unwrap_or_default();
+        let content_start = if raw.starts_with("'''") || raw.starts_with("\"\"\"") {
+            let after = &raw[3..];
+            let skipped = if after.starts_with("\r\n") {
+                2
+            } else {
+                usize::from(after.starts_with('\n'))
+            };
+            let exact = raw.starts_with("'''") || !raw.contains('\\');
+            exact.then_some(span.start + 3 + skipped)
+        } else if raw.starts_with('\'') {
+            Some(span.start + 1)
+        } else if raw.starts_with('"') && !raw.contains('\\') {
+            Some(span.start + 1)
+        } else {
+            None
+        };
+        StringMap {
+            source,
+            value_start: span.start,
+            content_start,
+        }
+    }
+
+    /// An error at a span of `parsed`, a string whose content starts `prefix` bytes after a
+    /// prefix the generator added.
+    fn error(
+        &self,
+        span: Span,
+        parsed: &str,
+        prefix: usize,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Error {
+        let offset = byte_offset(parsed, span.start());
+        let offset = match self.content_start {
+            Some(start) => start + offset.saturating_sub(prefix),
+            None => self.value_start,
+        };
+        self.source.error(offset, problem.into(), fix.into())
+    }
+
+    fn span_error(&self, error: SpanError, parsed: &str, prefix: usize) -> Error {
+        self.error(error.span, parsed, prefix, error.problem, error.fix)
+    }
+}
+
+/// The byte offset of a `proc_macro2` line/column (1-based line, 0-based character column).
+fn byte_offset(text: &str, position: LineColumn) -> usize {
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(position.line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let line = &text[line_start.min(text.len())..];
+    line_start
+        + line
+            .char_indices()
+            .nth(position.column)
+            .map_or(line.len(), |(index, _)| index)
+}
+
+/// Finds names written where an identifier is expected (`name: Type`) that are Rust keywords,
+/// before `syn` reports them as a puzzling syntax error.
+fn find_keyword_name(tokens: TokenStream) -> Option<(Span, String)> {
+    let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+    for (index, token) in tokens.iter().enumerate() {
+        match token {
+            TokenTree::Ident(ident) => {
+                let name = ident.to_string();
+                let colon_follows = matches!(
+                    tokens.get(index + 1),
+                    Some(TokenTree::Punct(punct)) if punct.as_char() == ':' && punct.spacing() == proc_macro2::Spacing::Alone
+                );
+                let colon_precedes = matches!(
+                    index.checked_sub(1).and_then(|previous| tokens.get(previous)),
+                    Some(TokenTree::Punct(punct)) if punct.as_char() == ':'
+                );
+                if colon_follows && !colon_precedes && is_keyword(&name) && name != "self" {
+                    return Some((ident.span(), name));
+                }
+            }
+            TokenTree::Group(group) => {
+                if let Some(found) = find_keyword_name(group.stream()) {
+                    return Some(found);
+                }
+            }
+            TokenTree::Punct(_) | TokenTree::Literal(_) => {}
+        }
+    }
+    None
+}
+
+fn parse_signature(
+    source: Source<'_>,
+    scope: Scope<'_>,
+    name: &str,
+    value: &Value<'_>,
+    text: &str,
+) -> Result<(Vec<Field>, Ty), Error> {
+    let map = StringMap::new(source, value);
+    let trimmed = text.trim_start();
+    let qualifiers = ["fn", "async", "const", "unsafe", "extern", "pub"];
+    let first_word: String = trimmed
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    let prefix = if trimmed.starts_with('(') {
+        format!("fn {name}")
+    } else if qualifiers.contains(&first_word.as_str()) {
+        String::new()
+    } else {
+        "fn ".to_owned()
+    };
+    let full = format!("{prefix}{text}");
+    let example = format!("write it like fn = \"{name}(name: String) -> String\"");
+    let tokens = TokenStream::from_str(&full).map_err(|error| {
+        map.error(
+            error.span(),
+            &full,
+            prefix.len(),
+            format!("the signature of `{name}` is not valid Rust: {error}"),
+            &example,
+        )
+    })?;
+    if let Some((span, keyword)) = find_keyword_name(tokens) {
+        return Err(map.error(
+            span,
+            &full,
+            prefix.len(),
+            format!("parameter `{keyword}` is named like a Rust keyword"),
+            format!("rename it, e.g. `{keyword}_value`"),
+        ));
+    }
+    let signature: syn::Signature = syn::parse_str(&full).map_err(|error| {
+        map.error(
+            error.span(),
+            &full,
+            prefix.len(),
+            format!("the signature of `{name}` is not valid Rust: {error}"),
+            &example,
+        )
+    })?;
+    let at =
+        |span: Span, problem: &str, fix: &str| map.error(span, &full, prefix.len(), problem, fix);
+    if let Some(token) = &signature.asyncness {
+        return Err(at(
+            token.span,
+            "`async` is implied: every method is async",
+            "remove `async`",
+        ));
+    }
+    if let Some(token) = &signature.constness {
+        return Err(at(
+            token.span,
+            "a method cannot be `const`",
+            "remove `const`",
+        ));
+    }
+    if let Some(token) = &signature.unsafety {
+        return Err(at(
+            token.span,
+            "a method cannot be `unsafe`",
+            "remove `unsafe`",
+        ));
+    }
+    if let Some(abi) = &signature.abi {
+        return Err(at(
+            abi.span(),
+            "a method cannot have an ABI",
+            "remove `extern`",
+        ));
+    }
+    if !signature.generics.params.is_empty() || signature.generics.where_clause.is_some() {
+        return Err(at(
+            signature.generics.span(),
+            "generic methods are not supported: the wire needs concrete types",
+            "write concrete types instead of type parameters",
+        ));
+    }
+    if let Some(variadic) = &signature.variadic {
+        return Err(at(
+            variadic.dots.spans[0],
+            "variadic parameters are not supported",
+            "list each parameter, or take a Vec<T>",
+        ));
+    }
+    if signature.ident != name {
+        return Err(at(
+            signature.ident.span(),
+            &format!(
+                "the signature is named `{}` but the method's key is `{name}`",
+                signature.ident
+            ),
+            &format!(
+                "write fn = \"{name}(...)\" (or leave the name out: fn = \"(...) -> T\"), or rename the key"
+            ),
+        ));
+    }
+    let mut params: Vec<Field> = Vec::new();
+    for input in &signature.inputs {
+        let typed = match input {
+            syn::FnArg::Receiver(receiver) => {
+                return Err(at(
+                    receiver.span(),
+                    "`self` is implied: methods always take `&self`",
+                    "list only the parameters, e.g. greet(name: String)",
+                ));
+            }
+            syn::FnArg::Typed(typed) => typed,
+        };
+        let ident = match &*typed.pat {
+            syn::Pat::Ident(pat)
+                if pat.by_ref.is_none() && pat.mutability.is_none() && pat.subpat.is_none() =>
+            {
+                &pat.ident
+            }
+            pattern => {
+                return Err(at(
+                    pattern.span(),
+                    "parameters must be plain identifiers, not patterns",
+                    "write `name: Type`",
+                ));
+            }
+        };
+        let param = ident.to_string();
+        if param.starts_with("r#") || is_keyword(&param) {
+            return Err(at(
+                ident.span(),
+                &format!("parameter `{param}` is named like a Rust keyword"),
+                "rename it",
+            ));
+        }
+        if !is_snake_case(&param) {
+            return Err(at(
+                ident.span(),
+                &format!("parameter `{param}` is not snake_case"),
+                &format!("write `{}`", param.to_snake_case()),
+            ));
+        }
+        if params.iter().any(|other| other.name == param) {
+            return Err(at(
+                ident.span(),
+                &format!("parameter `{param}` appears twice"),
+                "give each parameter its own name",
+            ));
+        }
+        let ty = scope
+            .resolve(&typed.ty)
+            .map_err(|error| map.span_error(error, &full, prefix.len()))?;
+        params.push(Field {
+            name: param,
+            doc: String::new(),
+            ty,
+        });
+    }
+    let result = match &signature.output {
+        syn::ReturnType::Default => Ty::Unit,
+        syn::ReturnType::Type(_, ty) => scope
+            .resolve(ty)
+            .map_err(|error| map.span_error(error, &full, prefix.len()))?,
+    };
+    Ok((params, result))
+}
+
+fn parse_declared(
+    source: Source<'_>,
+    scope: Scope<'_>,
+    key: &Key<'_>,
+    value: &Value<'_>,
+) -> Result<Declared, Error> {
+    let name = key.get_ref().to_string();
+    let service = scope.service;
+    let example =
+        format!("[{service}.types.{name}] with struct = \"field: String\" or enum = \"A, B\"");
+    let table = expect_table(source, value, &format!("type `{name}`"), &example)?;
+    let mut doc = String::new();
+    let mut body = None;
+    for (entry_key, entry) in table.iter() {
+        match entry_key.get_ref().as_ref() {
+            "doc" => doc = expect_string(source, entry, "doc", "\"What the type is.\"")?.to_owned(),
+            kind @ ("struct" | "enum") => {
+                if body.is_some() {
+                    return Err(source.error(
+                        entry_key.span().start,
+                        format!("type `{name}` has both `struct` and `enum`"),
+                        "keep one of them",
+                    ));
+                }
+                let example = if kind == "struct" {
+                    "\"field: String, other: u32\""
+                } else {
+                    "\"Happy, Sad\""
+                };
+                body = Some((kind, entry, expect_string(source, entry, kind, example)?));
+            }
+            _ => {
+                return Err(unknown_key(
+                    source,
+                    entry_key,
+                    &format!("type `{name}`"),
+                    TYPE_KEYS,
+                ));
+            }
+        }
+    }
+    let Some((kind, entry, text)) = body else {
+        return Err(source.error(
+            key.span().start,
+            format!("type `{name}` has neither `struct` nor `enum`"),
+            format!(
+                "add struct = \"field: String\" or enum = \"A, B\" under [{service}.types.{name}]"
+            ),
+        ));
+    };
+    let map = StringMap::new(source, entry);
+    let prefix = format!("{kind} {name} {{");
+    let full = format!("{prefix}{text}\n}}");
+    let invalid = |error: syn::Error| {
+        map.error(
+            error.span(),
+            &full,
+            prefix.len(),
+            format!("the {kind} body of `{name}` is not valid Rust: {error}"),
+            if kind == "struct" {
+                "write the fields like struct = \"name: String, age: u32\""
+            } else {
+                "write the variants like enum = \"Happy, Sad, Custom(String)\""
+            },
+        )
+    };
+    let tokens = TokenStream::from_str(&full).map_err(|error| {
+        map.error(
+            error.span(),
+            &full,
+            prefix.len(),
+            format!("the {kind} body of `{name}` is not valid Rust: {error}"),
+            "check the brackets and quotes",
+        )
+    })?;
+    if let Some((span, keyword)) = find_keyword_name(tokens) {
+        return Err(map.error(
+            span,
+            &full,
+            prefix.len(),
+            format!("field `{keyword}` is named like a Rust keyword"),
+            format!("rename it, e.g. `{keyword}_value`"),
+        ));
+    }
+    let fields_of = |fields: &syn::FieldsNamed| -> Result<Vec<Field>, Error> {
+        let mut result: Vec<Field> = Vec::new();
+        for field in &fields.named {
+            let doc =
+                doc_of(&field.attrs).map_err(|error| map.span_error(error, &full, prefix.len()))?;
+            let Some(ident) = &field.ident else { continue };
+            let field_name = ident.to_string();
+            if !is_snake_case(&field_name) || field_name.starts_with("r#") {
+                return Err(map.error(
+                    ident.span(),
+                    &full,
+                    prefix.len(),
+                    format!("field `{field_name}` is not a snake_case identifier"),
+                    format!(
+                        "write `{}`",
+                        field_name.trim_start_matches("r#").to_snake_case()
+                    ),
+                ));
+            }
+            if result.iter().any(|other| other.name == field_name) {
+                return Err(map.error(
+                    ident.span(),
+                    &full,
+                    prefix.len(),
+                    format!("field `{field_name}` appears twice"),
+                    "give each field its own name",
+                ));
+            }
+            let ty = scope
+                .resolve(&field.ty)
+                .map_err(|error| map.span_error(error, &full, prefix.len()))?;
+            result.push(Field {
+                name: field_name,
+                doc,
+                ty,
+            });
+        }
+        Ok(result)
+    };
+    let body = if kind == "struct" {
+        let item: syn::ItemStruct = syn::parse_str(&full).map_err(invalid)?;
+        let syn::Fields::Named(fields) = &item.fields else {
+            return Err(source.error(
+                entry.span().start,
+                "a declared struct has named fields",
+                "write struct = \"name: String, age: u32\"",
+            ));
+        };
+        Body::Struct(fields_of(fields)?)
+    } else {
+        let item: syn::ItemEnum = syn::parse_str(&full).map_err(invalid)?;
+        if item.variants.is_empty() {
+            return Err(source.error(
+                entry.span().start,
+                format!("enum `{name}` has no variants"),
+                "write enum = \"Happy, Sad\"",
+            ));
+        }
+        let mut variants: Vec<Variant> = Vec::new();
+        for variant in &item.variants {
+            let doc = doc_of(&variant.attrs)
+                .map_err(|error| map.span_error(error, &full, prefix.len()))?;
+            let variant_name = variant.ident.to_string();
+            if variant_name != variant_name.to_upper_camel_case() || variant_name.starts_with("r#")
+            {
+                return Err(map.error(
+                    variant.ident.span(),
+                    &full,
+                    prefix.len(),
+                    format!("variant `{variant_name}` is not UpperCamelCase"),
+                    format!("write `{}`", variant_name.to_upper_camel_case()),
+                ));
+            }
+            if variants.iter().any(|other| other.name == variant_name) {
+                return Err(map.error(
+                    variant.ident.span(),
+                    &full,
+                    prefix.len(),
+                    format!("variant `{variant_name}` appears twice"),
+                    "give each variant its own name",
+                ));
+            }
+            if let Some((eq, _)) = &variant.discriminant {
+                return Err(map.error(
+                    eq.span,
+                    &full,
+                    prefix.len(),
+                    "explicit discriminants are not sent over the wire",
+                    "remove `= ...`: variants travel by name",
+                ));
+            }
+            let fields = match &variant.fields {
+                syn::Fields::Unit => VariantFields::Unit,
+                syn::Fields::Named(fields) => VariantFields::Named(fields_of(fields)?),
+                syn::Fields::Unnamed(fields) => {
+                    let mut types = Vec::new();
+                    for field in &fields.unnamed {
+                        doc_of(&field.attrs)
+                            .map_err(|error| map.span_error(error, &full, prefix.len()))?;
+                        types.push(
+                            scope
+                                .resolve(&field.ty)
+                                .map_err(|error| map.span_error(error, &full, prefix.len()))?,
+                        );
+                    }
+                    VariantFields::Tuple(types)
+                }
+            };
+            variants.push(Variant {
+                name: variant_name,
+                doc,
+                fields,
+            });
+        }
+        Body::Enum(variants)
+    };
+    Ok(Declared { name, doc, body })
+}
+
+/// The doc comment of a field or variant; any other attribute is an error, because the
+/// descriptor could not reflect it (a `#[serde(rename)]` would change the wire).
+fn doc_of(attrs: &[syn::Attribute]) -> Result<String, SpanError> {
+    let mut lines = Vec::new();
+    for attr in attrs {
+        if let syn::Meta::NameValue(meta) = &attr.meta {
+            if meta.path.is_ident("doc") {
+                if let syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(text),
+                    ..
+                }) = &meta.value
+                {
+                    lines.push(text.value().trim().to_owned());
+                    continue;
+                }
+            }
+        }
+        return Err(SpanError::new(
+            attr.span(),
+            "attributes are not allowed in declared types",
+            "remove it; only `///` doc comments are kept (declare the type in Rust and `use` it if it needs attributes)",
+        ));
+    }
+    Ok(lines.join("\n"))
+}
+
+/// The offset of a type's table header, for errors about the type as a whole.
+fn find_type_header(text: &str, service: &str, name: &str) -> usize {
+    text.find(&format!("[{service}.types.{name}]")).unwrap_or(0)
+}
+
+/// The lines of the manifest that belong to one service: every `[service...]` section, and
+/// top-level `service.key = ...` lines, with the comments just above them.
+fn service_text(text: &str, service: &str) -> String {
+    let mut owner: Option<String> = None;
+    let mut seen_header = false;
+    let mut pending = String::new();
+    let mut collected = String::new();
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            pending.push_str(line);
+            continue;
+        }
+        if let Some(header) = trimmed.strip_prefix('[') {
+            seen_header = true;
+            owner = Some(first_key(header.trim_start_matches('[')));
+        } else if !seen_header && !line.starts_with([' ', '\t']) {
+            // A key-value pair before any header belongs to its first key.
+            let key = first_key(trimmed);
+            if !key.is_empty() {
+                owner = Some(key);
+            }
+        }
+        if owner.as_deref() == Some(service) {
+            collected.push_str(&pending);
+            collected.push_str(line);
+        }
+        pending.clear();
+    }
+    let collected = collected.trim_matches('\n');
+    format!("{collected}\n")
+}
+
+fn first_key(text: &str) -> String {
+    let text = text.trim_start();
+    if let Some(quoted) = text.strip_prefix('"') {
+        return quoted.split('"').next().unwrap_or_default().to_owned();
+    }
+    text.chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-')
+        .collect()
+}

@@ -1,0 +1,276 @@
+//! Every manifest mistake fails with `path:LINE:COL: <what is wrong> — <what to write instead>`.
+//! Each test pins the whole message in a reviewed snapshot.
+
+use meshrpc_build::{Options, generate};
+
+fn error_of(manifest: &str) -> String {
+    let error = generate(manifest, "services.toml", &Options::default())
+        .expect_err("the manifest is wrong");
+    // Debug must print the same line: build scripts print their error with Debug.
+    assert_eq!(format!("{error:?}"), error.to_string());
+    error.to_string()
+}
+
+/// A valid service around one method entry, to vary the entry.
+fn with_method(method: &str) -> String {
+    format!("[greeter]\ndoc = \"Greets.\"\n\n[greeter.methods]\n{method}\n")
+}
+
+#[test]
+fn invalid_toml() {
+    insta::assert_snapshot!(error_of("[greeter.methods]\ngreet = { fn = \"greet()\" \n"));
+}
+
+#[test]
+fn an_unterminated_string() {
+    insta::assert_snapshot!(error_of("[greeter.methods]\ngreet = \"greet()\n"));
+}
+
+#[test]
+fn an_empty_manifest() {
+    insta::assert_snapshot!(error_of("# nothing yet\n"));
+}
+
+#[test]
+fn a_service_without_methods() {
+    insta::assert_snapshot!(error_of("[greeter]\ndoc = \"Greets.\"\n"));
+}
+
+#[test]
+fn an_unknown_service_key_suggests_the_closest() {
+    insta::assert_snapshot!(error_of("[greeter]\nmethod = {}\n"));
+}
+
+#[test]
+fn an_unknown_method_key_suggests_the_closest() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet()\", idempotant = true }"
+    )));
+}
+
+#[test]
+fn an_unknown_type_key_suggests_the_closest() {
+    insta::assert_snapshot!(error_of(&format!(
+        "{}\n[greeter.types.Card]\nstrukt = \"a: String\"\n",
+        with_method("greet = \"greet()\"")
+    )));
+}
+
+#[test]
+fn a_duplicate_method() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = \"greet()\"\ngreet = \"greet(name: String)\""
+    )));
+}
+
+#[test]
+fn a_duplicate_service() {
+    insta::assert_snapshot!(error_of(
+        "[greeter]\ndoc = \"a\"\n\n[greeter]\ndoc = \"b\"\n"
+    ));
+}
+
+#[test]
+fn a_signature_that_is_not_rust() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet(name String) -> String\" }"
+    )));
+}
+
+#[test]
+fn a_self_receiver() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet(&self, name: String)\" }"
+    )));
+}
+
+#[test]
+fn a_reference_parameter() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet(name: &str) -> String\" }"
+    )));
+}
+
+#[test]
+fn a_lifetime() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet(names: Vec<Cow<'static, str>>)\" }"
+    )));
+}
+
+#[test]
+fn a_generic_method() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet<T>(name: T)\" }"
+    )));
+}
+
+#[test]
+fn an_impl_trait_parameter() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet(name: impl Display)\" }"
+    )));
+}
+
+#[test]
+fn an_async_signature() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"async fn greet(name: String)\" }"
+    )));
+}
+
+#[test]
+fn a_pattern_parameter() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet((a, b): (u8, u8))\" }"
+    )));
+}
+
+#[test]
+fn a_mutable_parameter() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet(mut name: String)\" }"
+    )));
+}
+
+#[test]
+fn a_variadic_signature() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet(name: String, ...)\" }"
+    )));
+}
+
+#[test]
+fn a_method_named_like_a_keyword() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "match = { fn = \"(name: String)\" }"
+    )));
+}
+
+#[test]
+fn a_parameter_named_like_a_keyword() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet(type: String)\" }"
+    )));
+}
+
+#[test]
+fn an_unknown_type_suggests_a_declared_one() {
+    insta::assert_snapshot!(error_of(&format!(
+        "{}\n[greeter.types.Postcard]\nstruct = \"to: String\"\n",
+        with_method("send = { fn = \"send(card: Postcrad)\" }")
+    )));
+}
+
+#[test]
+fn an_unknown_type_in_a_declared_struct() {
+    insta::assert_snapshot!(error_of(&format!(
+        "{}\n[greeter.types.Postcard]\nstruct = \"to: String, sent: Instant\"\n",
+        with_method("send = { fn = \"send(card: Postcard)\" }")
+    )));
+}
+
+#[test]
+fn a_result_return_type() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet() -> Result<String, Status>\" }"
+    )));
+}
+
+#[test]
+fn an_idempotent_flag_that_is_not_a_boolean() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet()\", idempotent = \"yes\" }"
+    )));
+}
+
+#[test]
+fn a_timeout_without_a_known_unit() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet()\", timeout = \"soon\" }"
+    )));
+}
+
+#[test]
+fn a_timeout_given_as_a_number() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet()\", timeout = 2 }"
+    )));
+}
+
+#[test]
+fn a_method_key_that_differs_from_the_signature_name() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"great(name: String)\" }"
+    )));
+}
+
+#[test]
+fn a_service_name_that_is_not_snake_case() {
+    insta::assert_snapshot!(error_of("[Greeter.methods]\ngreet = \"greet()\"\n"));
+}
+
+#[test]
+fn a_use_entry_that_is_not_a_full_path() {
+    insta::assert_snapshot!(error_of(
+        "[greeter]\nuse = [\"Mood\"]\n\n[greeter.methods]\ngreet = \"greet()\"\n"
+    ));
+}
+
+#[test]
+fn returns_on_a_method_without_result() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet()\", returns = \"message\" }"
+    )));
+}
+
+#[test]
+fn an_attribute_in_a_declared_type() {
+    insta::assert_snapshot!(error_of(&format!(
+        "{}\n[greeter.types.Card]\nstruct = \"#[serde(rename = \\\"x\\\")] to: String\"\n",
+        with_method("greet = \"greet()\"")
+    )));
+}
+
+#[test]
+fn the_same_type_declared_by_two_services() {
+    insta::assert_snapshot!(error_of(
+        "[a.methods]\nf = \"f()\"\n[a.types.Card]\nstruct = \"x: u8\"\n\n[b.methods]\ng = \"g()\"\n[b.types.Card]\nstruct = \"x: u8\"\n"
+    ));
+}
+
+#[test]
+fn an_unknown_service_in_the_filter() {
+    let mut options = Options::default();
+    options.services.push("gretter".to_owned());
+    let error = generate(
+        &with_method("greet = \"greet()\""),
+        "services.toml",
+        &options,
+    )
+    .expect_err("unknown");
+    insta::assert_snapshot!(error.to_string());
+}
+
+#[test]
+fn columns_point_inside_the_signature_string() {
+    // `&str` starts at column 35 of line 5: `greet = { fn = "greet(name: ` is 28 characters... counted below.
+    let line = "greet = { fn = \"greet(name: &str) -> String\" }";
+    let column = line.find('&').expect("has a reference") + 1;
+    let error =
+        generate(&with_method(line), "services.toml", &Options::default()).expect_err("reference");
+    assert_eq!(error.location(), Some((5, column)));
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    let manifest = "[greeter]\ndoc = \"Grüße\"\n\n[greeter.methods]\ngreet = { doc = \"ü\", fn = \"greet(name: &str)\" }\n";
+    let line = "greet = { doc = \"ü\", fn = \"greet(name: &str)\" }";
+    let column = line
+        .chars()
+        .position(|c| c == '&')
+        .expect("has a reference")
+        + 1;
+    let error = generate(manifest, "services.toml", &Options::default()).expect_err("reference");
+    assert_eq!(error.location(), Some((5, column)));
+}
