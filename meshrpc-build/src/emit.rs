@@ -469,17 +469,22 @@ fn server(service: &Service, names: &Names) -> TokenStream {
         let method_ident = format_ident!("{}", method.name);
         let request = request_ident(method);
         let response = response_ident(method);
-        let fields = method
-            .params
-            .iter()
-            .map(|param| format_ident!("{}", param.name));
+        // A `()` argument is passed as a literal: `request.unit` would trip `clippy::unit_arg`.
+        let args = method.params.iter().map(|param| {
+            let field = format_ident!("{}", param.name);
+            if param.ty == Ty::Unit {
+                quote!(())
+            } else {
+                quote!(request.#field)
+            }
+        });
         let decode = quote!(::meshrpc::codec::decode_request(#method_name, &request)?);
         let (decode, call_args) = if method.params.is_empty() {
             (quote!(let _: #messages::#request = #decode;), quote!())
         } else {
             (
                 quote!(let request: #messages::#request = #decode;),
-                quote!(#(request.#fields),*),
+                quote!(#(#args),*),
             )
         };
         let respond = if method.result == Ty::Unit {

@@ -96,6 +96,18 @@ const BUILTIN_NAMES: &[&str] = &[
     "f64", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
 ];
 
+/// Methods every generated client already has (inherent, or from `Clone` and `Debug`); a
+/// service method of the same name could not be called with method syntax.
+const CLIENT_METHODS: &[&str] = &[
+    "new",
+    "with_options",
+    "options",
+    "channel",
+    "clone",
+    "clone_from",
+    "fmt",
+];
+
 fn is_keyword(name: &str) -> bool {
     KEYWORDS.contains(&name)
 }
@@ -454,6 +466,13 @@ fn parse_method(
             format!("rename it, e.g. `{name}_item`"),
         ));
     }
+    if CLIENT_METHODS.contains(&name.as_str()) {
+        return Err(source.error(
+            key.span().start,
+            format!("method `{name}` would be shadowed by the generated client's own `{name}`"),
+            format!("rename it, e.g. `{name}_of` or `get_{name}`"),
+        ));
+    }
     if !is_snake_case(&name) {
         let snake = name.to_snake_case();
         let snake = if is_identifier(&snake) {
@@ -637,9 +656,7 @@ impl<'a> StringMap<'a> {
             };
             let exact = raw.starts_with("'''") || !raw.contains('\\');
             exact.then_some(span.start + 3 + skipped)
-        } else if raw.starts_with('\'') {
-            Some(span.start + 1)
-        } else if raw.starts_with('"') && !raw.contains('\\') {
+        } else if raw.starts_with('\'') || (raw.starts_with('"') && !raw.contains('\\')) {
             Some(span.start + 1)
         } else {
             None

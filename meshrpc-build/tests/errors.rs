@@ -148,6 +148,11 @@ fn a_method_named_like_a_keyword() {
 }
 
 #[test]
+fn a_method_named_like_a_client_method() {
+    insta::assert_snapshot!(error_of(&with_method("options = \"options()\"")));
+}
+
+#[test]
 fn a_parameter_named_like_a_keyword() {
     insta::assert_snapshot!(error_of(&with_method(
         "greet = { fn = \"greet(type: String)\" }"
@@ -254,7 +259,6 @@ fn an_unknown_service_in_the_filter() {
 
 #[test]
 fn columns_point_inside_the_signature_string() {
-    // `&str` starts at column 35 of line 5: `greet = { fn = "greet(name: ` is 28 characters... counted below.
     let line = "greet = { fn = \"greet(name: &str) -> String\" }";
     let column = line.find('&').expect("has a reference") + 1;
     let error =
