@@ -123,7 +123,7 @@ fn service_tokens(service: &Service, parts: Parts) -> TokenStream {
         .types
         .iter()
         .map(|declared| declared_type(service, declared));
-    let trait_item = trait_item(service, &names);
+    let trait_item = trait_item(service, &names, parts);
     let messages = messages(service, &names);
     let spec = spec(service, &names);
     let server = if parts.server {
@@ -290,7 +290,7 @@ fn method_doc(service: &Service, method: &Method) -> TokenStream {
     })
 }
 
-fn trait_item(service: &Service, names: &Names) -> TokenStream {
+fn trait_item(service: &Service, names: &Names, parts: Parts) -> TokenStream {
     let trait_name = &names.trait_name;
     let client = &names.client;
     let server = &names.server;
@@ -299,10 +299,17 @@ fn trait_item(service: &Service, names: &Names) -> TokenStream {
     } else {
         service.doc.trim().to_owned()
     };
-    let service_doc = doc(&format!(
-        "{summary}\n\nImplement it with plain `async fn`s and serve it with `{server}::new(..)`; \
-         `{client}` implements it over the mesh, so code written against the trait works with both."
-    ));
+    let mut usage = "Implement it with plain `async fn`s".to_owned();
+    if parts.server {
+        usage.push_str(&format!(" and serve it with `{server}::new(..)`"));
+    }
+    if parts.client {
+        usage.push_str(&format!(
+            "; `{client}` implements it over the mesh, so code written against the trait works \
+             with both"
+        ));
+    }
+    let service_doc = doc(&format!("{summary}\n\n{usage}."));
     let complexity = type_complexity_allowance(service);
     let methods = service.methods.iter().map(|method| {
         let name = format_ident!("{}", method.name);
