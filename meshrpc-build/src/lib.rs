@@ -242,3 +242,6 @@ impl Builder {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

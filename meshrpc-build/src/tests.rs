@@ -1,0 +1,266 @@
+//! Unit tests of the manifest model, the schema hash and the descriptor.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::descriptor::{canonical_schema, descriptor, schema_hash};
+use crate::error::Source;
+use crate::manifest::{self, Body, Manifest, VariantFields};
+use crate::types::Ty;
+
+fn parse(text: &str) -> Manifest {
+    manifest::parse(Source {
+        path: "services.toml",
+        text,
+    })
+    .expect("valid manifest")
+}
+
+const GREETER: &str = r#"
+[greeter]
+doc = "Greets people."
+
+[greeter.methods]
+greet = { fn = "greet(name: String) -> String", returns = "message", idempotent = true, timeout = "2s" }
+send_postcard = { fn = "send_postcard(card: Postcard) -> Postcard", returns = "card" }
+
+[greeter.types.Postcard]
+struct = "recipient: String, message: String"
+"#;
+
+#[test]
+fn methods_keep_their_manifest_order_and_defaults() {
+    let manifest = parse(
+        "[s.methods]\nzeta = \"zeta()\"\nalpha = { fn = \"alpha(x: u8) -> u8\" }\nmid = \"mid()\"\n",
+    );
+    let service = &manifest.services[0];
+    let names: Vec<&str> = service
+        .methods
+        .iter()
+        .map(|method| method.name.as_str())
+        .collect();
+    assert_eq!(names, ["zeta", "alpha", "mid"]);
+    let alpha = &service.methods[1];
+    assert_eq!(alpha.returns, "result");
+    assert!(!alpha.idempotent);
+    assert_eq!(alpha.timeout, None);
+    assert_eq!(alpha.params[0].ty, Ty::Int("u8"));
+}
+
+#[test]
+fn timeouts_accept_milliseconds_seconds_and_minutes() {
+    let manifest = parse(
+        "[s.methods]\na = { fn = \"a()\", timeout = \"250ms\" }\nb = { fn = \"b()\", timeout = \"2s\" }\nc = { fn = \"c()\", timeout = \"1m\" }\n",
+    );
+    let timeouts: Vec<Option<Duration>> = manifest.services[0]
+        .methods
+        .iter()
+        .map(|method| method.timeout)
+        .collect();
+    assert_eq!(
+        timeouts,
+        [
+            Some(Duration::from_millis(250)),
+            Some(Duration::from_secs(2)),
+            Some(Duration::from_secs(60))
+        ]
+    );
+}
+
+#[test]
+fn the_signature_may_leave_out_the_name_or_spell_out_fn() {
+    let manifest =
+        parse("[s.methods]\na = \"(x: String) -> bool\"\nb = \"fn b(x: String) -> bool\"\n");
+    let methods = &manifest.services[0].methods;
+    assert_eq!(methods[0].params[0].name, "x");
+    assert_eq!(methods[1].result, Ty::Bool);
+}
+
+#[test]
+fn methods_may_be_written_as_tables() {
+    let manifest = parse("[s.methods.greet]\nfn = \"greet() -> String\"\nreturns = \"message\"\n");
+    assert_eq!(manifest.services[0].methods[0].returns, "message");
+}
+
+#[test]
+fn declared_enums_keep_each_variant_kind_and_doc() {
+    let manifest = parse(
+        "[s.methods]\nf = \"f(w: Weather)\"\n[s.types.Weather]\nenum = \"\"\"\n/// Clear sky.\nSunny,\nRain { mm: f32 },\nWind(u8, String),\n\"\"\"\n",
+    );
+    let Body::Enum(variants) = &manifest.services[0].types[0].body else {
+        panic!("an enum");
+    };
+    assert_eq!(variants[0].doc, "Clear sky.");
+    assert!(matches!(variants[0].fields, VariantFields::Unit));
+    assert!(
+        matches!(&variants[1].fields, VariantFields::Named(fields) if fields[0].ty == Ty::Float("f32"))
+    );
+    assert!(matches!(&variants[2].fields, VariantFields::Tuple(types) if types.len() == 2));
+}
+
+#[test]
+fn each_service_keeps_only_its_own_manifest_sections() {
+    let manifest = parse(
+        "# about a\n[a]\ndoc = \"A.\"\n\n# about b\n[b.methods]\ng = \"g()\"\n\n[a.methods]\nf = \"f()\"\n",
+    );
+    assert_eq!(
+        manifest.services[0].text,
+        "# about a\n[a]\ndoc = \"A.\"\n\n[a.methods]\nf = \"f()\"\n"
+    );
+    assert_eq!(
+        manifest.services[1].text,
+        "# about b\n[b.methods]\ng = \"g()\"\n"
+    );
+}
+
+#[test]
+fn the_schema_hash_is_pinned_across_runs_and_platforms() {
+    let service = &parse(GREETER).services[0];
+    assert_eq!(
+        canonical_schema(service),
+        "service greeter\n\
+         method greet(name: String) -> String returns message\n\
+         method send_postcard(card: Postcard) -> Postcard returns card\n\
+         struct Postcard { recipient: String, message: String }\n"
+    );
+    // FNV-1a of the text above (checked with an independent implementation); changing it breaks compatibility between released nodes.
+    assert_eq!(schema_hash(service), 0x50b1_9c0c_936a_25c5);
+}
+
+#[test]
+fn the_schema_hash_changes_with_a_signature_a_type_or_a_result_field() {
+    let base = schema_hash(&parse(GREETER).services[0]);
+    let changed = [
+        GREETER.replace("greet(name: String)", "greet(name: Option<String>)"),
+        GREETER.replace(
+            "recipient: String, message",
+            "recipient: String, stamp: u32, message",
+        ),
+        GREETER.replace("returns = \"message\"", "returns = \"text\""),
+        GREETER.replace("[greeter", "[welcomer"),
+    ];
+    for text in changed {
+        assert_ne!(schema_hash(&parse(&text).services[0]), base, "{text}");
+    }
+}
+
+#[test]
+fn the_schema_hash_ignores_docs_flags_timeouts_and_spelling_of_std_paths() {
+    let base = schema_hash(&parse(GREETER).services[0]);
+    let same = [
+        GREETER.replace("Greets people.", "Says hello."),
+        GREETER.replace("idempotent = true, timeout = \"2s\"", "idempotent = false"),
+        GREETER.replace("greet(name: String)", "greet(name: std::string::String)"),
+    ];
+    for text in same {
+        assert_eq!(schema_hash(&parse(&text).services[0]), base, "{text}");
+    }
+}
+
+#[test]
+fn the_descriptor_has_the_documented_shape() {
+    let service = &parse(GREETER).services[0];
+    let postcard = json!({ "$ref": "#/components/schemas/greeter.Postcard" });
+    assert_eq!(
+        descriptor(service),
+        json!({
+            "service": "greeter",
+            "doc": "Greets people.",
+            "schema_hash": format!("{:016x}", schema_hash(service)),
+            "methods": [
+                {
+                    "name": "greet",
+                    "doc": "",
+                    "idempotent": true,
+                    "timeout_ms": 2000,
+                    "result_field": "message",
+                    "request": {
+                        "type": "object",
+                        "properties": { "name": { "type": "string" } },
+                        "required": ["name"],
+                    },
+                    "response": {
+                        "type": "object",
+                        "properties": { "message": { "type": "string" } },
+                        "required": ["message"],
+                    },
+                },
+                {
+                    "name": "send_postcard",
+                    "doc": "",
+                    "idempotent": false,
+                    "timeout_ms": null,
+                    "result_field": "card",
+                    "request": { "type": "object", "properties": { "card": postcard }, "required": ["card"] },
+                    "response": { "type": "object", "properties": { "card": postcard }, "required": ["card"] },
+                },
+            ],
+            "types": {
+                "greeter.Postcard": {
+                    "type": "object",
+                    "properties": { "recipient": { "type": "string" }, "message": { "type": "string" } },
+                    "required": ["recipient", "message"],
+                },
+            },
+        })
+    );
+}
+
+#[test]
+fn optional_parameters_are_not_required() {
+    let service =
+        &parse("[s.methods]\nf = \"f(a: Option<u8>, b: u8) -> Option<String>\"\n").services[0];
+    let method = &descriptor(service)["methods"][0];
+    assert_eq!(method["request"]["required"], json!(["b"]));
+    assert_eq!(method["request"]["properties"]["a"]["nullable"], true);
+    assert!(method["response"].get("required").is_none());
+}
+
+#[test]
+fn unit_only_enums_are_string_enums() {
+    let service =
+        &parse("[s.methods]\nf = \"f(m: Mood)\"\n[s.types.Mood]\nenum = \"Happy, Sad\"\n").services
+            [0];
+    assert_eq!(
+        descriptor(service)["types"]["s.Mood"],
+        json!({ "type": "string", "enum": ["Happy", "Sad"] })
+    );
+}
+
+#[test]
+fn compile_writes_one_file_per_service_into_out_dir() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = dir.path().join("services.toml");
+    std::fs::write(
+        &manifest,
+        "[a.methods]\nf = \"f()\"\n[b.methods]\ng = \"g()\"\n",
+    )
+    .expect("writes");
+    crate::configure()
+        .out_dir(dir.path())
+        .emit_rerun_if_changed(false)
+        .build_client(false)
+        .service("b")
+        .compile(&manifest)
+        .expect("compiles");
+    assert!(!dir.path().join("a.rs").exists(), "filtered out");
+    let code = std::fs::read_to_string(dir.path().join("b.rs")).expect("b.rs written");
+    assert!(code.contains("pub struct BServer<T>"));
+    assert!(!code.contains("pub struct BClient"));
+}
+
+#[test]
+fn compile_reports_a_missing_manifest_with_its_path() {
+    let error = crate::configure()
+        .out_dir(std::env::temp_dir())
+        .emit_rerun_if_changed(false)
+        .compile("/nonexistent/services.toml")
+        .expect_err("missing");
+    assert!(
+        error
+            .to_string()
+            .starts_with("/nonexistent/services.toml: could not read the manifest"),
+        "{error}"
+    );
+}
