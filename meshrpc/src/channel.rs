@@ -39,6 +39,26 @@ pub struct Call {
     pub metadata: Metadata,
     /// The MessagePack-encoded request map.
     pub payload: Bytes,
+    /// Replicas earlier attempts of this call went to (shared by the retries of one call).
+    pub(crate) tried: Tried,
+}
+
+/// The replicas a call has been sent to, shared between its retries so a balancer can try
+/// another one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tried(std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>);
+
+impl Tried {
+    pub(crate) fn push(&self, addr: std::net::SocketAddr) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(addr);
+    }
+
+    pub(crate) fn contains(&self, addr: std::net::SocketAddr) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&addr)
+    }
 }
 
 impl Call {
@@ -56,6 +76,7 @@ impl Call {
             sticky_key: None,
             metadata: Metadata::new(),
             payload,
+            tried: Tried::default(),
         }
     }
 
@@ -157,6 +178,7 @@ fn prepare_call(method: &'static MethodSpec, payload: Bytes, options: &CallOptio
         sticky_key: options.get_sticky_key().map(str::to_owned),
         metadata,
         payload,
+        tried: Tried::default(),
     }
 }
 

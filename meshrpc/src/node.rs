@@ -1,29 +1,41 @@
-//! A [`Node`]: one process's presence in the mesh. It owns the QUIC endpoint, serves the
-//! services it publishes and hands out clients for the services of others.
+//! A [`Node`]: one process's presence in the mesh. It owns the QUIC endpoint, serves what it
+//! publishes, gossips membership, and hands out balanced clients for everyone's services.
 //!
 //! ```no_run
 //! # async fn example(server: impl meshrpc::Dispatch) -> Result<(), meshrpc::NodeError> {
 //! let node = meshrpc::Node::builder("greeter")
 //!     .cluster("default")
 //!     .listen("127.0.0.1:0".parse().expect("address"))
+//!     .seeds(["127.0.0.1:11999"])
 //!     .publish(server)
 //!     .start()
 //!     .await?;
-//! println!("serving on {}", node.local_addr());
-//! node.shutdown().await;
+//! node.run_until_signal().await; // SIGTERM or Ctrl-C: drain, leave, return
 //! # Ok(()) }
 //! ```
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tracing::info;
+use tokio::time::Instant;
+use tower::retry::Retry;
+use tracing::{info, warn};
 
 use crate::channel::Channel;
+use crate::http_tunnel::{BoxError, HttpClient, HttpService, box_http_service, serve_tunnel};
+use crate::membership::{MemberId, Membership, Published, View};
+use crate::metrics::{Metrics, Readiness, bind_admin, serve_admin};
+use crate::node_service::{NODE_SPEC, NodeService};
+use crate::options::CallOptions;
+use crate::resilience::balance::{Balance, BalanceState, Strategy};
+use crate::resilience::retry::{RetryConfig, RetryPolicy};
+use crate::seeds;
 use crate::service::{Dispatch, ServiceClient};
+use crate::spec::ServiceSpec;
 use crate::tls::{self, TlsError, TlsMaterial};
 use crate::transport::Limits;
 use crate::transport::client::PeerService;
@@ -31,12 +43,16 @@ use crate::transport::connections::Connections;
 use crate::transport::endpoint::{EndpointError, build_endpoint};
 use crate::transport::error_code;
 use crate::transport::server::Server;
+use crate::wire::FrameKind;
 
 /// The cluster joined when none is named.
 pub const DEFAULT_CLUSTER: &str = "default";
 
 /// How long [`Node::shutdown`] waits for calls in flight by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often seeds are resolved again once the node has joined.
+const RESEED_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,33 +66,68 @@ pub enum NodeError {
     /// Two published services share a name.
     #[error("service `{0}` is published twice; publish each service once per node")]
     DuplicateService(String),
+    /// The admin endpoint could not listen.
+    #[error("could not listen for admin HTTP on {addr}: {source}")]
+    Admin {
+        /// The admin address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// [`Node::wait_for`] gave up.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("gave up after {waited:?} waiting for {}", missing.join("; "))]
+pub struct WaitError {
+    /// How long it waited.
+    pub waited: Duration,
+    /// Each missing service with the reason.
+    pub missing: Vec<String>,
 }
 
 /// Where a node's certificates come from.
 #[derive(Debug, Clone)]
 enum TlsSource {
-    /// The cluster's development CA in this state directory (minted on first use).
     Dev(Option<PathBuf>),
-    /// Material supplied by the application.
     Material(TlsMaterial),
-}
-
-/// Configures and starts a [`Node`].
-#[derive(Debug)]
-#[must_use = "a builder does nothing until `start` is awaited"]
-pub struct NodeBuilder {
-    name: String,
-    cluster: String,
-    listen: SocketAddr,
-    tls: TlsSource,
-    limits: Limits,
-    drain_timeout: Duration,
-    services: Vec<Arc<dyn Dispatch>>,
 }
 
 impl std::fmt::Debug for dyn Dispatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.spec().name)
+    }
+}
+
+/// Configures and starts a [`Node`].
+#[must_use = "a builder does nothing until `start` is awaited"]
+pub struct NodeBuilder {
+    name: String,
+    cluster: String,
+    listen: SocketAddr,
+    advertise: Option<SocketAddr>,
+    seeds: Vec<String>,
+    tags: Vec<String>,
+    tls: TlsSource,
+    limits: Limits,
+    drain_timeout: Duration,
+    strategy: Strategy,
+    retry: RetryConfig,
+    admin: Option<SocketAddr>,
+    services: Vec<Arc<dyn Dispatch>>,
+    http: HashMap<String, HttpService>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("name", &self.name)
+            .field("cluster", &self.cluster)
+            .field("listen", &self.listen)
+            .field("seeds", &self.seeds)
+            .field("services", &self.services)
+            .field("http", &self.http.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
 
@@ -86,10 +137,17 @@ impl NodeBuilder {
             name: name.into(),
             cluster: DEFAULT_CLUSTER.to_owned(),
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            advertise: None,
+            seeds: Vec::new(),
+            tags: Vec::new(),
             tls: TlsSource::Dev(None),
             limits: Limits::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            strategy: Strategy::RoundRobin,
+            retry: RetryConfig::default(),
+            admin: None,
             services: Vec::new(),
+            http: HashMap::new(),
         }
     }
 
@@ -102,6 +160,35 @@ impl NodeBuilder {
     /// The UDP address to listen on (default `0.0.0.0:0`, any free port).
     pub fn listen(mut self, addr: SocketAddr) -> NodeBuilder {
         self.listen = addr;
+        self
+    }
+
+    /// The address other members reach this node at. By default: the listen address, or,
+    /// when listening on all interfaces, this host's address on the route to the first seed
+    /// (loopback without seeds).
+    pub fn advertise(mut self, addr: SocketAddr) -> NodeBuilder {
+        self.advertise = Some(addr);
+        self
+    }
+
+    /// Seeds to join through: `host[:port]` entries (default port 11999). Names resolve to all
+    /// their addresses and are re-resolved periodically.
+    pub fn seeds<I, S>(mut self, seeds: I) -> NodeBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.seeds.extend(seeds.into_iter().map(Into::into));
+        self
+    }
+
+    /// Free-form tags gossiped with the node's identity.
+    pub fn tags<I, S>(mut self, tags: I) -> NodeBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tags.extend(tags.into_iter().map(Into::into));
         self
     }
 
@@ -129,13 +216,50 @@ impl NodeBuilder {
         self
     }
 
+    /// How clients of this node choose replicas (default round robin).
+    pub fn balancing(mut self, strategy: Strategy) -> NodeBuilder {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Retry tuning for clients of this node.
+    pub fn retries(mut self, config: RetryConfig) -> NodeBuilder {
+        self.retry = config;
+        self
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` over HTTP on `addr`.
+    pub fn admin(mut self, addr: SocketAddr) -> NodeBuilder {
+        self.admin = Some(addr);
+        self
+    }
+
     /// Publishes a service (a generated server such as `GreeterServer::new(MyGreeter)`).
     pub fn publish(mut self, server: impl Dispatch) -> NodeBuilder {
         self.services.push(Arc::new(server));
         self
     }
 
-    /// Binds the endpoint and starts serving.
+    /// Publishes legacy HTTP handlers (an axum `Router`, any tower HTTP service) under
+    /// `service`; other nodes reach them with [`Node::http_client`], the gateway under
+    /// `/{service}/...`.
+    pub fn publish_http<S, B>(mut self, service: impl Into<String>, handler: S) -> NodeBuilder
+    where
+        S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.http.insert(service.into(), box_http_service(handler));
+        self
+    }
+
+    /// Binds the endpoint, starts serving and joins the mesh through the seeds.
     pub async fn start(self) -> Result<Node, NodeError> {
         let mut names: Vec<&str> = self.services.iter().map(|s| s.spec().name).collect();
         names.sort_unstable();
@@ -155,23 +279,226 @@ impl NodeBuilder {
             addr: self.listen,
             source,
         })?;
-        let server = Arc::new(Server::new(self.services, self.limits));
-        let accept = tokio::spawn(server.clone().accept_loop(endpoint.clone()));
+        let advertised = match self.advertise {
+            Some(addr) => addr,
+            None => advertised_addr(local_addr, &self.seeds).await,
+        };
+        let admin_listener = match self.admin {
+            Some(addr) => Some(
+                bind_admin(addr)
+                    .await
+                    .map_err(|source| NodeError::Admin { addr, source })?,
+            ),
+            None => None,
+        };
+
+        let published: Vec<&'static ServiceSpec> =
+            self.services.iter().map(|service| service.spec()).collect();
+        let identity = MemberId {
+            addr: advertised,
+            name: self.name.clone(),
+            cluster: self.cluster.clone(),
+            generation: initial_generation(),
+            draining: false,
+            services: published
+                .iter()
+                .map(|spec| Published {
+                    name: spec.name.to_owned(),
+                    schema_hash: spec.schema_hash,
+                })
+                .collect(),
+            http: {
+                let mut http: Vec<String> = self.http.keys().cloned().collect();
+                http.sort_unstable();
+                http
+            },
+            tags: self.tags.clone(),
+        };
+
         let connections = Connections::new(endpoint.clone(), &server_name.to_str());
-        info!(node = %self.name, cluster = %self.cluster, %local_addr, "node started");
+        let membership = Membership::start(identity, connections.clone());
+        {
+            let membership = membership.clone();
+            connections.set_on_connect(Arc::new(move |connection| {
+                membership.listen_to(connection.clone());
+            }));
+        }
+
+        let metrics = Arc::new(Metrics::new());
+        let node_service = NodeService::new(&self.name, &published)
+            .map_err(|status| TlsError::Pem {
+                path: PathBuf::from("<node service>"),
+                what: status.to_string(),
+            })?;
+        let mut services = self.services;
+        services.push(Arc::new(node_service));
+        let mut server = Server::new(services, self.limits, metrics.clone());
+        let http_services = Arc::new(self.http);
+        {
+            let http_services = http_services.clone();
+            let permits = server.call_permits();
+            server.set_stream_handler(
+                FrameKind::Http,
+                Arc::new(move |_connection, frame, send, recv| {
+                    let http_services = http_services.clone();
+                    let permits = permits.clone();
+                    Box::pin(async move {
+                        let _permit = permits.try_acquire_owned();
+                        serve_tunnel(&http_services, frame, send, recv).await;
+                    })
+                }),
+            );
+        }
+        {
+            let membership = membership.clone();
+            server.set_stream_handler(
+                FrameKind::Gossip,
+                Arc::new(move |_connection, frame, send, recv| {
+                    let membership = membership.clone();
+                    Box::pin(async move { membership.serve_exchange(frame, send, recv).await })
+                }),
+            );
+        }
+        {
+            let connections = connections.clone();
+            server.set_connection_hook(Arc::new(move |connection| {
+                connections.adopt(connection);
+                connections.run_hook(connection);
+            }));
+        }
+        let server = Arc::new(server);
+        let mut tasks = vec![tokio::spawn(server.clone().accept_loop(endpoint.clone()))];
+        tasks.push(tokio::spawn(join_loop(
+            membership.clone(),
+            connections.clone(),
+            self.seeds.clone(),
+            advertised,
+        )));
+        tasks.push(tokio::spawn(count_members(membership.clone(), metrics.clone())));
+        if let Some(listener) = admin_listener {
+            let readiness = Arc::new(NodeReadiness {
+                membership: membership.clone(),
+                server: server.clone(),
+                needs_peers: !self.seeds.is_empty(),
+            });
+            tasks.push(tokio::spawn(serve_admin(listener, metrics.clone(), readiness)));
+        }
+        info!(
+            node = %self.name, cluster = %self.cluster, %local_addr, %advertised,
+            services = ?names, "node started"
+        );
         Ok(Node {
             inner: Arc::new(NodeInner {
                 name: self.name,
                 cluster: self.cluster,
                 local_addr,
+                advertised,
                 endpoint,
                 connections,
+                membership,
                 server,
+                metrics,
                 limits: self.limits,
                 drain_timeout: self.drain_timeout,
-                accept,
+                strategy: self.strategy,
+                retry: RetryPolicy::new(self.retry),
+                balance_states: Mutex::default(),
+                tasks,
             }),
         })
+    }
+}
+
+/// A fresh generation: later starts at the same address win over earlier ones.
+fn initial_generation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |elapsed| elapsed.as_micros() as u64)
+}
+
+/// The address to advertise when none was given.
+async fn advertised_addr(local: SocketAddr, seed_entries: &[String]) -> SocketAddr {
+    if !local.ip().is_unspecified() {
+        return local;
+    }
+    let seeds = seeds::resolve(seed_entries).await;
+    let ip = seeds
+        .iter()
+        .find_map(|seed| route_ip(*seed))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    SocketAddr::new(ip, local.port())
+}
+
+/// The local IP on the route to `peer` (a connected UDP socket sends nothing).
+fn route_ip(peer: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if peer.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(peer).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// Joins through the seeds: quickly until some member is known, then every
+/// [`RESEED_INTERVAL`] to pick up new seed addresses and heal partitions.
+async fn join_loop(
+    membership: Membership,
+    connections: Connections,
+    entries: Vec<String>,
+    advertised: SocketAddr,
+) {
+    if entries.is_empty() {
+        return;
+    }
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let view = membership.view();
+        let addrs = seeds::resolve(&entries).await;
+        let unknown: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|addr| *addr != advertised && view.member_at(*addr).is_none())
+            .collect();
+        let joins = unknown.iter().map(|addr| membership.join(&connections, *addr));
+        futures_util::future::join_all(joins).await;
+        let joined = membership.view().members().len() > 1;
+        pause = if joined {
+            RESEED_INTERVAL
+        } else {
+            (pause * 2).min(Duration::from_secs(2))
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+async fn count_members(membership: Membership, metrics: Arc<Metrics>) {
+    let mut watch = membership.watch();
+    loop {
+        metrics.set_members(watch.borrow_and_update().members().len());
+        if watch.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+struct NodeReadiness {
+    membership: Membership,
+    server: Arc<Server>,
+    needs_peers: bool,
+}
+
+impl Readiness for NodeReadiness {
+    fn readiness(&self) -> (bool, String) {
+        if self.server.is_draining() {
+            return (false, "draining".to_owned());
+        }
+        let members = self.membership.view().members().len();
+        if self.needs_peers && members < 2 {
+            return (false, "not joined yet: no other member known".to_owned());
+        }
+        (true, format!("ready; {members} members in view"))
     }
 }
 
@@ -186,16 +513,30 @@ struct NodeInner {
     name: String,
     cluster: String,
     local_addr: SocketAddr,
+    advertised: SocketAddr,
     endpoint: quinn::Endpoint,
     connections: Connections,
+    membership: Membership,
     server: Arc<Server>,
+    metrics: Arc<Metrics>,
     limits: Limits,
     drain_timeout: Duration,
-    accept: JoinHandle<()>,
+    strategy: Strategy,
+    retry: RetryPolicy,
+    balance_states: Mutex<HashMap<String, Arc<BalanceState>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for NodeInner {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 impl Node {
-    /// Starts configuring a node called `name` (used in logs and certificates).
+    /// Starts configuring a node called `name` (used in logs, membership and certificates).
     pub fn builder(name: impl Into<String>) -> NodeBuilder {
         NodeBuilder::new(name)
     }
@@ -215,6 +556,11 @@ impl Node {
         self.inner.local_addr
     }
 
+    /// The address other members reach this node at.
+    pub fn advertised_addr(&self) -> SocketAddr {
+        self.inner.advertised
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
@@ -225,12 +571,73 @@ impl Node {
         &self.inner.connections
     }
 
+    /// The node's view of the mesh.
+    pub fn membership(&self) -> &Membership {
+        &self.inner.membership
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The current view of the mesh (shorthand for `membership().view()`).
+    pub fn view(&self) -> Arc<View> {
+        self.inner.membership.view()
+    }
+
     /// Calls this node is serving right now.
     pub fn calls_in_flight(&self) -> usize {
         self.inner.server.calls_in_flight()
     }
 
-    /// A channel that sends every call to the node at `addr`.
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.inner.server.is_draining()
+    }
+
+    /// A generated client for `C`'s service, balanced over the live members that publish it
+    /// with the same schema, with retries and the node's balancing strategy.
+    pub fn client<C: ServiceClient>(&self) -> C {
+        C::from_channel(self.balanced_channel(C::SPEC.name, Some(C::SPEC.schema_hash)))
+    }
+
+    /// A channel to `service` whatever its schema, balanced and retried like
+    /// [`Node::client`]; for callers that know services only by name (the gateway).
+    pub fn channel(&self, service: &str) -> Channel {
+        self.balanced_channel(service, None)
+    }
+
+    fn balanced_channel(&self, service: &str, schema_hash: Option<u64>) -> Channel {
+        let state = self
+            .inner
+            .balance_states
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .entry(service.to_owned())
+            .or_default()
+            .clone();
+        let balance = Balance::new(
+            self.inner.membership.clone(),
+            self.inner.connections.clone(),
+            self.inner.strategy,
+            schema_hash,
+            self.inner.limits.max_message_size,
+            state,
+        );
+        Channel::new(Retry::new(self.inner.retry.clone(), balance))
+    }
+
+    /// A client for the legacy HTTP handlers that members publish under `service`.
+    pub fn http_client(&self, service: &str) -> HttpClient {
+        HttpClient::new(
+            service,
+            self.inner.membership.clone(),
+            self.inner.connections.clone(),
+        )
+    }
+
+    /// A channel that sends every call to the node at `addr`, bypassing discovery.
     pub fn channel_to(&self, addr: SocketAddr) -> Channel {
         Channel::new(PeerService::new(
             self.inner.connections.clone(),
@@ -239,27 +646,128 @@ impl Node {
         ))
     }
 
-    /// A generated client whose calls go to the node at `addr`.
+    /// A generated client whose calls all go to the node at `addr`, bypassing discovery.
     pub fn client_to<C: ServiceClient>(&self, addr: SocketAddr) -> C {
         C::from_channel(self.channel_to(addr))
     }
 
-    /// Drains and stops: refuses new calls (callers retry them elsewhere), waits for calls in
-    /// flight up to the drain timeout, then closes every connection.
+    /// Waits until every service in `specs` has a live member publishing the same schema
+    /// that answers a ping. On timeout the error names each missing service and why.
+    pub async fn wait_for(&self, specs: &[&ServiceSpec], timeout: Duration) -> Result<(), WaitError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut watch = self.inner.membership.watch();
+        loop {
+            let view = watch.borrow_and_update().clone();
+            let mut missing = Vec::new();
+            for spec in specs {
+                match self.ping_one(spec, &view).await {
+                    Ok(()) => {}
+                    Err(reason) => missing.push(format!("`{}` ({reason})", spec.name)),
+                }
+            }
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(WaitError {
+                    waited: started.elapsed(),
+                    missing,
+                });
+            }
+            let next_look = (Instant::now() + Duration::from_millis(250)).min(deadline);
+            tokio::select! {
+                _ = watch.changed() => {}
+                _ = tokio::time::sleep_until(next_look) => {}
+            }
+        }
+    }
+
+    async fn ping_one(&self, spec: &ServiceSpec, view: &View) -> Result<(), String> {
+        let candidates: Vec<SocketAddr> = view
+            .publishing(spec.name)
+            .filter(|member| member.accepts_calls())
+            .filter(|member| member.id.schema_hash(spec.name) == Some(spec.schema_hash))
+            .map(|member| member.id.addr)
+            .collect();
+        if candidates.is_empty() {
+            return Err(if view.publishing(spec.name).next().is_some() {
+                "members publish it, but draining or with another schema".to_owned()
+            } else {
+                "no member publishes it yet".to_owned()
+            });
+        }
+        let ping = &NODE_SPEC.methods[0];
+        let options = CallOptions::new().timeout(Duration::from_secs(1));
+        let mut last = String::new();
+        for addr in candidates {
+            match self
+                .channel_to(addr)
+                .unary::<_, crate::node_service::PingReply>(ping, &(), &options)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(status) => last = format!("{addr} did not answer a ping: {status}"),
+            }
+        }
+        Err(last)
+    }
+
+    /// Drains and stops: gossips "draining" so callers stop choosing this node, refuses new
+    /// calls with a refusal callers retry elsewhere, waits for calls in flight (up to the
+    /// drain timeout), leaves the cluster and closes every connection.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
+        if inner.server.is_draining() {
+            return;
+        }
+        info!(node = %inner.name, in_flight = inner.server.calls_in_flight(), "draining");
+        inner.membership.set_draining().await;
         inner.server.start_draining();
-        let drained = inner.server.wait_idle(inner.drain_timeout).await;
-        if !drained {
-            tracing::warn!(
+        if !inner.server.wait_idle(inner.drain_timeout).await {
+            warn!(
                 in_flight = inner.server.calls_in_flight(),
                 "drain timeout passed with calls in flight; closing anyway"
             );
         }
+        inner.membership.leave().await;
+        // Let the leave announcement reach the wire before the connections close.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         inner.server.stop_accepting();
         inner.endpoint.close(error_code::SHUTDOWN, b"node shut down");
         let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
-        inner.accept.abort();
+        for task in &inner.tasks {
+            task.abort();
+        }
         info!(node = %inner.name, "node stopped");
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then [`Node::shutdown`]s.
+    pub async fn run_until_signal(&self) {
+        wait_for_signal().await;
+        self.shutdown().await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => info!("Ctrl-C received"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

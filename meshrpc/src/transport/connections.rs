@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint};
@@ -16,12 +16,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 type Slot = Arc<OnceCell<Connection>>;
 
+/// Called for every new connection, outgoing or adopted.
+pub type ConnectHook = Arc<dyn Fn(&Connection) + Send + Sync>;
+
 /// Outgoing connections by peer address.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Connections {
     endpoint: Endpoint,
     server_name: Arc<str>,
     slots: Arc<Mutex<HashMap<SocketAddr, Slot>>>,
+    on_connect: Arc<OnceLock<ConnectHook>>,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections")
+            .field("server_name", &self.server_name)
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Connections {
@@ -32,6 +45,42 @@ impl Connections {
             endpoint,
             server_name: server_name.into(),
             slots: Arc::default(),
+            on_connect: Arc::default(),
+        }
+    }
+
+    /// Runs `hook` on every connection this pool opens or adopts (set once; later calls are
+    /// ignored).
+    pub fn set_on_connect(&self, hook: ConnectHook) {
+        let _ = self.on_connect.set(hook);
+    }
+
+    /// Runs the connect hook on `connection` (for connections accepted by the server).
+    pub fn run_hook(&self, connection: &Connection) {
+        if let Some(hook) = self.on_connect.get() {
+            hook(connection);
+        }
+    }
+
+    /// The pooled connection to `addr` if it is established and open.
+    pub fn live(&self, addr: SocketAddr) -> Option<Connection> {
+        let slots = self.lock();
+        let connection = slots.get(&addr)?.get()?;
+        connection.close_reason().is_none().then(|| connection.clone())
+    }
+
+    /// Pools a connection the peer opened to us, so calls back to it reuse it instead of
+    /// opening a second one. A live pooled connection is kept.
+    pub fn adopt(&self, connection: &Connection) {
+        let addr = connection.remote_address();
+        let mut slots = self.lock();
+        let slot = slots.entry(addr).or_default();
+        let usable = slot.get().is_some_and(|c| c.close_reason().is_none());
+        if !usable && slot.get().is_none() {
+            // Only an empty slot can be filled; a dead one is replaced.
+            let _ = slot.set(connection.clone());
+        } else if !usable {
+            *slot = Arc::new(OnceCell::new_with(Some(connection.clone())));
         }
     }
 
@@ -108,7 +157,12 @@ impl Connections {
             .connect(addr, &self.server_name)
             .map_err(|error| refused(format!("cannot connect to {addr}: {error}")))?;
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-            Ok(Ok(connection)) => Ok(connection),
+            Ok(Ok(connection)) => {
+                if let Some(hook) = self.on_connect.get() {
+                    hook(&connection);
+                }
+                Ok(connection)
+            }
             Ok(Err(error)) => Err(refused(format!("cannot connect to {addr}: {error}"))),
             Err(_) => Err(refused(format!(
                 "cannot connect to {addr}: no answer within {CONNECT_TIMEOUT:?}"

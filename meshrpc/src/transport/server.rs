@@ -20,6 +20,7 @@ use super::Limits;
 use super::error_code;
 use super::io::{ReadFrameError, read_frame};
 use crate::context::CallContext;
+use crate::metrics::{Metrics, Side};
 use crate::service::{Dispatch, unknown_method};
 use crate::status::{Code, Status};
 use crate::wire::{CallHeader, Frame, FrameDecoder, FrameKind, StatusBody, encode_frame};
@@ -35,10 +36,15 @@ pub type StreamHandler = Arc<
         + Sync,
 >;
 
+/// Called for every accepted connection.
+pub type ConnectionHook = Arc<dyn Fn(&Connection) + Send + Sync>;
+
 /// What a node serves: its published services, stream handlers and limits.
 pub struct Server {
     services: HashMap<String, Arc<dyn Dispatch>>,
     stream_handlers: HashMap<u8, StreamHandler>,
+    connection_hook: Option<ConnectionHook>,
+    metrics: Arc<Metrics>,
     limits: Limits,
     draining: AtomicBool,
     calls: Arc<Semaphore>,
@@ -57,7 +63,7 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// A server for `services` under `limits`.
-    pub fn new(services: Vec<Arc<dyn Dispatch>>, limits: Limits) -> Server {
+    pub fn new(services: Vec<Arc<dyn Dispatch>>, limits: Limits, metrics: Arc<Metrics>) -> Server {
         let services = services
             .into_iter()
             .map(|service| (service.spec().name.to_owned(), service))
@@ -65,6 +71,8 @@ impl Server {
         Server {
             services,
             stream_handlers: HashMap::new(),
+            connection_hook: None,
+            metrics,
             limits,
             draining: AtomicBool::new(false),
             calls: Arc::new(Semaphore::new(limits.max_concurrent_calls)),
@@ -75,6 +83,16 @@ impl Server {
     /// Routes streams that open with a frame of `kind` to `handler`.
     pub fn set_stream_handler(&mut self, kind: FrameKind, handler: StreamHandler) {
         self.stream_handlers.insert(kind as u8, handler);
+    }
+
+    /// Runs `hook` on every accepted connection (before its streams are served).
+    pub fn set_connection_hook(&mut self, hook: ConnectionHook) {
+        self.connection_hook = Some(hook);
+    }
+
+    /// The permits that bound calls in flight; other stream kinds take one while they run.
+    pub fn call_permits(&self) -> Arc<Semaphore> {
+        self.calls.clone()
     }
 
     /// The published services, by name.
@@ -137,6 +155,9 @@ impl Server {
 
     /// Serves every stream of one connection until it closes.
     pub async fn serve_connection(self: Arc<Self>, connection: Connection) {
+        if let Some(hook) = &self.connection_hook {
+            hook(&connection);
+        }
         loop {
             let (send, recv) = match connection.accept_bi().await {
                 Ok(streams) => streams,
@@ -238,8 +259,10 @@ impl Server {
             Err(status) => return reject(send, recv, &status),
         };
 
+        let started = Instant::now();
+        self.metrics.set_in_flight(self.calls_in_flight());
         let context = CallContext::new(
-            header.service,
+            header.service.clone(),
             header.method.clone(),
             deadline,
             header.metadata,
@@ -255,6 +278,14 @@ impl Server {
                 return;
             }
         };
+        let code = match &outcome {
+            Ok(Ok(Ok(_))) => Code::Ok,
+            Ok(Ok(Err(status))) => status.code(),
+            Ok(Err(_)) => Code::Internal,
+            Err(()) => Code::DeadlineExceeded,
+        };
+        self.metrics
+            .record_call(Side::Server, &header.service, &header.method, code, started.elapsed());
         let reply = match outcome {
             Ok(Ok(Ok(payload))) => encode_reply(Some(&payload), &StatusBody::ok()),
             Ok(Ok(Err(status))) => encode_reply(None, &StatusBody::from(&status)),

@@ -1,0 +1,219 @@
+//! Legacy HTTP handlers over the mesh: a service publishes any tower HTTP service (an axum
+//! `Router`, say); other nodes send it HTTP/1.1 requests over a mesh stream that opens with an
+//! `HTTP` frame naming the service. Bodies stream both ways; calls are balanced like RPCs.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use quinn::{RecvStream, SendStream};
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+use tracing::debug;
+
+use crate::membership::Membership;
+use crate::resilience::balance::{BalanceState, Strategy, pick};
+use crate::status::{Code, Status};
+use crate::transport::connections::Connections;
+use crate::wire::{Frame, FrameKind, HttpHeader, encode_frame};
+
+/// Errors of user HTTP services and bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type the tunnel hands back to HTTP services.
+pub type HttpBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A published HTTP service, type-erased.
+pub type HttpService = BoxCloneSyncService<Request<Incoming>, Response<HttpBody>, Infallible>;
+
+/// Erases a user's HTTP service (an axum `Router`, any tower service over HTTP).
+pub fn box_http_service<S, B>(service: S) -> HttpService
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let service = service
+        .map_response(|response: Response<B>| {
+            response.map(|body| body.map_err(Into::into).boxed_unsync())
+        })
+        .map_err(Into::<BoxError>::into);
+    BoxCloneSyncService::new(tower::service_fn(move |request| {
+        let service = service.clone();
+        async move {
+            Ok::<_, Infallible>(match service.oneshot(request).await {
+                Ok(response) => response,
+                Err(error) => text_response(500, &format!("handler failed: {error}")),
+            })
+        }
+    }))
+}
+
+fn text_response(status: u16, text: &str) -> Response<HttpBody> {
+    let body = http_body_util::Full::new(Bytes::from(text.to_owned()))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = Response::new(body);
+    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    response
+}
+
+/// Serves a tunnel stream opened with `frame` using the matching published HTTP service.
+pub(crate) async fn serve_tunnel(
+    services: &HashMap<String, HttpService>,
+    frame: Frame,
+    send: SendStream,
+    recv: RecvStream,
+) {
+    let service = match rmp_serde::from_slice::<HttpHeader>(&frame.body) {
+        Ok(header) => services.get(&header.service).cloned().ok_or(header.service),
+        Err(error) => Err(format!("<malformed HTTP header: {error}>")),
+    };
+    let io = TokioIo::new(tokio::io::join(recv, send));
+    let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let service = service.clone();
+        async move {
+            match service {
+                Ok(service) => service.oneshot(request).await,
+                Err(name) => Ok(text_response(
+                    404,
+                    &format!("no HTTP handler for service `{name}` on this node"),
+                )),
+            }
+        }
+    });
+    if let Err(error) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, handler)
+        .await
+    {
+        debug!(%error, "HTTP tunnel ended with an error");
+    }
+}
+
+/// Sends HTTP requests to the legacy handlers of one service, balanced over its members.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    service: Arc<str>,
+    membership: Membership,
+    connections: Connections,
+    state: Arc<BalanceState>,
+}
+
+impl HttpClient {
+    pub(crate) fn new(service: &str, membership: Membership, connections: Connections) -> HttpClient {
+        HttpClient {
+            service: service.into(),
+            membership,
+            connections,
+            state: Arc::default(),
+        }
+    }
+
+    /// The service whose handlers this client reaches.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Sends `request` to a member serving the service's HTTP handlers. Members that cannot
+    /// be reached are skipped before anything is sent; once sent, a failure is returned.
+    pub async fn send<B>(&self, request: Request<B>) -> Result<Response<Incoming>, Status>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let mut tried = Vec::new();
+        let mut last = None;
+        for _ in 0..3 {
+            let view = self.membership.view();
+            let member = match pick_http(&view, &self.service, &self.state, &tried) {
+                Ok(addr) => addr,
+                Err(status) => return Err(last.unwrap_or(status)),
+            };
+            tried.push(member);
+            match self.open(member).await {
+                Ok(streams) => return self.exchange(streams, request).await,
+                Err(status) => last = Some(status),
+            }
+        }
+        Err(last.unwrap_or_else(|| Status::unavailable("no attempt was made")))
+    }
+
+    async fn open(&self, addr: std::net::SocketAddr) -> Result<(SendStream, RecvStream), Status> {
+        let connection = self.connections.get(addr).await?;
+        let (mut send, recv) = connection.open_bi().await.map_err(|error| {
+            Status::refused(Code::Unavailable, format!("cannot open a stream to {addr}: {error}"))
+        })?;
+        let header = rmp_serde::to_vec_named(&HttpHeader {
+            service: self.service.to_string(),
+        })
+        .map_err(|error| Status::internal(error.to_string()))?;
+        let mut frame = bytes::BytesMut::new();
+        encode_frame(FrameKind::Http, &header, &mut frame);
+        send.write_chunk(frame.freeze()).await.map_err(|error| {
+            Status::refused(Code::Unavailable, format!("cannot write to {addr}: {error}"))
+        })?;
+        Ok((send, recv))
+    }
+
+    async fn exchange<B>(
+        &self,
+        (send, recv): (SendStream, RecvStream),
+        request: Request<B>,
+    ) -> Result<Response<Incoming>, Status>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let io = TokioIo::new(tokio::io::join(recv, send));
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|error| Status::unavailable(format!("HTTP tunnel failed: {error}")))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(%error, "HTTP tunnel connection ended with an error");
+            }
+        });
+        sender
+            .send_request(request)
+            .await
+            .map_err(|error| Status::unavailable(format!("HTTP request over the mesh failed: {error}")))
+    }
+}
+
+fn pick_http(
+    view: &crate::membership::View,
+    service: &str,
+    state: &BalanceState,
+    tried: &[std::net::SocketAddr],
+) -> Result<std::net::SocketAddr, Status> {
+    // Balance over HTTP-serving members exactly like RPC members: build a view of them as
+    // publishers of the service.
+    let members: Vec<_> = view
+        .serving_http(service)
+        .cloned()
+        .map(|mut member| {
+            member.id.services = vec![crate::membership::Published {
+                name: service.to_owned(),
+                schema_hash: 0,
+            }];
+            member
+        })
+        .collect();
+    if members.is_empty() {
+        return Err(Status::refused(
+            Code::Unavailable,
+            format!("no live member serves HTTP for `{service}`"),
+        ));
+    }
+    let view = crate::membership::View::new(members);
+    pick(&view, service, None, None, Strategy::RoundRobin, state, &|addr| tried.contains(&addr))
+        .map(|member| member.id.addr)
+}

@@ -1,0 +1,17 @@
+//! Membership: who is in the mesh and what they publish, learned by SWIM gossip (the `foca`
+//! crate) carried on the node's own QUIC endpoint.
+//!
+//! Probes and gossip travel as QUIC datagrams on the connections nodes already keep; joining a
+//! seed also exchanges the full member list over a stream (`GOSSIP` frame), so a new node knows
+//! the whole mesh after one round trip. Each member's identity ([`MemberId`]) carries its
+//! address, published services with their schema hashes, and whether it is draining; the
+//! [`View`] built from them is what balancers route on.
+
+pub(crate) mod agent;
+pub(crate) mod codec;
+pub mod identity;
+pub mod view;
+
+pub use agent::Membership;
+pub use identity::{MemberId, Published};
+pub use view::{Liveness, MemberView, View};

@@ -1,0 +1,92 @@
+//! The service every node publishes about itself, `meshrpc.node`: `ping` (liveness, used by
+//! [`Node::wait_for`](crate::Node::wait_for)) and `describe` (the descriptors of the services it
+//! publishes, which the gateway turns into routes and an OpenAPI document).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::service::{BoxFuture, Dispatch, unknown_method};
+use crate::spec::{MethodSpec, ServiceSpec};
+use crate::status::Status;
+
+/// The name of the built-in service.
+pub const NODE_SERVICE: &str = "meshrpc.node";
+
+/// The built-in service's description.
+pub static NODE_SPEC: ServiceSpec = ServiceSpec {
+    name: NODE_SERVICE,
+    doc: "What every meshrpc node answers about itself.",
+    methods: &[
+        MethodSpec {
+            service: NODE_SERVICE,
+            name: "ping",
+            doc: "Answers with the node's name.",
+            idempotent: true,
+            timeout: None,
+            params: &[],
+            result_field: "name",
+            result_type: "String",
+        },
+        MethodSpec {
+            service: NODE_SERVICE,
+            name: "describe",
+            doc: "The JSON descriptors of the services the node publishes.",
+            idempotent: true,
+            timeout: None,
+            params: &[],
+            result_field: "descriptors",
+            result_type: "Vec<String>",
+        },
+    ],
+    schema_hash: 0x6d65_7368_6e6f_6465,
+    manifest: "",
+    descriptor: "{}",
+};
+
+/// The reply of `ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingReply {
+    /// The node's name.
+    pub name: String,
+}
+
+/// The reply of `describe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeReply {
+    /// One JSON descriptor per published service (see `docs/MANIFEST.md`).
+    pub descriptors: Vec<String>,
+}
+
+/// The built-in service of one node.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeService {
+    ping: Bytes,
+    describe: Bytes,
+}
+
+impl NodeService {
+    pub(crate) fn new(name: &str, published: &[&'static ServiceSpec]) -> Result<NodeService, Status> {
+        Ok(NodeService {
+            ping: codec::encode(&PingReply { name: name.to_owned() })?,
+            describe: codec::encode(&DescribeReply {
+                descriptors: published.iter().map(|spec| spec.descriptor.to_owned()).collect(),
+            })?,
+        })
+    }
+}
+
+impl Dispatch for NodeService {
+    fn spec(&self) -> &'static ServiceSpec {
+        &NODE_SPEC
+    }
+
+    fn dispatch(&self, method: &str, _request: Bytes) -> BoxFuture<'static, Result<Bytes, Status>> {
+        let reply = match method {
+            "ping" => Ok(self.ping.clone()),
+            "describe" => Ok(self.describe.clone()),
+            other => Err(unknown_method(&NODE_SPEC, other)),
+        };
+        Box::pin(std::future::ready(reply))
+    }
+}

@@ -1,0 +1,431 @@
+//! Client-side load balancing over the live members that publish a service.
+//!
+//! - **Round robin** (the default): members in address order, one after the other.
+//! - **Sticky sessions**: a call with a sticky key goes to the member with the highest
+//!   rendezvous hash of (key, member); it stays there while that member lives, and when it dies
+//!   only its keys move.
+//! - **Peak EWMA**: power of two choices between random members, by an exponentially weighted
+//!   latency (peaks count at once, decay slowly) times the calls outstanding.
+//!
+//! Draining members and members ejected by the [breaker](super::breaker) are skipped; so are
+//! members an earlier attempt of the same call already tried, while others remain.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::RngExt;
+use tokio::time::Instant;
+use tower::Service;
+
+use super::breaker::{Breakers, is_replica_failure};
+use crate::channel::Call;
+use crate::membership::{Liveness, MemberView, Membership, View};
+use crate::service::BoxFuture;
+use crate::status::{Code, Status};
+use crate::transport::client::call_peer;
+use crate::transport::connections::Connections;
+
+/// How a balancer chooses among the members that can serve a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// One member after the other.
+    #[default]
+    RoundRobin,
+    /// Power of two choices by peak-EWMA latency × outstanding calls.
+    PeakEwma,
+}
+
+/// Picks the member for one attempt, or says why none can take it.
+pub fn pick<'a>(
+    view: &'a View,
+    service: &str,
+    schema_hash: Option<u64>,
+    sticky_key: Option<&str>,
+    strategy: Strategy,
+    state: &BalanceState,
+    tried: &dyn Fn(SocketAddr) -> bool,
+) -> Result<&'a MemberView, Status> {
+    let publishing: Vec<&MemberView> = view
+        .publishing(service)
+        .filter(|member| schema_hash.is_none_or(|hash| member.id.schema_hash(service) == Some(hash)))
+        .collect();
+    let serving: Vec<&MemberView> = publishing
+        .iter()
+        .copied()
+        .filter(|member| member.accepts_calls())
+        .collect();
+    if serving.is_empty() {
+        return Err(no_member(view, service, schema_hash, &publishing));
+    }
+    // Prefer, in order: alive, not ejected, not tried; then relax one condition at a time.
+    let tiers: [&dyn Fn(&MemberView) -> bool; 4] = [
+        &|m| m.liveness == Liveness::Alive && !state.breakers.is_ejected(m.id.addr) && !tried(m.id.addr),
+        &|m| m.liveness == Liveness::Alive && !tried(m.id.addr),
+        &|m| !tried(m.id.addr),
+        &|_| true,
+    ];
+    let candidates = tiers
+        .iter()
+        .map(|keep| serving.iter().copied().filter(|m| keep(m)).collect::<Vec<_>>())
+        .find(|candidates| !candidates.is_empty())
+        .unwrap_or_else(|| serving.clone());
+    let chosen = match (sticky_key, strategy) {
+        (Some(key), _) => rendezvous(key, &candidates),
+        (None, Strategy::RoundRobin) => {
+            let turn = state.next_turn.fetch_add(1, Ordering::Relaxed);
+            candidates[turn % candidates.len()]
+        }
+        (None, Strategy::PeakEwma) => state.loads.pick_p2c(&candidates),
+    };
+    Ok(chosen)
+}
+
+fn no_member(
+    view: &View,
+    service: &str,
+    schema_hash: Option<u64>,
+    publishing: &[&MemberView],
+) -> Status {
+    let message = if !publishing.is_empty() {
+        format!("every member publishing `{service}` is draining; try again shortly")
+    } else if let (Some(hash), Some(other)) = (
+        schema_hash,
+        view.publishing(service).find_map(|m| m.id.schema_hash(service)),
+    ) {
+        format!(
+            "members publish `{service}` with another schema (hash {other:016x}, this client \
+             was built for {hash:016x}); build caller and callee from the same services.toml"
+        )
+    } else {
+        format!("no live member publishes `{service}`")
+    };
+    Status::refused(Code::Unavailable, message)
+}
+
+/// The member with the highest hash of (key, member): stable while the member lives, and
+/// only that member's keys move when it goes.
+fn rendezvous<'a>(key: &str, candidates: &[&'a MemberView]) -> &'a MemberView {
+    candidates
+        .iter()
+        .copied()
+        .max_by_key(|member| {
+            let mut hasher = Fnv64::default();
+            key.hash(&mut hasher);
+            member.id.addr.hash(&mut hasher);
+            member.id.name.hash(&mut hasher);
+            hasher.finish()
+        })
+        .unwrap_or(candidates[0])
+}
+
+/// FNV-1a: stable across processes and versions, unlike the std hasher.
+#[derive(Clone, Copy)]
+struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Fnv64 {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv64 {
+    fn finish(&self) -> u64 {
+        // A final avalanche (from splitmix64) so nearby inputs spread across replicas.
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Per-member load for peak EWMA.
+#[derive(Debug, Default)]
+pub struct Loads {
+    members: Mutex<HashMap<SocketAddr, Load>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    ewma_micros: f64,
+    outstanding: u32,
+    updated: Instant,
+}
+
+/// How fast old latencies are forgotten.
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+impl Loads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Load>> {
+        self.members.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn cost(&self, addr: SocketAddr) -> f64 {
+        let members = self.lock();
+        match members.get(&addr) {
+            // Unknown members look cheap, so new replicas get traffic at once.
+            None => 0.0,
+            Some(load) => load.ewma_micros * f64::from(load.outstanding + 1),
+        }
+    }
+
+    fn pick_p2c<'a>(&self, candidates: &[&'a MemberView]) -> &'a MemberView {
+        if candidates.len() == 1 {
+            return candidates[0];
+        }
+        let mut rng = rand::rng();
+        let first = rng.random_range(0..candidates.len());
+        let mut second = rng.random_range(0..candidates.len() - 1);
+        if second >= first {
+            second += 1;
+        }
+        let (a, b) = (candidates[first], candidates[second]);
+        if self.cost(a.id.addr) <= self.cost(b.id.addr) { a } else { b }
+    }
+
+    /// Marks a call to `addr` as started.
+    pub fn start(&self, addr: SocketAddr) {
+        let mut members = self.lock();
+        let load = members.entry(addr).or_insert(Load {
+            ewma_micros: 0.0,
+            outstanding: 0,
+            updated: Instant::now(),
+        });
+        load.outstanding += 1;
+    }
+
+    /// Marks a call to `addr` as finished after `latency`.
+    pub fn finish(&self, addr: SocketAddr, latency: Duration) {
+        let now = Instant::now();
+        let mut members = self.lock();
+        let Some(load) = members.get_mut(&addr) else { return };
+        load.outstanding = load.outstanding.saturating_sub(1);
+        let sample = latency.as_secs_f64() * 1e6;
+        if sample > load.ewma_micros {
+            // Peaks count in full at once.
+            load.ewma_micros = sample;
+        } else {
+            let elapsed = now.saturating_duration_since(load.updated).as_secs_f64();
+            let weight = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
+            load.ewma_micros = load.ewma_micros * weight + sample * (1.0 - weight);
+        }
+        load.updated = now;
+    }
+}
+
+/// State shared by the calls of one service: the round-robin turn, loads, breakers.
+#[derive(Debug, Default)]
+pub struct BalanceState {
+    next_turn: AtomicUsize,
+    loads: Loads,
+    breakers: Breakers,
+}
+
+/// A tower service that sends each call to a member chosen by [`pick`].
+#[derive(Debug, Clone)]
+pub struct Balance {
+    membership: Membership,
+    connections: Connections,
+    strategy: Strategy,
+    schema_hash: Option<u64>,
+    max_message_size: usize,
+    state: Arc<BalanceState>,
+}
+
+impl Balance {
+    /// Balances over `membership`'s view, sending over `connections`. With a `schema_hash`,
+    /// only members publishing exactly that schema are used.
+    pub fn new(
+        membership: Membership,
+        connections: Connections,
+        strategy: Strategy,
+        schema_hash: Option<u64>,
+        max_message_size: usize,
+        state: Arc<BalanceState>,
+    ) -> Balance {
+        Balance {
+            membership,
+            connections,
+            strategy,
+            schema_hash,
+            max_message_size,
+            state,
+        }
+    }
+}
+
+impl Service<Call> for Balance {
+    type Response = Bytes;
+    type Error = Status;
+    type Future = BoxFuture<'static, Result<Bytes, Status>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        let view = self.membership.view();
+        let tried = call.tried.clone();
+        let chosen = pick(
+            &view,
+            &call.service,
+            self.schema_hash,
+            call.sticky_key.as_deref(),
+            self.strategy,
+            &self.state,
+            &|addr| tried.contains(addr),
+        );
+        let addr = match chosen {
+            Ok(member) => member.id.addr,
+            Err(status) => return Box::pin(std::future::ready(Err(status))),
+        };
+        let replicas = view.publishing(&call.service).count();
+        tried.push(addr);
+        let connections = self.connections.clone();
+        let state = self.state.clone();
+        let max = self.max_message_size;
+        let track_load = self.strategy == Strategy::PeakEwma;
+        Box::pin(async move {
+            let started = Instant::now();
+            if track_load {
+                state.loads.start(addr);
+            }
+            let result = call_peer(&connections, addr, call, max).await;
+            if track_load {
+                state.loads.finish(addr, started.elapsed());
+            }
+            match &result {
+                Ok(_) => state.breakers.record_success(addr),
+                Err(status) if is_replica_failure(status) => {
+                    if state.breakers.record_failure(addr, replicas) {
+                        tracing::warn!(%addr, "replica ejected after consecutive failures");
+                    }
+                }
+                Err(_) => {}
+            }
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::{MemberId, Published};
+
+    fn member(port: u16, draining: bool) -> MemberView {
+        MemberView {
+            id: MemberId {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                name: format!("greeter-{port}"),
+                cluster: "test".into(),
+                generation: 1,
+                draining,
+                services: vec![Published {
+                    name: "greeter".into(),
+                    schema_hash: 7,
+                }],
+                http: vec![],
+                tags: vec![],
+            },
+            liveness: Liveness::Alive,
+            local: false,
+        }
+    }
+
+    fn pick_port(view: &View, key: Option<&str>, state: &BalanceState) -> u16 {
+        pick(view, "greeter", Some(7), key, Strategy::RoundRobin, state, &|_| false)
+            .expect("a member")
+            .id
+            .addr
+            .port()
+    }
+
+    #[test]
+    fn round_robin_takes_each_member_in_turn_and_skips_draining_ones() {
+        let view = View::new(vec![member(1, false), member(2, true), member(3, false)]);
+        let state = BalanceState::default();
+        let ports: Vec<u16> = (0..4).map(|_| pick_port(&view, None, &state)).collect();
+        assert_eq!(ports, [1, 3, 1, 3]);
+    }
+
+    #[test]
+    fn sticky_keys_move_only_when_their_member_leaves() {
+        let full = View::new(vec![member(1, false), member(2, false), member(3, false)]);
+        let state = BalanceState::default();
+        let before: Vec<u16> = (0..100)
+            .map(|key| pick_port(&full, Some(&format!("user-{key}")), &state))
+            .collect();
+        for port in [1, 2, 3] {
+            let share = before.iter().filter(|p| **p == port).count();
+            assert!(share > 15, "port {port} got {share} of 100 keys");
+        }
+        let without_2 = View::new(vec![member(1, false), member(3, false)]);
+        for (key, port) in before.iter().enumerate() {
+            let after = pick_port(&without_2, Some(&format!("user-{key}")), &state);
+            if *port != 2 {
+                assert_eq!(after, *port, "key {key} moved although its member lives");
+            }
+        }
+    }
+
+    #[test]
+    fn a_retry_avoids_the_member_already_tried() {
+        let view = View::new(vec![member(1, false), member(2, false)]);
+        let state = BalanceState::default();
+        let tried_1 = |addr: SocketAddr| addr.port() == 1;
+        for key in ["a", "b", "c"] {
+            let chosen = pick(&view, "greeter", None, Some(key), Strategy::RoundRobin, &state, &tried_1)
+                .expect("member");
+            assert_eq!(chosen.id.addr.port(), 2);
+        }
+    }
+
+    #[test]
+    fn no_member_and_wrong_schema_are_explained() {
+        let state = BalanceState::default();
+        let empty = View::default();
+        let error = pick(&empty, "greeter", None, None, Strategy::RoundRobin, &state, &|_| false)
+            .expect_err("nobody");
+        assert!(error.is_refused());
+        assert_eq!(error.message(), "no live member publishes `greeter`");
+        let view = View::new(vec![member(1, false)]);
+        let error = pick(&view, "greeter", Some(8), None, Strategy::RoundRobin, &state, &|_| false)
+            .expect_err("wrong schema");
+        assert!(error.message().contains("another schema"), "{error}");
+    }
+
+    #[test]
+    fn peak_ewma_prefers_the_faster_member() {
+        let view = View::new(vec![member(1, false), member(2, false)]);
+        let state = BalanceState::default();
+        let slow = SocketAddr::from(([127, 0, 0, 1], 1));
+        let fast = SocketAddr::from(([127, 0, 0, 1], 2));
+        state.loads.start(slow);
+        state.loads.finish(slow, Duration::from_millis(50));
+        state.loads.start(fast);
+        state.loads.finish(fast, Duration::from_millis(1));
+        let fast_picks = (0..100)
+            .filter(|_| {
+                pick(&view, "greeter", None, None, Strategy::PeakEwma, &state, &|_| false)
+                    .expect("member")
+                    .id
+                    .addr
+                    == fast
+            })
+            .count();
+        assert_eq!(fast_picks, 100, "with two members p2c always compares both");
+    }
+}
