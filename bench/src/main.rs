@@ -1,0 +1,208 @@
+//! `bench`: measures meshrpc against bare quinn, tonic, tarpc and HTTP/JSON, side by side.
+//!
+//! One binary plays three parts, so that servers and clients never share a runtime:
+//! - `bench run` (what `cargo xtask bench` calls) plans the scenarios, starts every server and
+//!   client as a child process of this same binary, pinned to CPUs, and writes the report;
+//! - `bench serve <system>` runs one system's server, prints `listening <addr>`, reads its ring
+//!   successor (`next <addr>` or `none`) and serves until its standard input closes;
+//! - `bench client <system>` connects, warms up, prints `ready`, waits for `go`, runs one job and
+//!   prints `result <json>`.
+//!
+//! Every process runs a tokio `current_thread` runtime.
+
+mod chart;
+mod load;
+mod procfs;
+mod report;
+mod run;
+mod systems;
+
+use std::io::{BufRead as _, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use systems::{BenchClient, Result, System, Tls};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "meshrpc against the alternatives, side by side"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the scenarios and write the report (what `cargo xtask bench` runs).
+    Run(run::Options),
+    /// Serve one system (started by `run`).
+    Serve {
+        system: System,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// CPU to pin the process to.
+        #[arg(long)]
+        cpu: Option<usize>,
+        /// Directory with the shared certificate (`cert.pem`, `key.pem`).
+        #[arg(long)]
+        tls_dir: PathBuf,
+    },
+    /// Run one measurement against a server (started by `run`).
+    Client {
+        system: System,
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        cpu: Option<usize>,
+        #[arg(long)]
+        tls_dir: PathBuf,
+        /// The job, as JSON.
+        #[arg(long)]
+        job: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(options) => run::run(options),
+        Command::Serve {
+            system,
+            listen,
+            cpu,
+            tls_dir,
+        } => serve(system, listen, cpu, &tls_dir),
+        Command::Client {
+            system,
+            addr,
+            cpu,
+            tls_dir,
+            job,
+        } => client(system, addr, cpu, &tls_dir, &job),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench: {error}");
+            // The parent reads stdout for the protocol; say it there too.
+            println!("error {}", error.to_string().replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Pins the calling thread (before any other is started, so every thread inherits it).
+fn pin(cpu: Option<usize>) -> Result<()> {
+    let Some(cpu) = cpu else { return Ok(()) };
+    let ids = core_affinity::get_core_ids().ok_or("cannot list CPUs for pinning")?;
+    let id = ids
+        .into_iter()
+        .find(|id| id.id == cpu)
+        .ok_or_else(|| format!("CPU {cpu} is not available for pinning"))?;
+    if !core_affinity::set_for_current(id) {
+        return Err(format!("could not pin to CPU {cpu}").into());
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn read_line() -> Result<String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim().to_owned())
+}
+
+fn say(line: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn serve(
+    system: System,
+    listen: SocketAddr,
+    cpu: Option<usize>,
+    tls_dir: &std::path::Path,
+) -> Result<()> {
+    pin(cpu)?;
+    let tls = Tls::load(tls_dir)?;
+    let rendezvous: systems::Rendezvous = Box::new(|addr| {
+        say(&format!("listening {addr}"))?;
+        let line = read_line()?;
+        let next = match line.strip_prefix("next ") {
+            Some(next) => Some(next.parse()?),
+            None if line == "none" => None,
+            None => return Err(format!("expected `next <addr>` or `none`, got `{line}`").into()),
+        };
+        // The parent closing our stdin (or dying) stops the server.
+        std::thread::spawn(|| {
+            let mut sink = String::new();
+            while std::io::stdin()
+                .lock()
+                .read_line(&mut sink)
+                .is_ok_and(|n| n > 0)
+            {
+                sink.clear();
+            }
+            std::process::exit(0);
+        });
+        Ok(next)
+    });
+    runtime()?.block_on(systems::serve(system, listen, tls, rendezvous))
+}
+
+fn client(
+    system: System,
+    addr: SocketAddr,
+    cpu: Option<usize>,
+    tls_dir: &std::path::Path,
+    job: &str,
+) -> Result<()> {
+    pin(cpu)?;
+    let tls = Tls::load(tls_dir)?;
+    let job: load::Job = serde_json::from_str(job)?;
+    let runtime = runtime()?;
+    let outcome = match system {
+        System::Meshrpc => Err("meshrpc is not wired into the bench yet".into()),
+        System::Quinn => runtime.block_on(measure::<systems::quinn_raw::Client>(addr, &tls, &job)),
+        System::TonicTls => runtime.block_on(measure::<systems::tonic_grpc::Client<true>>(
+            addr, &tls, &job,
+        )),
+        System::TonicH2c => runtime.block_on(measure::<systems::tonic_grpc::Client<false>>(
+            addr, &tls, &job,
+        )),
+        System::Tarpc => runtime.block_on(measure::<systems::tarpc_tcp::Client>(addr, &tls, &job)),
+        System::HttpJson => {
+            runtime.block_on(measure::<systems::http_json::Client>(addr, &tls, &job))
+        }
+    }?;
+    say(&format!("result {}", serde_json::to_string(&outcome)?))
+}
+
+async fn measure<C: BenchClient>(
+    addr: SocketAddr,
+    tls: &Tls,
+    job: &load::Job,
+) -> Result<load::Outcome> {
+    let client = C::connect(addr, tls).await?;
+    load::run(client, job, || {
+        say("ready")?;
+        match read_line()?.as_str() {
+            "go" => Ok(()),
+            other => Err(format!("expected `go`, got `{other}`").into()),
+        }
+    })
+    .await
+}

@@ -1,0 +1,613 @@
+//! The report: what `run` measured, serialised as `report.json` and rendered as `report.md`.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::load::Percentiles;
+use crate::systems::System;
+
+/// The whole run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Report {
+    pub(crate) machine: Machine,
+    pub(crate) settings: Settings,
+    pub(crate) systems: Vec<SystemInfo>,
+    pub(crate) placements: Vec<PlacementReport>,
+    /// The gateway scenario: "not measured" until the gateway exists.
+    pub(crate) gateway: String,
+    pub(crate) elapsed_s: f64,
+}
+
+/// Where the run happened.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Machine {
+    pub(crate) cpus: usize,
+    pub(crate) cpu_model: String,
+    pub(crate) kernel: String,
+}
+
+/// How the run was configured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Settings {
+    pub(crate) quick: bool,
+    pub(crate) scenarios: Vec<String>,
+    pub(crate) warmup_s: f64,
+    pub(crate) duration_s: f64,
+    pub(crate) in_flight: Vec<usize>,
+    pub(crate) payloads: Vec<usize>,
+    pub(crate) cpu_in_flight: usize,
+    pub(crate) ring_peers: usize,
+    pub(crate) ring_depth: u32,
+    pub(crate) hold_calls: usize,
+    pub(crate) hold_ms: u32,
+}
+
+/// A system's name and what it is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct SystemInfo {
+    pub(crate) name: String,
+    pub(crate) description: String,
+}
+
+/// Every system's figures under one CPU placement.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct PlacementReport {
+    /// `same` or `separate`.
+    pub(crate) key: String,
+    /// What it means, for people.
+    pub(crate) description: String,
+    pub(crate) results: Vec<SystemResult>,
+}
+
+/// One system's figures under one placement. A scenario not run, or failed, is `None`/empty
+/// and its failure is in `errors`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct SystemResult {
+    pub(crate) system: System,
+    pub(crate) latency: Option<Latency>,
+    pub(crate) throughput: Vec<Throughput>,
+    pub(crate) payloads: Vec<Payload>,
+    pub(crate) cpu: Option<Cpu>,
+    pub(crate) ring: Option<Ring>,
+    pub(crate) memory: Option<Memory>,
+    pub(crate) errors: Vec<String>,
+}
+
+impl SystemResult {
+    pub(crate) fn new(system: System) -> SystemResult {
+        SystemResult {
+            system,
+            latency: None,
+            throughput: Vec::new(),
+            payloads: Vec::new(),
+            cpu: None,
+            ring: None,
+            memory: None,
+            errors: Vec::new(),
+        }
+    }
+
+    fn throughput_at(&self, in_flight: usize) -> Option<f64> {
+        self.throughput
+            .iter()
+            .find(|t| t.in_flight == in_flight)
+            .map(|t| t.calls_per_s)
+    }
+
+    fn payload(&self, bytes: usize) -> Option<&Payload> {
+        self.payloads.iter().find(|p| p.bytes == bytes)
+    }
+}
+
+/// Unary latency, one call in flight, 64 B.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Latency {
+    pub(crate) calls: u64,
+    #[serde(flatten)]
+    pub(crate) percentiles: Percentiles,
+}
+
+/// Calls per second with `in_flight` calls outstanding, 64 B.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Throughput {
+    pub(crate) in_flight: usize,
+    pub(crate) calls: u64,
+    pub(crate) calls_per_s: f64,
+    pub(crate) p50_us: f64,
+}
+
+/// One payload size at one call in flight.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Payload {
+    pub(crate) bytes: usize,
+    pub(crate) calls: u64,
+    pub(crate) p50_us: f64,
+    pub(crate) calls_per_s: f64,
+}
+
+/// CPU time per call (user + system), from `/proc/<pid>/stat`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Cpu {
+    pub(crate) in_flight: usize,
+    pub(crate) calls: u64,
+    pub(crate) client_us_per_call: f64,
+    pub(crate) server_us_per_call: f64,
+    pub(crate) total_us_per_call: f64,
+}
+
+/// The hop ring.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Ring {
+    pub(crate) peers: usize,
+    pub(crate) depth: u32,
+    pub(crate) rounds: u64,
+    pub(crate) per_hop_p50_us: f64,
+    pub(crate) per_hop_mean_us: f64,
+}
+
+/// Peak resident sets (`VmHWM`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Memory {
+    /// Server after start, one connection and one call.
+    pub(crate) idle_kib: u64,
+    /// Server after holding `calls` calls in flight at once.
+    pub(crate) loaded_kib: u64,
+    pub(crate) calls: usize,
+    /// Held calls answered without error.
+    pub(crate) answered: u64,
+    pub(crate) server_bytes_per_call: f64,
+    /// Client process peak while holding them.
+    pub(crate) client_kib: u64,
+}
+
+const DASH: &str = "—";
+
+fn us(value: f64) -> String {
+    if value >= 1000.0 {
+        format!("{:.0}", value)
+    } else if value >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+fn rate(value: f64) -> String {
+    if value >= 10_000.0 {
+        format!("{:.1}k", value / 1000.0)
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+/// `meshrpc ÷ this`, or a dash when either side is missing.
+fn ratio(meshrpc: Option<f64>, this: Option<f64>) -> String {
+    match (meshrpc, this) {
+        (Some(m), Some(t)) if t > 0.0 && m > 0.0 => format!("{:.2}×", m / t),
+        _ => DASH.to_owned(),
+    }
+}
+
+fn opt(value: Option<f64>, show: fn(f64) -> String) -> String {
+    value.map_or_else(|| DASH.to_owned(), show)
+}
+
+fn payload_label(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
+impl Report {
+    /// The Markdown report.
+    pub(crate) fn markdown(&self) -> String {
+        let mut md = String::new();
+        let s = &self.settings;
+        let _ = writeln!(md, "# meshrpc bench report\n");
+        let _ = writeln!(
+            md,
+            "Machine: {} CPUs, {}, Linux {}. Run took {:.0} s{}.\n",
+            self.machine.cpus,
+            self.machine.cpu_model,
+            self.machine.kernel,
+            self.elapsed_s,
+            if s.quick {
+                " (quick mode: short runs, small ring and hold; figures are indicative only)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            md,
+            "Every server and client is its own process with a tokio `current_thread` runtime, on \
+             loopback. Warm-up {} s, then {} s per measurement. Scenarios: {}.\n",
+            s.warmup_s,
+            s.duration_s,
+            s.scenarios.join(", ")
+        );
+        let _ = writeln!(md, "Systems:\n");
+        for system in &self.systems {
+            let _ = writeln!(md, "- **{}**: {}", system.name, system.description);
+        }
+        let _ = writeln!(
+            md,
+            "\n**Reading the ratios.** Every table has a `meshrpc ÷ this` column (or suffix): meshrpc's \
+             figure divided by that system's, in the same run and placement. For latency, CPU and memory \
+             (lower is better) a ratio **below 1.00×** means meshrpc is better; for throughput (higher is \
+             better) a ratio **above 1.00×** means meshrpc is better. A dash means a figure is missing \
+             (meshrpc not measured, or the scenario failed: see Errors).\n"
+        );
+
+        for placement in &self.placements {
+            self.placement_markdown(&mut md, placement);
+        }
+
+        let _ = writeln!(md, "## Gateway under HTTP load\n\n{}\n", self.gateway);
+        self.targets_markdown(&mut md);
+
+        let errors: Vec<String> = self
+            .placements
+            .iter()
+            .flat_map(|p| {
+                p.results.iter().flat_map(move |r| {
+                    r.errors
+                        .iter()
+                        .map(move |e| format!("- {} / {}: {e}", p.key, r.system))
+                })
+            })
+            .collect();
+        let _ = writeln!(md, "## Errors\n");
+        if errors.is_empty() {
+            let _ = writeln!(md, "None.");
+        } else {
+            for error in errors {
+                let _ = writeln!(md, "{error}");
+            }
+        }
+        md
+    }
+
+    fn placement_markdown(&self, md: &mut String, placement: &PlacementReport) {
+        let s = &self.settings;
+        let results = &placement.results;
+        let meshrpc = results.iter().find(|r| r.system == System::Meshrpc);
+        let _ = writeln!(
+            md,
+            "## Placement: {} ({})\n",
+            placement.key, placement.description
+        );
+
+        let _ = writeln!(
+            md,
+            "### Unary latency: 64 B echo, one call in flight (µs)\n"
+        );
+        let _ = writeln!(
+            md,
+            "| system | p50 | p90 | p99 | mean | calls | meshrpc ÷ this (p50, <1 better) |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+        let m = meshrpc
+            .and_then(|r| r.latency.as_ref())
+            .map(|l| l.percentiles.p50_us);
+        for r in results {
+            match &r.latency {
+                Some(l) => {
+                    let p = &l.percentiles;
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {} | {} | {} | {} | {} |",
+                        r.system,
+                        us(p.p50_us),
+                        us(p.p90_us),
+                        us(p.p99_us),
+                        us(p.mean_us),
+                        l.calls,
+                        ratio(m, Some(p.p50_us))
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |",
+                        r.system
+                    );
+                }
+            }
+        }
+
+        let _ = writeln!(
+            md,
+            "\n### Throughput: 64 B echo, calls/s by calls in flight (meshrpc ÷ this, >1 better)\n"
+        );
+        let header: Vec<String> = s.in_flight.iter().map(|n| n.to_string()).collect();
+        let _ = writeln!(md, "| system | {} |", header.join(" | "));
+        let _ = writeln!(md, "|---|{}", "---:|".repeat(s.in_flight.len()));
+        for r in results {
+            let cells: Vec<String> = s
+                .in_flight
+                .iter()
+                .map(|&n| {
+                    let this = r.throughput_at(n);
+                    let mut cell = opt(this, rate);
+                    if this.is_some() && r.system != System::Meshrpc {
+                        let mine = meshrpc.and_then(|m| m.throughput_at(n));
+                        if mine.is_some() {
+                            cell = format!("{cell} ({})", ratio(mine, this));
+                        }
+                    }
+                    cell
+                })
+                .collect();
+            let _ = writeln!(md, "| {} | {} |", r.system, cells.join(" | "));
+        }
+
+        let _ = writeln!(
+            md,
+            "\n### Payloads: echo p50 at one call in flight, µs (meshrpc ÷ this, <1 better)\n"
+        );
+        let header: Vec<String> = s.payloads.iter().map(|&b| payload_label(b)).collect();
+        let _ = writeln!(md, "| system | {} |", header.join(" | "));
+        let _ = writeln!(md, "|---|{}", "---:|".repeat(s.payloads.len()));
+        for r in results {
+            let cells: Vec<String> = s
+                .payloads
+                .iter()
+                .map(|&b| {
+                    let this = r.payload(b).map(|p| p.p50_us);
+                    let mine = meshrpc.and_then(|m| m.payload(b)).map(|p| p.p50_us);
+                    match (this, r.system) {
+                        (Some(t), System::Meshrpc) => us(t),
+                        (Some(t), _) if mine.is_some() => {
+                            format!("{} ({})", us(t), ratio(mine, this))
+                        }
+                        (Some(t), _) => us(t),
+                        (None, _) => DASH.to_owned(),
+                    }
+                })
+                .collect();
+            let _ = writeln!(md, "| {} | {} |", r.system, cells.join(" | "));
+        }
+        let _ = writeln!(md, "\nSame runs, calls/s (meshrpc ÷ this, >1 better):\n");
+        let _ = writeln!(md, "| system | {} |", header.join(" | "));
+        let _ = writeln!(md, "|---|{}", "---:|".repeat(s.payloads.len()));
+        for r in results {
+            let cells: Vec<String> = s
+                .payloads
+                .iter()
+                .map(|&b| {
+                    let this = r.payload(b).map(|p| p.calls_per_s);
+                    let mine = meshrpc.and_then(|m| m.payload(b)).map(|p| p.calls_per_s);
+                    match (this, r.system) {
+                        (Some(t), System::Meshrpc) => rate(t),
+                        (Some(t), _) if mine.is_some() => {
+                            format!("{} ({})", rate(t), ratio(mine, this))
+                        }
+                        (Some(t), _) => rate(t),
+                        (None, _) => DASH.to_owned(),
+                    }
+                })
+                .collect();
+            let _ = writeln!(md, "| {} | {} |", r.system, cells.join(" | "));
+        }
+
+        let _ = writeln!(
+            md,
+            "\n### CPU time per call: user + system, µs, at {} calls in flight\n",
+            s.cpu_in_flight
+        );
+        let _ = writeln!(
+            md,
+            "| system | client | server | total | calls | meshrpc ÷ this (total, <1 better) |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+        let m = meshrpc
+            .and_then(|r| r.cpu.as_ref())
+            .map(|c| c.total_us_per_call);
+        for r in results {
+            match &r.cpu {
+                Some(c) => {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                        r.system,
+                        c.client_us_per_call,
+                        c.server_us_per_call,
+                        c.total_us_per_call,
+                        c.calls,
+                        ratio(m, Some(c.total_us_per_call))
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |",
+                        r.system
+                    );
+                }
+            }
+        }
+
+        let _ = writeln!(
+            md,
+            "\n### Hop ring: {} peers, {} nested hops per round, latency per hop (µs)\n",
+            s.ring_peers, s.ring_depth
+        );
+        let _ = writeln!(
+            md,
+            "| system | per hop p50 | per hop mean | rounds | meshrpc ÷ this (p50, <1 better) |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+        let m = meshrpc
+            .and_then(|r| r.ring.as_ref())
+            .map(|g| g.per_hop_p50_us);
+        for r in results {
+            match &r.ring {
+                Some(g) => {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {} | {} | {} |",
+                        r.system,
+                        us(g.per_hop_p50_us),
+                        us(g.per_hop_mean_us),
+                        g.rounds,
+                        ratio(m, Some(g.per_hop_p50_us))
+                    );
+                }
+                None => {
+                    let _ = writeln!(md, "| {} | {DASH} | {DASH} | {DASH} | {DASH} |", r.system);
+                }
+            }
+        }
+
+        let _ = writeln!(
+            md,
+            "\n### Memory: peak RSS (VmHWM), server idle and holding {} calls in flight ({} ms each)\n",
+            s.hold_calls, s.hold_ms
+        );
+        let _ = writeln!(
+            md,
+            "| system | server idle MiB | server loaded MiB | server bytes per call | client loaded MiB | answered | meshrpc ÷ this (bytes/call, <1 better) |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+        let m = meshrpc
+            .and_then(|r| r.memory.as_ref())
+            .map(|g| g.server_bytes_per_call);
+        for r in results {
+            match &r.memory {
+                Some(g) => {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {} | {:.0} | {} | {}/{} | {} |",
+                        r.system,
+                        mib(g.idle_kib),
+                        mib(g.loaded_kib),
+                        g.server_bytes_per_call,
+                        mib(g.client_kib),
+                        g.answered,
+                        g.calls,
+                        ratio(m, Some(g.server_bytes_per_call))
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |",
+                        r.system
+                    );
+                }
+            }
+        }
+        let _ = writeln!(md);
+    }
+
+    fn targets_markdown(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "## DESIGN targets (ratios in one run, same placement)\n"
+        );
+        let _ = writeln!(md, "| target | placement | measured | met |");
+        let _ = writeln!(md, "|---|---|---:|---|");
+        for placement in &self.placements {
+            let get = |system: System| placement.results.iter().find(|r| r.system == system);
+            let p50 = |system| {
+                get(system)
+                    .and_then(|r| r.latency.as_ref())
+                    .map(|l| l.percentiles.p50_us)
+            };
+            let tput = |system| get(system).and_then(|r| r.throughput_at(64));
+            let hop = |system| {
+                get(system)
+                    .and_then(|r| r.ring.as_ref())
+                    .map(|g| g.per_hop_p50_us)
+            };
+            let mib1 = |system| {
+                get(system)
+                    .and_then(|r| r.payload(1 << 20))
+                    .map(|p| p.p50_us)
+            };
+            let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            let m = System::Meshrpc;
+            let rows: [(&str, Option<f64>, f64, bool); 9] = [
+                (
+                    "unary p50 ≤ 1.0× tarpc",
+                    div(p50(m), p50(System::Tarpc)),
+                    1.0,
+                    true,
+                ),
+                (
+                    "unary p50 ≤ 0.5× tonic-tls",
+                    div(p50(m), p50(System::TonicTls)),
+                    0.5,
+                    true,
+                ),
+                (
+                    "unary p50 ≤ 1.15× bare quinn",
+                    div(p50(m), p50(System::Quinn)),
+                    1.15,
+                    true,
+                ),
+                (
+                    "64 in flight ≥ 1.0× tarpc",
+                    div(tput(m), tput(System::Tarpc)),
+                    1.0,
+                    false,
+                ),
+                (
+                    "64 in flight ≥ 4× tonic-tls",
+                    div(tput(m), tput(System::TonicTls)),
+                    4.0,
+                    false,
+                ),
+                (
+                    "ring per hop ≤ 1.1× bare quinn",
+                    div(hop(m), hop(System::Quinn)),
+                    1.1,
+                    true,
+                ),
+                (
+                    "ring per hop ≤ 0.75× tonic-h2c",
+                    div(hop(m), hop(System::TonicH2c)),
+                    0.75,
+                    true,
+                ),
+                (
+                    "1 MiB p50 ≤ 0.8× tonic-tls",
+                    div(mib1(m), mib1(System::TonicTls)),
+                    0.8,
+                    true,
+                ),
+                (
+                    "idle server ≤ 12 MiB",
+                    get(m)
+                        .and_then(|r| r.memory.as_ref())
+                        .map(|g| g.idle_kib as f64 / 1024.0),
+                    12.0,
+                    true,
+                ),
+            ];
+            for (target, value, bound, at_most) in rows {
+                let met = match value {
+                    Some(v) if (at_most && v <= bound) || (!at_most && v >= bound) => "yes",
+                    Some(_) => "**no**",
+                    None => DASH,
+                };
+                let shown = value.map_or_else(|| DASH.to_owned(), |v| format!("{v:.2}"));
+                let _ = writeln!(md, "| {target} | {} | {shown} | {met} |", placement.key);
+            }
+        }
+        let _ = writeln!(
+            md,
+            "\nBytes per call in flight ≤ 2 KB and 10,000 calls on one connection: see the memory tables.\n"
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! The systems under test. Each one serves the same two calls and offers a client for them:
+//!
+//! - `echo(payload, sleep_ms) -> payload`: returns the payload, after sleeping `sleep_ms` on the
+//!   server (0 for every scenario except the memory one, which holds calls in flight);
+//! - `relay(hops_left, state) -> state`: the hop ring. A peer with `hops_left > 0` bumps the hop
+//!   counter in the state and calls `relay(hops_left - 1, state)` on the next peer of the ring,
+//!   nested and synchronous, and returns what that call returned.
+//!
+//! Servers share [`Handler`] for the behaviour, so systems differ only in transport and codec.
+
+pub(crate) mod http_json;
+pub(crate) mod quinn_raw;
+pub(crate) mod tarpc_tcp;
+pub(crate) mod tonic_grpc;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Errors of the harness: boxed, since every one ends up as a line in the report.
+pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
+/// Result with the harness error.
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Largest message any system accepts (the 1 MiB payload plus framing).
+pub(crate) const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Concurrent calls a connection must accept: the memory scenario holds 10,000.
+pub(crate) const MAX_IN_FLIGHT: u32 = 20_000;
+/// Server name the self-signed certificate is issued for.
+pub(crate) const SERVER_NAME: &str = "localhost";
+
+/// A system under test, by its name on the command line and in the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum System {
+    /// meshrpc: generated client and server over its QUIC transport.
+    Meshrpc,
+    /// Raw quinn, one bidirectional stream per call, length-prefixed: the floor.
+    Quinn,
+    /// tonic + prost over TLS 1.3.
+    TonicTls,
+    /// tonic + prost over plaintext HTTP/2 (h2c).
+    TonicH2c,
+    /// tarpc with bincode over TCP.
+    Tarpc,
+    /// axum server, hyper pooled client, JSON bodies over HTTP/1.1.
+    HttpJson,
+}
+
+impl System {
+    /// Every system, meshrpc first (the others are its baselines).
+    pub(crate) const ALL: [System; 6] = [
+        System::Meshrpc,
+        System::Quinn,
+        System::TonicTls,
+        System::TonicH2c,
+        System::Tarpc,
+        System::HttpJson,
+    ];
+
+    /// The name used on the command line and in reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            System::Meshrpc => "meshrpc",
+            System::Quinn => "quinn",
+            System::TonicTls => "tonic-tls",
+            System::TonicH2c => "tonic-h2c",
+            System::Tarpc => "tarpc",
+            System::HttpJson => "http-json",
+        }
+    }
+
+    /// One line saying what the system is, for the report.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            System::Meshrpc => "meshrpc: generated client/server, QUIC + mutual TLS, MessagePack",
+            System::Quinn => {
+                "bare quinn 0.11, TLS 1.3, one bidi stream per call, raw bytes (the floor)"
+            }
+            System::TonicTls => "tonic 0.14 + prost, HTTP/2 over TLS 1.3 (rustls, ring)",
+            System::TonicH2c => "tonic 0.14 + prost, plaintext HTTP/2 (h2c)",
+            System::Tarpc => "tarpc 0.38, bincode over TCP (no TLS)",
+            System::HttpJson => {
+                "axum 0.8 server, hyper 1 pooled client, HTTP/1.1 + JSON (base64 bytes), no TLS"
+            }
+        }
+    }
+}
+
+impl fmt::Display for System {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for System {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        System::ALL
+            .into_iter()
+            .find(|system| system.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = System::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown system `{s}`; expected one of {}", names.join(", "))
+            })
+    }
+}
+
+/// The self-signed certificate every TLS system serves and trusts, shared by all processes.
+#[derive(Clone, Debug)]
+pub(crate) struct Tls {
+    /// PEM certificate, issued for [`SERVER_NAME`].
+    pub(crate) cert_pem: String,
+    /// PEM PKCS#8 private key.
+    pub(crate) key_pem: String,
+}
+
+impl Tls {
+    /// Mints a certificate for [`SERVER_NAME`] and writes it into `dir`.
+    pub(crate) fn create(dir: &Path) -> Result<Tls> {
+        let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
+        let tls = Tls {
+            cert_pem: certified.cert.pem(),
+            key_pem: certified.signing_key.serialize_pem(),
+        };
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("cert.pem"), &tls.cert_pem)?;
+        std::fs::write(dir.join("key.pem"), &tls.key_pem)?;
+        Ok(tls)
+    }
+
+    /// Reads what [`Tls::create`] wrote.
+    pub(crate) fn load(dir: &Path) -> Result<Tls> {
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .map_err(|e| format!("reading {}: {e}", dir.join(name).display()))
+        };
+        Ok(Tls {
+            cert_pem: read("cert.pem")?,
+            key_pem: read("key.pem")?,
+        })
+    }
+
+    /// The certificate in DER form.
+    pub(crate) fn cert_der(&self) -> Result<rustls::pki_types::CertificateDer<'static>> {
+        use rustls::pki_types::pem::PemObject;
+        Ok(rustls::pki_types::CertificateDer::from_pem_slice(
+            self.cert_pem.as_bytes(),
+        )?)
+    }
+
+    /// The private key in DER form.
+    pub(crate) fn key_der(&self) -> Result<rustls::pki_types::PrivateKeyDer<'static>> {
+        use rustls::pki_types::pem::PemObject;
+        Ok(rustls::pki_types::PrivateKeyDer::from_pem_slice(
+            self.key_pem.as_bytes(),
+        )?)
+    }
+
+    /// A rustls client configuration trusting only this certificate.
+    pub(crate) fn client_config(&self) -> Result<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert_der()?)?;
+        Ok(rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
+
+    /// A rustls server configuration serving this certificate.
+    pub(crate) fn server_config(&self) -> Result<rustls::ServerConfig> {
+        Ok(rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert_der()?], self.key_der()?)?)
+    }
+}
+
+/// A client of one system. Futures are `Send` because ring peers call it from inside server
+/// handlers, which the servers spawn.
+pub(crate) trait BenchClient: Clone + Send + Sync + Sized + 'static {
+    /// Connects to a server of this system at `addr`.
+    fn connect(addr: SocketAddr, tls: &Tls) -> impl Future<Output = Result<Self>> + Send;
+
+    /// Calls `echo`.
+    fn echo(&self, payload: Bytes, sleep_ms: u32) -> impl Future<Output = Result<Bytes>> + Send;
+
+    /// Calls `relay`.
+    fn relay(&self, hops_left: u32, state: Bytes) -> impl Future<Output = Result<Bytes>> + Send;
+}
+
+/// The server-side behaviour every system shares.
+#[derive(Debug)]
+pub(crate) struct Handler<C> {
+    next: Option<SocketAddr>,
+    tls: Tls,
+    client: tokio::sync::OnceCell<C>,
+}
+
+impl<C: BenchClient> Handler<C> {
+    /// A handler whose ring successor (if any) is `next`.
+    pub(crate) fn new(next: Option<SocketAddr>, tls: Tls) -> Arc<Handler<C>> {
+        Arc::new(Handler {
+            next,
+            tls,
+            client: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// `echo`: the payload back, after `sleep_ms`.
+    pub(crate) async fn echo(&self, payload: Bytes, sleep_ms: u32) -> Bytes {
+        if sleep_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(u64::from(sleep_ms))).await;
+        }
+        payload
+    }
+
+    /// `relay`: one hop of the ring.
+    pub(crate) async fn relay(&self, hops_left: u32, state: Bytes) -> Result<Bytes> {
+        if hops_left == 0 {
+            return Ok(state);
+        }
+        let next = self
+            .next
+            .ok_or("relay: this peer has no successor in a ring")?;
+        let client = self
+            .client
+            .get_or_try_init(|| C::connect(next, &self.tls))
+            .await?;
+        client.relay(hops_left - 1, bump_hop_count(state)).await
+    }
+}
+
+/// Adds one to the little-endian hop counter in the first four bytes of a ring state.
+pub(crate) fn bump_hop_count(state: Bytes) -> Bytes {
+    let mut state = Vec::from(state);
+    if state.len() < 4 {
+        state.resize(4, 0);
+    }
+    let count = hop_count(&state).wrapping_add(1);
+    state[..4].copy_from_slice(&count.to_le_bytes());
+    Bytes::from(state)
+}
+
+/// The hop counter of a ring state.
+pub(crate) fn hop_count(state: &[u8]) -> u32 {
+    match state.get(..4) {
+        Some(head) => u32::from_le_bytes([head[0], head[1], head[2], head[3]]),
+        None => 0,
+    }
+}
+
+/// How a server learns where it listens and whom it relays to: it reports its bound address,
+/// and gets back its ring successor (the parent writes it once every peer is bound).
+pub(crate) type Rendezvous = Box<dyn FnOnce(SocketAddr) -> Result<Option<SocketAddr>> + Send>;
+
+/// Runs `system`'s server on `listen` until the process is stopped.
+pub(crate) async fn serve(
+    system: System,
+    listen: SocketAddr,
+    tls: Tls,
+    rendezvous: Rendezvous,
+) -> Result<()> {
+    match system {
+        System::Meshrpc => Err("meshrpc is not wired into the bench yet".into()),
+        System::Quinn => quinn_raw::serve(listen, tls, rendezvous).await,
+        System::TonicTls => tonic_grpc::serve(listen, tls, true, rendezvous).await,
+        System::TonicH2c => tonic_grpc::serve(listen, tls, false, rendezvous).await,
+        System::Tarpc => tarpc_tcp::serve(listen, tls, rendezvous).await,
+        System::HttpJson => http_json::serve(listen, tls, rendezvous).await,
+    }
+}
