@@ -1,8 +1,11 @@
-//! Generates the tonic service for the gRPC baselines without `protoc`: the messages are
-//! hand-written prost structs (`src/systems/tonic_grpc.rs`) and the service stubs come from
-//! `tonic_build::manual` with tonic-prost's codec.
+//! Generates the meshrpc `echo` service from `services.toml`, and the tonic service for the
+//! gRPC baselines without `protoc`: its messages are hand-written prost structs
+//! (`src/systems/tonic_grpc.rs`) and the stubs come from `tonic_build::manual` with
+//! tonic-prost's codec.
 
-fn main() {
+fn main() -> Result<(), meshrpc_build::Error> {
+    meshrpc_build::compile("services.toml")?;
+
     let method = |name: &str, route: &str, input: &str, output: &str| {
         tonic_build::manual::Method::builder()
             .name(name)
@@ -20,4 +23,5 @@ fn main() {
         .build();
     tonic_build::manual::Builder::new().compile(&[service]);
     println!("cargo::rerun-if-changed=build.rs");
+    Ok(())
 }

@@ -175,7 +175,9 @@ fn client(
     let job: load::Job = serde_json::from_str(job)?;
     let runtime = runtime()?;
     let outcome = match system {
-        System::Meshrpc => Err("meshrpc is not wired into the bench yet".into()),
+        System::Meshrpc => {
+            runtime.block_on(measure::<systems::meshrpc_node::Client>(addr, &tls, &job))
+        }
         System::Quinn => runtime.block_on(measure::<systems::quinn_raw::Client>(addr, &tls, &job)),
         System::TonicTls => runtime.block_on(measure::<systems::tonic_grpc::Client<true>>(
             addr, &tls, &job,

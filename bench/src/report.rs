@@ -193,6 +193,14 @@ fn ratio(meshrpc: Option<f64>, this: Option<f64>) -> String {
     }
 }
 
+/// [`ratio`] for a table row: meshrpc's own row has none.
+fn row_ratio(system: System, meshrpc: Option<f64>, this: Option<f64>) -> String {
+    match system {
+        System::Meshrpc => DASH.to_owned(),
+        _ => ratio(meshrpc, this),
+    }
+}
+
 fn opt(value: Option<f64>, show: fn(f64) -> String) -> String {
     value.map_or_else(|| DASH.to_owned(), show)
 }
@@ -309,7 +317,7 @@ impl Report {
                         us(p.p99_us),
                         us(p.mean_us),
                         l.calls,
-                        ratio(m, Some(p.p50_us))
+                        row_ratio(r.system, m, Some(p.p50_us))
                     );
                 }
                 None => {
@@ -421,7 +429,7 @@ impl Report {
                         c.server_us_per_call,
                         c.total_us_per_call,
                         c.calls,
-                        ratio(m, Some(c.total_us_per_call))
+                        row_ratio(r.system, m, Some(c.total_us_per_call))
                     );
                 }
                 None => {
@@ -457,7 +465,7 @@ impl Report {
                         us(g.per_hop_p50_us),
                         us(g.per_hop_mean_us),
                         g.rounds,
-                        ratio(m, Some(g.per_hop_p50_us))
+                        row_ratio(r.system, m, Some(g.per_hop_p50_us))
                     );
                 }
                 None => {
@@ -492,7 +500,7 @@ impl Report {
                         mib(g.client_kib),
                         g.answered,
                         g.calls,
-                        ratio(m, Some(g.server_bytes_per_call))
+                        row_ratio(r.system, m, Some(g.server_bytes_per_call))
                     );
                 }
                 None => {

@@ -9,6 +9,7 @@
 //! Servers share [`Handler`] for the behaviour, so systems differ only in transport and codec.
 
 pub(crate) mod http_json;
+pub(crate) mod meshrpc_node;
 pub(crate) mod quinn_raw;
 pub(crate) mod tarpc_tcp;
 pub(crate) mod tonic_grpc;
@@ -16,7 +17,7 @@ pub(crate) mod tonic_grpc;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +118,8 @@ impl FromStr for System {
 /// The self-signed certificate every TLS system serves and trusts, shared by all processes.
 #[derive(Clone, Debug)]
 pub(crate) struct Tls {
+    /// The directory the certificate lives in (meshrpc keeps its development CA below it).
+    pub(crate) dir: PathBuf,
     /// PEM certificate, issued for [`SERVER_NAME`].
     pub(crate) cert_pem: String,
     /// PEM PKCS#8 private key.
@@ -128,6 +131,7 @@ impl Tls {
     pub(crate) fn create(dir: &Path) -> Result<Tls> {
         let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
         let tls = Tls {
+            dir: dir.to_owned(),
             cert_pem: certified.cert.pem(),
             key_pem: certified.signing_key.serialize_pem(),
         };
@@ -144,6 +148,7 @@ impl Tls {
                 .map_err(|e| format!("reading {}: {e}", dir.join(name).display()))
         };
         Ok(Tls {
+            dir: dir.to_owned(),
             cert_pem: read("cert.pem")?,
             key_pem: read("key.pem")?,
         })
@@ -268,7 +273,7 @@ pub(crate) async fn serve(
     rendezvous: Rendezvous,
 ) -> Result<()> {
     match system {
-        System::Meshrpc => Err("meshrpc is not wired into the bench yet".into()),
+        System::Meshrpc => meshrpc_node::serve(listen, tls, rendezvous).await,
         System::Quinn => quinn_raw::serve(listen, tls, rendezvous).await,
         System::TonicTls => tonic_grpc::serve(listen, tls, true, rendezvous).await,
         System::TonicH2c => tonic_grpc::serve(listen, tls, false, rendezvous).await,
