@@ -1,1 +1,34 @@
-fn main() { eprintln!("usage: cargo xtask <demo|bench>"); }
+//! `cargo xtask <task>`: project tasks, one module per task. This file only dispatches.
+
+mod bench;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "meshrpc project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Measure meshrpc against bare quinn, tonic, tarpc and HTTP/JSON; write target/bench/.
+    Bench(bench::Args),
+    // `Demo(demo::Args)` goes here.
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

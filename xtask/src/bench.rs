@@ -1,0 +1,85 @@
+//! `cargo xtask bench`: builds the `bench` crate in release and runs `bench run`, which
+//! writes `target/bench/report.md`, `report.json` and `chart.svg`. See `bench/README.md`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Options of `cargo xtask bench`; anything after `--` goes to `bench run` as is
+/// (`--placements same`, `--depth 500`, `--hold-calls 2000`, `--no-progress`, …).
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Short runs, a shallow ring and fewer held calls (about a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Scenarios, comma separated: latency, throughput, payload, cpu, ring, memory, gateway.
+    #[arg(long)]
+    scenarios: Option<String>,
+    /// Systems, comma separated: meshrpc, quinn, tonic-tls, tonic-h2c, tarpc, http-json.
+    #[arg(long)]
+    systems: Option<String>,
+    /// Seconds per measurement (default 3, quick 0.5).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Build and run the debug profile (faster to build, meaningless figures).
+    #[arg(long)]
+    debug: bool,
+    /// Passed to `bench run` as is.
+    #[arg(last = true)]
+    rest: Vec<String>,
+}
+
+/// The workspace root: xtask's manifest sits one level below it.
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Builds the bench and runs it.
+pub(crate) fn run(args: Args) -> Result<(), String> {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let profile = if args.debug { "debug" } else { "release" };
+
+    let mut build = Command::new(&cargo);
+    build.current_dir(&root).args(["build", "-p", "bench"]);
+    if !args.debug {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .map_err(|e| format!("running {cargo}: {e}"))?;
+    if !status.success() {
+        return Err(format!("`cargo build -p bench` failed ({status})"));
+    }
+
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let exe = target.join(profile).join("bench");
+    let mut bench = Command::new(&exe);
+    bench
+        .current_dir(&root)
+        .arg("run")
+        .arg("--out")
+        .arg(target.join("bench"));
+    if args.quick {
+        bench.arg("--quick");
+    }
+    if let Some(scenarios) = &args.scenarios {
+        bench.args(["--scenarios", scenarios]);
+    }
+    if let Some(systems) = &args.systems {
+        bench.args(["--systems", systems]);
+    }
+    if let Some(duration) = args.duration {
+        bench.args(["--duration", &duration.to_string()]);
+    }
+    bench.args(&args.rest);
+    let status = bench
+        .status()
+        .map_err(|e| format!("running {}: {e}", exe.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the bench failed ({status})"))
+    }
+}
