@@ -164,9 +164,7 @@ pub(crate) struct Memory {
 const DASH: &str = "—";
 
 fn us(value: f64) -> String {
-    if value >= 1000.0 {
-        format!("{:.0}", value)
-    } else if value >= 100.0 {
+    if value >= 100.0 {
         format!("{value:.0}")
     } else {
         format!("{value:.1}")

@@ -133,7 +133,7 @@ pub(crate) struct Options {
     /// Systems to measure (comma separated): meshrpc, quinn, tonic-tls, tonic-h2c, tarpc, http-json.
     #[arg(long, value_delimiter = ',')]
     systems: Option<Vec<System>>,
-    /// Seconds per measurement (default 3, quick 0.5).
+    /// Seconds per measurement (default 3, quick 0.4).
     #[arg(long)]
     duration: Option<f64>,
     /// Placements (comma separated): same, separate.
@@ -145,6 +145,9 @@ pub(crate) struct Options {
     /// Calls held in flight for the memory scenario (default 10000, quick 1000).
     #[arg(long)]
     hold_calls: Option<usize>,
+    /// How long the server holds each of those calls, ms (default 2000, quick 300).
+    #[arg(long)]
+    hold_ms: Option<u32>,
     /// Where to write report.md, report.json and chart.svg.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -189,7 +192,9 @@ pub(crate) fn run(options: Options) -> Result<()> {
         hold_calls: options
             .hold_calls
             .unwrap_or(if options.quick { 1000 } else { 10_000 }),
-        hold_ms: if options.quick { 500 } else { 2000 },
+        hold_ms: options
+            .hold_ms
+            .unwrap_or(if options.quick { 500 } else { 2000 }),
     };
     let machine = machine();
     if machine.cpus < 2 && options.placements.contains(&Placement::Separate) {

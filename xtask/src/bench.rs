@@ -17,7 +17,7 @@ pub(crate) struct Args {
     /// Systems, comma separated: meshrpc, quinn, tonic-tls, tonic-h2c, tarpc, http-json.
     #[arg(long)]
     systems: Option<String>,
-    /// Seconds per measurement (default 3, quick 0.5).
+    /// Seconds per measurement (default 3, quick 0.4).
     #[arg(long)]
     duration: Option<f64>,
     /// Build and run the debug profile (faster to build, meaningless figures).

@@ -1,0 +1,142 @@
+//! The harness end to end in a tiny mode: every system answers in every scenario under both
+//! placements, and the report has every table. Nothing here is about speed: this runs the
+//! debug build that `cargo test` makes (a release build of tonic, quinn and friends would cost
+//! CI minutes for figures nobody reads), with runs of 0.1 s.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const SYSTEMS: [&str; 6] = [
+    "meshrpc",
+    "quinn",
+    "tonic-tls",
+    "tonic-h2c",
+    "tarpc",
+    "http-json",
+];
+
+fn run_quick(out: &Path) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["run", "--quick", "--duration", "0.1", "--depth", "10"])
+        .args([
+            "--hold-calls",
+            "200",
+            "--hold-ms",
+            "200",
+            "--no-progress",
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .expect("the bench binary starts");
+    assert!(
+        output.status.success(),
+        "bench run failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json = std::fs::read_to_string(out.join("report.json")).expect("report.json is written");
+    serde_json::from_str(&json).expect("report.json is JSON")
+}
+
+#[test]
+fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() {
+    let out = tempfile::tempdir().expect("temporary directory");
+    let report = run_quick(out.path());
+
+    let placements = report["placements"].as_array().expect("placements");
+    let keys: Vec<&str> = placements
+        .iter()
+        .filter_map(|p| p["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["same", "separate"]);
+    for placement in placements {
+        let results = placement["results"].as_array().expect("results");
+        let systems: Vec<&str> = results
+            .iter()
+            .filter_map(|r| r["system"].as_str())
+            .collect();
+        assert_eq!(systems, SYSTEMS);
+        for result in results {
+            let name = format!("{} / {}", placement["key"], result["system"]);
+            assert_eq!(result["errors"], serde_json::json!([]), "{name}: errors");
+            assert!(
+                result["latency"]["calls"].as_u64() > Some(0),
+                "{name}: latency"
+            );
+            assert!(
+                result["latency"]["p50_us"].as_f64() > Some(0.0),
+                "{name}: latency p50"
+            );
+            let throughput = result["throughput"].as_array().expect("throughput");
+            let in_flight: Vec<u64> = throughput
+                .iter()
+                .filter_map(|t| t["in_flight"].as_u64())
+                .collect();
+            assert_eq!(in_flight, [1, 16, 64, 256], "{name}: throughput");
+            assert!(
+                throughput.iter().all(|t| t["calls"].as_u64() > Some(0)),
+                "{name}: throughput calls"
+            );
+            let payloads = result["payloads"].as_array().expect("payloads");
+            let bytes: Vec<u64> = payloads
+                .iter()
+                .filter_map(|p| p["bytes"].as_u64())
+                .collect();
+            assert_eq!(bytes, [64, 4096, 65536, 1048576], "{name}: payloads");
+            assert!(result["cpu"]["calls"].as_u64() > Some(0), "{name}: cpu");
+            assert!(result["ring"]["rounds"].as_u64() > Some(0), "{name}: ring");
+            assert_eq!(
+                result["memory"]["answered"].as_u64(),
+                Some(200),
+                "{name}: memory"
+            );
+            assert!(
+                result["memory"]["idle_kib"].as_u64() > Some(0),
+                "{name}: idle rss"
+            );
+        }
+    }
+    assert!(
+        report["gateway"]
+            .as_str()
+            .is_some_and(|g| g.starts_with("Not measured"))
+    );
+
+    let markdown = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
+    for heading in [
+        "## Placement: same",
+        "## Placement: separate",
+        "### Unary latency",
+        "### Throughput",
+        "### Payloads",
+        "### CPU time per call",
+        "### Hop ring",
+        "### Memory",
+        "## Gateway under HTTP load",
+        "## DESIGN targets",
+    ] {
+        assert_eq!(
+            markdown.matches(heading).count(),
+            if heading.starts_with("###") { 2 } else { 1 },
+            "{heading}"
+        );
+    }
+    for system in SYSTEMS {
+        assert!(
+            markdown.contains(&format!("| {system} |")),
+            "{system} has rows"
+        );
+    }
+    assert!(
+        markdown.contains("## Errors\n\nNone."),
+        "no errors:\n{markdown}"
+    );
+
+    let chart = std::fs::read_to_string(out.path().join("chart.svg")).expect("chart.svg");
+    assert!(
+        chart.contains("<svg") && chart.contains("tonic-tls"),
+        "the chart names the systems"
+    );
+}
