@@ -14,6 +14,7 @@
 //! - [`channel`], [`service`]: the contract generated clients and servers implement.
 
 pub mod channel;
+pub mod cli;
 pub mod codec;
 pub mod context;
 pub mod http_tunnel;

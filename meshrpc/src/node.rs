@@ -317,15 +317,9 @@ impl NodeBuilder {
 
         let connections = Connections::new(endpoint.clone(), &server_name.to_str());
         let membership = Membership::start(identity, connections.clone());
-        {
-            let membership = membership.clone();
-            connections.set_on_connect(Arc::new(move |connection| {
-                membership.listen_to(connection.clone());
-            }));
-        }
 
         let metrics = Arc::new(Metrics::new());
-        let node_service = NodeService::new(&self.name, &published)
+        let node_service = NodeService::new(&self.name, &published, membership.clone())
             .map_err(|status| TlsError::Pem {
                 path: PathBuf::from("<node service>"),
                 what: status.to_string(),
@@ -361,12 +355,22 @@ impl NodeBuilder {
         }
         {
             let connections = connections.clone();
+            let membership = membership.clone();
             server.set_connection_hook(Arc::new(move |connection| {
                 connections.adopt(connection);
-                connections.run_hook(connection);
+                membership.listen_to(connection.clone());
             }));
         }
         let server = Arc::new(server);
+        {
+            // Connections this node opens carry the peer's calls too.
+            let membership = membership.clone();
+            let server = server.clone();
+            connections.set_on_connect(Arc::new(move |connection| {
+                membership.listen_to(connection.clone());
+                tokio::spawn(server.clone().serve_connection(connection.clone()));
+            }));
+        }
         let mut tasks = vec![tokio::spawn(server.clone().accept_loop(endpoint.clone()))];
         tasks.push(tokio::spawn(join_loop(
             membership.clone(),

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::membership::{Liveness, Membership};
 use crate::service::{BoxFuture, Dispatch, unknown_method};
 use crate::spec::{MethodSpec, ServiceSpec};
 use crate::status::Status;
@@ -38,6 +39,16 @@ pub static NODE_SPEC: ServiceSpec = ServiceSpec {
             result_field: "descriptors",
             result_type: "Vec<String>",
         },
+        MethodSpec {
+            service: NODE_SERVICE,
+            name: "members",
+            doc: "The members in the node's view of the mesh.",
+            idempotent: true,
+            timeout: None,
+            params: &[],
+            result_field: "members",
+            result_type: "Vec<MemberSummary>",
+        },
     ],
     schema_hash: 0x6d65_7368_6e6f_6465,
     manifest: "",
@@ -58,16 +69,44 @@ pub struct DescribeReply {
     pub descriptors: Vec<String>,
 }
 
+/// One member, as `members` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSummary {
+    /// The member's name.
+    pub name: String,
+    /// Its advertised address.
+    pub addr: String,
+    /// Whether it is draining.
+    pub draining: bool,
+    /// Whether it is only suspected to be alive.
+    pub suspect: bool,
+    /// The services it publishes.
+    pub services: Vec<String>,
+}
+
+/// The reply of `members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersReply {
+    /// Every member in view, the answering node included.
+    pub members: Vec<MemberSummary>,
+}
+
 /// The built-in service of one node.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeService {
     ping: Bytes,
     describe: Bytes,
+    membership: Membership,
 }
 
 impl NodeService {
-    pub(crate) fn new(name: &str, published: &[&'static ServiceSpec]) -> Result<NodeService, Status> {
+    pub(crate) fn new(
+        name: &str,
+        published: &[&'static ServiceSpec],
+        membership: Membership,
+    ) -> Result<NodeService, Status> {
         Ok(NodeService {
+            membership,
             ping: codec::encode(&PingReply { name: name.to_owned() })?,
             describe: codec::encode(&DescribeReply {
                 descriptors: published.iter().map(|spec| spec.descriptor.to_owned()).collect(),
@@ -85,6 +124,21 @@ impl Dispatch for NodeService {
         let reply = match method {
             "ping" => Ok(self.ping.clone()),
             "describe" => Ok(self.describe.clone()),
+            "members" => {
+                let view = self.membership.view();
+                let members = view
+                    .members()
+                    .iter()
+                    .map(|member| MemberSummary {
+                        name: member.id.name.clone(),
+                        addr: member.id.addr.to_string(),
+                        draining: member.id.draining,
+                        suspect: member.liveness == Liveness::Suspect,
+                        services: member.id.services.iter().map(|s| s.name.clone()).collect(),
+                    })
+                    .collect();
+                codec::encode(&MembersReply { members })
+            }
             other => Err(unknown_method(&NODE_SPEC, other)),
         };
         Box::pin(std::future::ready(reply))

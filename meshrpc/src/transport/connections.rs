@@ -55,13 +55,6 @@ impl Connections {
         let _ = self.on_connect.set(hook);
     }
 
-    /// Runs the connect hook on `connection` (for connections accepted by the server).
-    pub fn run_hook(&self, connection: &Connection) {
-        if let Some(hook) = self.on_connect.get() {
-            hook(connection);
-        }
-    }
-
     /// The pooled connection to `addr` if it is established and open.
     pub fn live(&self, addr: SocketAddr) -> Option<Connection> {
         let slots = self.lock();

@@ -145,7 +145,12 @@ impl Server {
             let server = self.clone();
             tokio::spawn(async move {
                 match incoming.await {
-                    Ok(connection) => server.serve_connection(connection).await,
+                    Ok(connection) => {
+                        if let Some(hook) = &server.connection_hook {
+                            hook(&connection);
+                        }
+                        server.serve_connection(connection).await;
+                    }
                     // Wrong CA, no client certificate, wrong cluster, wrong ALPN: refused here.
                     Err(error) => debug!(%error, "refused an incoming connection"),
                 }
@@ -153,11 +158,9 @@ impl Server {
         }
     }
 
-    /// Serves every stream of one connection until it closes.
+    /// Serves every stream the peer opens on `connection` (accepted or opened by this node:
+    /// a connection carries calls both ways) until it closes.
     pub async fn serve_connection(self: Arc<Self>, connection: Connection) {
-        if let Some(hook) = &self.connection_hook {
-            hook(&connection);
-        }
         loop {
             let (send, recv) = match connection.accept_bi().await {
                 Ok(streams) => streams,

@@ -39,6 +39,7 @@ pub static PROBE_SPEC: ServiceSpec = ServiceSpec {
         method!("nested", false),
         method!("panic", false),
         method!("echo", true),
+        method!("whoami", true),
     ],
     schema_hash: 1,
     manifest: "",
@@ -153,6 +154,10 @@ impl Dispatch for Probe {
                     encode(&reply)
                 }
                 "panic" => panic!("the probe was asked to panic"),
+                "whoami" => {
+                    let node = probe.node.get().expect("node set");
+                    encode(&Reply { result: i64::from(node.advertised_addr().port()) })
+                }
                 "echo" => {
                     let r: Echo = decode_request("echo", &request)?;
                     encode(&r)

@@ -1,0 +1,140 @@
+//! Command-line flags every meshrpc binary shares, with their environment variables, so a
+//! service's `main` is a few lines:
+//!
+//! ```no_run
+//! use clap::Parser;
+//!
+//! #[derive(Parser)]
+//! struct Args {
+//!     #[command(flatten)]
+//!     node: meshrpc::cli::NodeArgs,
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let args = Args::parse();
+//! let node = args.node.builder("greeter", meshrpc::cli::ANY_PORT)?.start().await?;
+//! node.run_until_signal().await;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::node::{Node, NodeBuilder};
+use crate::resilience::balance::Strategy;
+use crate::seeds;
+use crate::tls::{TlsError, TlsMaterial};
+
+/// Listen on any free port of every interface: the default for service replicas.
+pub const ANY_PORT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// The well-known port of seed nodes (the gateway): `0.0.0.0:11999`.
+pub const SEED_PORT: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    seeds::DEFAULT_PORT,
+);
+
+/// Balancing strategies as flag values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Balancing {
+    /// One replica after the other.
+    RoundRobin,
+    /// Power of two choices by peak-EWMA latency.
+    PeakEwma,
+}
+
+/// Flags for joining the mesh.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Seed nodes to join through: comma-separated host[:port] (port 11999 by default).
+    #[arg(short = 'N', long = "nodes", env = "MESHRPC_CLUSTER_NODES", value_name = "HOST[:PORT],...")]
+    pub nodes: Option<String>,
+
+    /// The cluster to join; nodes of other clusters are refused.
+    #[arg(short = 'T', long, env = "MESHRPC_CLUSTER_NAME", default_value = "default")]
+    pub cluster: String,
+
+    /// UDP address for mesh traffic.
+    #[arg(long, env = "MESHRPC_LISTEN_ADDR", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Address other members reach this node at (default: derived from --listen and the seeds).
+    #[arg(long, env = "MESHRPC_ADVERTISE_ADDR", value_name = "ADDR")]
+    pub advertise: Option<SocketAddr>,
+
+    /// The cluster CA certificate (PEM). With --cert and --key; without all three a
+    /// development CA is minted into the state directory.
+    #[arg(long, env = "MESHRPC_CA", value_name = "PEM", requires_all = ["cert", "key"])]
+    pub ca: Option<PathBuf>,
+
+    /// This node's certificate chain (PEM), issued by the CA for `<cluster>.meshrpc`.
+    #[arg(long, env = "MESHRPC_CERT", value_name = "PEM", requires_all = ["ca", "key"])]
+    pub cert: Option<PathBuf>,
+
+    /// This node's private key (PEM).
+    #[arg(long, env = "MESHRPC_KEY", value_name = "PEM", requires_all = ["ca", "cert"])]
+    pub key: Option<PathBuf>,
+
+    /// Where the development CA lives (default: $XDG_STATE_HOME/meshrpc or ~/.local/state/meshrpc).
+    #[arg(long, env = "MESHRPC_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Serve /metrics, /healthz and /readyz over HTTP on this address.
+    #[arg(long, env = "MESHRPC_ADMIN_ADDR", value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+
+    /// Seconds to wait for calls in flight when draining on SIGTERM.
+    #[arg(long, env = "MESHRPC_DRAIN_TIMEOUT", default_value_t = 10.0, value_name = "SECS")]
+    pub drain_timeout: f64,
+
+    /// How to choose among replicas.
+    #[arg(long, env = "MESHRPC_BALANCING", value_enum, default_value_t = Balancing::RoundRobin)]
+    pub balancing: Balancing,
+
+    /// Free-form tags gossiped with this node (comma-separated).
+    #[arg(long, env = "MESHRPC_TAGS", value_delimiter = ',')]
+    pub tags: Vec<String>,
+}
+
+impl NodeArgs {
+    /// A node builder for `name` configured from these flags; `default_listen` applies when
+    /// `--listen` is not given.
+    pub fn builder(&self, name: &str, default_listen: SocketAddr) -> Result<NodeBuilder, TlsError> {
+        let mut builder = Node::builder(name)
+            .cluster(self.cluster.clone())
+            .listen(self.listen.unwrap_or(default_listen))
+            .seeds(self.nodes.as_deref().map(seeds::parse_list).unwrap_or_default())
+            .tags(self.tags.iter().cloned())
+            .drain_timeout(Duration::from_secs_f64(self.drain_timeout.max(0.0)))
+            .balancing(match self.balancing {
+                Balancing::RoundRobin => Strategy::RoundRobin,
+                Balancing::PeakEwma => Strategy::PeakEwma,
+            });
+        if let Some(addr) = self.advertise {
+            builder = builder.advertise(addr);
+        }
+        if let Some(addr) = self.admin {
+            builder = builder.admin(addr);
+        }
+        builder = match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => builder.tls(TlsMaterial::from_pem_files(ca, cert, key)?),
+            _ => match &self.state_dir {
+                Some(dir) => builder.state_dir(dir),
+                None => builder,
+            },
+        };
+        Ok(builder)
+    }
+}
+
+/// Installs a `tracing` subscriber that prints to stderr, filtered by `RUST_LOG` (default
+/// `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,285 @@
+//! The mesh with real nodes on real loopback sockets: discovery from seeds, round robin,
+//! sticky sessions, new replicas, drain, cluster isolation and legacy HTTP over the mesh.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use meshrpc::{CallOptions, Code, Node};
+use tokio::time::Instant;
+
+/// A node of cluster `test` seeded to `seeds`, publishing `probe` if given.
+async fn mesh_node(state: &std::path::Path, seeds: &[SocketAddr], probe: Option<Probe>) -> Node {
+    let mut builder = Node::builder(if probe.is_some() { "replica" } else { "client" })
+        .cluster("test")
+        .state_dir(state)
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .seeds(seeds.iter().map(ToString::to_string));
+    if let Some(probe) = &probe {
+        builder = builder.publish(probe.clone());
+    }
+    let node = builder.start().await.expect("node starts");
+    if let Some(probe) = probe {
+        let _ = probe.node.set(node.clone());
+    }
+    node
+}
+
+/// Waits until `node` sees exactly `count` members publishing the probe service.
+async fn wait_for_replicas(node: &Node, count: usize) {
+    let node = node.clone();
+    let seen = eventually(Duration::from_secs(10), move || {
+        node.view().publishing("probe").filter(|m| m.accepts_calls()).count() == count
+    })
+    .await;
+    assert!(seen, "expected {count} probe replicas in view");
+}
+
+async fn whoami(client: &Node, options: &CallOptions) -> Result<u16, meshrpc::Status> {
+    let reply: Reply = client.channel("probe").unary(method("whoami"), &(), options).await?;
+    Ok(reply.result as u16)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_gives_three_replicas_an_even_share_of_3000_calls() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let seed = mesh_node(state.path(), &[], None).await;
+    let seeds = [seed.local_addr()];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(mesh_node(state.path(), &seeds, Some(Probe::new())).await);
+    }
+    seed.wait_for(&[&PROBE_SPEC], Duration::from_secs(10)).await.expect("probe is up");
+    wait_for_replicas(&seed, 3).await;
+
+    let mut counts: HashMap<u16, usize> = HashMap::new();
+    let mut calls = tokio::task::JoinSet::new();
+    for worker in 0..10 {
+        let seed = seed.clone();
+        calls.spawn(async move {
+            let mut ports = Vec::with_capacity(300);
+            for _ in 0..300 {
+                ports.push(whoami(&seed, &CallOptions::new()).await.expect("call succeeds"));
+            }
+            (worker, ports)
+        });
+    }
+    while let Some(joined) = calls.join_next().await {
+        for port in joined.expect("worker").1 {
+            *counts.entry(port).or_default() += 1;
+        }
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (port, count) in &counts {
+        assert!((900..=1100).contains(count), "replica {port} got {count} of 3000: {counts:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_keys_stay_on_one_replica_and_only_the_dead_ones_keys_move() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let seed = mesh_node(state.path(), &[], None).await;
+    let seeds = [seed.local_addr()];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(mesh_node(state.path(), &seeds, Some(Probe::new())).await);
+    }
+    wait_for_replicas(&seed, 3).await;
+
+    let mut owner = HashMap::new();
+    for key in 0..100 {
+        let options = CallOptions::new().sticky_key(format!("user-{key}"));
+        let first = whoami(&seed, &options).await.expect("call");
+        for _ in 0..4 {
+            assert_eq!(whoami(&seed, &options).await.expect("call"), first, "key {key} moved");
+        }
+        owner.insert(key, first);
+    }
+    let victim = replicas.remove(1);
+    let victim_port = victim.advertised_addr().port();
+    assert!(owner.values().any(|port| *port == victim_port), "the victim owned some keys");
+    victim.shutdown().await;
+    wait_for_replicas(&seed, 2).await;
+    for key in 0..100 {
+        let options = CallOptions::new().sticky_key(format!("user-{key}"));
+        let now = whoami(&seed, &options).await.expect("call");
+        if owner[&key] == victim_port {
+            assert_ne!(now, victim_port);
+        } else {
+            assert_eq!(now, owner[&key], "key {key} moved although its replica lives");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_mid_load_gets_traffic_within_two_seconds() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let seed = mesh_node(state.path(), &[], None).await;
+    let seeds = [seed.local_addr()];
+    let _first = mesh_node(state.path(), &seeds, Some(Probe::new())).await;
+    wait_for_replicas(&seed, 1).await;
+
+    let load = {
+        let seed = seed.clone();
+        tokio::spawn(async move {
+            let mut served = Vec::new();
+            let stop = Instant::now() + Duration::from_secs(6);
+            while Instant::now() < stop {
+                let port = whoami(&seed, &CallOptions::new()).await.expect("no call fails");
+                served.push((Instant::now(), port));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            served
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let late = mesh_node(state.path(), &seeds, Some(Probe::new())).await;
+    let late_port = late.advertised_addr().port();
+    let served = load.await.expect("load");
+    let first_call = served
+        .iter()
+        .find(|(_, port)| *port == late_port)
+        .map(|(at, _)| at.duration_since(started))
+        .expect("the new replica got traffic");
+    assert!(first_call < Duration::from_secs(2), "first call after {first_call:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_replica_under_load_fails_no_call() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let seed = mesh_node(state.path(), &[], None).await;
+    let seeds = [seed.local_addr()];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(mesh_node(state.path(), &seeds, Some(Probe::new())).await);
+    }
+    wait_for_replicas(&seed, 3).await;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let seed = seed.clone();
+        workers.spawn(async move {
+            let stop = Instant::now() + Duration::from_secs(3);
+            let (mut ok, mut failed) = (0, Vec::new());
+            while Instant::now() < stop {
+                // A non-idempotent method: only refusals may be retried.
+                match seed
+                    .channel("probe")
+                    .unary::<_, Reply>(method("sleep"), &SleepRequest { ms: 20 }, &CallOptions::new())
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(status) => failed.push(status),
+                }
+            }
+            (ok, failed)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let victim = replicas.remove(0);
+    victim.shutdown().await;
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(joined) = workers.join_next().await {
+        let (o, f) = joined.expect("worker");
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(failed.is_empty(), "{} calls failed: {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    assert!(ok > 200, "only {ok} calls made");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_cluster_is_never_seen_nor_called() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let seed = mesh_node(state.path(), &[], None).await;
+    let ours = Probe::new();
+    let _replica = mesh_node(state.path(), &[seed.local_addr()], Some(ours.clone())).await;
+    let foreign_probe = Probe::new();
+    let foreign = Node::builder("foreign")
+        .cluster("other")
+        .state_dir(state.path())
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .seeds([seed.local_addr().to_string()])
+        .publish(foreign_probe.clone())
+        .start()
+        .await
+        .expect("starts");
+    let _ = foreign_probe.node.set(foreign.clone());
+    wait_for_replicas(&seed, 1).await;
+    for _ in 0..200 {
+        whoami(&seed, &CallOptions::new()).await.expect("call");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(seed.view().members().iter().all(|m| m.id.cluster == "test"));
+    assert_eq!(foreign.view().members().len(), 1, "the foreign node joined nobody");
+    assert_eq!(foreign_probe.counters.started.load(Ordering::SeqCst), 0);
+    assert_eq!(ours.counters.started.load(Ordering::SeqCst), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_http_handler_answers_through_another_node() {
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let seed = mesh_node(state.path(), &[], None).await;
+    let router = axum::Router::new().route("/check", get(|| async { "All ok!" })).route(
+        "/echo",
+        axum::routing::post(|body: String| async move { format!("got {} bytes", body.len()) }),
+    );
+    let _web = Node::builder("web")
+        .cluster("test")
+        .state_dir(state.path())
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .seeds([seed.local_addr().to_string()])
+        .publish_http("probe", router)
+        .start()
+        .await
+        .expect("starts");
+    let seen = {
+        let seed = seed.clone();
+        eventually(Duration::from_secs(10), move || seed.view().serving_http("probe").count() == 1).await
+    };
+    assert!(seen);
+    let client = seed.http_client("probe");
+    let response = client
+        .send(
+            http::Request::get("/check")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request"),
+        )
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"All ok!");
+    let big = "x".repeat(300_000);
+    let response = client
+        .send(
+            http::Request::post("/echo")
+                .body(http_body_util::Full::new(bytes::Bytes::from(big)))
+                .expect("request"),
+        )
+        .await
+        .expect("answered");
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"got 300000 bytes");
+}
+
+#[tokio::test]
+async fn waiting_for_a_missing_service_names_it() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let lonely = mesh_node(state.path(), &[], None).await;
+    let error = lonely
+        .wait_for(&[&PROBE_SPEC], Duration::from_millis(300))
+        .await
+        .expect_err("nobody publishes it");
+    assert!(error.to_string().contains("`probe` (no member publishes it yet)"), "{error}");
+    let status = whoami(&lonely, &CallOptions::new()).await.expect_err("no replica");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(status.message(), "no live member publishes `probe`");
+}
