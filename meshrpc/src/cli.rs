@@ -27,7 +27,8 @@ use crate::seeds;
 use crate::tls::{TlsError, TlsMaterial};
 
 /// Listen on any free port of every interface: the default for service replicas.
-pub const ANY_PORT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+pub const ANY_PORT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// The well-known port of seed nodes (the gateway): `0.0.0.0:11999`.
 pub const SEED_PORT: SocketAddr = SocketAddr::new(
@@ -48,11 +49,21 @@ pub enum Balancing {
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
     /// Seed nodes to join through: comma-separated host[:port] (port 11999 by default).
-    #[arg(short = 'N', long = "nodes", env = "MESHRPC_CLUSTER_NODES", value_name = "HOST[:PORT],...")]
+    #[arg(
+        short = 'N',
+        long = "nodes",
+        env = "MESHRPC_CLUSTER_NODES",
+        value_name = "HOST[:PORT],..."
+    )]
     pub nodes: Option<String>,
 
     /// The cluster to join; nodes of other clusters are refused.
-    #[arg(short = 'T', long, env = "MESHRPC_CLUSTER_NAME", default_value = "default")]
+    #[arg(
+        short = 'T',
+        long,
+        env = "MESHRPC_CLUSTER_NAME",
+        default_value = "default"
+    )]
     pub cluster: String,
 
     /// UDP address for mesh traffic.
@@ -85,7 +96,12 @@ pub struct NodeArgs {
     pub admin: Option<SocketAddr>,
 
     /// Seconds to wait for calls in flight when draining on SIGTERM.
-    #[arg(long, env = "MESHRPC_DRAIN_TIMEOUT", default_value_t = 10.0, value_name = "SECS")]
+    #[arg(
+        long,
+        env = "MESHRPC_DRAIN_TIMEOUT",
+        default_value_t = 10.0,
+        value_name = "SECS"
+    )]
     pub drain_timeout: f64,
 
     /// How to choose among replicas.
@@ -104,7 +120,12 @@ impl NodeArgs {
         let mut builder = Node::builder(name)
             .cluster(self.cluster.clone())
             .listen(self.listen.unwrap_or(default_listen))
-            .seeds(self.nodes.as_deref().map(seeds::parse_list).unwrap_or_default())
+            .seeds(
+                self.nodes
+                    .as_deref()
+                    .map(seeds::parse_list)
+                    .unwrap_or_default(),
+            )
             .tags(self.tags.iter().cloned())
             .drain_timeout(Duration::from_secs_f64(self.drain_timeout.max(0.0)))
             .balancing(match self.balancing {
@@ -118,7 +139,9 @@ impl NodeArgs {
             builder = builder.admin(addr);
         }
         builder = match (&self.ca, &self.cert, &self.key) {
-            (Some(ca), Some(cert), Some(key)) => builder.tls(TlsMaterial::from_pem_files(ca, cert, key)?),
+            (Some(ca), Some(cert), Some(key)) => {
+                builder.tls(TlsMaterial::from_pem_files(ca, cert, key)?)
+            }
             _ => match &self.state_dir {
                 Some(dir) => builder.state_dir(dir),
                 None => builder,

@@ -7,6 +7,34 @@ use serde::de::DeserializeOwned;
 
 use crate::Status;
 
+/// The deepest nesting accepted in protocol bodies (call headers, statuses, gossip).
+pub const MAX_HEADER_DEPTH: usize = 16;
+
+/// The deepest nesting accepted in payloads. Deeper input is refused before it can exhaust the
+/// stack of the task decoding it.
+pub const MAX_PAYLOAD_DEPTH: usize = 128;
+
+/// Decodes MessagePack from a slice, refusing nesting deeper than `max_depth`.
+pub fn from_slice_bounded<T: DeserializeOwned>(
+    bytes: &[u8],
+    max_depth: usize,
+) -> Result<T, rmp_serde::decode::Error> {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    deserializer.set_max_depth(max_depth);
+    T::deserialize(&mut deserializer)
+}
+
+/// Decodes MessagePack from a reader (consuming exactly one value), refusing nesting deeper
+/// than `max_depth`.
+pub fn from_read_bounded<R: std::io::Read, T: DeserializeOwned>(
+    reader: R,
+    max_depth: usize,
+) -> Result<T, rmp_serde::decode::Error> {
+    let mut deserializer = rmp_serde::Deserializer::new(reader);
+    deserializer.set_max_depth(max_depth);
+    T::deserialize(&mut deserializer)
+}
+
 /// Encodes a value as a MessagePack map payload.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, Status> {
     rmp_serde::to_vec_named(value)
@@ -17,7 +45,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, Status> {
 /// Decodes a request payload; a payload of the wrong shape is the caller's fault
 /// (`invalid_argument`, naming the offending field where MessagePack tells it).
 pub fn decode_request<T: DeserializeOwned>(method: &str, payload: &[u8]) -> Result<T, Status> {
-    rmp_serde::from_slice(payload).map_err(|error| {
+    from_slice_bounded(payload, MAX_PAYLOAD_DEPTH).map_err(|error| {
         Status::invalid_argument(format!(
             "the request for `{method}` does not match its signature: {error}"
         ))
@@ -27,7 +55,7 @@ pub fn decode_request<T: DeserializeOwned>(method: &str, payload: &[u8]) -> Resu
 /// Decodes a response payload; a response of the wrong shape means the two sides disagree on
 /// the schema (`internal`).
 pub fn decode_response<T: DeserializeOwned>(method: &str, payload: &[u8]) -> Result<T, Status> {
-    rmp_serde::from_slice(payload).map_err(|error| {
+    from_slice_bounded(payload, MAX_PAYLOAD_DEPTH).map_err(|error| {
         Status::internal(format!(
             "the response of `{method}` does not match its signature \
              (do caller and callee run the same services.toml?): {error}"
@@ -54,6 +82,14 @@ mod tests {
         assert_eq!(&bytes[..], b"\x81\xa4name\xa3Max");
         let back: Greet = decode_request("greet", &bytes).expect("decodes");
         assert_eq!(back, Greet { name: "Max".into() });
+    }
+
+    #[test]
+    fn nesting_beyond_the_limit_is_refused() {
+        let mut deep = vec![0x91u8; 1000];
+        deep.push(0xc0);
+        let error = decode_request::<Vec<serde::de::IgnoredAny>>("m", &deep).expect_err("too deep");
+        assert!(error.message().contains("depth"), "{error}");
     }
 
     #[test]

@@ -62,7 +62,8 @@ fn text_response(status: u16, text: &str) -> Response<HttpBody> {
         .map_err(|never| match never {})
         .boxed_unsync();
     let mut response = Response::new(body);
-    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     response
 }
 
@@ -73,7 +74,10 @@ pub(crate) async fn serve_tunnel(
     send: SendStream,
     recv: RecvStream,
 ) {
-    let service = match rmp_serde::from_slice::<HttpHeader>(&frame.body) {
+    let service = match crate::codec::from_slice_bounded::<HttpHeader>(
+        &frame.body,
+        crate::codec::MAX_HEADER_DEPTH,
+    ) {
         Ok(header) => services.get(&header.service).cloned().ok_or(header.service),
         Err(error) => Err(format!("<malformed HTTP header: {error}>")),
     };
@@ -108,7 +112,11 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    pub(crate) fn new(service: &str, membership: Membership, connections: Connections) -> HttpClient {
+    pub(crate) fn new(
+        service: &str,
+        membership: Membership,
+        connections: Connections,
+    ) -> HttpClient {
         HttpClient {
             service: service.into(),
             membership,
@@ -149,7 +157,10 @@ impl HttpClient {
     async fn open(&self, addr: std::net::SocketAddr) -> Result<(SendStream, RecvStream), Status> {
         let connection = self.connections.get(addr).await?;
         let (mut send, recv) = connection.open_bi().await.map_err(|error| {
-            Status::refused(Code::Unavailable, format!("cannot open a stream to {addr}: {error}"))
+            Status::refused(
+                Code::Unavailable,
+                format!("cannot open a stream to {addr}: {error}"),
+            )
         })?;
         let header = rmp_serde::to_vec_named(&HttpHeader {
             service: self.service.to_string(),
@@ -158,7 +169,10 @@ impl HttpClient {
         let mut frame = bytes::BytesMut::new();
         encode_frame(FrameKind::Http, &header, &mut frame);
         send.write_chunk(frame.freeze()).await.map_err(|error| {
-            Status::refused(Code::Unavailable, format!("cannot write to {addr}: {error}"))
+            Status::refused(
+                Code::Unavailable,
+                format!("cannot write to {addr}: {error}"),
+            )
         })?;
         Ok((send, recv))
     }
@@ -181,10 +195,9 @@ impl HttpClient {
                 debug!(%error, "HTTP tunnel connection ended with an error");
             }
         });
-        sender
-            .send_request(request)
-            .await
-            .map_err(|error| Status::unavailable(format!("HTTP request over the mesh failed: {error}")))
+        sender.send_request(request).await.map_err(|error| {
+            Status::unavailable(format!("HTTP request over the mesh failed: {error}"))
+        })
     }
 }
 
@@ -214,6 +227,14 @@ fn pick_http(
         ));
     }
     let view = crate::membership::View::new(members);
-    pick(&view, service, None, None, Strategy::RoundRobin, state, &|addr| tried.contains(&addr))
-        .map(|member| member.id.addr)
+    pick(
+        &view,
+        service,
+        None,
+        None,
+        Strategy::RoundRobin,
+        state,
+        &|addr| tried.contains(&addr),
+    )
+    .map(|member| member.id.addr)
 }

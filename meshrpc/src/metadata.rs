@@ -6,6 +6,9 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// The most pairs a call may carry; more are refused when decoded.
+pub const MAX_PAIRS: usize = 64;
+
 /// An ordered list of string key/value pairs sent with a call. Keys are ASCII and compared
 /// without regard to case, as HTTP headers are.
 ///
@@ -92,6 +95,11 @@ impl<'de> Deserialize<'de> for Metadata {
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Metadata, A::Error> {
                 let mut metadata = Metadata::new();
                 while let Some((key, value)) = access.next_entry::<String, String>()? {
+                    if metadata.len() == MAX_PAIRS {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_PAIRS} metadata pairs"
+                        )));
+                    }
                     metadata.insert(key, value);
                 }
                 Ok(metadata)

@@ -92,14 +92,26 @@ impl Metrics {
         );
         let members = Gauge::default();
         let in_flight = Gauge::default();
-        registry.register("calls", "Calls by side, service, method and status", calls.clone());
+        registry.register(
+            "calls",
+            "Calls by side, service, method and status",
+            calls.clone(),
+        );
         registry.register(
             "call_duration_seconds",
             "Call latency by side, service and method",
             latency.clone(),
         );
-        registry.register("members", "Members in this node's view, itself included", members.clone());
-        registry.register("calls_in_flight", "Calls this node is serving", in_flight.clone());
+        registry.register(
+            "members",
+            "Members in this node's view, itself included",
+            members.clone(),
+        );
+        registry.register(
+            "calls_in_flight",
+            "Calls this node is serving",
+            in_flight.clone(),
+        );
         Metrics {
             registry,
             calls,
@@ -110,7 +122,14 @@ impl Metrics {
     }
 
     /// Records one finished call.
-    pub fn record_call(&self, side: Side, service: &str, method: &str, code: Code, elapsed: Duration) {
+    pub fn record_call(
+        &self,
+        side: Side,
+        service: &str,
+        method: &str,
+        code: Code,
+        elapsed: Duration,
+    ) {
         self.calls
             .get_or_create(&CallLabels {
                 side: side.label(),
@@ -163,7 +182,9 @@ pub(crate) async fn serve_admin(
         info!(%addr, "admin endpoint listening");
     }
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let metrics = metrics.clone();
         let readiness = readiness.clone();
         tokio::spawn(async move {
@@ -186,7 +207,11 @@ pub(crate) async fn bind_admin(addr: SocketAddr) -> std::io::Result<TcpListener>
     TcpListener::bind(addr).await
 }
 
-fn admin_response(path: &str, metrics: &Metrics, readiness: &dyn Readiness) -> Response<Full<Bytes>> {
+fn admin_response(
+    path: &str,
+    metrics: &Metrics,
+    readiness: &dyn Readiness,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
         "/metrics" => (
             StatusCode::OK,
@@ -196,7 +221,11 @@ fn admin_response(path: &str, metrics: &Metrics, readiness: &dyn Readiness) -> R
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => {
             let (ready, why) = readiness.readiness();
-            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             (status, "text/plain", format!("{why}\n"))
         }
         _ => (
@@ -208,7 +237,9 @@ fn admin_response(path: &str, metrics: &Metrics, readiness: &dyn Readiness) -> R
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     if let Ok(value) = http::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(http::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
     }
     response
 }
@@ -220,8 +251,20 @@ mod tests {
     #[test]
     fn calls_are_counted_by_service_method_and_code() {
         let metrics = Metrics::new();
-        metrics.record_call(Side::Server, "greeter", "greet", Code::Ok, Duration::from_micros(80));
-        metrics.record_call(Side::Server, "greeter", "greet", Code::Ok, Duration::from_micros(90));
+        metrics.record_call(
+            Side::Server,
+            "greeter",
+            "greet",
+            Code::Ok,
+            Duration::from_micros(80),
+        );
+        metrics.record_call(
+            Side::Server,
+            "greeter",
+            "greet",
+            Code::Ok,
+            Duration::from_micros(90),
+        );
         let text = metrics.render();
         assert!(
             text.contains(
@@ -229,6 +272,9 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("meshrpc_call_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("meshrpc_call_duration_seconds_bucket"),
+            "{text}"
+        );
     }
 }

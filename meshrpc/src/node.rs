@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -116,6 +116,7 @@ pub struct NodeBuilder {
     admin: Option<SocketAddr>,
     services: Vec<Arc<dyn Dispatch>>,
     http: HashMap<String, HttpService>,
+    clients: Arc<OnceLock<Arc<ClientFactory>>>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -148,7 +149,28 @@ impl NodeBuilder {
             admin: None,
             services: Vec::new(),
             http: HashMap::new(),
+            clients: Arc::default(),
         }
+    }
+
+    /// A client of `C`'s service for the services this node will publish: calls made before
+    /// [`start`](NodeBuilder::start) fail with `unavailable`; afterwards it behaves exactly
+    /// like [`Node::client`].
+    ///
+    /// ```no_run
+    /// # fn example<C: meshrpc::ServiceClient, S: meshrpc::Dispatch>(make: impl FnOnce(C) -> S) {
+    /// let builder = meshrpc::Node::builder("concierge");
+    /// let downstream: C = builder.client();
+    /// let builder = builder.publish(make(downstream));
+    /// # }
+    /// ```
+    pub fn client<C: ServiceClient>(&self) -> C {
+        C::from_channel(Channel::new(LateChannel {
+            clients: self.clients.clone(),
+            service: C::SPEC.name,
+            schema_hash: C::SPEC.schema_hash,
+            channel: Arc::default(),
+        }))
     }
 
     /// The cluster to join (default `default`). Nodes of different clusters never talk.
@@ -275,10 +297,12 @@ impl NodeBuilder {
             }
         };
         let endpoint = build_endpoint(self.listen, &material, &self.cluster, &self.limits)?;
-        let local_addr = endpoint.local_addr().map_err(|source| EndpointError::Bind {
-            addr: self.listen,
-            source,
-        })?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| EndpointError::Bind {
+                addr: self.listen,
+                source,
+            })?;
         let advertised = match self.advertise {
             Some(addr) => addr,
             None => advertised_addr(local_addr, &self.seeds).await,
@@ -319,10 +343,12 @@ impl NodeBuilder {
         let membership = Membership::start(identity, connections.clone());
 
         let metrics = Arc::new(Metrics::new());
-        let node_service = NodeService::new(&self.name, &published, membership.clone())
-            .map_err(|status| TlsError::Pem {
-                path: PathBuf::from("<node service>"),
-                what: status.to_string(),
+        let node_service =
+            NodeService::new(&self.name, &published, membership.clone()).map_err(|status| {
+                TlsError::Pem {
+                    path: PathBuf::from("<node service>"),
+                    what: status.to_string(),
+                }
             })?;
         let mut services = self.services;
         services.push(Arc::new(node_service));
@@ -337,7 +363,12 @@ impl NodeBuilder {
                     let http_services = http_services.clone();
                     let permits = permits.clone();
                     Box::pin(async move {
-                        let _permit = permits.try_acquire_owned();
+                        // Tunnels count against the call limit, and drain like calls.
+                        let Ok(_permit) = permits.try_acquire_owned() else {
+                            let mut send = send;
+                            let _ = send.reset(error_code::OVERLOADED);
+                            return;
+                        };
                         serve_tunnel(&http_services, frame, send, recv).await;
                     })
                 }),
@@ -371,6 +402,15 @@ impl NodeBuilder {
                 tokio::spawn(server.clone().serve_connection(connection.clone()));
             }));
         }
+        let clients = Arc::new(ClientFactory {
+            membership: membership.clone(),
+            connections: connections.clone(),
+            strategy: self.strategy,
+            retry: RetryPolicy::new(self.retry),
+            max_message_size: self.limits.max_message_size,
+            states: Mutex::default(),
+        });
+        let _ = self.clients.set(clients.clone());
         let mut tasks = vec![tokio::spawn(server.clone().accept_loop(endpoint.clone()))];
         tasks.push(tokio::spawn(join_loop(
             membership.clone(),
@@ -378,14 +418,21 @@ impl NodeBuilder {
             self.seeds.clone(),
             advertised,
         )));
-        tasks.push(tokio::spawn(count_members(membership.clone(), metrics.clone())));
+        tasks.push(tokio::spawn(count_members(
+            membership.clone(),
+            metrics.clone(),
+        )));
         if let Some(listener) = admin_listener {
             let readiness = Arc::new(NodeReadiness {
                 membership: membership.clone(),
                 server: server.clone(),
                 needs_peers: !self.seeds.is_empty(),
             });
-            tasks.push(tokio::spawn(serve_admin(listener, metrics.clone(), readiness)));
+            tasks.push(tokio::spawn(serve_admin(
+                listener,
+                metrics.clone(),
+                readiness,
+            )));
         }
         info!(
             node = %self.name, cluster = %self.cluster, %local_addr, %advertised,
@@ -404,9 +451,7 @@ impl NodeBuilder {
                 metrics,
                 limits: self.limits,
                 drain_timeout: self.drain_timeout,
-                strategy: self.strategy,
-                retry: RetryPolicy::new(self.retry),
-                balance_states: Mutex::default(),
+                clients,
                 tasks,
             }),
         })
@@ -465,7 +510,9 @@ async fn join_loop(
             .into_iter()
             .filter(|addr| *addr != advertised && view.member_at(*addr).is_none())
             .collect();
-        let joins = unknown.iter().map(|addr| membership.join(&connections, *addr));
+        let joins = unknown
+            .iter()
+            .map(|addr| membership.join(&connections, *addr));
         futures_util::future::join_all(joins).await;
         let joined = membership.view().members().len() > 1;
         pause = if joined {
@@ -525,10 +572,80 @@ struct NodeInner {
     metrics: Arc<Metrics>,
     limits: Limits,
     drain_timeout: Duration,
+    clients: Arc<ClientFactory>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Builds balanced, retried channels; shared by a node and the clients made from its builder.
+#[derive(Debug)]
+struct ClientFactory {
+    membership: Membership,
+    connections: Connections,
     strategy: Strategy,
     retry: RetryPolicy,
-    balance_states: Mutex<HashMap<String, Arc<BalanceState>>>,
-    tasks: Vec<JoinHandle<()>>,
+    max_message_size: usize,
+    states: Mutex<HashMap<String, Arc<BalanceState>>>,
+}
+
+impl ClientFactory {
+    fn channel(&self, service: &str, schema_hash: Option<u64>) -> Channel {
+        let state = self
+            .states
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .entry(service.to_owned())
+            .or_default()
+            .clone();
+        let balance = Balance::new(
+            self.membership.clone(),
+            self.connections.clone(),
+            self.strategy,
+            schema_hash,
+            self.max_message_size,
+            state,
+        );
+        Channel::new(Retry::new(self.retry.clone(), balance))
+    }
+}
+
+/// The channel of a client made before its node started: bound on first use after start.
+#[derive(Clone)]
+struct LateChannel {
+    clients: Arc<OnceLock<Arc<ClientFactory>>>,
+    service: &'static str,
+    schema_hash: u64,
+    channel: Arc<OnceLock<Channel>>,
+}
+
+impl tower::Service<crate::channel::Call> for LateChannel {
+    type Response = bytes::Bytes;
+    type Error = crate::Status;
+    type Future = crate::BoxFuture<'static, Result<bytes::Bytes, crate::Status>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), crate::Status>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: crate::channel::Call) -> Self::Future {
+        let Some(clients) = self.clients.get() else {
+            let status = crate::Status::refused(
+                crate::Code::Unavailable,
+                format!(
+                    "the node of this `{}` client has not started yet",
+                    self.service
+                ),
+            );
+            return Box::pin(std::future::ready(Err(status)));
+        };
+        let channel = self
+            .channel
+            .get_or_init(|| clients.channel(self.service, Some(self.schema_hash)))
+            .clone();
+        Box::pin(async move { channel.call(call).await })
+    }
 }
 
 impl Drop for NodeInner {
@@ -613,23 +730,7 @@ impl Node {
     }
 
     fn balanced_channel(&self, service: &str, schema_hash: Option<u64>) -> Channel {
-        let state = self
-            .inner
-            .balance_states
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .entry(service.to_owned())
-            .or_default()
-            .clone();
-        let balance = Balance::new(
-            self.inner.membership.clone(),
-            self.inner.connections.clone(),
-            self.inner.strategy,
-            schema_hash,
-            self.inner.limits.max_message_size,
-            state,
-        );
-        Channel::new(Retry::new(self.inner.retry.clone(), balance))
+        self.inner.clients.channel(service, schema_hash)
     }
 
     /// A client for the legacy HTTP handlers that members publish under `service`.
@@ -657,7 +758,11 @@ impl Node {
 
     /// Waits until every service in `specs` has a live member publishing the same schema
     /// that answers a ping. On timeout the error names each missing service and why.
-    pub async fn wait_for(&self, specs: &[&ServiceSpec], timeout: Duration) -> Result<(), WaitError> {
+    pub async fn wait_for(
+        &self,
+        specs: &[&ServiceSpec],
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
         let started = Instant::now();
         let deadline = started + timeout;
         let mut watch = self.inner.membership.watch();
@@ -738,7 +843,9 @@ impl Node {
         // Let the leave announcement reach the wire before the connections close.
         tokio::time::sleep(Duration::from_millis(100)).await;
         inner.server.stop_accepting();
-        inner.endpoint.close(error_code::SHUTDOWN, b"node shut down");
+        inner
+            .endpoint
+            .close(error_code::SHUTDOWN, b"node shut down");
         let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
         for task in &inner.tasks {
             task.abort();

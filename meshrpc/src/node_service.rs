@@ -107,9 +107,14 @@ impl NodeService {
     ) -> Result<NodeService, Status> {
         Ok(NodeService {
             membership,
-            ping: codec::encode(&PingReply { name: name.to_owned() })?,
+            ping: codec::encode(&PingReply {
+                name: name.to_owned(),
+            })?,
             describe: codec::encode(&DescribeReply {
-                descriptors: published.iter().map(|spec| spec.descriptor.to_owned()).collect(),
+                descriptors: published
+                    .iter()
+                    .map(|spec| spec.descriptor.to_owned())
+                    .collect(),
             })?,
         })
     }

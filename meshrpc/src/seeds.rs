@@ -26,11 +26,15 @@ pub fn with_port(entry: &str) -> String {
         return format!("{entry}:{DEFAULT_PORT}");
     }
     match entry.rsplit_once(':') {
-        Some((_, port)) if port.parse::<u16>().is_ok() && !entry[..entry.len() - port.len() - 1].contains(':') => {
+        Some((_, port))
+            if port.parse::<u16>().is_ok()
+                && !entry[..entry.len() - port.len() - 1].contains(':') =>
+        {
             entry.to_owned()
         }
         _ if entry.parse::<std::net::IpAddr>().is_ok() => {
-            SocketAddr::new(entry.parse().unwrap_or([127, 0, 0, 1].into()), DEFAULT_PORT).to_string()
+            SocketAddr::new(entry.parse().unwrap_or([127, 0, 0, 1].into()), DEFAULT_PORT)
+                .to_string()
         }
         _ => format!("{entry}:{DEFAULT_PORT}"),
     }
@@ -75,7 +79,13 @@ mod tests {
     #[tokio::test]
     async fn names_resolve_to_all_their_addresses() {
         let addrs = resolve(&["localhost:4000".to_owned(), "127.0.0.2".to_owned()]).await;
-        assert!(addrs.contains(&"127.0.0.1:4000".parse().expect("addr")), "{addrs:?}");
-        assert!(addrs.contains(&"127.0.0.2:11999".parse().expect("addr")), "{addrs:?}");
+        assert!(
+            addrs.contains(&"127.0.0.1:4000".parse().expect("addr")),
+            "{addrs:?}"
+        );
+        assert!(
+            addrs.contains(&"127.0.0.2:11999".parse().expect("addr")),
+            "{addrs:?}"
+        );
     }
 }

@@ -251,7 +251,9 @@ impl Status {
 impl fmt::Debug for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut debug = f.debug_struct("Status");
-        debug.field("code", &self.code).field("message", &self.message);
+        debug
+            .field("code", &self.code)
+            .field("message", &self.message);
         if let Some(details) = &self.details {
             debug.field("details_len", &details.len());
         }

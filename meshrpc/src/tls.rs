@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
@@ -427,7 +427,10 @@ mod tests {
         let first = TlsMaterial::dev(dir.path(), "test", "a").expect("mint");
         let second = TlsMaterial::dev(dir.path(), "test", "b").expect("reuse");
         assert_eq!(first.roots, second.roots, "both nodes trust the same CA");
-        assert_ne!(first.chain, second.chain, "each node has its own certificate");
+        assert_ne!(
+            first.chain, second.chain,
+            "each node has its own certificate"
+        );
         let mode = fs::metadata(dir.path().join("test/ca.key"))
             .expect("key exists")
             .permissions()

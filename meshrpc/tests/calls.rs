@@ -17,13 +17,21 @@ async fn a_unary_call_between_two_nodes_returns_the_handlers_result() {
     let client = start_client_node(state.path()).await;
     let channel = client.channel_to(server.local_addr());
     let reply: Reply = channel
-        .unary(method("add"), &AddRequest { a: 40, b: 2 }, &CallOptions::new())
+        .unary(
+            method("add"),
+            &AddRequest { a: 40, b: 2 },
+            &CallOptions::new(),
+        )
         .await
         .expect("call succeeds");
     assert_eq!(reply, Reply { result: 42 });
     // A second call reuses the pooled connection.
     let reply: Reply = channel
-        .unary(method("add"), &AddRequest { a: 1, b: 2 }, &CallOptions::new())
+        .unary(
+            method("add"),
+            &AddRequest { a: 1, b: 2 },
+            &CallOptions::new(),
+        )
         .await
         .expect("call succeeds");
     assert_eq!(reply.result, 3);
@@ -52,7 +60,11 @@ async fn an_expired_deadline_answers_deadline_exceeded_and_drops_the_handler() {
     assert!(elapsed < Duration::from_millis(1_500), "{elapsed:?}");
     let counters = probe.counters.clone();
     assert!(
-        eventually(Duration::from_secs(2), || counters.dropped.load(Ordering::SeqCst) == 1).await,
+        eventually(Duration::from_secs(2), || counters
+            .dropped
+            .load(Ordering::SeqCst)
+            == 1)
+        .await,
         "the server dropped the handler when the deadline passed"
     );
     assert_eq!(probe.counters.completed.load(Ordering::SeqCst), 0);
@@ -67,14 +79,28 @@ async fn dropping_the_callers_future_cancels_the_handler() {
     let channel = client.channel_to(server.local_addr());
     let call = tokio::spawn(async move {
         channel
-            .unary::<_, Reply>(method("sleep"), &SleepRequest { ms: 10_000 }, &CallOptions::new())
+            .unary::<_, Reply>(
+                method("sleep"),
+                &SleepRequest { ms: 10_000 },
+                &CallOptions::new(),
+            )
             .await
     });
     let counters = probe.counters.clone();
-    assert!(eventually(Duration::from_secs(2), || counters.started.load(Ordering::SeqCst) == 1).await);
+    assert!(
+        eventually(Duration::from_secs(2), || counters
+            .started
+            .load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
     call.abort();
     assert!(
-        eventually(Duration::from_secs(2), || counters.dropped.load(Ordering::SeqCst) == 1).await,
+        eventually(Duration::from_secs(2), || counters
+            .dropped
+            .load(Ordering::SeqCst)
+            == 1)
+        .await,
         "the handler was dropped after the caller went away"
     );
     assert_eq!(server.calls_in_flight(), 0);
@@ -90,13 +116,19 @@ async fn a_nested_call_inherits_the_callers_deadline() {
         .channel_to(front.local_addr())
         .unary(
             method("nested"),
-            &NestedRequest { addr: back.local_addr().to_string() },
+            &NestedRequest {
+                addr: back.local_addr().to_string(),
+            },
             &CallOptions::new().timeout(Duration::from_millis(800)),
         )
         .await
         .expect("nested call succeeds");
     // Without inheritance the nested call would get the 30 s default.
-    assert!(reply.result > 0 && reply.result <= 800, "remaining at the back: {} ms", reply.result);
+    assert!(
+        reply.result > 0 && reply.result <= 800,
+        "remaining at the back: {} ms",
+        reply.result
+    );
 }
 
 #[tokio::test]
@@ -112,7 +144,11 @@ async fn a_panicking_handler_answers_internal_and_the_node_keeps_serving() {
     assert_eq!(error.code(), Code::Internal);
     assert!(error.message().contains("panicked"), "{error}");
     let reply: Reply = channel
-        .unary(method("add"), &AddRequest { a: 1, b: 1 }, &CallOptions::new())
+        .unary(
+            method("add"),
+            &AddRequest { a: 1, b: 1 },
+            &CallOptions::new(),
+        )
         .await
         .expect("still serving");
     assert_eq!(reply.result, 2);
@@ -140,7 +176,10 @@ async fn an_oversize_message_is_refused_with_resource_exhausted() {
         .cluster("test")
         .state_dir(state.path())
         .listen("127.0.0.1:0".parse().expect("addr"))
-        .limits(Limits { max_message_size: 64 * 1024, ..Limits::default() })
+        .limits(Limits {
+            max_message_size: 64 * 1024,
+            ..Limits::default()
+        })
         .publish(probe.clone())
         .start()
         .await
@@ -148,14 +187,26 @@ async fn an_oversize_message_is_refused_with_resource_exhausted() {
     let client = start_client_node(state.path()).await;
     let channel = client.channel_to(server.local_addr());
     let error = channel
-        .unary::<_, Echo>(method("echo"), &Echo { data: vec![7; 100 * 1024] }, &CallOptions::new())
+        .unary::<_, Echo>(
+            method("echo"),
+            &Echo {
+                data: vec![7; 100 * 1024],
+            },
+            &CallOptions::new(),
+        )
         .await
         .expect_err("too large");
     assert_eq!(error.code(), Code::ResourceExhausted, "{error}");
     assert!(error.message().contains("65536"), "{error}");
     assert_eq!(probe.counters.started.load(Ordering::SeqCst), 0);
     let small: Echo = channel
-        .unary(method("echo"), &Echo { data: vec![7; 1024] }, &CallOptions::new())
+        .unary(
+            method("echo"),
+            &Echo {
+                data: vec![7; 1024],
+            },
+            &CallOptions::new(),
+        )
         .await
         .expect("a small message passes");
     assert_eq!(small.data.len(), 1024);
@@ -169,7 +220,11 @@ async fn a_large_payload_round_trips_intact() {
     let data: Vec<u8> = (0..(1024 * 1024)).map(|i| (i * 31 % 251) as u8).collect();
     let reply: Echo = client
         .channel_to(server.local_addr())
-        .unary(method("echo"), &Echo { data: data.clone() }, &CallOptions::new())
+        .unary(
+            method("echo"),
+            &Echo { data: data.clone() },
+            &CallOptions::new(),
+        )
         .await
         .expect("1 MiB echo");
     assert_eq!(reply.data, data);
@@ -202,7 +257,11 @@ async fn ten_thousand_calls_in_flight_on_one_connection_all_succeed() {
         succeeded += 1;
     }
     assert_eq!(succeeded, 10_000);
-    assert_eq!(client.connections().len(), 1, "all calls shared one connection");
+    assert_eq!(
+        client.connections().len(),
+        1,
+        "all calls shared one connection"
+    );
 }
 
 #[tokio::test]
@@ -215,7 +274,11 @@ async fn shutdown_refuses_new_calls_with_a_retryable_status() {
         let channel = channel.clone();
         tokio::spawn(async move {
             channel
-                .unary::<_, Reply>(method("sleep"), &SleepRequest { ms: 300 }, &CallOptions::new())
+                .unary::<_, Reply>(
+                    method("sleep"),
+                    &SleepRequest { ms: 300 },
+                    &CallOptions::new(),
+                )
                 .await
         })
     };
@@ -226,11 +289,17 @@ async fn shutdown_refuses_new_calls_with_a_retryable_status() {
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     let refused = channel
-        .unary::<_, Reply>(method("add"), &AddRequest { a: 1, b: 1 }, &CallOptions::new())
+        .unary::<_, Reply>(
+            method("add"),
+            &AddRequest { a: 1, b: 1 },
+            &CallOptions::new(),
+        )
         .await
         .expect_err("draining");
     assert_eq!(refused.code(), Code::Unavailable);
     assert!(refused.is_refused(), "{refused:?}");
-    slow.await.expect("task").expect("the call in flight finishes");
+    slow.await
+        .expect("task")
+        .expect("the call in flight finishes");
     draining.await.expect("drained");
 }

@@ -33,14 +33,21 @@ async fn mesh_node(state: &std::path::Path, seeds: &[SocketAddr], probe: Option<
 async fn wait_for_replicas(node: &Node, count: usize) {
     let node = node.clone();
     let seen = eventually(Duration::from_secs(10), move || {
-        node.view().publishing("probe").filter(|m| m.accepts_calls()).count() == count
+        node.view()
+            .publishing("probe")
+            .filter(|m| m.accepts_calls())
+            .count()
+            == count
     })
     .await;
     assert!(seen, "expected {count} probe replicas in view");
 }
 
 async fn whoami(client: &Node, options: &CallOptions) -> Result<u16, meshrpc::Status> {
-    let reply: Reply = client.channel("probe").unary(method("whoami"), &(), options).await?;
+    let reply: Reply = client
+        .channel("probe")
+        .unary(method("whoami"), &(), options)
+        .await?;
     Ok(reply.result as u16)
 }
 
@@ -53,7 +60,9 @@ async fn round_robin_gives_three_replicas_an_even_share_of_3000_calls() {
     for _ in 0..3 {
         replicas.push(mesh_node(state.path(), &seeds, Some(Probe::new())).await);
     }
-    seed.wait_for(&[&PROBE_SPEC], Duration::from_secs(10)).await.expect("probe is up");
+    seed.wait_for(&[&PROBE_SPEC], Duration::from_secs(10))
+        .await
+        .expect("probe is up");
     wait_for_replicas(&seed, 3).await;
 
     let mut counts: HashMap<u16, usize> = HashMap::new();
@@ -63,7 +72,11 @@ async fn round_robin_gives_three_replicas_an_even_share_of_3000_calls() {
         calls.spawn(async move {
             let mut ports = Vec::with_capacity(300);
             for _ in 0..300 {
-                ports.push(whoami(&seed, &CallOptions::new()).await.expect("call succeeds"));
+                ports.push(
+                    whoami(&seed, &CallOptions::new())
+                        .await
+                        .expect("call succeeds"),
+                );
             }
             (worker, ports)
         });
@@ -75,7 +88,10 @@ async fn round_robin_gives_three_replicas_an_even_share_of_3000_calls() {
     }
     assert_eq!(counts.len(), 3, "{counts:?}");
     for (port, count) in &counts {
-        assert!((900..=1100).contains(count), "replica {port} got {count} of 3000: {counts:?}");
+        assert!(
+            (900..=1100).contains(count),
+            "replica {port} got {count} of 3000: {counts:?}"
+        );
     }
 }
 
@@ -95,13 +111,20 @@ async fn sticky_keys_stay_on_one_replica_and_only_the_dead_ones_keys_move() {
         let options = CallOptions::new().sticky_key(format!("user-{key}"));
         let first = whoami(&seed, &options).await.expect("call");
         for _ in 0..4 {
-            assert_eq!(whoami(&seed, &options).await.expect("call"), first, "key {key} moved");
+            assert_eq!(
+                whoami(&seed, &options).await.expect("call"),
+                first,
+                "key {key} moved"
+            );
         }
         owner.insert(key, first);
     }
     let victim = replicas.remove(1);
     let victim_port = victim.advertised_addr().port();
-    assert!(owner.values().any(|port| *port == victim_port), "the victim owned some keys");
+    assert!(
+        owner.values().any(|port| *port == victim_port),
+        "the victim owned some keys"
+    );
     victim.shutdown().await;
     wait_for_replicas(&seed, 2).await;
     for key in 0..100 {
@@ -110,7 +133,10 @@ async fn sticky_keys_stay_on_one_replica_and_only_the_dead_ones_keys_move() {
         if owner[&key] == victim_port {
             assert_ne!(now, victim_port);
         } else {
-            assert_eq!(now, owner[&key], "key {key} moved although its replica lives");
+            assert_eq!(
+                now, owner[&key],
+                "key {key} moved although its replica lives"
+            );
         }
     }
 }
@@ -129,7 +155,9 @@ async fn a_replica_started_mid_load_gets_traffic_within_two_seconds() {
             let mut served = Vec::new();
             let stop = Instant::now() + Duration::from_secs(6);
             while Instant::now() < stop {
-                let port = whoami(&seed, &CallOptions::new()).await.expect("no call fails");
+                let port = whoami(&seed, &CallOptions::new())
+                    .await
+                    .expect("no call fails");
                 served.push((Instant::now(), port));
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -146,7 +174,10 @@ async fn a_replica_started_mid_load_gets_traffic_within_two_seconds() {
         .find(|(_, port)| *port == late_port)
         .map(|(at, _)| at.duration_since(started))
         .expect("the new replica got traffic");
-    assert!(first_call < Duration::from_secs(2), "first call after {first_call:?}");
+    assert!(
+        first_call < Duration::from_secs(2),
+        "first call after {first_call:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +200,11 @@ async fn draining_a_replica_under_load_fails_no_call() {
                 // A non-idempotent method: only refusals may be retried.
                 match seed
                     .channel("probe")
-                    .unary::<_, Reply>(method("sleep"), &SleepRequest { ms: 20 }, &CallOptions::new())
+                    .unary::<_, Reply>(
+                        method("sleep"),
+                        &SleepRequest { ms: 20 },
+                        &CallOptions::new(),
+                    )
                     .await
                 {
                     Ok(_) => ok += 1,
@@ -188,7 +223,12 @@ async fn draining_a_replica_under_load_fails_no_call() {
         ok += o;
         failed.extend(f);
     }
-    assert!(failed.is_empty(), "{} calls failed: {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
     assert!(ok > 200, "only {ok} calls made");
 }
 
@@ -215,7 +255,11 @@ async fn a_node_of_another_cluster_is_never_seen_nor_called() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(seed.view().members().iter().all(|m| m.id.cluster == "test"));
-    assert_eq!(foreign.view().members().len(), 1, "the foreign node joined nobody");
+    assert_eq!(
+        foreign.view().members().len(),
+        1,
+        "the foreign node joined nobody"
+    );
     assert_eq!(foreign_probe.counters.started.load(Ordering::SeqCst), 0);
     assert_eq!(ours.counters.started.load(Ordering::SeqCst), 200);
 }
@@ -227,10 +271,12 @@ async fn a_legacy_http_handler_answers_through_another_node() {
 
     let state = tempfile::tempdir().expect("tempdir");
     let seed = mesh_node(state.path(), &[], None).await;
-    let router = axum::Router::new().route("/check", get(|| async { "All ok!" })).route(
-        "/echo",
-        axum::routing::post(|body: String| async move { format!("got {} bytes", body.len()) }),
-    );
+    let router = axum::Router::new()
+        .route("/check", get(|| async { "All ok!" }))
+        .route(
+            "/echo",
+            axum::routing::post(|body: String| async move { format!("got {} bytes", body.len()) }),
+        );
     let _web = Node::builder("web")
         .cluster("test")
         .state_dir(state.path())
@@ -242,7 +288,10 @@ async fn a_legacy_http_handler_answers_through_another_node() {
         .expect("starts");
     let seen = {
         let seed = seed.clone();
-        eventually(Duration::from_secs(10), move || seed.view().serving_http("probe").count() == 1).await
+        eventually(Duration::from_secs(10), move || {
+            seed.view().serving_http("probe").count() == 1
+        })
+        .await
     };
     assert!(seen);
     let client = seed.http_client("probe");
@@ -255,7 +304,12 @@ async fn a_legacy_http_handler_answers_through_another_node() {
         .await
         .expect("answered");
     assert_eq!(response.status(), 200);
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     assert_eq!(&body[..], b"All ok!");
     let big = "x".repeat(300_000);
     let response = client
@@ -266,7 +320,12 @@ async fn a_legacy_http_handler_answers_through_another_node() {
         )
         .await
         .expect("answered");
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     assert_eq!(&body[..], b"got 300000 bytes");
 }
 
@@ -278,8 +337,15 @@ async fn waiting_for_a_missing_service_names_it() {
         .wait_for(&[&PROBE_SPEC], Duration::from_millis(300))
         .await
         .expect_err("nobody publishes it");
-    assert!(error.to_string().contains("`probe` (no member publishes it yet)"), "{error}");
-    let status = whoami(&lonely, &CallOptions::new()).await.expect_err("no replica");
+    assert!(
+        error
+            .to_string()
+            .contains("`probe` (no member publishes it yet)"),
+        "{error}"
+    );
+    let status = whoami(&lonely, &CallOptions::new())
+        .await
+        .expect_err("no replica");
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(status.message(), "no live member publishes `probe`");
 }

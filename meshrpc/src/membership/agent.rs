@@ -183,7 +183,12 @@ impl Membership {
     }
 
     /// Serves a full-state exchange opened by a joining peer.
-    pub(crate) async fn serve_exchange(&self, frame: Frame, mut send: SendStream, recv: RecvStream) {
+    pub(crate) async fn serve_exchange(
+        &self,
+        frame: Frame,
+        mut send: SendStream,
+        recv: RecvStream,
+    ) {
         drop(recv);
         let theirs = match decode_members(&frame.body) {
             Ok(members) => members,
@@ -194,7 +199,9 @@ impl Membership {
             }
         };
         let _ = self.inputs.send(Input::Apply(theirs));
-        let Ok(ours) = self.snapshot().await else { return };
+        let Ok(ours) = self.snapshot().await else {
+            return;
+        };
         if let Ok(reply) = encode_members(&ours) {
             if send.write_chunk(reply).await.is_ok() {
                 let _ = send.finish();
@@ -235,7 +242,8 @@ fn encode_members(members: &[Member<MemberId>]) -> Result<Bytes, String> {
 }
 
 fn decode_members(body: &[u8]) -> Result<Vec<Member<MemberId>>, String> {
-    rmp_serde::from_slice(body).map_err(|error| format!("malformed member list: {error}"))
+    crate::codec::from_slice_bounded(body, crate::codec::MAX_HEADER_DEPTH)
+        .map_err(|error| format!("malformed member list: {error}"))
 }
 
 fn local_view(local: &MemberId, mut members: Vec<MemberView>) -> View {

@@ -32,7 +32,10 @@ impl foca::Codec<MemberId> for MsgPackCodec {
     }
 
     fn decode_header(&mut self, buf: impl Buf) -> Result<Header<MemberId>, CodecError> {
-        Ok(rmp_serde::from_read(buf.reader())?)
+        Ok(crate::codec::from_read_bounded(
+            buf.reader(),
+            crate::codec::MAX_HEADER_DEPTH,
+        )?)
     }
 
     fn encode_member(
@@ -45,7 +48,10 @@ impl foca::Codec<MemberId> for MsgPackCodec {
     }
 
     fn decode_member(&mut self, buf: impl Buf) -> Result<Member<MemberId>, CodecError> {
-        Ok(rmp_serde::from_read(buf.reader())?)
+        Ok(crate::codec::from_read_bounded(
+            buf.reader(),
+            crate::codec::MAX_HEADER_DEPTH,
+        )?)
     }
 }
 

@@ -51,7 +51,9 @@ pub struct MemberId {
 impl MemberId {
     /// Whether the member publishes `service` (any schema).
     pub fn publishes(&self, service: &str) -> bool {
-        self.services.iter().any(|published| published.name == service)
+        self.services
+            .iter()
+            .any(|published| published.name == service)
     }
 
     /// The schema hash of `service` on this member, if it publishes it.

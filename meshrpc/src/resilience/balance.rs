@@ -53,7 +53,9 @@ pub fn pick<'a>(
 ) -> Result<&'a MemberView, Status> {
     let publishing: Vec<&MemberView> = view
         .publishing(service)
-        .filter(|member| schema_hash.is_none_or(|hash| member.id.schema_hash(service) == Some(hash)))
+        .filter(|member| {
+            schema_hash.is_none_or(|hash| member.id.schema_hash(service) == Some(hash))
+        })
         .collect();
     let serving: Vec<&MemberView> = publishing
         .iter()
@@ -65,14 +67,24 @@ pub fn pick<'a>(
     }
     // Prefer, in order: alive, not ejected, not tried; then relax one condition at a time.
     let tiers: [&dyn Fn(&MemberView) -> bool; 4] = [
-        &|m| m.liveness == Liveness::Alive && !state.breakers.is_ejected(m.id.addr) && !tried(m.id.addr),
+        &|m| {
+            m.liveness == Liveness::Alive
+                && !state.breakers.is_ejected(m.id.addr)
+                && !tried(m.id.addr)
+        },
         &|m| m.liveness == Liveness::Alive && !tried(m.id.addr),
         &|m| !tried(m.id.addr),
         &|_| true,
     ];
     let candidates = tiers
         .iter()
-        .map(|keep| serving.iter().copied().filter(|m| keep(m)).collect::<Vec<_>>())
+        .map(|keep| {
+            serving
+                .iter()
+                .copied()
+                .filter(|m| keep(m))
+                .collect::<Vec<_>>()
+        })
         .find(|candidates| !candidates.is_empty())
         .unwrap_or_else(|| serving.clone());
     let chosen = match (sticky_key, strategy) {
@@ -96,7 +108,8 @@ fn no_member(
         format!("every member publishing `{service}` is draining; try again shortly")
     } else if let (Some(hash), Some(other)) = (
         schema_hash,
-        view.publishing(service).find_map(|m| m.id.schema_hash(service)),
+        view.publishing(service)
+            .find_map(|m| m.id.schema_hash(service)),
     ) {
         format!(
             "members publish `{service}` with another schema (hash {other:016x}, this client \
@@ -169,7 +182,9 @@ const EWMA_DECAY: Duration = Duration::from_secs(10);
 
 impl Loads {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Load>> {
-        self.members.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.members
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn cost(&self, addr: SocketAddr) -> f64 {
@@ -192,7 +207,11 @@ impl Loads {
             second += 1;
         }
         let (a, b) = (candidates[first], candidates[second]);
-        if self.cost(a.id.addr) <= self.cost(b.id.addr) { a } else { b }
+        if self.cost(a.id.addr) <= self.cost(b.id.addr) {
+            a
+        } else {
+            b
+        }
     }
 
     /// Marks a call to `addr` as started.
@@ -210,7 +229,9 @@ impl Loads {
     pub fn finish(&self, addr: SocketAddr, latency: Duration) {
         let now = Instant::now();
         let mut members = self.lock();
-        let Some(load) = members.get_mut(&addr) else { return };
+        let Some(load) = members.get_mut(&addr) else {
+            return;
+        };
         load.outstanding = load.outstanding.saturating_sub(1);
         let sample = latency.as_secs_f64() * 1e6;
         if sample > load.ewma_micros {
@@ -346,11 +367,19 @@ mod tests {
     }
 
     fn pick_port(view: &View, key: Option<&str>, state: &BalanceState) -> u16 {
-        pick(view, "greeter", Some(7), key, Strategy::RoundRobin, state, &|_| false)
-            .expect("a member")
-            .id
-            .addr
-            .port()
+        pick(
+            view,
+            "greeter",
+            Some(7),
+            key,
+            Strategy::RoundRobin,
+            state,
+            &|_| false,
+        )
+        .expect("a member")
+        .id
+        .addr
+        .port()
     }
 
     #[test]
@@ -387,8 +416,16 @@ mod tests {
         let state = BalanceState::default();
         let tried_1 = |addr: SocketAddr| addr.port() == 1;
         for key in ["a", "b", "c"] {
-            let chosen = pick(&view, "greeter", None, Some(key), Strategy::RoundRobin, &state, &tried_1)
-                .expect("member");
+            let chosen = pick(
+                &view,
+                "greeter",
+                None,
+                Some(key),
+                Strategy::RoundRobin,
+                &state,
+                &tried_1,
+            )
+            .expect("member");
             assert_eq!(chosen.id.addr.port(), 2);
         }
     }
@@ -397,13 +434,29 @@ mod tests {
     fn no_member_and_wrong_schema_are_explained() {
         let state = BalanceState::default();
         let empty = View::default();
-        let error = pick(&empty, "greeter", None, None, Strategy::RoundRobin, &state, &|_| false)
-            .expect_err("nobody");
+        let error = pick(
+            &empty,
+            "greeter",
+            None,
+            None,
+            Strategy::RoundRobin,
+            &state,
+            &|_| false,
+        )
+        .expect_err("nobody");
         assert!(error.is_refused());
         assert_eq!(error.message(), "no live member publishes `greeter`");
         let view = View::new(vec![member(1, false)]);
-        let error = pick(&view, "greeter", Some(8), None, Strategy::RoundRobin, &state, &|_| false)
-            .expect_err("wrong schema");
+        let error = pick(
+            &view,
+            "greeter",
+            Some(8),
+            None,
+            Strategy::RoundRobin,
+            &state,
+            &|_| false,
+        )
+        .expect_err("wrong schema");
         assert!(error.message().contains("another schema"), "{error}");
     }
 
@@ -419,10 +472,18 @@ mod tests {
         state.loads.finish(fast, Duration::from_millis(1));
         let fast_picks = (0..100)
             .filter(|_| {
-                pick(&view, "greeter", None, None, Strategy::PeakEwma, &state, &|_| false)
-                    .expect("member")
-                    .id
-                    .addr
+                pick(
+                    &view,
+                    "greeter",
+                    None,
+                    None,
+                    Strategy::PeakEwma,
+                    &state,
+                    &|_| false,
+                )
+                .expect("member")
+                .id
+                .addr
                     == fast
             })
             .count();

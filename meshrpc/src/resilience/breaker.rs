@@ -69,7 +69,9 @@ impl Breakers {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Record>> {
-        self.records.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.records
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Whether `addr` is ejected now.
@@ -86,7 +88,10 @@ impl Breakers {
         let mut records = self.lock();
         if let Some(record) = records.get_mut(&addr) {
             record.failures = 0;
-            if record.ejected_until.is_some_and(|until| until <= Instant::now()) {
+            if record
+                .ejected_until
+                .is_some_and(|until| until <= Instant::now())
+            {
                 record.ejected_until = None;
             }
         }
@@ -99,7 +104,9 @@ impl Breakers {
         let mut records = self.lock();
         let ejected_now = records
             .iter()
-            .filter(|(other, record)| **other != addr && record.ejected_until.is_some_and(|u| u > now))
+            .filter(|(other, record)| {
+                **other != addr && record.ejected_until.is_some_and(|u| u > now)
+            })
             .count();
         let record = records.entry(addr).or_default();
         record.failures += 1;
@@ -152,7 +159,10 @@ mod tests {
             breakers.record_failure(addr(1), 4);
         }
         tokio::time::advance(Duration::from_millis(1500)).await;
-        assert!(breakers.is_ejected(addr(1)), "the second ejection lasts 2 s");
+        assert!(
+            breakers.is_ejected(addr(1)),
+            "the second ejection lasts 2 s"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -181,7 +191,10 @@ mod tests {
         assert_eq!(ejected, 2);
         let single = Breakers::new(BreakerConfig::default());
         for _ in 0..10 {
-            assert!(!single.record_failure(addr(9), 1), "a lone replica is never ejected");
+            assert!(
+                !single.record_failure(addr(9), 1),
+                "a lone replica is never ejected"
+            );
         }
     }
 
@@ -189,6 +202,9 @@ mod tests {
     fn only_transport_failures_count_against_a_replica() {
         assert!(is_replica_failure(&Status::unavailable("connection lost")));
         assert!(!is_replica_failure(&Status::invalid_argument("bad input")));
-        assert!(!is_replica_failure(&Status::refused(Code::Unavailable, "draining")));
+        assert!(!is_replica_failure(&Status::refused(
+            Code::Unavailable,
+            "draining"
+        )));
     }
 }

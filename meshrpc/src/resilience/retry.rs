@@ -78,13 +78,20 @@ pub fn is_retryable(call: &Call, status: &Status) -> bool {
 impl tower::retry::Policy<Call, Bytes, Status> for RetryPolicy {
     type Future = BoxFuture<'static, ()>;
 
-    fn retry(&mut self, call: &mut Call, result: &mut Result<Bytes, Status>) -> Option<Self::Future> {
+    fn retry(
+        &mut self,
+        call: &mut Call,
+        result: &mut Result<Bytes, Status>,
+    ) -> Option<Self::Future> {
         let status = result.as_ref().err()?;
         self.attempts += 1;
         if self.attempts >= self.max_attempts || !is_retryable(call, status) {
             return None;
         }
-        if call.deadline.is_some_and(|deadline| deadline <= tokio::time::Instant::now()) {
+        if call
+            .deadline
+            .is_some_and(|deadline| deadline <= tokio::time::Instant::now())
+        {
             return None;
         }
         // Refusals cost the callee nothing; other retries spend the budget.
@@ -137,6 +144,9 @@ mod tests {
         let mut failure: Result<Bytes, Status> = Err(Status::unavailable("down"));
         assert!(policy.retry(&mut request, &mut failure).is_some());
         assert!(policy.retry(&mut request, &mut failure).is_some());
-        assert!(policy.retry(&mut request, &mut failure).is_none(), "three attempts in all");
+        assert!(
+            policy.retry(&mut request, &mut failure).is_none(),
+            "three attempts in all"
+        );
     }
 }

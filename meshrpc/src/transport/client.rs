@@ -26,7 +26,10 @@ pub async fn call_peer(
     let request = encode_request(&call, max_message_size)?;
     let connection = connections.get(addr).await?;
     let (mut send, mut recv) = connection.open_bi().await.map_err(|error| {
-        Status::refused(Code::Unavailable, format!("cannot open a stream to {addr}: {error}"))
+        Status::refused(
+            Code::Unavailable,
+            format!("cannot open a stream to {addr}: {error}"),
+        )
     })?;
     send.write_chunk(request)
         .await
@@ -46,9 +49,11 @@ pub async fn call_peer(
                 payload = Some(frame.body);
             }
             Some(frame) if frame.kind == FrameKind::Status => {
-                let status: StatusBody = rmp_serde::from_slice(&frame.body).map_err(|error| {
-                    Status::internal(format!("{addr} sent an undecodable status: {error}"))
-                })?;
+                let status: StatusBody =
+                    crate::codec::from_slice_bounded(&frame.body, crate::codec::MAX_HEADER_DEPTH)
+                        .map_err(|error| {
+                        Status::internal(format!("{addr} sent an undecodable status: {error}"))
+                    })?;
                 return if status.is_ok() {
                     Ok(payload.unwrap_or_default())
                 } else {

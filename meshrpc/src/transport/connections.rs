@@ -59,7 +59,10 @@ impl Connections {
     pub fn live(&self, addr: SocketAddr) -> Option<Connection> {
         let slots = self.lock();
         let connection = slots.get(&addr)?.get()?;
-        connection.close_reason().is_none().then(|| connection.clone())
+        connection
+            .close_reason()
+            .is_none()
+            .then(|| connection.clone())
     }
 
     /// Pools a connection the peer opened to us, so calls back to it reuse it instead of
@@ -86,10 +89,7 @@ impl Connections {
     /// share one connection attempt. A failure is a refusal: nothing was sent.
     pub async fn get(&self, addr: SocketAddr) -> Result<Connection, Status> {
         let slot = self.slot(addr);
-        let result = slot
-            .get_or_try_init(|| self.connect(addr))
-            .await
-            .cloned();
+        let result = slot.get_or_try_init(|| self.connect(addr)).await.cloned();
         match result {
             Ok(connection) if connection.close_reason().is_none() => Ok(connection),
             Ok(_) => {
@@ -129,7 +129,9 @@ impl Connections {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Slot>> {
         // A poisoned lock only means another thread panicked mid-insert; the map is still sound.
-        self.slots.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.slots
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn slot(&self, addr: SocketAddr) -> Slot {
@@ -138,7 +140,10 @@ impl Connections {
 
     fn forget(&self, addr: SocketAddr, slot: &Slot) {
         let mut slots = self.lock();
-        if slots.get(&addr).is_some_and(|current| Arc::ptr_eq(current, slot)) {
+        if slots
+            .get(&addr)
+            .is_some_and(|current| Arc::ptr_eq(current, slot))
+        {
             slots.remove(&addr);
         }
     }

@@ -35,7 +35,9 @@ pub enum EndpointError {
 /// The transport parameters of every meshrpc connection.
 pub fn transport_config(limits: &Limits) -> TransportConfig {
     let mut config = TransportConfig::default();
-    let window = (limits.max_message_size as u64 + 64 * 1024).max(1024 * 1024);
+    let window = (limits.max_message_size as u64)
+        .saturating_add(64 * 1024)
+        .max(1024 * 1024);
     config
         .max_concurrent_bidi_streams(VarInt::from_u32(limits.max_concurrent_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(16))
@@ -90,7 +92,11 @@ pub fn build_endpoint(
 }
 
 fn bind_socket(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
     if listen.is_ipv6() {
         // Accept IPv4 peers too when listening on [::].
         let _ = socket.set_only_v6(false);

@@ -52,4 +52,6 @@ pub mod error_code {
     pub const TOO_LARGE: VarInt = VarInt::from_u32(0x03);
     /// The node is shutting down.
     pub const SHUTDOWN: VarInt = VarInt::from_u32(0x04);
+    /// The node is serving its limit of calls (load shedding).
+    pub const OVERLOADED: VarInt = VarInt::from_u32(0x05);
 }

@@ -193,7 +193,11 @@ impl Server {
             Ok(Ok(Some(frame))) => frame,
         };
         match frame.kind {
-            FrameKind::Call => self.serve_call(frame.body, send, recv, decoder, buffer).await,
+            FrameKind::Call => {
+                let peer = connection.remote_address();
+                self.serve_call(peer, frame.body, send, recv, decoder, buffer)
+                    .await;
+            }
             kind => match self.stream_handlers.get(&(kind as u8)) {
                 Some(handler) => handler(connection, frame, send, recv).await,
                 None => {
@@ -208,19 +212,22 @@ impl Server {
 
     async fn serve_call(
         &self,
+        peer: std::net::SocketAddr,
         header: Bytes,
         mut send: SendStream,
         mut recv: RecvStream,
         decoder: FrameDecoder,
         mut buffer: BytesMut,
     ) {
-        let header: CallHeader = match rmp_serde::from_slice(&header) {
-            Ok(header) => header,
-            Err(error) => {
-                let status = Status::invalid_argument(format!("malformed call header: {error}"));
-                return reject(send, recv, &status);
-            }
-        };
+        let header: CallHeader =
+            match crate::codec::from_slice_bounded(&header, crate::codec::MAX_HEADER_DEPTH) {
+                Ok(header) => header,
+                Err(error) => {
+                    let status =
+                        Status::invalid_argument(format!("malformed call header: {error}"));
+                    return reject(send, recv, &status);
+                }
+            };
         let deadline = header
             .deadline_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms).min(MAX_DEADLINE));
@@ -232,25 +239,12 @@ impl Server {
             let status = Status::refused(Code::Unavailable, "this node is draining");
             return reject(send, recv, &status);
         }
-        let Ok(_permit) = self.calls.clone().try_acquire_owned() else {
-            let status = Status::refused(
-                Code::ResourceExhausted,
-                format!(
-                    "this node is serving its limit of {} calls; try another replica",
-                    self.limits.max_concurrent_calls
-                ),
-            );
-            return reject(send, recv, &status);
-        };
 
         let read_by = deadline
             .unwrap_or_else(|| Instant::now() + self.limits.request_read_timeout)
             .min(Instant::now() + self.limits.request_read_timeout);
-        let request = tokio::time::timeout_at(
-            read_by,
-            read_request(&mut recv, &decoder, &mut buffer),
-        )
-        .await;
+        let request =
+            tokio::time::timeout_at(read_by, read_request(&mut recv, &decoder, &mut buffer)).await;
         let request = match request {
             Err(_) => Err(Status::deadline_exceeded(
                 "the request did not arrive before the deadline",
@@ -260,6 +254,17 @@ impl Server {
         let request = match request {
             Ok(request) => request,
             Err(status) => return reject(send, recv, &status),
+        };
+        // Taken only once the request is in, so streams that never send one hold no slot.
+        let Ok(_permit) = self.calls.clone().try_acquire_owned() else {
+            let status = Status::refused(
+                Code::ResourceExhausted,
+                format!(
+                    "this node is serving its limit of {} calls; try another replica",
+                    self.limits.max_concurrent_calls
+                ),
+            );
+            return reject_with(send, recv, &status, error_code::OVERLOADED);
         };
 
         let started = Instant::now();
@@ -287,8 +292,17 @@ impl Server {
             Ok(Err(_)) => Code::Internal,
             Err(()) => Code::DeadlineExceeded,
         };
+        let elapsed = started.elapsed();
         self.metrics
-            .record_call(Side::Server, &header.service, &header.method, code, started.elapsed());
+            .record_call(Side::Server, &header.service, &header.method, code, elapsed);
+        tracing::info!(
+            target: "meshrpc::access",
+            "{code} | {:>10.3?} | {} | {}.{}",
+            elapsed,
+            peer,
+            header.service,
+            header.method
+        );
         let reply = match outcome {
             Ok(Ok(Ok(payload))) => encode_reply(Some(&payload), &StatusBody::ok()),
             Ok(Ok(Err(status))) => encode_reply(None, &StatusBody::from(&status)),
@@ -382,14 +396,19 @@ fn encode_reply(payload: Option<&Bytes>, status: &StatusBody) -> Bytes {
 }
 
 /// Answers a stream with `status` and discards whatever else the peer sends on it.
-fn reject(mut send: SendStream, mut recv: RecvStream, status: &Status) {
-    debug!(%status, "rejected a stream");
-    let reply = encode_reply(None, &StatusBody::from(status));
+fn reject(send: SendStream, recv: RecvStream, status: &Status) {
     let code = if status.code() == Code::ResourceExhausted {
         error_code::TOO_LARGE
     } else {
         error_code::PROTOCOL
     };
+    reject_with(send, recv, status, code);
+}
+
+/// [`reject`] with an explicit stop code.
+fn reject_with(mut send: SendStream, mut recv: RecvStream, status: &Status, code: quinn::VarInt) {
+    debug!(%status, "rejected a stream");
+    let reply = encode_reply(None, &StatusBody::from(status));
     let _ = recv.stop(code);
     tokio::spawn(async move {
         if send.write_chunk(reply).await.is_ok() {

@@ -113,7 +113,10 @@ impl FrameDecoder {
     }
 
     /// Checks a frame prefix; returns the kind and body length.
-    pub fn check_prefix(&self, prefix: &[u8; PREFIX_LEN]) -> Result<(FrameKind, usize), FrameError> {
+    pub fn check_prefix(
+        &self,
+        prefix: &[u8; PREFIX_LEN],
+    ) -> Result<(FrameKind, usize), FrameError> {
         let kind = FrameKind::from_u8(prefix[0]).ok_or(FrameError::UnknownKind(prefix[0]))?;
         let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
         let max = kind.max_len(self.max_message);
@@ -126,6 +129,12 @@ impl FrameDecoder {
     /// Takes the next complete frame off the front of `buffer`, or `None` when more bytes are
     /// needed. Reserves room for a body only once its prefix has been checked.
     pub fn decode(&self, buffer: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if let Some(&kind) = buffer.first() {
+            // Judge the kind as soon as its byte arrives.
+            if FrameKind::from_u8(kind).is_none() {
+                return Err(FrameError::UnknownKind(kind));
+            }
+        }
         if buffer.len() < PREFIX_LEN {
             return Ok(None);
         }
@@ -149,8 +158,7 @@ impl FrameDecoder {
         let need = if buffer.len() < PREFIX_LEN {
             PREFIX_LEN
         } else {
-            PREFIX_LEN
-                + u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize
+            PREFIX_LEN + u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize
         };
         Err(FrameError::Truncated {
             have: buffer.len(),
@@ -186,7 +194,14 @@ mod tests {
         let mut buffer = BytesMut::from(&b"\x02\xff\xff\xff\xff"[..]);
         let capacity = buffer.capacity();
         let error = decoder.decode(&mut buffer).expect_err("too large");
-        assert!(matches!(error, FrameError::TooLarge { len: 0xffff_ffff, max: 1024, .. }));
+        assert!(matches!(
+            error,
+            FrameError::TooLarge {
+                len: 0xffff_ffff,
+                max: 1024,
+                ..
+            }
+        ));
         assert_eq!(buffer.capacity(), capacity);
     }
 
@@ -196,7 +211,10 @@ mod tests {
         let prefix = [0x01, 0x00, 0x01, 0x00, 0x01];
         assert!(matches!(
             decoder.check_prefix(&prefix),
-            Err(FrameError::TooLarge { kind: FrameKind::Call, .. })
+            Err(FrameError::TooLarge {
+                kind: FrameKind::Call,
+                ..
+            })
         ));
     }
 
@@ -204,7 +222,10 @@ mod tests {
     fn unknown_kinds_and_truncation_are_errors() {
         let decoder = FrameDecoder::new(1024);
         let mut garbage = BytesMut::from(&b"\x7fhello"[..]);
-        assert_eq!(decoder.decode(&mut garbage), Err(FrameError::UnknownKind(0x7f)));
+        assert_eq!(
+            decoder.decode(&mut garbage),
+            Err(FrameError::UnknownKind(0x7f))
+        );
         let mut partial = BytesMut::from(&b"\x02\x00\x00\x00\x09abc"[..]);
         assert_eq!(decoder.decode(&mut partial), Ok(None));
         assert_eq!(

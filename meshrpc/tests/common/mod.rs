@@ -9,8 +9,7 @@ use std::time::Duration;
 use meshrpc::bytes::Bytes;
 use meshrpc::codec::{decode_request, encode};
 use meshrpc::{
-    BoxFuture, CallContext, CallOptions, Dispatch, FieldSpec, MethodSpec, Node, ServiceSpec,
-    Status,
+    BoxFuture, CallContext, CallOptions, Dispatch, FieldSpec, MethodSpec, Node, ServiceSpec, Status,
 };
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +21,10 @@ macro_rules! method {
             doc: "",
             idempotent: $idempotent,
             timeout: None,
-            params: &[FieldSpec { name: "x", rust_type: "u64" }],
+            params: &[FieldSpec {
+                name: "x",
+                rust_type: "u64",
+            }],
             result_field: "result",
             result_type: "u64",
         }
@@ -145,7 +147,10 @@ impl Dispatch for Probe {
                 }
                 "nested" => {
                     let r: NestedRequest = decode_request("nested", &request)?;
-                    let addr: SocketAddr = r.addr.parse().map_err(|_| Status::invalid_argument("addr"))?;
+                    let addr: SocketAddr = r
+                        .addr
+                        .parse()
+                        .map_err(|_| Status::invalid_argument("addr"))?;
                     let node = probe.node.get().expect("node set").clone();
                     let reply: Reply = node
                         .channel_to(addr)
@@ -156,7 +161,9 @@ impl Dispatch for Probe {
                 "panic" => panic!("the probe was asked to panic"),
                 "whoami" => {
                     let node = probe.node.get().expect("node set");
-                    encode(&Reply { result: i64::from(node.advertised_addr().port()) })
+                    encode(&Reply {
+                        result: i64::from(node.advertised_addr().port()),
+                    })
                 }
                 "echo" => {
                     let r: Echo = decode_request("echo", &request)?;

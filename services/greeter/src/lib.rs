@@ -41,6 +41,19 @@ impl Greeter for GreeterService {
     }
 }
 
+/// The greeter's legacy HTTP handlers, published over the mesh: `GET /check` answers
+/// `All ok! <RFC 3339 time>`, as the original service always did.
+pub fn http_handlers() -> axum::Router {
+    axum::Router::new().route("/check", axum::routing::get(check))
+}
+
+async fn check() -> String {
+    format!(
+        "All ok! {}",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use meshrpc::{Channel, Code};
