@@ -1,0 +1,67 @@
+//! One access-log line per request, as the original gateway printed with GIN:
+//!
+//! ```text
+//! [GATEWAY] 200 |     2.24422ms |       127.0.0.1 | GET      /greeter/greet/Max
+//! ```
+//!
+//! Emitted through `tracing` (target `mesh_api::access`) when the response head is ready, so
+//! `RUST_LOG=mesh_api::access=off` silences it and JSON subscribers can pick it up.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+
+/// The middleware.
+pub async fn log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "-".to_owned(), |info| info.0.ip().to_string());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    tracing::info!(
+        target: "mesh_api::access",
+        "{}",
+        line(response.status().as_u16(), started.elapsed(), &client, method.as_str(), &path)
+    );
+    response
+}
+
+/// The log line, GIN's layout.
+pub fn line(
+    status: u16,
+    latency: std::time::Duration,
+    client: &str,
+    method: &str,
+    path: &str,
+) -> String {
+    format!(
+        "[GATEWAY] {status} | {:>13} | {client:>15} | {method:<8} {path}",
+        format!("{latency:?}")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_has_status_latency_client_method_and_path_in_gin_columns() {
+        let line = line(
+            200,
+            std::time::Duration::from_micros(2244),
+            "127.0.0.1",
+            "GET",
+            "/greeter/greet/Max",
+        );
+        assert_eq!(
+            line,
+            "[GATEWAY] 200 |       2.244ms |       127.0.0.1 | GET      /greeter/greet/Max"
+        );
+    }
+}

@@ -1,0 +1,356 @@
+//! The service descriptors the gateway routes, validates and documents with.
+//!
+//! Every node answers `meshrpc.node/describe` with the JSON descriptors of the services it
+//! publishes (format in `docs/MANIFEST.md`, "The service descriptor"), and gossips each
+//! service's schema hash. The gateway keeps one descriptor per `(service, schema hash)`: a
+//! background task fetches the descriptor of every hash that appears in the view, and a request
+//! for a hash not fetched yet fetches it on the spot. Services compiled into the gateway
+//! (greeter) are known from the start, so their routes answer 503, not 404, before any replica
+//! has joined. A request never waits for a member to appear.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshrpc::membership::{Liveness, MemberView, View};
+use meshrpc::node_service::{DescribeReply, NODE_SPEC};
+use meshrpc::{CallOptions, Node, ServiceSpec, Status};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::error::ApiError;
+use crate::transcode::Schema;
+
+/// How long fetching a descriptor from one member may take.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One service's descriptor.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Descriptor {
+    /// The service's name.
+    pub service: String,
+    /// The manifest's doc string.
+    #[serde(default)]
+    pub doc: String,
+    /// The schema hash, 16 hex digits.
+    pub schema_hash: String,
+    /// The methods, in manifest order.
+    pub methods: Vec<MethodDescriptor>,
+    /// Declared types, by `<service>.<Type>`.
+    #[serde(default)]
+    pub types: Map<String, Value>,
+}
+
+/// One method of a [`Descriptor`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct MethodDescriptor {
+    /// The method's name.
+    pub name: String,
+    /// The manifest's doc string.
+    #[serde(default)]
+    pub doc: String,
+    /// Whether calls may be retried.
+    #[serde(default)]
+    pub idempotent: bool,
+    /// The manifest's timeout.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The response map's single field.
+    pub result_field: String,
+    /// JSON Schema of the request map.
+    pub request: Value,
+    /// JSON Schema of the response map.
+    pub response: Value,
+}
+
+impl Descriptor {
+    /// Parses a descriptor's JSON text.
+    pub fn parse(json: &str) -> Result<Descriptor, String> {
+        serde_json::from_str(json).map_err(|error| format!("unreadable descriptor: {error}"))
+    }
+
+    /// The schema hash as a number (0 when it is not hex).
+    pub fn hash(&self) -> u64 {
+        u64::from_str_radix(&self.schema_hash, 16).unwrap_or(0)
+    }
+
+    /// The method called `name`.
+    pub fn method(&self, name: &str) -> Option<&MethodDescriptor> {
+        self.methods.iter().find(|method| method.name == name)
+    }
+
+    /// `POST /svc/a, POST /svc/b`, for messages.
+    pub fn routes(&self) -> String {
+        self.methods
+            .iter()
+            .map(|method| format!("POST /{}/{}", self.service, method.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The schema to check `method`'s requests against.
+    pub fn request_schema<'a>(&'a self, method: &'a MethodDescriptor) -> Schema<'a> {
+        Schema {
+            root: &method.request,
+            types: &self.types,
+        }
+    }
+}
+
+/// Members that can take calls for `service` right now.
+fn live_publishers<'a>(view: &'a View, service: &'a str) -> impl Iterator<Item = &'a MemberView> {
+    view.publishing(service)
+        .filter(|member| member.liveness == Liveness::Alive && member.accepts_calls())
+}
+
+/// Whether some member that can take calls serves legacy HTTP for `service`.
+pub fn serves_http_live(view: &View, service: &str) -> bool {
+    view.serving_http(service)
+        .any(|member| member.liveness == Liveness::Alive && member.accepts_calls())
+}
+
+/// The descriptors the gateway knows, and the services it has seen.
+#[derive(Debug)]
+pub struct Descriptors {
+    node: Node,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Per service, its descriptors, the most recently learned last.
+    by_service: HashMap<String, Vec<Arc<Descriptor>>>,
+    /// Services that published RPCs at some point (or are compiled in).
+    seen_rpc: BTreeSet<String>,
+    /// Services that served legacy HTTP at some point.
+    seen_http: BTreeSet<String>,
+}
+
+impl State {
+    fn get(&self, service: &str, hash: u64) -> Option<Arc<Descriptor>> {
+        self.by_service
+            .get(service)?
+            .iter()
+            .find(|descriptor| descriptor.hash() == hash)
+            .cloned()
+    }
+
+    fn insert(&mut self, descriptor: Descriptor) {
+        let hash = descriptor.hash();
+        self.seen_rpc.insert(descriptor.service.clone());
+        let list = self
+            .by_service
+            .entry(descriptor.service.clone())
+            .or_default();
+        list.retain(|known| known.hash() != hash);
+        list.push(Arc::new(descriptor));
+    }
+}
+
+impl Descriptors {
+    /// A cache for `node`'s view that knows `builtin` services from the start.
+    pub fn new(node: Node, builtin: &[&ServiceSpec]) -> Arc<Descriptors> {
+        let mut state = State::default();
+        for spec in builtin {
+            match Descriptor::parse(spec.descriptor) {
+                Ok(descriptor) => state.insert(descriptor),
+                Err(error) => warn!(service = spec.name, %error, "built-in descriptor skipped"),
+            }
+        }
+        Arc::new(Descriptors {
+            node,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Records the services of `view` as seen.
+    pub fn observe(&self, view: &View) {
+        let mut state = self.state();
+        for member in view.members() {
+            for published in &member.id.services {
+                if !state.seen_rpc.contains(&published.name) {
+                    state.seen_rpc.insert(published.name.clone());
+                }
+            }
+            for http in &member.id.http {
+                if !state.seen_http.contains(http) {
+                    state.seen_http.insert(http.clone());
+                }
+            }
+        }
+    }
+
+    /// Whether `service` published RPCs at some point (or is compiled in).
+    pub fn knows_rpc(&self, service: &str) -> bool {
+        self.state().seen_rpc.contains(service)
+    }
+
+    /// Whether `service` served legacy HTTP at some point.
+    pub fn knows_http(&self, service: &str) -> bool {
+        self.state().seen_http.contains(service)
+    }
+
+    /// Every service known, RPC or HTTP, sorted.
+    pub fn known_services(&self) -> Vec<String> {
+        let state = self.state();
+        state.seen_rpc.union(&state.seen_http).cloned().collect()
+    }
+
+    /// The descriptor to serve `service` with: the one of the schema most live members
+    /// publish, fetched if need be; without live members, the last one known. `Ok(None)` when
+    /// the gateway has never had one.
+    pub async fn for_service(&self, service: &str) -> Result<Option<Arc<Descriptor>>, ApiError> {
+        let view = self.node.view();
+        self.observe(&view);
+        let mut counts: Vec<(u64, usize)> = Vec::new();
+        for member in live_publishers(&view, service) {
+            let Some(hash) = member.id.schema_hash(service) else {
+                continue;
+            };
+            match counts.iter_mut().find(|(known, _)| *known == hash) {
+                Some((_, count)) => *count += 1,
+                None => counts.push((hash, 1)),
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        for (hash, _) in &counts {
+            if let Some(descriptor) = self.state().get(service, *hash) {
+                return Ok(Some(descriptor));
+            }
+        }
+        if let Some((hash, _)) = counts.first() {
+            let members: Vec<SocketAddr> = live_publishers(&view, service)
+                .filter(|member| member.id.schema_hash(service) == Some(*hash))
+                .map(|member| member.id.addr)
+                .collect();
+            let mut last = None;
+            for addr in members {
+                match self.fetch(addr).await {
+                    Ok(()) => {
+                        if let Some(descriptor) = self.state().get(service, *hash) {
+                            return Ok(Some(descriptor));
+                        }
+                    }
+                    Err(status) => last = Some(format!("{addr}: {status}")),
+                }
+            }
+            return Err(ApiError::unavailable(format!(
+                "could not learn the methods of `{service}` from its members{}",
+                last.map(|last| format!(" ({last})")).unwrap_or_default()
+            )));
+        }
+        Ok(self
+            .state()
+            .by_service
+            .get(service)
+            .and_then(|list| list.last().cloned()))
+    }
+
+    /// One descriptor per known service (see [`Descriptors::for_service`]), sorted by name;
+    /// services whose descriptor cannot be fetched are left out.
+    pub async fn all(&self) -> Vec<Arc<Descriptor>> {
+        let names: Vec<String> = {
+            let view = self.node.view();
+            self.observe(&view);
+            self.state().seen_rpc.iter().cloned().collect()
+        };
+        let mut all = Vec::new();
+        for name in names {
+            match self.for_service(&name).await {
+                Ok(Some(descriptor)) => all.push(descriptor),
+                Ok(None) => {}
+                Err(error) => debug!(service = %name, %error, "left out of the document"),
+            }
+        }
+        all
+    }
+
+    /// Asks the member at `addr` for its descriptors and keeps them.
+    async fn fetch(&self, addr: SocketAddr) -> Result<(), Status> {
+        let reply: DescribeReply = self
+            .node
+            .channel_to(addr)
+            .unary(
+                &NODE_SPEC.methods[1],
+                &(),
+                &CallOptions::new().timeout(DESCRIBE_TIMEOUT),
+            )
+            .await?;
+        let mut state = self.state();
+        for text in reply.descriptors {
+            match Descriptor::parse(&text) {
+                Ok(descriptor) => state.insert(descriptor),
+                Err(error) => warn!(%addr, %error, "member sent an unreadable descriptor"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches the descriptors of every `(service, hash)` in `view` not known yet.
+    async fn refresh(&self, view: &View) {
+        self.observe(view);
+        let mut wanted: Vec<SocketAddr> = Vec::new();
+        for member in view.members() {
+            if member.local || member.liveness != Liveness::Alive {
+                continue;
+            }
+            let missing = member.id.services.iter().any(|published| {
+                self.state()
+                    .get(&published.name, published.schema_hash)
+                    .is_none()
+            });
+            if missing {
+                wanted.push(member.id.addr);
+            }
+        }
+        for addr in wanted {
+            if let Err(status) = self.fetch(addr).await {
+                debug!(%addr, %status, "could not fetch descriptors yet");
+            }
+        }
+    }
+
+    /// Keeps the cache up to date with the view until the returned task is aborted.
+    pub fn spawn_refresher(self: &Arc<Descriptors>) -> JoinHandle<()> {
+        let descriptors = self.clone();
+        tokio::spawn(async move {
+            let mut watch = descriptors.node.membership().watch();
+            loop {
+                let view = watch.borrow_and_update().clone();
+                descriptors.refresh(&view).await;
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_greeter_descriptor_parses_with_its_methods_and_types() {
+        let descriptor = Descriptor::parse(greeter::GREETER_SPEC.descriptor).expect("parses");
+        assert_eq!(descriptor.service, "greeter");
+        assert_eq!(descriptor.hash(), greeter::GREETER_SPEC.schema_hash);
+        let greet = descriptor.method("greet").expect("greet");
+        assert_eq!(greet.result_field, "message");
+        assert!(greet.idempotent);
+        assert!(descriptor.types.contains_key("greeter.Postcard"));
+        assert_eq!(
+            descriptor.routes(),
+            "POST /greeter/greet, POST /greeter/send_postcard"
+        );
+    }
+}

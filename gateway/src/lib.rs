@@ -1,0 +1,209 @@
+#![warn(missing_docs)]
+//! The meshrpc API gateway (binary `mesh-api`): an axum server that joins the mesh and serves
+//!
+//! - the original gateway's REST routes for the greeter (`GET /greeter/greet/{name}`,
+//!   `POST /greeter/sendPostcard/{recipient}/{address}/{message}`), answering as its README
+//!   shows;
+//! - every published method as `POST /{service}/{method}`, JSON in and out, transcoded to and
+//!   from MessagePack and checked against the service's descriptor;
+//! - the legacy HTTP handlers services publish, under `/{service}/...`;
+//! - `/healthz`, `/readyz`, `/metrics` and `/openapi.json`;
+//!
+//! with optional API keys and one access-log line per request. [`serve`] runs it on a started
+//! [`meshrpc::Node`], so tests can run the gateway in-process too.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let node = meshrpc::Node::builder("mesh-api").start().await?;
+//! let gateway = gateway::serve(gateway::Config::default(), node.clone()).await?;
+//! println!("serving on http://{}", gateway.local_addr());
+//! meshrpc::node::wait_for_signal().await;
+//! gateway.shutdown().await;
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod access_log;
+pub mod auth;
+pub mod config;
+pub mod descriptors;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod transcode;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{any, get, post};
+use meshrpc::{CallOptions, HttpClient, Node};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use config::{Config, GatewayArgs};
+
+use crate::auth::ApiKeys;
+use crate::descriptors::Descriptors;
+use crate::metrics::HttpMetrics;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The HTTP address could not be bound.
+    #[error("could not listen for HTTP on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What every route shares.
+#[derive(Debug)]
+pub struct Shared {
+    node: Node,
+    config: Config,
+    keys: ApiKeys,
+    descriptors: Arc<Descriptors>,
+    metrics: Arc<HttpMetrics>,
+    greeter: greeter::GreeterClient,
+    http_clients: Mutex<HashMap<String, HttpClient>>,
+}
+
+impl Shared {
+    /// State for a gateway on `node`.
+    pub fn new(config: Config, node: Node) -> Arc<Shared> {
+        let descriptors = Descriptors::new(node.clone(), &[&greeter::GREETER_SPEC]);
+        let greeter = node
+            .client::<greeter::GreeterClient>()
+            .with_options(CallOptions::new().timeout(config.request_timeout));
+        Arc::new(Shared {
+            keys: ApiKeys::new(&config.api_keys),
+            node,
+            config,
+            descriptors,
+            metrics: Arc::new(HttpMetrics::new()),
+            greeter,
+            http_clients: Mutex::default(),
+        })
+    }
+
+    /// The node the gateway calls through.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The descriptor cache.
+    pub fn descriptors(&self) -> &Arc<Descriptors> {
+        &self.descriptors
+    }
+
+    /// One client per service, so round robin carries over from request to request.
+    fn http_client(&self, service: &str) -> HttpClient {
+        let mut clients = self
+            .http_clients
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        clients
+            .entry(service.to_owned())
+            .or_insert_with(|| self.node.http_client(service))
+            .clone()
+    }
+}
+
+/// The gateway's routes and middleware over `shared`.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let keys = shared.keys.clone();
+    let metrics = shared.metrics.clone();
+    Router::new()
+        .route("/greeter/greet/{name}", get(routes::greeter::greet))
+        .route(
+            "/greeter/sendPostcard/{recipient}/{address}/{message}",
+            post(routes::greeter::send_postcard),
+        )
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics))
+        .route("/openapi.json", get(routes::ops::openapi))
+        .route("/{service}/{*rest}", any(routes::dispatch))
+        .fallback(routes::not_found)
+        .with_state(shared)
+        .layer(from_fn_with_state(keys, auth::require_key))
+        .layer(from_fn_with_state(metrics, metrics::record))
+        .layer(from_fn(access_log::log))
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+    refresher: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// The address HTTP is served on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops taking connections and waits for requests in flight.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.server).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "HTTP server stopped with an error"),
+            Err(error) => tracing::warn!(%error, "HTTP server task failed"),
+        }
+        self.refresher.abort();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.refresher.abort();
+        self.server.abort();
+    }
+}
+
+/// Binds `config.http` and serves the gateway on `node` in the background. Returns as soon as
+/// the socket listens: routes answer 503 for services no member serves yet, and start working
+/// the moment one joins.
+pub async fn serve(config: Config, node: Node) -> Result<Gateway, GatewayError> {
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: config.http,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+        addr: config.http,
+        source,
+    })?;
+    let shared = Shared::new(config, node);
+    let refresher = shared.descriptors.spawn_refresher();
+    let app = router(shared).into_make_service_with_connect_info::<SocketAddr>();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "gateway serving HTTP");
+    Ok(Gateway {
+        addr,
+        stop: Some(stop),
+        server,
+        refresher,
+    })
+}

@@ -1,0 +1,38 @@
+//! `mesh-api`: the meshrpc API gateway. Joins the mesh as its seed (UDP `0.0.0.0:11999` by
+//! default) and serves HTTP on `0.0.0.0:8282`.
+//!
+//! ```text
+//! mesh-api                                   # then: greeter -N localhost:11999
+//! curl http://localhost:8282/greeter/greet/Max
+//! ```
+
+use clap::Parser;
+use gateway::GatewayArgs;
+use meshrpc::cli::{NodeArgs, SEED_PORT, init_logging};
+
+/// The HTTP API gateway of a meshrpc mesh.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-api", version)]
+struct Args {
+    #[command(flatten)]
+    node: NodeArgs,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    init_logging();
+    let args = Args::parse();
+    let node = args.node.builder("mesh-api", SEED_PORT)?.start().await?;
+    let gateway = gateway::serve(args.gateway.config(), node.clone()).await?;
+    println!(
+        "mesh-api serving HTTP on {} and the mesh on {}",
+        gateway.local_addr(),
+        node.local_addr()
+    );
+    meshrpc::node::wait_for_signal().await;
+    gateway.shutdown().await;
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! The original gateway's hand-written greeter routes, answering exactly as its README shows:
+//!
+//! ```text
+//! $ curl http://localhost:8282/greeter/greet/Max
+//! "Hello, Max"
+//! $ curl -X POST http://localhost:8282/greeter/sendPostcard/Max/World/Hello
+//! {"PictureURL":"","Address":"World","Recipient":"Max","Message":"Hello"}
+//! ```
+//!
+//! They call the typed `GreeterClient` (interface substitution: the same `Greeter` trait as
+//! the local implementation). `POST /greeter/greet` and `GET /greeter/check` need no route of
+//! their own: the generic call and the legacy proxy answer them.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use greeter::{Greeter, Postcard};
+use serde::Serialize;
+
+use crate::Shared;
+use crate::error::ApiError;
+
+/// A postcard as the original Go service encoded it: Go field names, in Go field order.
+#[derive(Debug, Serialize)]
+pub struct GoPostcard {
+    /// `picture_url`.
+    #[serde(rename = "PictureURL")]
+    pub picture_url: String,
+    /// `address`.
+    #[serde(rename = "Address")]
+    pub address: String,
+    /// `recipient`.
+    #[serde(rename = "Recipient")]
+    pub recipient: String,
+    /// `message`.
+    #[serde(rename = "Message")]
+    pub message: String,
+}
+
+impl From<Postcard> for GoPostcard {
+    fn from(card: Postcard) -> GoPostcard {
+        GoPostcard {
+            picture_url: card.picture_url,
+            address: card.address,
+            recipient: card.recipient,
+            message: card.message,
+        }
+    }
+}
+
+/// `GET /greeter/greet/{name}` → `"Hello, <name>"`.
+pub async fn greet(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Result<Json<String>, ApiError> {
+    Ok(Json(shared.greeter.greet(name).await?))
+}
+
+/// `POST /greeter/sendPostcard/{recipient}/{address}/{message}` → the postcard as sent.
+pub async fn send_postcard(
+    State(shared): State<Arc<Shared>>,
+    Path((recipient, address, message)): Path<(String, String, String)>,
+) -> Result<Json<GoPostcard>, ApiError> {
+    let card = Postcard {
+        picture_url: String::new(),
+        address,
+        recipient,
+        message,
+    };
+    Ok(Json(shared.greeter.send_postcard(card).await?.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_postcard_is_encoded_with_go_field_names_in_go_order() {
+        let card = GoPostcard::from(Postcard {
+            picture_url: String::new(),
+            address: "World".into(),
+            recipient: "Max".into(),
+            message: "Hello".into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&card).expect("encodes"),
+            r#"{"PictureURL":"","Address":"World","Recipient":"Max","Message":"Hello"}"#
+        );
+    }
+}
