@@ -33,14 +33,13 @@ pub mod openapi;
 pub mod routes;
 pub mod transcode;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{any, get, post};
-use meshrpc::{CallOptions, HttpClient, Node};
+use meshrpc::{CallOptions, Node};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -72,7 +71,8 @@ pub struct Shared {
     descriptors: Arc<Descriptors>,
     metrics: Arc<HttpMetrics>,
     greeter: greeter::GreeterClient,
-    http_clients: Mutex<HashMap<String, HttpClient>>,
+    /// Round robin over the members serving legacy HTTP.
+    legacy_turn: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -89,7 +89,7 @@ impl Shared {
             descriptors,
             metrics: Arc::new(HttpMetrics::new()),
             greeter,
-            http_clients: Mutex::default(),
+            legacy_turn: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -101,18 +101,6 @@ impl Shared {
     /// The descriptor cache.
     pub fn descriptors(&self) -> &Arc<Descriptors> {
         &self.descriptors
-    }
-
-    /// One client per service, so round robin carries over from request to request.
-    fn http_client(&self, service: &str) -> HttpClient {
-        let mut clients = self
-            .http_clients
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        clients
-            .entry(service.to_owned())
-            .or_insert_with(|| self.node.http_client(service))
-            .clone()
     }
 }
 

@@ -4,7 +4,8 @@
 //! 1. `POST /{service}/{method}` when the method is in the service's descriptor: a generic
 //!    call ([`generic`]);
 //! 2. otherwise, when a live member serves legacy HTTP for the service: the request is
-//!    forwarded to it ([`legacy`]);
+//!    forwarded to it ([`legacy`]) (a POST that looks like a call to an unknown method and
+//!    that the legacy handlers answer with 404 gets the list of methods instead);
 //! 3. otherwise an answer that says why: 404 naming the unknown service (with the known ones)
 //!    or method (with the service's methods), 503 naming a known service that nobody serves
 //!    right now.
@@ -75,7 +76,20 @@ async fn route(
         }
     }
     if serves_http_live(&view, service) {
-        return legacy::forward(shared, service, rest, request).await;
+        let response = legacy::forward(shared, service, rest, request).await?;
+        // A POST that looked like a call and that the legacy handlers do not know either:
+        // name the methods rather than pass on a bare 404.
+        if let (Some(descriptor), Some(name), true) = (
+            &descriptor,
+            method_name,
+            response.status() == http::StatusCode::NOT_FOUND,
+        ) {
+            return Err(ApiError::not_found(format!(
+                "service `{service}` has no method `{name}`; its methods are: {}",
+                descriptor.routes()
+            )));
+        }
+        return Ok(response);
     }
     if let Some(error) = lookup_error {
         return Err(error);
