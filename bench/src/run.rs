@@ -1,7 +1,8 @@
 //! The parent process: plans the scenarios, starts servers and clients as pinned child
 //! processes of this binary, collects their figures and writes the report.
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -209,6 +210,8 @@ pub(crate) fn run(options: Options) -> Result<()> {
         exe,
         tls_dir,
         settings: settings.clone(),
+        server: RefCell::new(None),
+        loads: RefCell::new(HashMap::new()),
     };
 
     let measured: Vec<Scenario> = scenarios
@@ -233,6 +236,7 @@ pub(crate) fn run(options: Options) -> Result<()> {
         let mut results = Vec::new();
         for &system in &systems {
             let mut result = SystemResult::new(system);
+            bench.forget();
             for &scenario in &measured {
                 progress.set_message(format!(
                     "{} · {system} · {}",
@@ -245,6 +249,7 @@ pub(crate) fn run(options: Options) -> Result<()> {
                     result.errors.push(format!("{}: {error}", scenario.name()));
                 }
             }
+            bench.forget();
             results.push(result);
         }
         placements.push(PlacementReport {
@@ -320,6 +325,11 @@ struct Bench {
     exe: PathBuf,
     tls_dir: PathBuf,
     settings: Settings,
+    /// The echo server of the current system and placement, shared by the load scenarios.
+    server: RefCell<Option<Server>>,
+    /// Load runs already made for the current system and placement, by (payload, in flight):
+    /// latency, throughput at 1, the 64 B payload and CPU at 64 reuse each other's runs.
+    loads: RefCell<HashMap<(usize, usize), (Outcome, f64)>>,
 }
 
 impl Bench {
@@ -342,6 +352,41 @@ impl Bench {
         }
     }
 
+    /// Drops the shared server and the remembered runs (next system or placement).
+    fn forget(&self) {
+        self.server.borrow_mut().take();
+        self.loads.borrow_mut().clear();
+    }
+
+    /// A 64 B-style echo load run against the shared server, made once per system and
+    /// placement: returns the client's figures and the server's CPU seconds.
+    fn load(
+        &self,
+        placement: Placement,
+        system: System,
+        payload: usize,
+        in_flight: usize,
+    ) -> Result<(Outcome, f64)> {
+        if let Some(done) = self.loads.borrow().get(&(payload, in_flight)) {
+            return Ok(done.clone());
+        }
+        let mut shared = self.server.borrow_mut();
+        let server = match shared.take() {
+            Some(server) => server,
+            None => self.server(system, placement.server_cpu(0), None)?,
+        };
+        let result = self.client(system, &server, self.load_job(payload, in_flight));
+        // A server that failed a run is not reused.
+        if result.is_ok() {
+            *shared = Some(server);
+        }
+        let result = result?;
+        self.loads
+            .borrow_mut()
+            .insert((payload, in_flight), result.clone());
+        Ok(result)
+    }
+
     fn scenario(
         &self,
         placement: Placement,
@@ -353,8 +398,7 @@ impl Bench {
         let s = &self.settings;
         match scenario {
             Scenario::Latency => {
-                let server = self.server(system, placement.server_cpu(0), None)?;
-                let (outcome, _) = self.client(system, &server, self.load_job(64, 1))?;
+                let (outcome, _) = self.load(placement, system, 64, 1)?;
                 progress.inc(1);
                 result.latency = Some(report::Latency {
                     calls: outcome.calls,
@@ -362,9 +406,8 @@ impl Bench {
                 });
             }
             Scenario::Throughput => {
-                let server = self.server(system, placement.server_cpu(0), None)?;
                 for &in_flight in &s.in_flight {
-                    let outcome = self.client(system, &server, self.load_job(64, in_flight));
+                    let outcome = self.load(placement, system, 64, in_flight);
                     progress.inc(1);
                     let (outcome, _) = outcome?;
                     result.throughput.push(report::Throughput {
@@ -376,9 +419,8 @@ impl Bench {
                 }
             }
             Scenario::Payload => {
-                let server = self.server(system, placement.server_cpu(0), None)?;
                 for &bytes in &s.payloads {
-                    let outcome = self.client(system, &server, self.load_job(bytes, 1));
+                    let outcome = self.load(placement, system, bytes, 1);
                     progress.inc(1);
                     let (outcome, _) = outcome?;
                     result.payloads.push(report::Payload {
@@ -390,8 +432,7 @@ impl Bench {
                 }
             }
             Scenario::Cpu => {
-                let server = self.server(system, placement.server_cpu(0), None)?;
-                let outcome = self.client(system, &server, self.load_job(64, s.cpu_in_flight));
+                let outcome = self.load(placement, system, 64, s.cpu_in_flight);
                 progress.inc(1);
                 let (outcome, server_cpu_s) = outcome?;
                 let per_call = |seconds: f64| seconds * 1e6 / outcome.calls.max(1) as f64;
