@@ -73,6 +73,7 @@ pub(crate) async fn serve_tunnel(
     frame: Frame,
     send: SendStream,
     recv: RecvStream,
+    read_ahead: Bytes,
 ) {
     let service = match crate::codec::from_slice_bounded::<HttpHeader>(
         &frame.body,
@@ -81,7 +82,9 @@ pub(crate) async fn serve_tunnel(
         Ok(header) => services.get(&header.service).cloned().ok_or(header.service),
         Err(error) => Err(format!("<malformed HTTP header: {error}>")),
     };
-    let io = TokioIo::new(tokio::io::join(recv, send));
+    // Request bytes that arrived with the opening frame come first.
+    let reader = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(read_ahead), recv);
+    let io = TokioIo::new(tokio::io::join(reader, send));
     let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
         let service = service.clone();
         async move {

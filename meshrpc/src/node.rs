@@ -359,7 +359,7 @@ impl NodeBuilder {
             let permits = server.call_permits();
             server.set_stream_handler(
                 FrameKind::Http,
-                Arc::new(move |_connection, frame, send, recv| {
+                Arc::new(move |_connection, frame, send, recv, read_ahead| {
                     let http_services = http_services.clone();
                     let permits = permits.clone();
                     Box::pin(async move {
@@ -369,7 +369,7 @@ impl NodeBuilder {
                             let _ = send.reset(error_code::OVERLOADED);
                             return;
                         };
-                        serve_tunnel(&http_services, frame, send, recv).await;
+                        serve_tunnel(&http_services, frame, send, recv, read_ahead).await;
                     })
                 }),
             );
@@ -378,7 +378,7 @@ impl NodeBuilder {
             let membership = membership.clone();
             server.set_stream_handler(
                 FrameKind::Gossip,
-                Arc::new(move |_connection, frame, send, recv| {
+                Arc::new(move |_connection, frame, send, recv, _read_ahead| {
                     let membership = membership.clone();
                     Box::pin(async move { membership.serve_exchange(frame, send, recv).await })
                 }),

@@ -349,3 +349,57 @@ async fn waiting_for_a_missing_service_names_it() {
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(status.message(), "no live member publishes `probe`");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_http_requests_are_balanced_over_every_replica() {
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let seed = mesh_node(state.path(), &[], None).await;
+    let mut webs = Vec::new();
+    for index in 0..3 {
+        let router =
+            axum::Router::new().route("/who", get(move || async move { format!("web-{index}") }));
+        webs.push(
+            Node::builder("web")
+                .cluster("test")
+                .state_dir(state.path())
+                .listen("127.0.0.1:0".parse().expect("addr"))
+                .seeds([seed.local_addr().to_string()])
+                .publish_http("probe", router)
+                .start()
+                .await
+                .expect("starts"),
+        );
+    }
+    let seen = {
+        let seed = seed.clone();
+        eventually(Duration::from_secs(10), move || {
+            seed.view().serving_http("probe").count() == 3
+        })
+        .await
+    };
+    assert!(seen);
+    let client = seed.http_client("probe");
+    let mut answers = HashMap::new();
+    for _ in 0..9 {
+        let request = http::Request::get("/who")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let response = tokio::time::timeout(Duration::from_secs(3), client.send(request))
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        let body = tokio::time::timeout(Duration::from_secs(3), response.into_body().collect())
+            .await
+            .expect("body in time")
+            .expect("body")
+            .to_bytes();
+        *answers
+            .entry(String::from_utf8_lossy(&body).into_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert!(answers.values().all(|count| *count == 3), "{answers:?}");
+}

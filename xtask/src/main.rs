@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: project tasks, one module per task. This file only dispatches.
 
 mod bench;
+mod demo;
 
 use std::process::ExitCode;
 
@@ -17,12 +18,14 @@ struct Cli {
 enum Task {
     /// Measure meshrpc against bare quinn, tonic, tarpc and HTTP/JSON; write target/bench/.
     Bench(bench::Args),
-    // `Demo(demo::Args)` goes here.
+    /// Start the demo mesh on loopback: gateway, three greeters and a concierge.
+    Demo(demo::Args),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Bench(args) => bench::run(args),
+        Task::Demo(args) => demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -96,6 +96,7 @@ impl Membership {
         let foca = Foca::new(local, swim_config(), rand::make_rng(), MsgPackCodec);
         let agent = Agent {
             foca,
+            left: false,
             inputs: receiver,
             timers: DelayQueue::new(),
             connections,
@@ -271,7 +272,7 @@ impl foca::Runtime<MemberId> for Outbox {
                 info!(member = %id.name, addr = %id.addr, "member down");
                 self.downs.push(id.clone());
             }
-            Notification::Defunct => warn!("declared down by the cluster; rejoining"),
+            Notification::Defunct => debug!("declared down by the cluster"),
             _ => {}
         }
     }
@@ -287,6 +288,8 @@ impl foca::Runtime<MemberId> for Outbox {
 
 struct Agent {
     foca: Swim,
+    /// Set once the node left: it then ignores the cluster instead of rejoining it.
+    left: bool,
     inputs: mpsc::UnboundedReceiver<Input>,
     timers: DelayQueue<Timer<MemberId>>,
     connections: Connections,
@@ -303,6 +306,9 @@ impl Agent {
                     None => return,
                 },
                 Some(expired) = self.timers.next() => {
+                    if self.left {
+                        continue;
+                    }
                     if let Err(error) = self.foca.handle_timer(expired.into_inner(), &mut outbox) {
                         debug!(%error, "gossip timer failed");
                     }
@@ -314,6 +320,17 @@ impl Agent {
 
     fn handle(&mut self, input: Input, outbox: &mut Outbox) {
         let cluster = self.foca.identity().cluster.clone();
+        if self.left {
+            // A node that left answers nothing: it must not be declared back alive.
+            match input {
+                Input::Snapshot(reply) => drop(reply),
+                Input::SetDraining(reply) | Input::Leave(reply) => {
+                    let _ = reply.send(());
+                }
+                Input::Datagram(_) | Input::Announce(_) | Input::Apply(_) => {}
+            }
+            return;
+        }
         match input {
             Input::Datagram(data) => {
                 // Defence in depth: TLS already keeps other clusters out.
@@ -370,6 +387,7 @@ impl Agent {
                     debug!(%error, "leave failed");
                 }
                 self.flush(outbox);
+                self.left = true;
                 let _ = reply.send(());
             }
         }

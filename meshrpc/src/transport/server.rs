@@ -29,9 +29,16 @@ use crate::wire::{CallHeader, Frame, FrameDecoder, FrameKind, StatusBody, encode
 const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A handler for streams that are not calls (HTTP tunnels, membership exchanges): it receives
-/// the opening frame and the stream.
+/// the opening frame, the stream, and any bytes already read past the opening frame (they
+/// come first in what the handler reads).
 pub type StreamHandler = Arc<
-    dyn Fn(Connection, Frame, SendStream, RecvStream) -> Pin<Box<dyn Future<Output = ()> + Send>>
+    dyn Fn(
+            Connection,
+            Frame,
+            SendStream,
+            RecvStream,
+            Bytes,
+        ) -> Pin<Box<dyn Future<Output = ()> + Send>>
         + Send
         + Sync,
 >;
@@ -199,7 +206,7 @@ impl Server {
                     .await;
             }
             kind => match self.stream_handlers.get(&(kind as u8)) {
-                Some(handler) => handler(connection, frame, send, recv).await,
+                Some(handler) => handler(connection, frame, send, recv, buffer.freeze()).await,
                 None => {
                     let status = Status::invalid_argument(format!(
                         "a stream must open with a CALL frame; {kind:?} is not served here"

@@ -1,0 +1,409 @@
+//! `cargo xtask demo`: builds the binaries, then starts the demo mesh on loopback as separate
+//! processes — the `mesh-api` gateway, three `greeter` replicas and a `concierge` — with the
+//! development CA minted under `target/demo/`, prints the curl lines to try, and drains
+//! everything on Ctrl-C. `--smoke` runs those requests itself and stops (used by the tests).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Options of `cargo xtask demo`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The gateway's HTTP port.
+    #[arg(long, default_value_t = 8282)]
+    http_port: u16,
+    /// The gateway's mesh (seed) port.
+    #[arg(long, default_value_t = 11999)]
+    mesh_port: u16,
+    /// Greeter replicas to start.
+    #[arg(long, default_value_t = 3)]
+    greeters: usize,
+    /// Build and run the release profile.
+    #[arg(long)]
+    release: bool,
+    /// Make the demo's requests, print the answers, drain and exit (non-zero on a wrong answer).
+    #[arg(long)]
+    smoke: bool,
+    /// Do not build first (the binaries must exist).
+    #[arg(long)]
+    no_build: bool,
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// A child process of the demo, stopped with SIGTERM (drain) when dropped.
+struct Process {
+    name: String,
+    child: Child,
+}
+
+impl Process {
+    fn terminate(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit; kills it (and answers `None`) after that.
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs the demo.
+pub(crate) fn run(args: Args) -> Result<(), String> {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let profile = if args.release { "release" } else { "debug" };
+    if !args.no_build {
+        let mut build = Command::new(&cargo);
+        build.current_dir(&root).args([
+            "build",
+            "-p",
+            "gateway",
+            "-p",
+            "greeter",
+            "-p",
+            "concierge",
+            "--bins",
+        ]);
+        if args.release {
+            build.arg("--release");
+        }
+        let status = build
+            .status()
+            .map_err(|e| format!("running {cargo}: {e}"))?;
+        if !status.success() {
+            return Err(format!("building the demo binaries failed ({status})"));
+        }
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let bin = |name: &str| target.join(profile).join(name);
+    let state = target.join("demo").join("state");
+    std::fs::create_dir_all(&state).map_err(|e| format!("{}: {e}", state.display()))?;
+
+    let http = SocketAddr::from(([127, 0, 0, 1], args.http_port));
+    let mesh = SocketAddr::from(([127, 0, 0, 1], args.mesh_port));
+    for (what, addr) in [("HTTP", http)] {
+        if std::net::TcpListener::bind(addr).is_err() {
+            return Err(format!(
+                "the {what} port {addr} is taken; stop what uses it or pass --http-port"
+            ));
+        }
+    }
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let interrupted = interrupted.clone();
+        ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst))
+            .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
+    }
+
+    let common = |command: &mut Command| {
+        command
+            .args(["--cluster", "demo", "--drain-timeout", "5"])
+            .arg("--state-dir")
+            .arg(&state)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            // Children ignore the terminal's Ctrl-C; the demo drains them itself, in order.
+            .process_group(0);
+    };
+    let mut processes = Vec::new();
+    let mut gateway = Command::new(bin("mesh-api"));
+    gateway
+        .args(["--listen", &mesh.to_string(), "--http", &http.to_string()])
+        .args(["--require", "greeter", "--require", "concierge"]);
+    common(&mut gateway);
+    processes.push(spawn("mesh-api", &mut gateway)?);
+    for index in 1..=args.greeters {
+        let mut greeter = Command::new(bin("greeter"));
+        greeter.args(["-N", &mesh.to_string(), "--listen", "127.0.0.1:0"]);
+        common(&mut greeter);
+        processes.push(spawn(&format!("greeter-{index}"), &mut greeter)?);
+    }
+    let mut concierge = Command::new(bin("concierge"));
+    concierge.args(["-N", &mesh.to_string(), "--listen", "127.0.0.1:0"]);
+    common(&mut concierge);
+    processes.push(spawn("concierge", &mut concierge)?);
+
+    let ready = wait_ready(http, Duration::from_secs(60), &interrupted, &mut processes);
+    let outcome = match ready {
+        Err(error) => Err(error),
+        Ok(()) => {
+            print_curl_lines(http);
+            if args.smoke {
+                smoke(http)
+            } else {
+                println!("\nThe mesh is up. Press Ctrl-C to drain and stop it.");
+                while !interrupted.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if let Some(dead) = first_exited(&mut processes) {
+                        println!("{dead} exited; stopping the demo");
+                        break;
+                    }
+                }
+                Ok(())
+            }
+        }
+    };
+    drain(&mut processes);
+    outcome
+}
+
+/// The name of the first process that has exited, if any.
+fn first_exited(processes: &mut [Process]) -> Option<String> {
+    processes
+        .iter_mut()
+        .find_map(|p| matches!(p.child.try_wait(), Ok(Some(_))).then(|| p.name.clone()))
+}
+
+fn spawn(name: &str, command: &mut Command) -> Result<Process, String> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {name}: {e} (was it built?)"))?;
+    // Prefix every line of the child's output with its name, like docker compose does.
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let prefix = format!("{name:>10} | ");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                println!("{prefix}{line}");
+            }
+        });
+    }
+    Ok(Process {
+        name: name.to_owned(),
+        child,
+    })
+}
+
+/// Waits until the gateway's `/readyz` answers 200 (every dependency has a live member).
+fn wait_ready(
+    http: SocketAddr,
+    limit: Duration,
+    interrupted: &AtomicBool,
+    processes: &mut [Process],
+) -> Result<(), String> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if interrupted.load(Ordering::SeqCst) {
+            return Err("interrupted before the mesh was ready".into());
+        }
+        if let Some(dead) = first_exited(processes) {
+            return Err(format!(
+                "{dead} exited during start-up (see its output above)"
+            ));
+        }
+        if let Ok((200, _)) = request(http, "GET", "/readyz", None) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!("the mesh was not ready within {limit:?}"))
+}
+
+fn print_curl_lines(http: SocketAddr) {
+    let base = format!("http://localhost:{}", http.port());
+    println!("\nTry:");
+    for line in [
+        format!("curl {base}/greeter/greet/Max"),
+        format!("curl -d'{{\"name\": \"Max\"}}' {base}/greeter/greet"),
+        format!("curl {base}/greeter/check"),
+        format!("curl -X POST {base}/greeter/sendPostcard/Max/World/Hello"),
+        format!("curl -d'{{\"guests\": [\"Ada\", \"Max\"]}}' {base}/concierge/welcome"),
+        format!("curl {base}/readyz"),
+        format!("curl {base}/openapi.json"),
+        format!("curl {base}/metrics"),
+    ] {
+        println!("  {line}");
+    }
+}
+
+/// One request of the smoke test: method, path, body, and a check of the answer's body.
+type Check<'a> = (&'a str, &'a str, Option<&'a str>, &'a dyn Fn(&str) -> bool);
+
+/// Makes the demo's requests and checks the answers.
+fn smoke(http: SocketAddr) -> Result<(), String> {
+    let checks: [Check<'_>; 5] = [
+        ("GET", "/greeter/greet/Max", None, &|b| {
+            b == "\"Hello, Max\""
+        }),
+        ("POST", "/greeter/greet", Some(r#"{"name": "Max"}"#), &|b| {
+            b == r#"{"error":"","message":"Hello, Max"}"#
+        }),
+        ("GET", "/greeter/check", None, &|b| {
+            b.starts_with("All ok! ")
+        }),
+        (
+            "POST",
+            "/greeter/sendPostcard/Max/World/Hello",
+            None,
+            &|b| b == r#"{"PictureURL":"","Address":"World","Recipient":"Max","Message":"Hello"}"#,
+        ),
+        (
+            "POST",
+            "/concierge/welcome",
+            Some(r#"{"guests": ["Ada", "Max"]}"#),
+            &|b| b == r#"{"error":"","greetings":["Hello, Ada","Hello, Max"]}"#,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (method, path, body, expected) in checks {
+        match request(http, method, path, body) {
+            Ok((status, answer)) => {
+                println!("{method} {path} -> {status} {answer}");
+                if status != 200 || !expected(&answer) {
+                    failures.push(format!("{method} {path} answered {status} {answer}"));
+                }
+            }
+            Err(error) => failures.push(format!("{method} {path}: {error}")),
+        }
+    }
+    if failures.is_empty() {
+        println!("smoke test passed");
+        Ok(())
+    } else {
+        Err(format!("smoke test failed:\n  {}", failures.join("\n  ")))
+    }
+}
+
+/// Drains every process with SIGTERM, the gateway last, and reports how each exited.
+fn drain(processes: &mut [Process]) {
+    println!("\ndraining the demo mesh…");
+    let (gateway, replicas) = processes.split_at_mut(1);
+    for process in replicas.iter_mut() {
+        process.terminate();
+    }
+    for process in replicas.iter_mut().chain(gateway.iter_mut()) {
+        if process.name == "mesh-api" {
+            process.terminate();
+        }
+        match process.wait_exit(Duration::from_secs(15)) {
+            Some(status) if status.success() => println!("{} drained and exited 0", process.name),
+            Some(status) => println!("{} exited with {status}", process.name),
+            None => println!("{} did not exit in time and was killed", process.name),
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 request over a fresh connection: (status, body).
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let body = body.unwrap_or("");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body.as_bytes()))
+        .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, payload) = text
+        .split_once("\r\n\r\n")
+        .ok_or("no end of headers in the response")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or("no status in the response")?;
+    let chunked = head.lines().any(|line| {
+        line.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(payload)
+    } else {
+        payload.to_owned()
+    };
+    Ok((status, body))
+}
+
+/// Decodes a chunked body.
+fn dechunk(mut payload: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, rest)) = payload.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        body.push_str(&rest[..size]);
+        payload = rest[size..].trim_start_matches("\r\n");
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_are_reassembled() {
+        assert_eq!(
+            dechunk("5\r\nHello\r\n6\r\n, Max!\r\n0\r\n\r\n"),
+            "Hello, Max!"
+        );
+    }
+}
