@@ -221,7 +221,7 @@ impl Descriptors {
                 None => counts.push((hash, 1)),
             }
         }
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
         for (hash, _) in &counts {
             if let Some(descriptor) = self.state().get(service, *hash) {
                 return Ok(Some(descriptor));

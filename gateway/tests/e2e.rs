@@ -1,0 +1,342 @@
+//! End to end with real processes: the `mesh-api` binary on loopback and real `greeter`
+//! replicas (and a `concierge` when its binary is built) joining it, all sharing one temporary
+//! state directory (so one development CA) and a cluster name of their own. Every child is
+//! killed when the test ends, failed or not.
+//!
+//! `greeter` and `concierge` are other packages' binaries: they are looked up next to this
+//! test's directory (`target/<profile>/`), which `cargo nextest run --workspace` (or
+//! `cargo build --workspace`) fills; failing that, the test builds `greeter` itself.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Answer, Process, addr_after, get, post, send, workspace_binary};
+use tokio::time::Instant;
+
+struct Gateway {
+    http: std::net::SocketAddr,
+    mesh: std::net::SocketAddr,
+    log: PathBuf,
+    _process: Process,
+}
+
+fn start_gateway(state: &Path, cluster: &str, extra: &[&str]) -> Gateway {
+    let log = state.join(format!("mesh-api-{cluster}.log"));
+    let stderr = std::fs::File::create(&log).expect("a log file");
+    let mut args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--cluster",
+        cluster,
+        "--state-dir",
+    ]
+    .iter()
+    .map(|arg| (*arg).to_owned())
+    .collect();
+    args.push(state.display().to_string());
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    let (process, line) = Process::start(
+        Path::new(env!("CARGO_BIN_EXE_mesh-api")),
+        &args,
+        Stdio::from(stderr),
+    );
+    // "mesh-api serving HTTP on 127.0.0.1:A and the mesh on 127.0.0.1:B"
+    Gateway {
+        http: addr_after(&line, "serving HTTP on "),
+        mesh: addr_after(&line, "the mesh on "),
+        log,
+        _process: process,
+    }
+}
+
+fn start_service(name: &str, gateway: &Gateway, state: &Path, cluster: &str) -> Option<Process> {
+    let binary = workspace_binary(name)?;
+    let args: Vec<String> = vec![
+        "-N".into(),
+        gateway.mesh.to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--cluster".into(),
+        cluster.into(),
+        "--state-dir".into(),
+        state.display().to_string(),
+    ];
+    Some(Process::start(&binary, &args, Stdio::null()).0)
+}
+
+fn greeter_binary_is_there() -> bool {
+    workspace_binary("greeter").is_some()
+}
+
+/// Waits until `/readyz` reports `count` live members publishing `service`.
+async fn wait_for_members(gateway: &Gateway, service: &str, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = get(gateway.http, "/readyz").await;
+        let live = answer.json()["dependencies"]
+            .as_array()
+            .and_then(|list| {
+                list.iter()
+                    .find(|dependency| dependency["service"] == service)
+                    .and_then(|dependency| dependency["rpc_members"].as_u64())
+            })
+            .unwrap_or(0);
+        if live == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{service} never had {count} live members: {}",
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn assert_error(answer: &Answer, status: u16, code: &str, fragment: &str) {
+    assert_eq!(answer.status, status, "{answer:?}");
+    assert_eq!(answer.json()["code"], code, "{answer:?}");
+    assert!(
+        answer.error().contains(fragment),
+        "{:?} should contain {fragment:?}",
+        answer.error()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walkthrough_works_against_real_processes() {
+    assert!(
+        greeter_binary_is_there(),
+        "the greeter binary is missing: build the workspace first (cargo build --workspace)"
+    );
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let cluster = format!("e2e-readme-{}", std::process::id());
+    let gateway = start_gateway(state.path(), &cluster, &["--require", "greeter"]);
+    let addr = gateway.http;
+
+    // The gateway serves at once; without a greeter, greeter routes are 503 right away.
+    for (method, path, body) in [
+        ("GET", "/greeter/greet/Max", ""),
+        ("POST", "/greeter/greet", r#"{"name": "Max"}"#),
+    ] {
+        let started = Instant::now();
+        let answer = send(addr, method, path, &[], body.to_owned()).await;
+        let took = started.elapsed();
+        eprintln!(
+            "{method} {path} before any greeter: {} in {took:?}",
+            answer.status
+        );
+        assert_error(&answer, 503, "unavailable", "`greeter`");
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    }
+    assert_eq!(get(addr, "/readyz").await.status, 503);
+    assert_eq!(get(addr, "/healthz").await.body, "ok");
+
+    // Two greeters join through the gateway.
+    let _greeters: Vec<Process> = (0..2)
+        .map(|_| {
+            start_service("greeter", &gateway, state.path(), &cluster).expect("greeter starts")
+        })
+        .collect();
+    wait_for_members(&gateway, "greeter", 2).await;
+    assert_eq!(get(addr, "/readyz").await.status, 200);
+
+    // The README, byte for byte.
+    let mut greets = 0;
+    for _ in 0..5 {
+        let answer = get(addr, "/greeter/greet/Max").await;
+        greets += 1;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (200, "\"Hello, Max\"")
+        );
+    }
+    let answer = post(addr, "/greeter/greet", r#"{"name": "Max"}"#).await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, r#"{"error":"","message":"Hello, Max"}"#)
+    );
+    for _ in 0..4 {
+        let answer = get(addr, "/greeter/check").await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let time = answer
+            .body
+            .strip_prefix("All ok! ")
+            .unwrap_or_else(|| panic!("{:?}", answer.body));
+        // RFC 3339, e.g. 2019-05-24T19:09:42Z.
+        assert_eq!(time.len(), 20, "{time:?}");
+        assert_eq!((&time[4..5], &time[10..11], &time[19..]), ("-", "T", "Z"));
+    }
+    let answer = post(addr, "/greeter/sendPostcard/Max/World/Hello", "").await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (
+            200,
+            r#"{"PictureURL":"","Address":"World","Recipient":"Max","Message":"Hello"}"#
+        )
+    );
+
+    // Generic routes: the service's own error, and the caller's mistakes.
+    let postcard = r#"{"card": {"picture_url": "", "address": "World", "recipient": "Max", "message": "Hello"}}"#;
+    let answer = post(addr, "/greeter/send_postcard", postcard).await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (
+            200,
+            r#"{"error":"","card":{"picture_url":"","address":"World","recipient":"Max","message":"Hello"}}"#
+        )
+    );
+    let nobody = postcard.replace(r#""recipient": "Max""#, r#""recipient": """#);
+    let answer = post(addr, "/greeter/send_postcard", &nobody).await;
+    assert_error(
+        &answer,
+        400,
+        "invalid_argument",
+        "a postcard needs a recipient",
+    );
+    let answer = post(addr, "/greeter/greet", "name=Max").await;
+    assert_error(&answer, 400, "invalid_argument", "body is not valid JSON");
+    let answer = post(addr, "/greeter/greet", r#"{"name": ["Max"]}"#).await;
+    assert_error(
+        &answer,
+        400,
+        "invalid_argument",
+        "field `name`: expected a string",
+    );
+    let answer = post(addr, "/greeter/greet", "[]").await;
+    assert_error(&answer, 400, "invalid_argument", "JSON object");
+    let answer = post(addr, "/weather/today", "{}").await;
+    assert_error(&answer, 404, "not_found", "unknown service `weather`");
+    let answer = post(addr, "/greeter/farewell", "{}").await;
+    assert_error(&answer, 404, "not_found", "POST /greeter/send_postcard");
+    let huge = format!(r#"{{"name": "{}"}}"#, "x".repeat(1024 * 1024 + 1));
+    let answer = post(addr, "/greeter/greet", &huge).await;
+    assert_error(&answer, 413, "resource_exhausted", "1048576 bytes");
+
+    // The second service, when its binary is built.
+    let concierge = start_service("concierge", &gateway, state.path(), &cluster);
+    if concierge.is_some() {
+        wait_for_members(&gateway, "concierge", 1).await;
+        let answer = post(addr, "/concierge/welcome", r#"{"guests": ["Ada", "Max"]}"#).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.json()["error"], "");
+        let greetings = answer.json()["greetings"].clone();
+        let greetings: Vec<&str> = greetings
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|greeting| greeting.as_str())
+            .collect();
+        assert_eq!(greetings.len(), 2, "{answer:?}");
+        assert!(greetings[0].contains("Ada") && greetings[1].contains("Max"));
+        let answer = post(addr, "/concierge/welcome", r#"{"guests": "Ada"}"#).await;
+        assert_error(
+            &answer,
+            400,
+            "invalid_argument",
+            "field `guests`: expected an array",
+        );
+    } else {
+        eprintln!("no concierge binary: the second service is not exercised");
+    }
+
+    // The document lists every method of every service in the mesh.
+    let answer = get(addr, "/openapi.json").await;
+    assert_eq!(answer.status, 200);
+    let document: openapiv3::OpenAPI =
+        serde_json::from_str(&answer.body).expect("an OpenAPI 3 document");
+    let mut expected = vec!["/greeter/greet", "/greeter/send_postcard"];
+    if concierge.is_some() {
+        expected.push("/concierge/welcome");
+    }
+    for path in expected {
+        let item = document
+            .paths
+            .paths
+            .get(path)
+            .and_then(|item| item.as_item())
+            .unwrap_or_else(|| panic!("{path} missing from the document"));
+        assert!(item.post.is_some(), "{path} has no POST");
+    }
+
+    // Metrics count what was asked.
+    let metrics = get(addr, "/metrics").await;
+    let line = format!(
+        r#"gateway_http_requests_total{{method="GET",route="/greeter/greet/{{name}}",status="200"}} {greets}"#
+    );
+    assert!(metrics.body.contains(&line), "{line} in {}", metrics.body);
+    assert!(
+        metrics
+            .body
+            .contains(r#"gateway_http_requests_total{method="GET",route="/greeter/greet/{name}",status="503"} 1"#),
+        "{}",
+        metrics.body
+    );
+
+    // One access-log line per request, GIN-style.
+    let log = std::fs::read_to_string(&gateway.log).expect("the gateway's log");
+    let lines = log
+        .lines()
+        .filter(|line| line.contains("| GET      /greeter/greet/Max"))
+        .count();
+    assert_eq!(lines, greets + 1, "{log}");
+    assert!(
+        log.lines()
+            .any(|line| line.contains("[GATEWAY] 200 |") && line.contains("127.0.0.1")),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_required_by_the_real_binary() {
+    assert!(
+        greeter_binary_is_there(),
+        "the greeter binary is missing: build the workspace first (cargo build --workspace)"
+    );
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let cluster = format!("e2e-keys-{}", std::process::id());
+    let gateway = start_gateway(state.path(), &cluster, &["--api-key", "first,second"]);
+    let _greeter = start_service("greeter", &gateway, state.path(), &cluster);
+    wait_for_members(&gateway, "greeter", 1).await;
+    let addr = gateway.http;
+
+    for headers in [&[][..], &[("authorization", "Bearer third")][..]] {
+        let answer = send(addr, "GET", "/greeter/greet/Max", headers, "").await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (
+                401,
+                r#"{"error":"missing or invalid API key","code":"unauthenticated"}"#
+            )
+        );
+    }
+    let answer = send(
+        addr,
+        "GET",
+        "/greeter/greet/Max",
+        &[("authorization", "Bearer second")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "\"Hello, Max\"")
+    );
+    let answer = send(
+        addr,
+        "GET",
+        "/greeter/check",
+        &[("authorization", "Bearer first")],
+        "",
+    )
+    .await;
+    assert!(answer.body.starts_with("All ok! "), "{answer:?}");
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+    assert_eq!(get(addr, "/readyz").await.status, 200);
+    assert_eq!(get(addr, "/openapi.json").await.status, 401);
+}
