@@ -39,25 +39,21 @@ pub struct Call {
     pub metadata: Metadata,
     /// The MessagePack-encoded request map.
     pub payload: Bytes,
-    /// Replicas earlier attempts of this call went to (shared by the retries of one call).
+    /// Replicas earlier attempts of this call went to (recorded by the retry policy).
     pub(crate) tried: Tried,
 }
 
-/// The replicas a call has been sent to, shared between its retries so a balancer can try
-/// another one.
+/// The replicas earlier attempts of a call went to, so a balancer can try another one.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Tried(std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>);
+pub(crate) struct Tried(Vec<std::net::SocketAddr>);
 
 impl Tried {
-    pub(crate) fn push(&self, addr: std::net::SocketAddr) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(addr);
+    pub(crate) fn push(&mut self, addr: std::net::SocketAddr) {
+        self.0.push(addr);
     }
 
     pub(crate) fn contains(&self, addr: std::net::SocketAddr) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&addr)
+        self.0.contains(&addr)
     }
 }
 

@@ -15,8 +15,8 @@ pub const MAX_HEADER_DEPTH: usize = 16;
 pub const MAX_PAYLOAD_DEPTH: usize = 128;
 
 /// Decodes MessagePack from a slice, refusing nesting deeper than `max_depth`.
-pub fn from_slice_bounded<T: DeserializeOwned>(
-    bytes: &[u8],
+pub fn from_slice_bounded<'de, T: serde::Deserialize<'de>>(
+    bytes: &'de [u8],
     max_depth: usize,
 ) -> Result<T, rmp_serde::decode::Error> {
     let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);

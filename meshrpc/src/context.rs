@@ -4,6 +4,7 @@
 //! handler can read [`CallContext::current`]. Calls made from inside a handler inherit its
 //! deadline and trace automatically: a nested call never outlives the call that caused it.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::time::Duration;
 
@@ -20,15 +21,15 @@ tokio::task_local! {
 pub struct CallContext {
     deadline: Option<Instant>,
     metadata: Metadata,
-    service: String,
-    method: String,
+    service: Cow<'static, str>,
+    method: Cow<'static, str>,
 }
 
 impl CallContext {
     /// A context for a call to `service.method` with this deadline and metadata.
     pub fn new(
-        service: impl Into<String>,
-        method: impl Into<String>,
+        service: impl Into<Cow<'static, str>>,
+        method: impl Into<Cow<'static, str>>,
         deadline: Option<Instant>,
         metadata: Metadata,
     ) -> CallContext {

@@ -147,6 +147,34 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// A recorder for one method's calls that skips the label lookups for successful calls.
+    pub fn method(&self, side: Side, service: &'static str, method: &'static str) -> MethodMetrics {
+        let ok = self
+            .calls
+            .get_or_create(&CallLabels {
+                side: side.label(),
+                service: service.to_owned(),
+                method: method.to_owned(),
+                code: Code::Ok.as_str(),
+            })
+            .clone();
+        let latency = self
+            .latency
+            .get_or_create(&MethodLabels {
+                side: side.label(),
+                service: service.to_owned(),
+                method: method.to_owned(),
+            })
+            .clone();
+        MethodMetrics {
+            side,
+            service,
+            method,
+            ok,
+            latency,
+        }
+    }
+
     /// Sets the number of members in view.
     pub fn set_members(&self, count: usize) {
         self.members.set(i64::try_from(count).unwrap_or(i64::MAX));
@@ -163,6 +191,28 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// Pre-resolved metrics of one method (see [`Metrics::method`]).
+#[derive(Debug, Clone)]
+pub struct MethodMetrics {
+    side: Side,
+    service: &'static str,
+    method: &'static str,
+    ok: Counter,
+    latency: Histogram,
+}
+
+impl MethodMetrics {
+    /// Records one finished call.
+    pub fn record(&self, metrics: &Metrics, code: Code, elapsed: Duration) {
+        if code == Code::Ok {
+            self.ok.inc();
+            self.latency.observe(elapsed.as_secs_f64());
+        } else {
+            metrics.record_call(self.side, self.service, self.method, code, elapsed);
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! The numeric codes are gRPC's, so operators and dashboards read them the same way.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 
@@ -146,6 +147,7 @@ pub struct Status {
     message: String,
     details: Option<Bytes>,
     refused: bool,
+    peer: Option<SocketAddr>,
 }
 
 macro_rules! status_constructors {
@@ -167,6 +169,7 @@ impl Status {
             message: message.into(),
             details: None,
             refused: false,
+            peer: None,
         }
     }
 
@@ -227,6 +230,17 @@ impl Status {
         self
     }
 
+    /// Records which replica answered with (or failed with) this status.
+    pub fn with_peer(mut self, peer: SocketAddr) -> Status {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// The replica this status came from, when a balancer chose one.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
     /// The code.
     pub fn code(&self) -> Code {
         self.code
@@ -259,6 +273,9 @@ impl fmt::Debug for Status {
         }
         if self.refused {
             debug.field("refused", &true);
+        }
+        if let Some(peer) = self.peer {
+            debug.field("peer", &peer);
         }
         debug.finish()
     }

@@ -298,7 +298,7 @@ impl Service<Call> for Balance {
 
     fn call(&mut self, call: Call) -> Self::Future {
         let view = self.membership.view();
-        let tried = call.tried.clone();
+        let tried = &call.tried;
         let chosen = pick(
             &view,
             &call.service,
@@ -313,7 +313,6 @@ impl Service<Call> for Balance {
             Err(status) => return Box::pin(std::future::ready(Err(status))),
         };
         let replicas = view.publishing(&call.service).count();
-        tried.push(addr);
         let connections = self.connections.clone();
         let state = self.state.clone();
         let max = self.max_message_size;
@@ -323,7 +322,9 @@ impl Service<Call> for Balance {
             if track_load {
                 state.loads.start(addr);
             }
-            let result = call_peer(&connections, addr, call, max).await;
+            let result = call_peer(&connections, addr, call, max)
+                .await
+                .map_err(|status| status.with_peer(addr));
             if track_load {
                 state.loads.finish(addr, started.elapsed());
             }

@@ -85,6 +85,9 @@ impl tower::retry::Policy<Call, Bytes, Status> for RetryPolicy {
     ) -> Option<Self::Future> {
         let status = result.as_ref().err()?;
         self.attempts += 1;
+        if let Some(peer) = status.peer() {
+            call.tried.push(peer);
+        }
         if self.attempts >= self.max_attempts || !is_retryable(call, status) {
             return None;
         }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::time::Instant;
 use tower::Service;
 
@@ -13,7 +13,8 @@ use super::io::read_frame;
 use crate::channel::Call;
 use crate::service::BoxFuture;
 use crate::status::{Code, Status};
-use crate::wire::{CallHeader, FrameDecoder, FrameKind, StatusBody, encode_frame};
+use crate::wire::frame::encode_frame_with;
+use crate::wire::{CallHeader, FrameDecoder, FrameKind, StatusBody};
 
 /// Sends `call` to the peer at `addr` over a new stream of the pooled connection and waits for
 /// the reply. Dropping the returned future stops the stream, which cancels the handler.
@@ -23,7 +24,7 @@ pub async fn call_peer(
     call: Call,
     max_message_size: usize,
 ) -> Result<Bytes, Status> {
-    let request = encode_request(&call, max_message_size)?;
+    let mut request = encode_request(&call, max_message_size)?;
     let connection = connections.get(addr).await?;
     let (mut send, mut recv) = connection.open_bi().await.map_err(|error| {
         Status::refused(
@@ -31,7 +32,7 @@ pub async fn call_peer(
             format!("cannot open a stream to {addr}: {error}"),
         )
     })?;
-    send.write_chunk(request)
+    send.write_all_chunks(&mut request)
         .await
         .map_err(|error| Status::unavailable(format!("sending to {addr} failed: {error}")))?;
     // Finishing can only fail if the peer already stopped the stream; its reply says why.
@@ -75,8 +76,9 @@ pub async fn call_peer(
     }
 }
 
-/// Encodes the `CALL` and `DATA` frames of a call into one buffer, sent in one write.
-fn encode_request(call: &Call, max_message_size: usize) -> Result<Bytes, Status> {
+/// Encodes the `CALL` frame and the `DATA` frame's prefix into one buffer; the payload
+/// follows as its own chunk, so it is never copied. Both go out in one write.
+fn encode_request(call: &Call, max_message_size: usize) -> Result<[Bytes; 2], Status> {
     if call.payload.len() > max_message_size {
         return Err(Status::new(
             Code::ResourceExhausted,
@@ -102,18 +104,20 @@ fn encode_request(call: &Call, max_message_size: usize) -> Result<Bytes, Status>
         }
     };
     let header = CallHeader {
-        service: call.service.to_string(),
-        method: call.method.to_string(),
+        service: std::borrow::Cow::Borrowed(&call.service),
+        method: std::borrow::Cow::Borrowed(&call.method),
         deadline_ms,
         metadata: call.metadata.clone(),
         sticky_key: call.sticky_key.clone(),
     };
-    let header = rmp_serde::to_vec_named(&header)
-        .map_err(|error| Status::internal(format!("cannot encode call header: {error}")))?;
-    let mut buffer = BytesMut::with_capacity(10 + header.len() + call.payload.len());
-    encode_frame(FrameKind::Call, &header, &mut buffer);
-    encode_frame(FrameKind::Data, &call.payload, &mut buffer);
-    Ok(buffer.freeze())
+    let mut buffer = BytesMut::with_capacity(64 + call.service.len() + call.method.len());
+    encode_frame_with(FrameKind::Call, &mut buffer, |out| {
+        rmp_serde::encode::write_named(out, &header)
+    })
+    .map_err(|error| Status::internal(format!("cannot encode call header: {error}")))?;
+    buffer.put_u8(FrameKind::Data as u8);
+    buffer.put_u32(call.payload.len() as u32);
+    Ok([buffer.freeze(), call.payload.clone()])
 }
 
 /// A tower service that sends every call to one peer address.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{Semaphore, watch};
@@ -20,8 +20,9 @@ use super::Limits;
 use super::error_code;
 use super::io::{ReadFrameError, read_frame};
 use crate::context::CallContext;
-use crate::metrics::{Metrics, Side};
+use crate::metrics::{MethodMetrics, Metrics, Side};
 use crate::service::{Dispatch, unknown_method};
+use crate::spec::MethodSpec;
 use crate::status::{Code, Status};
 use crate::wire::{CallHeader, Frame, FrameDecoder, FrameKind, StatusBody, encode_frame};
 
@@ -52,6 +53,7 @@ pub struct Server {
     stream_handlers: HashMap<u8, StreamHandler>,
     connection_hook: Option<ConnectionHook>,
     metrics: Arc<Metrics>,
+    method_metrics: HashMap<(&'static str, &'static str), MethodMetrics>,
     limits: Limits,
     draining: AtomicBool,
     calls: Arc<Semaphore>,
@@ -71,6 +73,17 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// A server for `services` under `limits`.
     pub fn new(services: Vec<Arc<dyn Dispatch>>, limits: Limits, metrics: Arc<Metrics>) -> Server {
+        let method_metrics = services
+            .iter()
+            .flat_map(|service| service.spec().methods.iter())
+            .map(|method| {
+                let key = (method.service, method.name);
+                (
+                    key,
+                    metrics.method(Side::Server, method.service, method.name),
+                )
+            })
+            .collect();
         let services = services
             .into_iter()
             .map(|service| (service.spec().name.to_owned(), service))
@@ -80,6 +93,7 @@ impl Server {
             stream_handlers: HashMap::new(),
             connection_hook: None,
             metrics,
+            method_metrics,
             limits,
             draining: AtomicBool::new(false),
             calls: Arc::new(Semaphore::new(limits.max_concurrent_calls)),
@@ -226,7 +240,7 @@ impl Server {
         decoder: FrameDecoder,
         mut buffer: BytesMut,
     ) {
-        let header: CallHeader =
+        let header: CallHeader<'_> =
             match crate::codec::from_slice_bounded(&header, crate::codec::MAX_HEADER_DEPTH) {
                 Ok(header) => header,
                 Err(error) => {
@@ -238,10 +252,11 @@ impl Server {
         let deadline = header
             .deadline_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms).min(MAX_DEADLINE));
-        let service = match self.route(&header) {
-            Ok(service) => service,
+        let (service, method) = match self.route(&header) {
+            Ok(route) => route,
             Err(status) => return reject(send, recv, &status),
         };
+        let metadata = header.metadata;
         if self.is_draining() {
             let status = Status::refused(Code::Unavailable, "this node is draining");
             return reject(send, recv, &status);
@@ -276,20 +291,15 @@ impl Server {
 
         let started = Instant::now();
         self.metrics.set_in_flight(self.calls_in_flight());
-        let context = CallContext::new(
-            header.service.clone(),
-            header.method.clone(),
-            deadline,
-            header.metadata,
-        );
-        let handler = AssertUnwindSafe(context.scope(service.dispatch(&header.method, request)))
-            .catch_unwind();
+        let context = CallContext::new(method.service, method.name, deadline, metadata);
+        let handler =
+            AssertUnwindSafe(context.scope(service.dispatch(method.name, request))).catch_unwind();
         let cancelled = send.stopped();
         let outcome = tokio::select! {
             biased;
             outcome = run_until(deadline, handler) => outcome,
             _ = cancelled => {
-                debug!(method = %header.method, "caller cancelled; handler dropped");
+                debug!(method = %method.name, "caller cancelled; handler dropped");
                 return;
             }
         };
@@ -300,39 +310,48 @@ impl Server {
             Err(()) => Code::DeadlineExceeded,
         };
         let elapsed = started.elapsed();
-        self.metrics
-            .record_call(Side::Server, &header.service, &header.method, code, elapsed);
+        match self.method_metrics.get(&(method.service, method.name)) {
+            Some(recorder) => recorder.record(&self.metrics, code, elapsed),
+            None => {
+                self.metrics
+                    .record_call(Side::Server, method.service, method.name, code, elapsed)
+            }
+        }
         tracing::info!(
             target: "meshrpc::access",
             "{code} | {:>10.3?} | {} | {}.{}",
             elapsed,
             peer,
-            header.service,
-            header.method
+            method.service,
+            method.name
         );
         let reply = match outcome {
             Ok(Ok(Ok(payload))) => encode_reply(Some(&payload), &StatusBody::ok()),
             Ok(Ok(Err(status))) => encode_reply(None, &StatusBody::from(&status)),
             Ok(Err(_panic)) => {
-                warn!(method = %header.method, "handler panicked");
+                warn!(method = %method.name, "handler panicked");
                 let status = Status::internal("the handler panicked");
                 encode_reply(None, &StatusBody::from(&status))
             }
             Err(()) => {
                 let status = Status::deadline_exceeded(format!(
                     "the handler of `{}` did not finish before the deadline",
-                    header.method
+                    method.name
                 ));
                 encode_reply(None, &StatusBody::from(&status))
             }
         };
-        if send.write_chunk(reply).await.is_ok() {
+        let mut reply = reply;
+        if send.write_all_chunks(&mut reply).await.is_ok() {
             let _ = send.finish();
         }
     }
 
-    fn route(&self, header: &CallHeader) -> Result<Arc<dyn Dispatch>, Status> {
-        let Some(service) = self.services.get(&header.service) else {
+    fn route(
+        &self,
+        header: &CallHeader<'_>,
+    ) -> Result<(Arc<dyn Dispatch>, &'static MethodSpec), Status> {
+        let Some(service) = self.services.get(header.service.as_ref()) else {
             let mut published: Vec<&str> = self.services.keys().map(String::as_str).collect();
             published.sort_unstable();
             return Err(Status::not_found(format!(
@@ -345,10 +364,10 @@ impl Server {
                 }
             )));
         };
-        if service.spec().method(&header.method).is_none() {
-            return Err(unknown_method(service.spec(), &header.method));
+        match service.spec().method(&header.method) {
+            Some(method) => Ok((service.clone(), method)),
+            None => Err(unknown_method(service.spec(), &header.method)),
         }
-        Ok(service.clone())
     }
 }
 
@@ -392,14 +411,29 @@ async fn run_until<F: Future>(deadline: Option<Instant>, future: F) -> Result<F:
     }
 }
 
-fn encode_reply(payload: Option<&Bytes>, status: &StatusBody) -> Bytes {
-    let status = rmp_serde::to_vec_named(status).unwrap_or_else(|_| b"\x81\xa4code\x0d".to_vec());
-    let mut buffer = BytesMut::with_capacity(10 + status.len() + payload.map_or(0, Bytes::len));
-    if let Some(payload) = payload {
-        encode_frame(FrameKind::Data, payload, &mut buffer);
+/// The `STATUS` frame of every successful reply.
+const OK_STATUS_FRAME: &[u8] = b"\x03\x00\x00\x00\x07\x81\xa4code\x00";
+
+/// The chunks of a reply: `[DATA prefix, payload, STATUS frame]`, or `[STATUS frame]` alone;
+/// the payload is sent as is, never copied.
+fn encode_reply(payload: Option<&Bytes>, status: &StatusBody) -> Vec<Bytes> {
+    let status_frame = if status.is_ok() {
+        Bytes::from_static(OK_STATUS_FRAME)
+    } else {
+        let body = rmp_serde::to_vec_named(status).unwrap_or_else(|_| b"\x81\xa4code\x0d".to_vec());
+        let mut frame = BytesMut::with_capacity(body.len() + 5);
+        encode_frame(FrameKind::Status, &body, &mut frame);
+        frame.freeze()
+    };
+    match payload {
+        Some(payload) => {
+            let mut prefix = BytesMut::with_capacity(5);
+            prefix.put_u8(FrameKind::Data as u8);
+            prefix.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
+            vec![prefix.freeze(), payload.clone(), status_frame]
+        }
+        None => vec![status_frame],
     }
-    encode_frame(FrameKind::Status, &status, &mut buffer);
-    buffer.freeze()
 }
 
 /// Answers a stream with `status` and discards whatever else the peer sends on it.
@@ -415,10 +449,10 @@ fn reject(send: SendStream, recv: RecvStream, status: &Status) {
 /// [`reject`] with an explicit stop code.
 fn reject_with(mut send: SendStream, mut recv: RecvStream, status: &Status, code: quinn::VarInt) {
     debug!(%status, "rejected a stream");
-    let reply = encode_reply(None, &StatusBody::from(status));
+    let mut reply = encode_reply(None, &StatusBody::from(status));
     let _ = recv.stop(code);
     tokio::spawn(async move {
-        if send.write_chunk(reply).await.is_ok() {
+        if send.write_all_chunks(&mut reply).await.is_ok() {
             let _ = send.finish();
         }
     });
@@ -430,4 +464,17 @@ fn reject_read_error(send: SendStream, recv: RecvStream, error: &ReadFrameError)
         return;
     }
     reject(send, recv, &error.to_status());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_precomputed_ok_status_frame_is_the_encoded_ok_status() {
+        let body = rmp_serde::to_vec_named(&StatusBody::ok()).expect("encodes");
+        let mut frame = BytesMut::new();
+        encode_frame(FrameKind::Status, &body, &mut frame);
+        assert_eq!(&frame[..], OK_STATUS_FRAME);
+    }
 }

@@ -95,6 +95,22 @@ pub fn encode_frame(kind: FrameKind, body: &[u8], out: &mut BytesMut) {
     out.put_slice(body);
 }
 
+/// Appends one frame whose body `write` produces in place, patching the length afterwards:
+/// the body is encoded straight into `out`, with no intermediate buffer.
+pub fn encode_frame_with<E>(
+    kind: FrameKind,
+    out: &mut BytesMut,
+    write: impl FnOnce(&mut bytes::buf::Writer<&mut BytesMut>) -> Result<(), E>,
+) -> Result<(), E> {
+    let start = out.len();
+    out.put_u8(kind as u8);
+    out.put_u32(0);
+    write(&mut (&mut *out).writer())?;
+    let len = u32::try_from(out.len() - start - PREFIX_LEN).unwrap_or(u32::MAX);
+    out[start + 1..start + PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
 /// Incremental frame decoder: feed it bytes as they arrive, take frames out as they complete.
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
@@ -186,6 +202,18 @@ mod tests {
         let mut out = BytesMut::new();
         encode_frame(FrameKind::Data, b"\x80", &mut out);
         assert_eq!(&out[..], b"\x02\x00\x00\x00\x01\x80");
+    }
+
+    #[test]
+    fn a_frame_written_in_place_matches_one_encoded_from_a_slice() {
+        let mut in_place = BytesMut::from(&b"prefix"[..]);
+        encode_frame_with(FrameKind::Status, &mut in_place, |out| {
+            std::io::Write::write_all(out, b"\x81\xa4code\x00")
+        })
+        .expect("writes");
+        let mut expected = BytesMut::from(&b"prefix"[..]);
+        encode_frame(FrameKind::Status, b"\x81\xa4code\x00", &mut expected);
+        assert_eq!(in_place, expected);
     }
 
     #[test]

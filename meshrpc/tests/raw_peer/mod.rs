@@ -216,8 +216,8 @@ pub fn prefix(kind: u8, len: u32) -> Vec<u8> {
 /// A `CALL` frame for `service.method` with an optional deadline.
 pub fn call_frame(service: &str, method: &str, deadline_ms: Option<u64>) -> Vec<u8> {
     header_frame(&CallHeader {
-        service: service.to_owned(),
-        method: method.to_owned(),
+        service: service.to_owned().into(),
+        method: method.to_owned().into(),
         deadline_ms,
         metadata: Metadata::new(),
         sticky_key: None,
