@@ -71,8 +71,6 @@ pub struct Shared {
     descriptors: Arc<Descriptors>,
     metrics: Arc<HttpMetrics>,
     greeter: greeter::GreeterClient,
-    /// Round robin over the members serving legacy HTTP.
-    legacy_turn: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -89,7 +87,6 @@ impl Shared {
             descriptors,
             metrics: Arc::new(HttpMetrics::new()),
             greeter,
-            legacy_turn: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 

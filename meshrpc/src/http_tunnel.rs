@@ -119,12 +119,13 @@ impl HttpClient {
         service: &str,
         membership: Membership,
         connections: Connections,
+        state: Arc<BalanceState>,
     ) -> HttpClient {
         HttpClient {
             service: service.into(),
             membership,
             connections,
-            state: Arc::default(),
+            state,
         }
     }
 

@@ -588,14 +588,18 @@ struct ClientFactory {
 }
 
 impl ClientFactory {
-    fn channel(&self, service: &str, schema_hash: Option<u64>) -> Channel {
-        let state = self
-            .states
+    /// The balancing state shared by every client of `key` (a service, or its HTTP handlers).
+    fn state(&self, key: &str) -> Arc<BalanceState> {
+        self.states
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .entry(service.to_owned())
+            .entry(key.to_owned())
             .or_default()
-            .clone();
+            .clone()
+    }
+
+    fn channel(&self, service: &str, schema_hash: Option<u64>) -> Channel {
+        let state = self.state(service);
         let balance = Balance::new(
             self.membership.clone(),
             self.connections.clone(),
@@ -729,6 +733,12 @@ impl Node {
         self.balanced_channel(service, None)
     }
 
+    /// A channel to the members that publish `service` with exactly this schema hash: what a
+    /// caller that validated a request against one schema must use during a rolling upgrade.
+    pub fn channel_with_schema(&self, service: &str, schema_hash: u64) -> Channel {
+        self.balanced_channel(service, Some(schema_hash))
+    }
+
     fn balanced_channel(&self, service: &str, schema_hash: Option<u64>) -> Channel {
         self.inner.clients.channel(service, schema_hash)
     }
@@ -739,6 +749,7 @@ impl Node {
             service,
             self.inner.membership.clone(),
             self.inner.connections.clone(),
+            self.inner.clients.state(&format!("{service} (HTTP)")),
         )
     }
 

@@ -59,7 +59,12 @@ pub async fn call(
             call.metadata.insert(name, value);
         }
     }
-    let reply = shared.node.channel(&descriptor.service).call(call).await?;
+    // Only members of the schema the body was checked against may serve it.
+    let reply = shared
+        .node
+        .channel_with_schema(&descriptor.service, descriptor.hash())
+        .call(call)
+        .await?;
     let json = transcode::msgpack_to_json_envelope(&reply)
         .map_err(|error| ApiError::new(Code::Internal, error.to_string()))?;
     Ok((

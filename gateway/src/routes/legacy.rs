@@ -97,7 +97,7 @@ pub async fn forward(
 
     let timeout = shared.config.request_timeout;
     let response =
-        match tokio::time::timeout(timeout, send_over_mesh(shared, service, request)).await {
+        match tokio::time::timeout(timeout, shared.node.http_client(service).send(request)).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(ApiError::new(
@@ -109,92 +109,6 @@ pub async fn forward(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, axum::body::Body::new(body)))
-}
-
-/// Sends `request` to a live member serving `service`'s HTTP, round robin, skipping members
-/// that cannot be reached before anything is sent.
-///
-/// This is `meshrpc::HttpClient::send` with one difference, a workaround until the runtime
-/// fixes it: the node serving a tunnel drops whatever bytes arrived in the same read as the
-/// tunnel's opening frame (`Server::serve_stream` hands stream handlers the frame but not the
-/// rest of its read buffer), so an HTTP request written right behind the frame can vanish and
-/// the exchange hangs. Waiting a moment after the frame lets it leave in a packet of its own.
-async fn send_over_mesh(
-    shared: &Shared,
-    service: &str,
-    request: http::Request<Limited<axum::body::Body>>,
-) -> Result<http::Response<hyper::body::Incoming>, meshrpc::Status> {
-    use meshrpc::membership::Liveness;
-    use meshrpc::wire::{FrameKind, HttpHeader, encode_frame};
-
-    let view = shared.node.view();
-    let members: Vec<SocketAddr> = view
-        .serving_http(service)
-        .filter(|member| member.liveness == Liveness::Alive && member.accepts_calls())
-        .map(|member| member.id.addr)
-        .collect();
-    if members.is_empty() {
-        return Err(meshrpc::Status::refused(
-            Code::Unavailable,
-            format!("no live member serves HTTP for `{service}`"),
-        ));
-    }
-    let header = rmp_serde::to_vec_named(&HttpHeader {
-        service: service.to_owned(),
-    })
-    .map_err(|error| meshrpc::Status::internal(error.to_string()))?;
-    let mut frame = bytes::BytesMut::new();
-    encode_frame(FrameKind::Http, &header, &mut frame);
-    let frame = frame.freeze();
-
-    let first = shared
-        .legacy_turn
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut last = None;
-    for attempt in 0..members.len().min(3) {
-        let addr = members[(first + attempt) % members.len()];
-        let connection = match shared.node.connections().get(addr).await {
-            Ok(connection) => connection,
-            Err(status) => {
-                last = Some(status);
-                continue;
-            }
-        };
-        let (mut send, recv) = match connection.open_bi().await {
-            Ok(streams) => streams,
-            Err(error) => {
-                last = Some(meshrpc::Status::refused(
-                    Code::Unavailable,
-                    format!("cannot open a stream to {addr}: {error}"),
-                ));
-                continue;
-            }
-        };
-        if let Err(error) = send.write_chunk(frame.clone()).await {
-            last = Some(meshrpc::Status::refused(
-                Code::Unavailable,
-                format!("cannot write to {addr}: {error}"),
-            ));
-            continue;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        let io = hyper_util::rt::TokioIo::new(tokio::io::join(recv, send));
-        let (mut sender, tunnel) =
-            hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(|error| {
-                    meshrpc::Status::unavailable(format!("HTTP tunnel failed: {error}"))
-                })?;
-        tokio::spawn(async move {
-            if let Err(error) = tunnel.await {
-                tracing::debug!(%error, "HTTP tunnel ended with an error");
-            }
-        });
-        return sender.send_request(request).await.map_err(|error| {
-            meshrpc::Status::unavailable(format!("HTTP request over the mesh failed: {error}"))
-        });
-    }
-    Err(last.unwrap_or_else(|| meshrpc::Status::unavailable("no attempt was made")))
 }
 
 #[cfg(test)]
