@@ -113,7 +113,8 @@ impl Channel {
     /// Sends a prepared call and waits for its encoded response, at most until its deadline.
     pub async fn call(&self, call: Call) -> Result<Bytes, Status> {
         let deadline = call.deadline;
-        let target = deadline.map(|_| call.target());
+        // Cheap clones (borrowed names, almost always), kept for the timeout message.
+        let (service_name, method_name) = (call.service.clone(), call.method.clone());
         let service = self.service.clone();
         let response = service.oneshot(call);
         match deadline {
@@ -121,8 +122,7 @@ impl Channel {
             Some(deadline) => match tokio::time::timeout_at(deadline, response).await {
                 Ok(result) => result,
                 Err(_) => Err(Status::deadline_exceeded(format!(
-                    "the deadline passed before `{}` answered",
-                    target.unwrap_or_default()
+                    "the deadline passed before `{service_name}.{method_name}` answered"
                 ))),
             },
         }
@@ -156,7 +156,7 @@ fn prepare_call(method: &'static MethodSpec, payload: Bytes, options: &CallOptio
         .unwrap_or(DEFAULT_TIMEOUT);
     let mut deadline = Instant::now() + timeout;
     let mut metadata = options.get_metadata().clone();
-    if let Some(parent) = CallContext::current() {
+    CallContext::with_current(|parent| {
         if let Some(inherited) = parent.deadline() {
             deadline = deadline.min(inherited);
         }
@@ -165,7 +165,7 @@ fn prepare_call(method: &'static MethodSpec, payload: Bytes, options: &CallOptio
                 metadata.insert(key, value);
             }
         }
-    }
+    });
     Call {
         service: Cow::Borrowed(method.service),
         method: Cow::Borrowed(method.name),

@@ -46,6 +46,12 @@ impl CallContext {
         CURRENT.try_with(Clone::clone).ok()
     }
 
+    /// Runs `f` on the context of the call being served by the current task, if any, without
+    /// cloning it.
+    pub fn with_current(f: impl FnOnce(&CallContext)) {
+        let _ = CURRENT.try_with(f);
+    }
+
     /// The deadline of the call being served by the current task, if any.
     pub fn current_deadline() -> Option<Instant> {
         CURRENT.try_with(|context| context.deadline).ok().flatten()

@@ -55,6 +55,11 @@ pub async fn call_peer(
                         .map_err(|error| {
                         Status::internal(format!("{addr} sent an undecodable status: {error}"))
                     })?;
+                // Read the FIN (it normally arrives with the status): dropping a stream that
+                // is not read to its end would send STOP_SENDING, one more packet per call.
+                if buffer.is_empty() {
+                    let _ = recv.read_chunk(usize::MAX, true).await;
+                }
                 return if status.is_ok() {
                     Ok(payload.unwrap_or_default())
                 } else {
