@@ -422,6 +422,9 @@ impl NodeBuilder {
             membership.clone(),
             metrics.clone(),
         )));
+        let admin_addr = admin_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
         if let Some(listener) = admin_listener {
             let readiness = Arc::new(NodeReadiness {
                 membership: membership.clone(),
@@ -451,6 +454,7 @@ impl NodeBuilder {
                 metrics,
                 limits: self.limits,
                 drain_timeout: self.drain_timeout,
+                admin_addr,
                 clients,
                 tasks,
             }),
@@ -572,6 +576,7 @@ struct NodeInner {
     metrics: Arc<Metrics>,
     limits: Limits,
     drain_timeout: Duration,
+    admin_addr: Option<SocketAddr>,
     clients: Arc<ClientFactory>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -689,6 +694,11 @@ impl Node {
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// The address the admin endpoint (`/metrics`, `/healthz`, `/readyz`) listens on, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.inner.admin_addr
     }
 
     /// The pool of outgoing connections.

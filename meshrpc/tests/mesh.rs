@@ -403,3 +403,80 @@ async fn legacy_http_requests_are_balanced_over_every_replica() {
     assert_eq!(answers.len(), 3, "{answers:?}");
     assert!(answers.values().all(|count| *count == 3), "{answers:?}");
 }
+
+/// A minimal HTTP GET on loopback: (status, body).
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("writes");
+    let mut raw = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut raw))
+        .await
+        .expect("answered in time")
+        .expect("reads");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    (status, body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_reports_health_readiness_and_the_calls_served() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let seed = mesh_node(state.path(), &[], None).await;
+    let probe = Probe::new();
+    let replica = Node::builder("replica")
+        .cluster("test")
+        .state_dir(state.path())
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .seeds([seed.local_addr().to_string()])
+        .admin("127.0.0.1:0".parse().expect("addr"))
+        .publish(probe.clone())
+        .start()
+        .await
+        .expect("starts");
+    let _ = probe.node.set(replica.clone());
+    let admin = replica.admin_addr().expect("admin address");
+    wait_for_replicas(&seed, 1).await;
+    for _ in 0..5 {
+        whoami(&seed, &CallOptions::new()).await.expect("call");
+    }
+    assert_eq!(http_get(admin, "/healthz").await, (200, "ok\n".to_owned()));
+    let (status, body) = http_get(admin, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, metrics) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(
+            r#"meshrpc_calls_total{side="server",service="probe",method="whoami",code="ok"} 5"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("meshrpc_members 2"), "{metrics}");
+    let (status, _) = http_get(admin, "/nope").await;
+    assert_eq!(status, 404);
+    // Draining makes the node unready.
+    let draining = {
+        let replica = replica.clone();
+        tokio::spawn(async move { replica.shutdown().await })
+    };
+    let unready = {
+        let mut unready = false;
+        for _ in 0..50 {
+            if let (503, _) = http_get(admin, "/readyz").await {
+                unready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        unready
+    };
+    draining.await.expect("drained");
+    assert!(unready, "a draining node reports itself unready");
+}
