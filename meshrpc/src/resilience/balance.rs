@@ -51,22 +51,18 @@ pub fn pick<'a>(
     state: &BalanceState,
     tried: &dyn Fn(SocketAddr) -> bool,
 ) -> Result<&'a MemberView, Status> {
-    let publishing: Vec<&MemberView> = view
+    let serving: Vec<&MemberView> = view
         .publishing(service)
         .filter(|member| {
             schema_hash.is_none_or(|hash| member.id.schema_hash(service) == Some(hash))
         })
-        .collect();
-    let serving: Vec<&MemberView> = publishing
-        .iter()
-        .copied()
         .filter(|member| member.accepts_calls())
         .collect();
     if serving.is_empty() {
-        return Err(no_member(view, service, schema_hash, &publishing));
+        return Err(no_member(view, service, schema_hash));
     }
     // Prefer, in order: alive, not ejected, not tried; then relax one condition at a time.
-    let tiers: [&dyn Fn(&MemberView) -> bool; 4] = [
+    let tiers: [&dyn Fn(&MemberView) -> bool; 3] = [
         &|m| {
             m.liveness == Liveness::Alive
                 && !state.breakers.is_ejected(m.id.addr)
@@ -74,19 +70,13 @@ pub fn pick<'a>(
         },
         &|m| m.liveness == Liveness::Alive && !tried(m.id.addr),
         &|m| !tried(m.id.addr),
-        &|_| true,
     ];
-    let candidates = tiers
-        .iter()
-        .map(|keep| {
-            serving
-                .iter()
-                .copied()
-                .filter(|m| keep(m))
-                .collect::<Vec<_>>()
-        })
-        .find(|candidates| !candidates.is_empty())
-        .unwrap_or_else(|| serving.clone());
+    let candidates = match tiers.iter().find(|keep| serving.iter().any(|m| keep(m))) {
+        // The first tier usually keeps everyone: no second list then.
+        Some(keep) if serving.iter().all(|m| keep(m)) => serving,
+        Some(keep) => serving.into_iter().filter(|m| keep(m)).collect(),
+        None => serving,
+    };
     let chosen = match (sticky_key, strategy) {
         (Some(key), _) => rendezvous(key, &candidates),
         (None, Strategy::RoundRobin) => {
@@ -98,13 +88,11 @@ pub fn pick<'a>(
     Ok(chosen)
 }
 
-fn no_member(
-    view: &View,
-    service: &str,
-    schema_hash: Option<u64>,
-    publishing: &[&MemberView],
-) -> Status {
-    let message = if !publishing.is_empty() {
+fn no_member(view: &View, service: &str, schema_hash: Option<u64>) -> Status {
+    let matching = |member: &&MemberView| {
+        schema_hash.is_none_or(|hash| member.id.schema_hash(service) == Some(hash))
+    };
+    let message = if view.publishing(service).any(|m| matching(&m)) {
         format!("every member publishing `{service}` is draining; try again shortly")
     } else if let (Some(hash), Some(other)) = (
         schema_hash,

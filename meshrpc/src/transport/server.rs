@@ -294,13 +294,21 @@ impl Server {
         let context = CallContext::new(method.service, method.name, deadline, metadata);
         let handler =
             AssertUnwindSafe(context.scope(service.dispatch(method.name, request))).catch_unwind();
-        let cancelled = send.stopped();
-        let outcome = tokio::select! {
-            biased;
-            outcome = run_until(deadline, handler) => outcome,
-            _ = cancelled => {
-                debug!(method = %method.name, "caller cancelled; handler dropped");
-                return;
+        let mut handler = std::pin::pin!(run_until(deadline, handler));
+        // Most handlers finish on their first poll: they need no cancellation watch (which
+        // costs a registration with the connection) and no deadline timer.
+        let outcome = match (&mut handler).now_or_never() {
+            Some(outcome) => outcome,
+            None => {
+                let cancelled = send.stopped();
+                tokio::select! {
+                    biased;
+                    outcome = handler => outcome,
+                    _ = cancelled => {
+                        debug!(method = %method.name, "caller cancelled; handler dropped");
+                        return;
+                    }
+                }
             }
         };
         let code = match &outcome {
