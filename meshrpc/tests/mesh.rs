@@ -459,6 +459,7 @@ async fn the_admin_endpoint_reports_health_readiness_and_the_calls_served() {
         "{metrics}"
     );
     assert!(metrics.contains("meshrpc_members 2"), "{metrics}");
+    assert!(metrics.contains("meshrpc_calls_in_flight 0"), "{metrics}");
     let (status, _) = http_get(admin, "/nope").await;
     assert_eq!(status, 404);
     // Draining makes the node unready.

@@ -150,7 +150,7 @@ impl Membership {
                 true
             }
             Err(error) => {
-                debug!(%addr, %error, "could not join through this seed yet");
+                info!(%addr, %error, "could not join through this seed yet");
                 false
             }
         }

@@ -173,7 +173,10 @@ impl Server {
                         server.serve_connection(connection).await;
                     }
                     // Wrong CA, no client certificate, wrong cluster, wrong ALPN: refused here.
-                    Err(error) => debug!(%error, "refused an incoming connection"),
+                    Err(error) => warn!(
+                        %error,
+                        "refused an incoming connection (a peer of another CA or cluster?)"
+                    ),
                 }
             });
         }
@@ -278,7 +281,7 @@ impl Server {
             Err(status) => return reject(send, recv, &status),
         };
         // Taken only once the request is in, so streams that never send one hold no slot.
-        let Ok(_permit) = self.calls.clone().try_acquire_owned() else {
+        let Ok(permit) = self.calls.clone().try_acquire_owned() else {
             let status = Status::refused(
                 Code::ResourceExhausted,
                 format!(
@@ -353,6 +356,9 @@ impl Server {
         if send.write_all_chunks(&mut reply).await.is_ok() {
             let _ = send.finish();
         }
+        // Released only once the reply is written, so a draining node waits for it.
+        drop(permit);
+        self.metrics.set_in_flight(self.calls_in_flight());
     }
 
     fn route(
