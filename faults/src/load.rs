@@ -187,6 +187,12 @@ impl Load {
     /// Stops the workers after their current call and collects every sample.
     pub async fn finish(self) -> Report {
         self.stop.store(true, Ordering::Relaxed);
+        self.complete().await
+    }
+
+    /// Lets the workers run to their bounds (`max_calls` or `max_time`) and collects every
+    /// sample.
+    pub async fn complete(self) -> Report {
         let mut samples = Vec::new();
         for worker in self.workers {
             samples.extend(worker.await.expect("a load worker panicked"));

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 
 use std::process::ExitCode;
 
@@ -20,12 +21,15 @@ enum Task {
     Bench(bench::Args),
     /// Start the demo mesh on loopback: gateway, three greeters and a concierge.
     Demo(demo::Args),
+    /// Fuzz one target of fuzz/ (cargo-fuzz on nightly, else a replay on stable).
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Bench(args) => bench::run(args),
         Task::Demo(args) => demo::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
