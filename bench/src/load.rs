@@ -9,7 +9,7 @@ use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::systems::{BenchClient, Result, hop_count};
+use crate::systems::{BenchClient, Result, greet, hop_count};
 
 /// What a client process measures.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -32,6 +32,14 @@ pub(crate) enum Job {
     },
     /// `calls` echo calls at once, each held `sleep_ms` by the server.
     Hold { calls: usize, sleep_ms: u32 },
+    /// HTTP GETs of the greet route with `in_flight` requests outstanding, after a warm-up
+    /// (the gateway scenario).
+    Get {
+        in_flight: usize,
+        warmup_s: f64,
+        duration_s: f64,
+        max_calls: u64,
+    },
 }
 
 /// Latency percentiles, in microseconds.
@@ -102,26 +110,13 @@ pub(crate) async fn run<C: BenchClient>(
             max_calls,
         } => {
             let payload = Bytes::from(vec![0xA5u8; payload]);
+            let call = || echo(&client, &payload);
             let warmup = Duration::from_secs_f64(warmup_s);
-            load(
-                &client,
-                &payload,
-                in_flight,
-                warmup,
-                max_calls / 4 + 1,
-                false,
-            )
-            .await?;
+            load(call, in_flight, warmup, max_calls / 4 + 1, false).await?;
             ready()?;
             measured(|| {
-                load(
-                    &client,
-                    &payload,
-                    in_flight,
-                    Duration::from_secs_f64(duration_s),
-                    max_calls,
-                    true,
-                )
+                let duration = Duration::from_secs_f64(duration_s);
+                load(call, in_flight, duration, max_calls, true)
             })
             .await
         }
@@ -150,7 +145,34 @@ pub(crate) async fn run<C: BenchClient>(
             ready()?;
             measured(|| hold(&client, calls, sleep_ms)).await
         }
+        Job::Get { .. } => Err("a GET job needs the HTTP GET client".into()),
     }
+}
+
+/// Runs a [`Job::Get`] on the gateway scenario's HTTP client, as [`run`] does a load job.
+pub(crate) async fn run_get(
+    client: greet::Client,
+    job: &Job,
+    ready: impl FnOnce() -> Result<()>,
+) -> Result<Outcome> {
+    let Job::Get {
+        in_flight,
+        warmup_s,
+        duration_s,
+        max_calls,
+    } = *job
+    else {
+        return Err("the HTTP GET client runs GET jobs only".into());
+    };
+    let get = || client.get();
+    let warmup = Duration::from_secs_f64(warmup_s);
+    load(get, in_flight, warmup, max_calls / 4 + 1, false).await?;
+    ready()?;
+    measured(|| {
+        let duration = Duration::from_secs_f64(duration_s);
+        load(get, in_flight, duration, max_calls, true)
+    })
+    .await
 }
 
 async fn measured<F: Future<Output = Result<Outcome>>>(
@@ -168,34 +190,33 @@ fn histogram() -> Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 100_000_000_000, 3)?)
 }
 
-/// Keeps `in_flight` echo calls outstanding until `duration` or `max_calls` is reached.
-async fn load<C: BenchClient>(
-    client: &C,
-    payload: &Bytes,
+/// One echo call, checked for the payload's length.
+async fn echo<C: BenchClient>(client: &C, payload: &Bytes) -> Result<()> {
+    let reply = client.echo(payload.clone(), 0).await?;
+    if reply.len() != payload.len() {
+        return Err(format!("echo returned {} bytes for {}", reply.len(), payload.len()).into());
+    }
+    Ok(())
+}
+
+/// Keeps `in_flight` calls (made by `call`) outstanding until `duration` or `max_calls` is
+/// reached.
+async fn load<F, Fut>(
+    call: F,
     in_flight: usize,
     duration: Duration,
     max_calls: u64,
     record: bool,
-) -> Result<Outcome> {
+) -> Result<Outcome>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
     let mut histogram = histogram()?;
     let mut outcome = Outcome::default();
     let call = |started: Instant| {
-        let payload = payload.clone();
-        async move {
-            let reply = client.echo(payload.clone(), 0).await;
-            (
-                started,
-                reply.and_then(|reply| match reply.len() == payload.len() {
-                    true => Ok(()),
-                    false => {
-                        Err(
-                            format!("echo returned {} bytes for {}", reply.len(), payload.len())
-                                .into(),
-                        )
-                    }
-                }),
-            )
-        }
+        let reply = call();
+        async move { (started, reply.await) }
     };
     let start = Instant::now();
     let deadline = start + duration;

@@ -4,9 +4,13 @@
 //! - `bench run` (what `cargo xtask bench` calls) plans the scenarios, starts every server and
 //!   client as a child process of this same binary, pinned to CPUs, and writes the report;
 //! - `bench serve <system>` runs one system's server, prints `listening <addr>`, reads its ring
-//!   successor (`next <addr>` or `none`) and serves until its standard input closes;
+//!   successor (`next <addr>` or `none`) and serves until its standard input closes. The
+//!   gateway scenario's parts serve the same way: `bench serve greet-axum` (the greet handler on
+//!   axum), `bench serve gateway` (the gateway on a meshrpc node; it prints `mesh <addr>`
+//!   first) and `bench serve greeter --seed <that addr>` (a greeter replica joined to it);
 //! - `bench client <system>` connects, warms up, prints `ready`, waits for `go`, runs one job and
-//!   prints `result <json>`.
+//!   prints `result <json>` (`bench client gateway` and `bench client greet-axum`: HTTP GETs of
+//!   the greet route).
 //!
 //! Every process runs a tokio `current_thread` runtime.
 
@@ -24,7 +28,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use systems::{BenchClient, Result, System, Tls};
+use systems::{BenchClient, Result, System, Target, Tls};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,11 +44,15 @@ struct Cli {
 enum Command {
     /// Run the scenarios and write the report (what `cargo xtask bench` runs).
     Run(run::Options),
-    /// Serve one system (started by `run`).
+    /// Serve one system, or a part of the gateway scenario (started by `run`).
     Serve {
-        system: System,
+        /// A system, or `gateway`, `greeter`, `greet-axum`.
+        target: Target,
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// The mesh address a `greeter` joins through (the gateway's node).
+        #[arg(long)]
+        seed: Option<SocketAddr>,
         /// CPU to pin the process to.
         #[arg(long)]
         cpu: Option<usize>,
@@ -54,7 +62,8 @@ enum Command {
     },
     /// Run one measurement against a server (started by `run`).
     Client {
-        system: System,
+        /// A system, or `gateway`, `greet-axum` (HTTP GETs of the greet route).
+        target: Target,
         #[arg(long)]
         addr: SocketAddr,
         #[arg(long)]
@@ -72,18 +81,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(options) => run::run(options),
         Command::Serve {
-            system,
+            target,
             listen,
+            seed,
             cpu,
             tls_dir,
-        } => serve(system, listen, cpu, &tls_dir),
+        } => serve(target, listen, seed, cpu, &tls_dir),
         Command::Client {
-            system,
+            target,
             addr,
             cpu,
             tls_dir,
             job,
-        } => client(system, addr, cpu, &tls_dir, &job),
+        } => client(target, addr, cpu, &tls_dir, &job),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,8 +141,9 @@ fn say(line: &str) -> Result<()> {
 }
 
 fn serve(
-    system: System,
+    target: Target,
     listen: SocketAddr,
+    seed: Option<SocketAddr>,
     cpu: Option<usize>,
     tls_dir: &std::path::Path,
 ) -> Result<()> {
@@ -160,11 +171,11 @@ fn serve(
         });
         Ok(next)
     });
-    runtime()?.block_on(systems::serve(system, listen, tls, rendezvous))
+    runtime()?.block_on(systems::serve(target, listen, seed, tls, rendezvous))
 }
 
 fn client(
-    system: System,
+    target: Target,
     addr: SocketAddr,
     cpu: Option<usize>,
     tls_dir: &std::path::Path,
@@ -174,6 +185,14 @@ fn client(
     let tls = Tls::load(tls_dir)?;
     let job: load::Job = serde_json::from_str(job)?;
     let runtime = runtime()?;
+    let system = match target {
+        Target::System(system) => system,
+        Target::Gateway | Target::Direct => {
+            let outcome = runtime.block_on(measure_get(addr, &job))?;
+            return say(&format!("result {}", serde_json::to_string(&outcome)?));
+        }
+        Target::Greeter => return Err("the greeter has no client: measure the gateway".into()),
+    };
     let outcome = match system {
         System::Meshrpc => {
             runtime.block_on(measure::<systems::meshrpc_node::Client>(addr, &tls, &job))
@@ -193,18 +212,24 @@ fn client(
     say(&format!("result {}", serde_json::to_string(&outcome)?))
 }
 
+fn ready_for_go() -> Result<()> {
+    say("ready")?;
+    match read_line()?.as_str() {
+        "go" => Ok(()),
+        other => Err(format!("expected `go`, got `{other}`").into()),
+    }
+}
+
+async fn measure_get(addr: SocketAddr, job: &load::Job) -> Result<load::Outcome> {
+    let client = systems::greet::Client::connect(addr).await?;
+    load::run_get(client, job, ready_for_go).await
+}
+
 async fn measure<C: BenchClient>(
     addr: SocketAddr,
     tls: &Tls,
     job: &load::Job,
 ) -> Result<load::Outcome> {
     let client = C::connect(addr, tls).await?;
-    load::run(client, job, || {
-        say("ready")?;
-        match read_line()?.as_str() {
-            "go" => Ok(()),
-            other => Err(format!("expected `go`, got `{other}`").into()),
-        }
-    })
-    .await
+    load::run(client, job, ready_for_go).await
 }

@@ -14,8 +14,6 @@ pub(crate) struct Report {
     pub(crate) settings: Settings,
     pub(crate) systems: Vec<SystemInfo>,
     pub(crate) placements: Vec<PlacementReport>,
-    /// The gateway scenario: "not measured" until the gateway exists.
-    pub(crate) gateway: String,
     pub(crate) elapsed_s: f64,
 }
 
@@ -35,6 +33,8 @@ pub(crate) struct Settings {
     pub(crate) warmup_s: f64,
     pub(crate) duration_s: f64,
     pub(crate) in_flight: Vec<usize>,
+    /// Requests in flight of the gateway scenario.
+    pub(crate) gateway_in_flight: Vec<usize>,
     pub(crate) payloads: Vec<usize>,
     pub(crate) cpu_in_flight: usize,
     pub(crate) ring_peers: usize,
@@ -58,6 +58,71 @@ pub(crate) struct PlacementReport {
     /// What it means, for people.
     pub(crate) description: String,
     pub(crate) results: Vec<SystemResult>,
+    /// The gateway scenario, when it was run.
+    pub(crate) gateway: Option<Gateway>,
+}
+
+/// The gateway scenario under one placement: the same `GET` served directly by axum and
+/// through the gateway, mesh and a greeter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Gateway {
+    /// The path requested.
+    pub(crate) path: String,
+    /// One run per route and calls in flight.
+    pub(crate) runs: Vec<GetRun>,
+    pub(crate) errors: Vec<String>,
+}
+
+impl Gateway {
+    pub(crate) fn run(&self, route: Route, in_flight: usize) -> Option<&GetRun> {
+        self.runs
+            .iter()
+            .find(|r| r.route == route && r.in_flight == in_flight)
+    }
+
+    /// `gateway ÷ direct` of a figure at `in_flight`.
+    fn ratio(&self, in_flight: usize, figure: impl Fn(&GetRun) -> f64) -> Option<f64> {
+        let direct = figure(self.run(Route::Direct, in_flight)?);
+        let gateway = figure(self.run(Route::Gateway, in_flight)?);
+        (direct > 0.0 && gateway > 0.0).then(|| gateway / direct)
+    }
+}
+
+/// Who answers the gateway scenario's `GET`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Route {
+    /// The greet handler on axum, in one process.
+    Direct,
+    /// The gateway (`gateway::serve` on a meshrpc node) calling a greeter replica over meshrpc.
+    Gateway,
+}
+
+impl Route {
+    pub(crate) const ALL: [Route; 2] = [Route::Direct, Route::Gateway];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Route::Direct => "direct",
+            Route::Gateway => "gateway",
+        }
+    }
+}
+
+/// One route at one number of requests in flight.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct GetRun {
+    pub(crate) route: Route,
+    pub(crate) in_flight: usize,
+    pub(crate) calls: u64,
+    pub(crate) calls_per_s: f64,
+    #[serde(flatten)]
+    pub(crate) latency: Percentiles,
+    /// User + system CPU of every server process of the route (gateway: gateway + greeter)
+    /// over the measured phase, per call.
+    pub(crate) server_cpu_us_per_call: f64,
+    /// The load generator's own CPU per call.
+    pub(crate) client_cpu_us_per_call: f64,
 }
 
 /// One system's figures under one placement. A scenario not run, or failed, is `None`/empty
@@ -255,18 +320,24 @@ impl Report {
             self.placement_markdown(&mut md, placement);
         }
 
-        let _ = writeln!(md, "## Gateway under HTTP load\n\n{}\n", self.gateway);
+        self.gateway_markdown(&mut md);
         self.targets_markdown(&mut md);
 
         let errors: Vec<String> = self
             .placements
             .iter()
             .flat_map(|p| {
-                p.results.iter().flat_map(move |r| {
+                let systems = p.results.iter().flat_map(move |r| {
                     r.errors
                         .iter()
                         .map(move |e| format!("- {} / {}: {e}", p.key, r.system))
-                })
+                });
+                let gateway = p.gateway.iter().flat_map(move |g| {
+                    g.errors
+                        .iter()
+                        .map(move |e| format!("- {} / gateway scenario: {e}", p.key))
+                });
+                systems.chain(gateway)
             })
             .collect();
         let _ = writeln!(md, "## Errors\n");
@@ -513,6 +584,90 @@ impl Report {
         let _ = writeln!(md);
     }
 
+    fn gateway_markdown(&self, md: &mut String) {
+        let _ = writeln!(md, "## Gateway under HTTP load\n");
+        let measured: Vec<(&PlacementReport, &Gateway)> = self
+            .placements
+            .iter()
+            .filter_map(|p| p.gateway.as_ref().map(|g| (p, g)))
+            .collect();
+        if measured.is_empty() {
+            let _ = writeln!(md, "Not run (select it with `--scenarios gateway`).\n");
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "`GET {}` answered with the JSON string `\"Hello, {}\"`, two ways: **direct** is the \
+             same greet handler served by axum in one process; **gateway** is the real gateway \
+             (`gateway::serve`, what `mesh-api` runs, with its auth, metrics and access-log \
+             middleware) on a meshrpc node in one process, calling a greeter replica \
+             (`greeter::GreeterService` on a node of its own process) over meshrpc. The client is \
+             a hyper keep-alive pool over HTTP/1.1 (one connection per request in flight). Server \
+             CPU counts every server process of the route. The `gateway ÷ direct` row divides the \
+             gateway's figure by the direct one: for latency and CPU it is the cost of going \
+             through the mesh (DESIGN: ≤ 2×), for calls/s the share of direct throughput kept \
+             (≥ 0.5× for the same target).\n",
+            measured[0].1.path,
+            crate::systems::greet::NAME,
+        );
+        for (placement, gateway) in measured {
+            let _ = writeln!(
+                md,
+                "### Gateway GET, placement {} ({})\n",
+                placement.key, placement.description
+            );
+            let _ = writeln!(
+                md,
+                "| in flight | route | p50 µs | p90 µs | p99 µs | calls/s | server CPU µs/call | client CPU µs/call | calls |"
+            );
+            let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+            let mut in_flights: Vec<usize> = gateway.runs.iter().map(|r| r.in_flight).collect();
+            in_flights.sort_unstable();
+            in_flights.dedup();
+            for in_flight in in_flights {
+                for route in Route::ALL {
+                    match gateway.run(route, in_flight) {
+                        Some(r) => {
+                            let _ = writeln!(
+                                md,
+                                "| {in_flight} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} |",
+                                route.name(),
+                                us(r.latency.p50_us),
+                                us(r.latency.p90_us),
+                                us(r.latency.p99_us),
+                                rate(r.calls_per_s),
+                                r.server_cpu_us_per_call,
+                                r.client_cpu_us_per_call,
+                                r.calls
+                            );
+                        }
+                        None => {
+                            let _ = writeln!(
+                                md,
+                                "| {in_flight} | {} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |",
+                                route.name()
+                            );
+                        }
+                    }
+                }
+                let times = |value: Option<f64>| {
+                    value.map_or_else(|| DASH.to_owned(), |v| format!("{v:.2}×"))
+                };
+                let _ = writeln!(
+                    md,
+                    "| {in_flight} | **gateway ÷ direct** | {} | {} | {} | {} | {} | {} | {DASH} |",
+                    times(gateway.ratio(in_flight, |r| r.latency.p50_us)),
+                    times(gateway.ratio(in_flight, |r| r.latency.p90_us)),
+                    times(gateway.ratio(in_flight, |r| r.latency.p99_us)),
+                    times(gateway.ratio(in_flight, |r| r.calls_per_s)),
+                    times(gateway.ratio(in_flight, |r| r.server_cpu_us_per_call)),
+                    times(gateway.ratio(in_flight, |r| r.client_cpu_us_per_call)),
+                );
+            }
+            let _ = writeln!(md);
+        }
+    }
+
     fn targets_markdown(&self, md: &mut String) {
         let _ = writeln!(
             md,
@@ -542,8 +697,15 @@ impl Report {
                 (Some(a), Some(b)) if b > 0.0 => Some(a / b),
                 _ => None,
             };
+            let gateway = placement.gateway.as_ref();
+            // Cost of a GET through gateway, mesh and greeter over the same GET served by axum:
+            // latency at one in flight, time per call (1 / calls/s) at 64.
+            let gateway_p50 = gateway.and_then(|g| g.ratio(1, |r| r.latency.p50_us));
+            let gateway_time = gateway
+                .and_then(|g| g.ratio(64, |r| r.calls_per_s))
+                .map(|kept| 1.0 / kept);
             let m = System::Meshrpc;
-            let rows: [(&str, Option<f64>, f64, bool); 9] = [
+            let rows: [(&str, Option<f64>, f64, bool); 11] = [
                 (
                     "unary p50 ≤ 1.0× tarpc",
                     div(p50(m), p50(System::Tarpc)),
@@ -598,6 +760,18 @@ impl Report {
                         .and_then(|r| r.memory.as_ref())
                         .map(|g| g.idle_kib as f64 / 1024.0),
                     12.0,
+                    true,
+                ),
+                (
+                    "gateway GET p50 ≤ 2× direct axum (1 in flight)",
+                    gateway_p50,
+                    2.0,
+                    true,
+                ),
+                (
+                    "gateway GET time per call ≤ 2× direct axum (64 in flight)",
+                    gateway_time,
+                    2.0,
                     true,
                 ),
             ];

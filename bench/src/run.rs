@@ -16,8 +16,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::load::{Job, Outcome};
 use crate::procfs;
-use crate::report::{self, Machine, PlacementReport, Report, Settings, SystemInfo, SystemResult};
-use crate::systems::{Result, System, Tls};
+use crate::report::{
+    self, Machine, PlacementReport, Report, Route, Settings, SystemInfo, SystemResult,
+};
+use crate::systems::{Result, System, Target, Tls, greet};
 
 /// A scenario, by its name on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +95,8 @@ impl Placement {
         match self {
             Placement::Same => "same core: client and every server pinned to CPU 0",
             Placement::Separate => {
-                "separate cores: client on CPU 0, server on CPU 1; ring peers on CPUs 1, 0, 1, 0, 1"
+                "separate cores: client on CPU 0, server on CPU 1; ring peers on CPUs 1, 0, 1, 0, 1; \
+                 gateway on CPU 1, its greeter on CPU 0"
             }
         }
     }
@@ -134,7 +137,7 @@ pub(crate) struct Options {
     /// Systems to measure (comma separated): meshrpc, quinn, tonic-tls, tonic-h2c, tarpc, http-json.
     #[arg(long, value_delimiter = ',')]
     systems: Option<Vec<System>>,
-    /// Seconds per measurement (default 3, quick 0.4).
+    /// Seconds per measurement (default 3, quick 0.5).
     #[arg(long)]
     duration: Option<f64>,
     /// Placements (comma separated): same, separate.
@@ -184,6 +187,7 @@ pub(crate) fn run(options: Options) -> Result<()> {
         },
         duration_s: duration,
         in_flight: vec![1, 16, 64, 256],
+        gateway_in_flight: vec![1, 64],
         payloads: vec![64, 4 << 10, 64 << 10, 1 << 20],
         cpu_in_flight: 64,
         ring_peers: 5,
@@ -219,8 +223,15 @@ pub(crate) fn run(options: Options) -> Result<()> {
         .copied()
         .filter(|s| *s != Scenario::Gateway)
         .collect();
+    let gateway = scenarios.contains(&Scenario::Gateway);
     let jobs_per_system: u64 = measured.iter().map(|s| bench.job_count(*s)).sum();
-    let total = jobs_per_system * systems.len() as u64 * options.placements.len() as u64;
+    let gateway_jobs = if gateway {
+        bench.job_count(Scenario::Gateway)
+    } else {
+        0
+    };
+    let total =
+        (jobs_per_system * systems.len() as u64 + gateway_jobs) * options.placements.len() as u64;
     let progress = if options.no_progress {
         ProgressBar::hidden()
     } else {
@@ -252,10 +263,15 @@ pub(crate) fn run(options: Options) -> Result<()> {
             bench.forget();
             results.push(result);
         }
+        let gateway = gateway.then(|| {
+            progress.set_message(format!("{} · gateway", placement.key()));
+            bench.gateway(placement, &progress)
+        });
         placements.push(PlacementReport {
             key: placement.key().to_owned(),
             description: placement.description().to_owned(),
             results,
+            gateway,
         });
     }
     progress.finish_and_clear();
@@ -271,11 +287,6 @@ pub(crate) fn run(options: Options) -> Result<()> {
             })
             .collect(),
         placements,
-        gateway: if scenarios.contains(&Scenario::Gateway) {
-            "Not measured: the gateway (`mesh-api`) does not exist yet.".to_owned()
-        } else {
-            "Not run (not among --scenarios).".to_owned()
-        },
         elapsed_s: started.elapsed().as_secs_f64(),
     };
     write_report(&report, &options.out)
@@ -337,7 +348,7 @@ impl Bench {
         match scenario {
             Scenario::Throughput => self.settings.in_flight.len() as u64,
             Scenario::Payload => self.settings.payloads.len() as u64,
-            Scenario::Gateway => 0,
+            Scenario::Gateway => (Route::ALL.len() * self.settings.gateway_in_flight.len()) as u64,
             _ => 1,
         }
     }
@@ -373,7 +384,7 @@ impl Bench {
         let mut shared = self.server.borrow_mut();
         let server = match shared.take() {
             Some(server) => server,
-            None => self.server(system, placement.server_cpu(0), None)?,
+            None => self.server(system.into(), placement.server_cpu(0), None)?,
         };
         let result = self.client(system, &server, self.load_job(payload, in_flight));
         // A server that failed a run is not reused.
@@ -458,7 +469,7 @@ impl Bench {
                 });
             }
             Scenario::Memory => {
-                let server = self.server(system, placement.server_cpu(0), None)?;
+                let server = self.server(system.into(), placement.server_cpu(0), None)?;
                 let job = Job::Hold {
                     calls: s.hold_calls,
                     sleep_ms: s.hold_ms,
@@ -481,9 +492,89 @@ impl Bench {
                     client_kib: outcome.client_hwm_kib,
                 });
             }
+            // Once per placement, not per system: see `Bench::gateway`.
             Scenario::Gateway => {}
         }
         Ok(())
+    }
+
+    /// The gateway scenario under `placement`: the greet `GET` served directly by axum, then
+    /// through gateway, mesh and greeter, at each number of requests in flight.
+    fn gateway(&self, placement: Placement, progress: &ProgressBar) -> report::Gateway {
+        let s = &self.settings;
+        let mut gateway = report::Gateway {
+            path: greet::path(),
+            runs: Vec::new(),
+            errors: Vec::new(),
+        };
+        for route in Route::ALL {
+            let servers = match route {
+                Route::Direct => self
+                    .server(Target::Direct, placement.server_cpu(0), None)
+                    .map(|server| vec![server]),
+                Route::Gateway => self.mesh_gateway(placement),
+            };
+            let servers = match servers {
+                Ok(servers) => servers,
+                Err(error) => {
+                    gateway
+                        .errors
+                        .push(format!("{}: starting the servers: {error}", route.name()));
+                    progress.inc(s.gateway_in_flight.len() as u64);
+                    continue;
+                }
+            };
+            let target = match route {
+                Route::Direct => Target::Direct,
+                Route::Gateway => Target::Gateway,
+            };
+            let pids: Vec<u32> = servers.iter().map(Server::pid).collect();
+            for &in_flight in &s.gateway_in_flight {
+                let job = Job::Get {
+                    in_flight,
+                    warmup_s: s.warmup_s,
+                    duration_s: s.duration_s,
+                    max_calls: 50_000_000,
+                };
+                let outcome = self.client_on(target, servers[0].addr, &pids, job, || Ok(()));
+                progress.inc(1);
+                match outcome {
+                    Ok((outcome, server_cpu_s)) => {
+                        let per_call = |seconds: f64| seconds * 1e6 / outcome.calls.max(1) as f64;
+                        gateway.runs.push(report::GetRun {
+                            route,
+                            in_flight,
+                            calls: outcome.calls,
+                            calls_per_s: outcome.calls as f64 / outcome.elapsed_s,
+                            latency: outcome.latency.clone().unwrap_or_default(),
+                            server_cpu_us_per_call: per_call(server_cpu_s),
+                            client_cpu_us_per_call: per_call(outcome.client_cpu_s),
+                        });
+                    }
+                    Err(error) => gateway.errors.push(format!(
+                        "{} at {in_flight} in flight: {error}",
+                        route.name()
+                    )),
+                }
+            }
+        }
+        gateway
+    }
+
+    /// A gateway process on a meshrpc node (placed as ring peer 0) and a greeter replica seeded
+    /// to it (as peer 1); the gateway first. Clients wait for the route to answer 200.
+    fn mesh_gateway(&self, placement: Placement) -> Result<Vec<Server>> {
+        let mut process = self.spawn_server(Target::Gateway, placement.server_cpu(0), None)?;
+        let line = process.expect(Duration::from_secs(30))?;
+        let mesh: SocketAddr = line
+            .strip_prefix("mesh ")
+            .ok_or_else(|| format!("gateway said `{line}`, expected `mesh <addr>`"))?
+            .parse()?;
+        let addr = Self::listening(&process, Target::Gateway)?;
+        process.send("none")?;
+        let gateway = Server { process, addr };
+        let greeter = self.server(Target::Greeter, placement.server_cpu(1), Some(mesh))?;
+        Ok(vec![gateway, greeter])
     }
 
     fn ring(&self, placement: Placement, system: System) -> Result<Outcome> {
@@ -509,29 +600,46 @@ impl Bench {
         Ok(outcome)
     }
 
-    fn server_unlinked(&self, system: System, cpu: usize) -> Result<(Process, SocketAddr)> {
+    /// Starts `bench serve <target>` pinned to `cpu`; `seed` is a greeter's `--seed`.
+    fn spawn_server(
+        &self,
+        target: Target,
+        cpu: usize,
+        seed: Option<SocketAddr>,
+    ) -> Result<Process> {
         let mut command = Command::new(&self.exe);
         command
             .arg("serve")
-            .arg(system.name())
+            .arg(target.name())
             .args(["--listen", "127.0.0.1:0", "--cpu", &cpu.to_string()])
             .arg("--tls-dir")
             .arg(&self.tls_dir);
-        let process = Process::spawn(command, format!("{system} server"))?;
+        if let Some(seed) = seed {
+            command.args(["--seed", &seed.to_string()]);
+        }
+        Process::spawn(command, format!("{target} server"))
+    }
+
+    /// Reads a server's `listening <addr>`.
+    fn listening(process: &Process, target: Target) -> Result<SocketAddr> {
         let line = process.expect(Duration::from_secs(30))?;
-        let addr = line
+        Ok(line
             .strip_prefix("listening ")
-            .ok_or_else(|| format!("{system} server said `{line}`, expected `listening <addr>`"))?
-            .parse()?;
+            .ok_or_else(|| format!("{target} server said `{line}`, expected `listening <addr>`"))?
+            .parse()?)
+    }
+
+    fn server_unlinked(&self, system: System, cpu: usize) -> Result<(Process, SocketAddr)> {
+        let process = self.spawn_server(system.into(), cpu, None)?;
+        let addr = Self::listening(&process, system.into())?;
         Ok((process, addr))
     }
 
-    fn server(&self, system: System, cpu: usize, next: Option<SocketAddr>) -> Result<Server> {
-        let (mut process, addr) = self.server_unlinked(system, cpu)?;
-        match next {
-            Some(next) => process.send(&format!("next {next}"))?,
-            None => process.send("none")?,
-        }
+    /// A server of `target` (greeter: joined through `seed`) with no ring successor.
+    fn server(&self, target: Target, cpu: usize, seed: Option<SocketAddr>) -> Result<Server> {
+        let mut process = self.spawn_server(target, cpu, seed)?;
+        let addr = Self::listening(&process, target)?;
+        process.send("none")?;
         Ok(Server { process, addr })
     }
 
@@ -548,12 +656,31 @@ impl Bench {
         job: Job,
         at_ready: impl FnOnce() -> Result<()>,
     ) -> Result<(Outcome, f64)> {
+        self.client_on(system.into(), server.addr, &[server.pid()], job, at_ready)
+    }
+
+    /// [`Bench::client_with`] for any target, against `addr`, counting the CPU time of every
+    /// process in `server_pids`.
+    fn client_on(
+        &self,
+        system: Target,
+        addr: SocketAddr,
+        server_pids: &[u32],
+        job: Job,
+        at_ready: impl FnOnce() -> Result<()>,
+    ) -> Result<(Outcome, f64)> {
         let s = &self.settings;
+        let server_cpu = || -> Result<f64> {
+            server_pids
+                .iter()
+                .map(|&pid| procfs::cpu_seconds(pid))
+                .sum::<Result<f64>>()
+        };
         let mut command = Command::new(&self.exe);
         command
             .arg("client")
             .arg(system.name())
-            .args(["--addr", &server.addr.to_string()])
+            .args(["--addr", &addr.to_string()])
             .args(["--cpu", &Placement::CLIENT_CPU.to_string()])
             .arg("--tls-dir")
             .arg(&self.tls_dir)
@@ -568,10 +695,10 @@ impl Bench {
             return Err(format!("{system} client said `{line}`, expected `ready`").into());
         }
         at_ready()?;
-        let server_cpu_before = procfs::cpu_seconds(server.pid())?;
+        let server_cpu_before = server_cpu()?;
         client.send("go")?;
         let line = client.expect(phase + slack)?;
-        let server_cpu_s = procfs::cpu_seconds(server.pid())? - server_cpu_before;
+        let server_cpu_s = server_cpu()? - server_cpu_before;
         let json = line
             .strip_prefix("result ")
             .ok_or_else(|| format!("{system} client said `{line}`, expected `result <json>`"))?;

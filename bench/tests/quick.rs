@@ -1,5 +1,6 @@
 //! The harness end to end in a tiny mode: every system answers in every scenario under both
-//! placements, and the report has every table. Nothing here is about speed: this runs the
+//! placements, the greet `GET` answers directly and through gateway, mesh and greeter, and the
+//! report has every table. Nothing here is about speed: this runs the
 //! debug build that `cargo test` makes (a release build of tonic, quinn and friends would cost
 //! CI minutes for figures nobody reads), with runs of 0.1 s.
 
@@ -98,11 +99,33 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
             );
         }
     }
-    assert!(
-        report["gateway"]
-            .as_str()
-            .is_some_and(|g| g.starts_with("Not measured"))
-    );
+    for placement in placements {
+        let key = placement["key"].as_str().unwrap_or("?");
+        let gateway = &placement["gateway"];
+        assert_eq!(
+            gateway["errors"],
+            serde_json::json!([]),
+            "{key}: gateway errors"
+        );
+        assert_eq!(gateway["path"], "/greeter/greet/Max", "{key}: gateway path");
+        let runs: Vec<(&str, u64)> = gateway["runs"]
+            .as_array()
+            .expect("gateway runs")
+            .iter()
+            .filter(|r| r["calls"].as_u64() > Some(0) && r["p50_us"].as_f64() > Some(0.0))
+            .filter_map(|r| Some((r["route"].as_str()?, r["in_flight"].as_u64()?)))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                ("direct", 1),
+                ("direct", 64),
+                ("gateway", 1),
+                ("gateway", 64)
+            ],
+            "{key}: every route answered at 1 and 64 in flight"
+        );
+    }
 
     let markdown = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
     for heading in [
@@ -115,13 +138,27 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
         "### Hop ring",
         "### Memory",
         "## Gateway under HTTP load",
+        "### Gateway GET, placement same",
+        "### Gateway GET, placement separate",
         "## DESIGN targets",
     ] {
+        let per_placement = heading.starts_with("###") && !heading.contains("placement");
         assert_eq!(
             markdown.matches(heading).count(),
-            if heading.starts_with("###") { 2 } else { 1 },
+            if per_placement { 2 } else { 1 },
             "{heading}"
         );
+    }
+    for row in [
+        "| 1 | direct |",
+        "| 1 | gateway |",
+        "| 64 | direct |",
+        "| 64 | gateway |",
+        "| 64 | **gateway ÷ direct** |",
+        "| gateway GET p50 ≤ 2× direct axum (1 in flight) | same |",
+        "| gateway GET time per call ≤ 2× direct axum (64 in flight) | separate |",
+    ] {
+        assert!(markdown.contains(row), "the report has `{row}`");
     }
     for system in SYSTEMS {
         assert!(

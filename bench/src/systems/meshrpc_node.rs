@@ -19,13 +19,13 @@ mod generated {
 use generated::{Echo, EchoClient, EchoServer};
 
 /// Cluster name of every bench node.
-const CLUSTER: &str = "bench";
+pub(crate) const CLUSTER: &str = "bench";
 
 /// The node of this process: a ring peer's server node also carries its calls to the next
 /// peer, so a process has one endpoint whichever part it plays.
 static NODE: tokio::sync::OnceCell<Node> = tokio::sync::OnceCell::const_new();
 
-fn state_dir(tls: &Tls) -> PathBuf {
+pub(crate) fn state_dir(tls: &Tls) -> PathBuf {
     tls.dir.join("meshrpc")
 }
 

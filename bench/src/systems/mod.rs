@@ -8,6 +8,7 @@
 //!
 //! Servers share [`Handler`] for the behaviour, so systems differ only in transport and codec.
 
+pub(crate) mod greet;
 pub(crate) mod http_json;
 pub(crate) mod meshrpc_node;
 pub(crate) mod quinn_raw;
@@ -112,6 +113,63 @@ impl FromStr for System {
                 let names: Vec<_> = System::ALL.iter().map(|s| s.name()).collect();
                 format!("unknown system `{s}`; expected one of {}", names.join(", "))
             })
+    }
+}
+
+/// What a `bench serve` or `bench client` process plays: one of the systems, or a part of the
+/// gateway scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Target {
+    /// A system's echo server, or its client.
+    System(System),
+    /// The gateway (`gateway::serve` on a meshrpc node), or the HTTP GET client against it.
+    Gateway,
+    /// A greeter replica on a meshrpc node seeded to the gateway's (serve only).
+    Greeter,
+    /// The greet handler served directly by axum, or the HTTP GET client against it.
+    Direct,
+}
+
+impl Target {
+    /// The name used on the command line.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Target::System(system) => system.name(),
+            Target::Gateway => "gateway",
+            Target::Greeter => "greeter",
+            Target::Direct => "greet-axum",
+        }
+    }
+}
+
+impl From<System> for Target {
+    fn from(system: System) -> Target {
+        Target::System(system)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gateway" => Ok(Target::Gateway),
+            "greeter" => Ok(Target::Greeter),
+            "greet-axum" => Ok(Target::Direct),
+            _ => s.parse().map(Target::System).map_err(|_| {
+                let names: Vec<_> = System::ALL.iter().map(|s| s.name()).collect();
+                format!(
+                    "unknown part `{s}`; expected one of {}, gateway, greeter, greet-axum",
+                    names.join(", ")
+                )
+            }),
+        }
     }
 }
 
@@ -265,13 +323,21 @@ pub(crate) fn hop_count(state: &[u8]) -> u32 {
 /// and gets back its ring successor (the parent writes it once every peer is bound).
 pub(crate) type Rendezvous = Box<dyn FnOnce(SocketAddr) -> Result<Option<SocketAddr>> + Send>;
 
-/// Runs `system`'s server on `listen` until the process is stopped.
+/// Runs `target`'s server on `listen` until the process is stopped (`seed`: the mesh address a
+/// greeter joins through).
 pub(crate) async fn serve(
-    system: System,
+    target: Target,
     listen: SocketAddr,
+    seed: Option<SocketAddr>,
     tls: Tls,
     rendezvous: Rendezvous,
 ) -> Result<()> {
+    let system = match target {
+        Target::System(system) => system,
+        Target::Gateway => return greet::serve_gateway(listen, tls, rendezvous).await,
+        Target::Greeter => return greet::serve_greeter(listen, seed, tls, rendezvous).await,
+        Target::Direct => return greet::serve_direct(listen, rendezvous).await,
+    };
     match system {
         System::Meshrpc => meshrpc_node::serve(listen, tls, rendezvous).await,
         System::Quinn => quinn_raw::serve(listen, tls, rendezvous).await,
