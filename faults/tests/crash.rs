@@ -55,10 +55,6 @@ async fn a_replica_killed_and_restarted_three_times_costs_no_idempotent_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a replica restarted on the same address is sometimes unreachable for up to the \
-            20 s idle timeout: the pool keeps the dead process's connection because a member \
-            (the new generation) lives at that address (meshrpc/src/membership/agent.rs, \
-            `flush`, \"a newer identity at the same address keeps the connection\")"]
 async fn a_replica_restarted_on_its_address_serves_again_within_six_seconds_every_time() {
     let recoveries = kill_and_restart(8, Duration::from_secs(6)).await;
     eprintln!("kill -9 and restart: serving again after {recoveries:?}");

@@ -237,9 +237,6 @@ async fn a_flood_from_one_peer_leaves_another_caller_served_and_memory_bounded()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: connections accepted from non-members stay pooled after they close \
-            (meshrpc/src/transport/connections.rs, Connections::adopt): ~350 KiB per closed \
-            connection is never freed"]
 async fn two_thousand_connect_close_cycles_leave_no_files_or_memory_behind() {
     const CYCLES: usize = 2_000;
     let _exclusive = faults::exclusive();

@@ -23,11 +23,6 @@ async fn a_partitioned_replica_is_declared_dead_calls_fail_over_and_it_rejoins_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: after healing, the healed replica's join exchange carries its stale `Down` \
-            verdicts on the members it could not reach, the seed applies them and drops every \
-            healthy replica from its view until they rejoin with a new generation; callers get \
-            `no live member publishes greeter` (meshrpc/src/membership/agent.rs, \
-            Input::Snapshot / Input::Apply)"]
 async fn healing_a_partition_fails_no_idempotent_call() {
     partition_and_heal(true).await;
 }

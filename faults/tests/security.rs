@@ -260,9 +260,6 @@ fn dribble(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the gateway has no header read timeout (gateway/src/lib.rs, `serve`: axum::serve \
-            sets no hyper timer, so hyper's header_read_timeout never fires); a client that \
-            dribbles its headers holds a connection forever"]
 async fn a_client_that_dribbles_its_headers_is_cut_off() {
     let _exclusive = faults::exclusive();
     let state = tempfile::tempdir().expect("tempdir");
@@ -288,9 +285,6 @@ async fn a_client_that_dribbles_its_headers_is_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the gateway reads request bodies without a timeout (gateway/src/routes/generic.rs, \
-            `read_body`; the request timeout starts only after the body is in); a client that \
-            dribbles its body holds a connection and a task forever"]
 async fn a_client_that_dribbles_its_body_is_cut_off() {
     let _exclusive = faults::exclusive();
     let state = tempfile::tempdir().expect("tempdir");

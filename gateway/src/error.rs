@@ -60,6 +60,15 @@ impl ApiError {
         }
     }
 
+    /// 408: the request body did not arrive in time.
+    pub fn body_timeout(timeout: std::time::Duration) -> ApiError {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: Code::DeadlineExceeded.as_str(),
+            message: format!("the request body did not arrive within {timeout:?}"),
+        }
+    }
+
     /// The JSON body.
     pub fn body(&self) -> String {
         serde_json::to_string(&Body {

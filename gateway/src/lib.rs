@@ -159,6 +159,57 @@ impl Drop for Gateway {
     }
 }
 
+/// How long a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts HTTP/1.1 connections until `stopped`, then lets the open ones finish. Each
+/// connection has a header read timeout (a client dribbling its headers is cut off), and
+/// handlers see the client's address as `ConnectInfo`.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stopped: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(%error, "accepting an HTTP connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(remote));
+                tower::ServiceExt::oneshot(app.clone(), request)
+            });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), graceful.shutdown()).await;
+    Ok(())
+}
+
 /// Binds `config.http` and serves the gateway on `node` in the background. Returns as soon as
 /// the socket listens: routes answer 503 for services no member serves yet, and start working
 /// the moment one joins.
@@ -175,15 +226,9 @@ pub async fn serve(config: Config, node: Node) -> Result<Gateway, GatewayError> 
     })?;
     let shared = Shared::new(config, node);
     let refresher = shared.descriptors.spawn_refresher();
-    let app = router(shared).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(shared);
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let server = tokio::spawn(serve_connections(listener, app, stopped));
     tracing::info!(%addr, "gateway serving HTTP");
     Ok(Gateway {
         addr,

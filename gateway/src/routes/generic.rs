@@ -37,7 +37,13 @@ pub async fn call(
         )));
     };
     let (parts, body) = request.into_parts();
-    let body = read_body(&parts.headers, body, shared.config.max_body).await?;
+    let body = read_body(
+        &parts.headers,
+        body,
+        shared.config.max_body,
+        shared.config.request_timeout,
+    )
+    .await?;
     let payload = transcode::json_to_msgpack(&body, descriptor.request_schema(method))
         .map_err(|error| ApiError::bad_request(error.to_string()))?;
 
@@ -79,6 +85,7 @@ pub async fn read_body(
     headers: &http::HeaderMap,
     body: axum::body::Body,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
@@ -87,7 +94,11 @@ pub async fn read_body(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
+    // A client that dribbles its body must not hold the request open forever.
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ApiError::body_timeout(timeout))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::too_large(limit))

@@ -357,16 +357,24 @@ impl Agent {
             }
             Input::Apply(members) => {
                 let own = self.foca.identity().addr;
-                let members = members
-                    .into_iter()
-                    .filter(|member| member.id().cluster == cluster && member.id().addr != own);
+                // A death is learnt by probing, not from a peer that may itself have been cut
+                // off: `Down` entries of a member list are ignored.
+                let members = members.into_iter().filter(|member| {
+                    member.id().cluster == cluster
+                        && member.id().addr != own
+                        && member.state() != State::Down
+                });
                 if let Err(error) = self.foca.apply_many(members, true, outbox) {
                     debug!(%error, "could not apply a member list");
                 }
             }
             Input::Snapshot(reply) => {
-                let mut members: Vec<Member<MemberId>> =
-                    self.foca.iter_membership_state().cloned().collect();
+                let mut members: Vec<Member<MemberId>> = self
+                    .foca
+                    .iter_membership_state()
+                    .filter(|member| member.state() != State::Down)
+                    .cloned()
+                    .collect();
                 members.push(Member::alive(self.foca.identity().clone()));
                 let _ = reply.send(members);
             }
@@ -414,6 +422,7 @@ impl Agent {
             })
             .collect();
         let view = local_view(self.foca.identity(), members);
+        self.close_connections_of_restarted_members(&view);
         for down in outbox.downs.drain(..) {
             // A newer identity at the same address (a restart) keeps the connection.
             if view.member_at(down.addr).is_none() {
@@ -428,6 +437,23 @@ impl Agent {
                 true
             }
         });
+    }
+
+    /// A member that comes back at the same address with a generation that is not one step
+    /// on (a step is a draining or renewed identity of the same process) is a new process: a
+    /// pooled connection established before it started leads to the dead one.
+    fn close_connections_of_restarted_members(&self, view: &View) {
+        let previous = self.view.borrow().clone();
+        for member in view.members().iter().filter(|member| !member.local) {
+            let Some(before) = previous.member_at(member.id.addr) else {
+                continue;
+            };
+            let (old, new) = (before.id.generation, member.id.generation);
+            if new > old.saturating_add(1) {
+                let started = std::time::UNIX_EPOCH + Duration::from_micros(new);
+                self.connections.close_if_older(member.id.addr, started);
+            }
+        }
     }
 
     fn send_datagram(&self, addr: SocketAddr, data: Bytes) {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use quinn::{Connection, Endpoint};
 use tokio::sync::OnceCell;
@@ -14,7 +14,23 @@ use crate::status::{Code, Status};
 /// How long a connection attempt may take before the peer is reported unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-type Slot = Arc<OnceCell<Connection>>;
+/// A pooled connection and when it was established.
+#[derive(Debug, Clone)]
+struct Pooled {
+    connection: Connection,
+    since: SystemTime,
+}
+
+impl Pooled {
+    fn new(connection: Connection) -> Pooled {
+        Pooled {
+            connection,
+            since: SystemTime::now(),
+        }
+    }
+}
+
+type Slot = Arc<OnceCell<Pooled>>;
 
 /// Called for every new connection, outgoing or adopted.
 pub type ConnectHook = Arc<dyn Fn(&Connection) + Send + Sync>;
@@ -25,6 +41,9 @@ pub struct Connections {
     endpoint: Endpoint,
     server_name: Arc<str>,
     slots: Arc<Mutex<HashMap<SocketAddr, Slot>>>,
+    /// Live connections that a newer one to the same address replaced in `slots`; kept so a
+    /// restart of the peer can close them (calls on them would wait for their deadline).
+    retired: Arc<Mutex<Vec<(SocketAddr, Pooled)>>>,
     on_connect: Arc<OnceLock<ConnectHook>>,
 }
 
@@ -45,6 +64,7 @@ impl Connections {
             endpoint,
             server_name: server_name.into(),
             slots: Arc::default(),
+            retired: Arc::default(),
             on_connect: Arc::default(),
         }
     }
@@ -58,7 +78,7 @@ impl Connections {
     /// The pooled connection to `addr` if it is established and open.
     pub fn live(&self, addr: SocketAddr) -> Option<Connection> {
         let slots = self.lock();
-        let connection = slots.get(&addr)?.get()?;
+        let connection = &slots.get(&addr)?.get()?.connection;
         connection
             .close_reason()
             .is_none()
@@ -66,37 +86,108 @@ impl Connections {
     }
 
     /// Pools a connection the peer opened to us, so calls back to it reuse it instead of
-    /// opening a second one. A live pooled connection is kept.
+    /// opening a second one.
     pub fn adopt(&self, connection: &Connection) {
         let addr = connection.remote_address();
-        let mut slots = self.lock();
-        let slot = slots.entry(addr).or_default();
-        let usable = slot.get().is_some_and(|c| c.close_reason().is_none());
-        if !usable && slot.get().is_none() {
-            // Only an empty slot can be filled; a dead one is replaced.
-            let _ = slot.set(connection.clone());
-        } else if !usable {
-            *slot = Arc::new(OnceCell::new_with(Some(connection.clone())));
+        {
+            let mut slots = self.lock();
+            let slot = slots.entry(addr).or_default();
+            match slot.get() {
+                // Only an empty slot can be filled in place (one being connected is left be).
+                None => {
+                    let _ = slot.set(Pooled::new(connection.clone()));
+                }
+                Some(current) if current.connection.stable_id() == connection.stable_id() => {}
+                // A new connection from a known address: the peer restarted, or both dialled
+                // at once; the newest one is the one known to reach the peer's process.
+                Some(current) => {
+                    if current.connection.close_reason().is_none() {
+                        self.retired
+                            .lock()
+                            .unwrap_or_else(|poison| poison.into_inner())
+                            .push((addr, current.clone()));
+                    }
+                    *slot = Arc::new(OnceCell::new_with(Some(Pooled::new(connection.clone()))));
+                }
+            }
         }
+        self.forget_when_closed(addr, connection.clone());
     }
 
-    /// The endpoint connections are made from.
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+    /// Closes and forgets the pooled connection to `addr` if it was established before `time`
+    /// (a peer process that started at `time` cannot be at its other end).
+    pub fn close_if_older(&self, addr: SocketAddr, time: SystemTime) {
+        let stale = {
+            let mut slots = self.lock();
+            let stale = slots
+                .get(&addr)
+                .and_then(|slot| slot.get())
+                .is_some_and(|pooled| pooled.since < time);
+            if stale { slots.remove(&addr) } else { None }
+        };
+        if let Some(pooled) = stale.as_ref().and_then(|slot| slot.get()) {
+            pooled
+                .connection
+                .close(super::error_code::SHUTDOWN, b"peer restarted");
+        }
+        let mut retired = self
+            .retired
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        retired.retain(|(at, pooled)| {
+            let stale = *at == addr && pooled.since < time;
+            if stale {
+                pooled
+                    .connection
+                    .close(super::error_code::SHUTDOWN, b"peer restarted");
+            }
+            !stale
+        });
+    }
+
+    /// Removes the slot of `connection` once it closes, so connections of departed peers and
+    /// one-off clients do not accumulate.
+    fn forget_when_closed(&self, addr: SocketAddr, connection: Connection) {
+        let slots = Arc::downgrade(&self.slots);
+        let retired = Arc::downgrade(&self.retired);
+        tokio::spawn(async move {
+            connection.closed().await;
+            if let Some(retired) = retired.upgrade() {
+                retired
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .retain(|(_, pooled)| pooled.connection.stable_id() != connection.stable_id());
+            }
+            let Some(slots) = slots.upgrade() else { return };
+            let mut slots = slots.lock().unwrap_or_else(|poison| poison.into_inner());
+            let holds_it = slots
+                .get(&addr)
+                .and_then(|slot| slot.get())
+                .is_some_and(|pooled| pooled.connection.stable_id() == connection.stable_id());
+            if holds_it {
+                slots.remove(&addr);
+            }
+        });
     }
 
     /// The live connection to `addr`, connecting first if there is none. Concurrent callers
     /// share one connection attempt. A failure is a refusal: nothing was sent.
     pub async fn get(&self, addr: SocketAddr) -> Result<Connection, Status> {
         let slot = self.slot(addr);
-        let result = slot.get_or_try_init(|| self.connect(addr)).await.cloned();
+        let result = slot
+            .get_or_try_init(|| self.connect(addr))
+            .await
+            .map(|pooled| pooled.connection.clone());
         match result {
             Ok(connection) if connection.close_reason().is_none() => Ok(connection),
             Ok(_) => {
                 // The pooled connection died; forget it and connect afresh once.
                 self.forget(addr, &slot);
                 let slot = self.slot(addr);
-                let connection = slot.get_or_try_init(|| self.connect(addr)).await.cloned();
+                let connection = slot
+                    .get_or_try_init(|| self.connect(addr))
+                    .await
+                    .map(|pooled| pooled.connection.clone());
                 if connection.is_err() {
                     self.forget(addr, &slot);
                 }
@@ -112,8 +203,10 @@ impl Connections {
     /// Closes and forgets the connection to `addr`, if any.
     pub fn close(&self, addr: SocketAddr) {
         let slot = self.lock().remove(&addr);
-        if let Some(connection) = slot.as_ref().and_then(|slot| slot.get()) {
-            connection.close(super::error_code::SHUTDOWN, b"closed");
+        if let Some(pooled) = slot.as_ref().and_then(|slot| slot.get()) {
+            pooled
+                .connection
+                .close(super::error_code::SHUTDOWN, b"closed");
         }
     }
 
@@ -148,7 +241,7 @@ impl Connections {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Connection, Status> {
+    async fn connect(&self, addr: SocketAddr) -> Result<Pooled, Status> {
         let refused = |what: String| Status::refused(Code::Unavailable, what);
         let connecting = self
             .endpoint
@@ -159,7 +252,8 @@ impl Connections {
                 if let Some(hook) = self.on_connect.get() {
                     hook(&connection);
                 }
-                Ok(connection)
+                self.forget_when_closed(addr, connection.clone());
+                Ok(Pooled::new(connection))
             }
             Ok(Err(error)) => Err(refused(format!("cannot connect to {addr}: {error}"))),
             Err(_) => Err(refused(format!(
