@@ -84,6 +84,19 @@ async fn wait_for_replicas(node: &Node, count: usize) {
     }
 }
 
+/// A seed node and three `greeter` processes joined to it, the service up and answering.
+async fn three_replicas(state: &std::path::Path, cluster: &str) -> (Node, Vec<Replica>) {
+    let seed = seed_node(state, cluster).await;
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| spawn_replica(seed.local_addr(), state, cluster))
+        .collect();
+    wait_for_replicas(&seed, 3).await;
+    seed.wait_for(&[&GREETER_SPEC], Duration::from_secs(10))
+        .await
+        .expect("greeter is up");
+    (seed, replicas)
+}
+
 /// The members `addr` sees, by address.
 async fn members_seen_by(node: &Node, addr: SocketAddr) -> Result<Vec<String>, Status> {
     let reply: MembersReply = node
@@ -149,15 +162,7 @@ fn start_load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_replica_under_load_fails_no_idempotent_call_and_it_leaves_every_view() {
     let state = tempfile::tempdir().expect("tempdir");
-    let cluster = "kill-test";
-    let seed = seed_node(state.path(), cluster).await;
-    let mut replicas: Vec<Replica> = (0..3)
-        .map(|_| spawn_replica(seed.local_addr(), state.path(), cluster))
-        .collect();
-    wait_for_replicas(&seed, 3).await;
-    seed.wait_for(&[&GREETER_SPEC], Duration::from_secs(10))
-        .await
-        .expect("greeter is up");
+    let (seed, mut replicas) = three_replicas(state.path(), "kill-test").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     // Only greet is idempotent: a call in flight on the killed replica may be retried.
@@ -207,15 +212,7 @@ async fn killing_a_replica_under_load_fails_no_idempotent_call_and_it_leaves_eve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_a_replica_under_load_without_a_failed_call_and_it_exits_zero() {
     let state = tempfile::tempdir().expect("tempdir");
-    let cluster = "term-test";
-    let seed = seed_node(state.path(), cluster).await;
-    let mut replicas: Vec<Replica> = (0..3)
-        .map(|_| spawn_replica(seed.local_addr(), state.path(), cluster))
-        .collect();
-    wait_for_replicas(&seed, 3).await;
-    seed.wait_for(&[&GREETER_SPEC], Duration::from_secs(10))
-        .await
-        .expect("greeter is up");
+    let (seed, mut replicas) = three_replicas(state.path(), "term-test").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = start_load(seed.client(), stop.clone(), false);
