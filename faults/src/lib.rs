@@ -27,6 +27,16 @@ pub mod process;
 
 use std::time::Duration;
 
+/// Whether the long variants run (`cargo xtask faults --long` sets `MESHRPC_FAULTS_LONG=1`).
+pub fn long() -> bool {
+    std::env::var("MESHRPC_FAULTS_LONG").is_ok_and(|value| value == "1")
+}
+
+/// `normal` in the CI run, `long` in the long variants.
+pub fn scaled(normal: usize, long: usize) -> usize {
+    if self::long() { long } else { normal }
+}
+
 /// Held by each heavy test, so that two of them never run at once (nextest runs every test in a
 /// process of its own): their measurements would disturb each other on a small machine.
 #[derive(Debug)]

@@ -48,15 +48,9 @@ fn greet_load(client: GreeterClient, max_calls: usize, max_time: Duration) -> Lo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_killed_and_restarted_three_times_costs_no_idempotent_call() {
-    // Beyond the QUIC idle timeout (20 s): see the next test for why a restart can take it.
-    let recoveries = kill_and_restart(3, Duration::from_secs(25)).await;
-    eprintln!("kill -9 and restart: serving again after {recoveries:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_restarted_on_its_address_serves_again_within_six_seconds_every_time() {
-    let recoveries = kill_and_restart(8, Duration::from_secs(6)).await;
+    // No call may fail either (asserted inside); 40 cycles in the long variant.
+    let recoveries = kill_and_restart(faults::scaled(8, 40), Duration::from_secs(6)).await;
     eprintln!("kill -9 and restart: serving again after {recoveries:?}");
 }
 

@@ -238,7 +238,7 @@ async fn a_flood_from_one_peer_leaves_another_caller_served_and_memory_bounded()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_connect_close_cycles_leave_no_files_or_memory_behind() {
-    const CYCLES: usize = 2_000;
+    let cycles = faults::scaled(2_000, 10_000);
     let _exclusive = faults::exclusive();
     let target = target("churn").await;
     let pid = target.greeter.pid();
@@ -250,13 +250,13 @@ async fn two_thousand_connect_close_cycles_leave_no_files_or_memory_behind() {
     let (fds_before, rss_before) = (open_fds(pid).expect("fds"), rss_kib(pid).expect("rss"));
 
     let started = Instant::now();
-    let failures = churn(&tls, &target, CYCLES).await;
+    let failures = churn(&tls, &target, cycles).await;
     let took = started.elapsed();
     // Let closed connections drain (three probe timeouts) and the allocator settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (fds_after, rss_after) = (open_fds(pid).expect("fds"), rss_kib(pid).expect("rss"));
     eprintln!(
-        "churn: {CYCLES} connect/call/close cycles from fresh ports in {took:.1?} ({failures} \
+        "churn: {cycles} connect/call/close cycles from fresh ports in {took:.1?} ({failures} \
          failed); server fds {fds_before} -> {fds_after}, RSS {} -> {} KiB ({:+} KiB)",
         rss_before,
         rss_after,
@@ -270,7 +270,7 @@ async fn two_thousand_connect_close_cycles_leave_no_files_or_memory_behind() {
     );
     assert!(
         rss_after <= rss_before + 16 * MIB,
-        "RSS grew by {} KiB over {CYCLES} cycles",
+        "RSS grew by {} KiB over {cycles} cycles",
         rss_after - rss_before
     );
     // The node still serves its proper callers.

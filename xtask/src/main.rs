@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod faults;
 mod fuzz;
 
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ enum Task {
     Bench(bench::Args),
     /// Start the demo mesh on loopback: gateway, three greeters and a concierge.
     Demo(demo::Args),
+    /// Run the fault and attack suite (`--long` for the long variants).
+    Faults(faults::Args),
     /// Fuzz one target of fuzz/ (cargo-fuzz on nightly, else a replay on stable).
     Fuzz(fuzz::Args),
 }
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Bench(args) => bench::run(args),
         Task::Demo(args) => demo::run(args),
+        Task::Faults(args) => faults::run(args),
         Task::Fuzz(args) => fuzz::run(args),
     };
     match result {
