@@ -313,9 +313,6 @@ async fn churn(tls: &meshrpc::TlsMaterial, target: &Target, cycles: usize) -> us
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a node accepts any number of connections from one peer and each costs \
-            ~400 KiB (meshrpc/src/transport/endpoint.rs, server config): 1,000 connections \
-            take the node far past 200 MiB"]
 async fn a_thousand_connections_from_one_peer_keep_the_node_under_200_mib() {
     let _exclusive = faults::exclusive();
     let target = target("conncap").await;

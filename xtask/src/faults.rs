@@ -1,6 +1,6 @@
 //! `cargo xtask faults [--long]`: the fault and attack suite of `faults/` (see
 //! docs/RELIABILITY.md). `--long` runs the long variants (more restart cycles, a longer
-//! connection churn) and the tests of open bugs too.
+//! connection churn) and any ignored test.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,7 +8,7 @@ use std::process::Command;
 /// Options of `cargo xtask faults`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The long variants, and the ignored tests that document open bugs.
+    /// The long variants, and any ignored test.
     #[arg(long)]
     long: bool,
 }

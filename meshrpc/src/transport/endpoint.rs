@@ -38,6 +38,14 @@ pub enum EndpointError {
     },
 }
 
+/// Streams a peer may open at first on a new connection (see [`Limits::max_concurrent_streams`]).
+pub const INITIAL_STREAM_LIMIT: u32 = 64;
+
+/// The stream limit a connection starts with under `limits`.
+pub fn initial_stream_limit(limits: &Limits) -> u32 {
+    INITIAL_STREAM_LIMIT.min(limits.max_concurrent_streams)
+}
+
 /// The transport parameters of every meshrpc connection.
 pub fn transport_config(limits: &Limits) -> TransportConfig {
     let mut config = TransportConfig::default();
@@ -45,7 +53,9 @@ pub fn transport_config(limits: &Limits) -> TransportConfig {
         .saturating_add(64 * 1024)
         .max(1024 * 1024);
     config
-        .max_concurrent_bidi_streams(VarInt::from_u32(limits.max_concurrent_streams))
+        // quinn reserves state for every stream a peer may open, so a connection starts small
+        // and the server raises the limit as the peer uses it (`Server::serve_connection`).
+        .max_concurrent_bidi_streams(VarInt::from_u32(initial_stream_limit(limits)))
         .max_concurrent_uni_streams(VarInt::from_u32(16))
         // Keep-alives well inside the idle timeout keep idle mesh connections open.
         .keep_alive_interval(Some(Duration::from_secs(5)))

@@ -185,6 +185,12 @@ impl Server {
     /// Serves every stream the peer opens on `connection` (accepted or opened by this node:
     /// a connection carries calls both ways) until it closes.
     pub async fn serve_connection(self: Arc<Self>, connection: Connection) {
+        // The stream limit starts small (quinn reserves state for each allowed stream, so an
+        // idle or hostile connection costs little) and doubles whenever the peer keeps half of
+        // it busy, up to `Limits::max_concurrent_streams`.
+        let ceiling = self.limits.max_concurrent_streams;
+        let mut limit = super::endpoint::initial_stream_limit(&self.limits);
+        let open = Arc::new(std::sync::atomic::AtomicU32::new(0));
         loop {
             let (send, recv) = match connection.accept_bi().await {
                 Ok(streams) => streams,
@@ -193,9 +199,18 @@ impl Server {
                     return;
                 }
             };
+            let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
+            if now_open * 2 >= limit && limit < ceiling {
+                limit = limit.saturating_mul(2).min(ceiling);
+                connection.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(limit));
+            }
             let server = self.clone();
             let connection = connection.clone();
-            tokio::spawn(async move { server.serve_stream(connection, send, recv).await });
+            let open = open.clone();
+            tokio::spawn(async move {
+                server.serve_stream(connection, send, recv).await;
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
         }
     }
 
