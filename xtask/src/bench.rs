@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: builds the `bench` crate in release and runs `bench run`, which
 //! writes `target/bench/report.md`, `report.json` and `chart.svg`. See `bench/README.md`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// Options of `cargo xtask bench`; anything after `--` goes to `bench run` as is
@@ -28,16 +28,10 @@ pub(crate) struct Args {
     rest: Vec<String>,
 }
 
-/// The workspace root: xtask's manifest sits one level below it.
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
 /// Builds the bench and runs it.
 pub(crate) fn run(args: Args) -> Result<(), String> {
-    let root = workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let root = crate::workspace_root();
+    let cargo = crate::cargo();
     let profile = if args.debug { "debug" } else { "release" };
 
     let mut build = Command::new(&cargo);

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,11 +33,6 @@ pub(crate) struct Args {
     /// Do not build first (the binaries must exist).
     #[arg(long)]
     no_build: bool,
-}
-
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
 /// A child process of the demo, stopped with SIGTERM (drain) when dropped.
@@ -81,8 +76,8 @@ impl Drop for Process {
 
 /// Runs the demo.
 pub(crate) fn run(args: Args) -> Result<(), String> {
-    let root = workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let root = crate::workspace_root();
+    let cargo = crate::cargo();
     let profile = if args.release { "release" } else { "debug" };
     if !args.no_build {
         let mut build = Command::new(&cargo);

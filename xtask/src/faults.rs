@@ -2,7 +2,6 @@
 //! docs/RELIABILITY.md). `--long` runs the long variants (more restart cycles, a longer
 //! connection churn) and any ignored test.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Options of `cargo xtask faults`.
@@ -13,15 +12,10 @@ pub(crate) struct Args {
     long: bool,
 }
 
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
 /// Builds the binaries under test and runs the suite with its figures printed.
 pub(crate) fn run(args: Args) -> Result<(), String> {
-    let root = workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let root = crate::workspace_root();
+    let cargo = crate::cargo();
     let built = Command::new(&cargo)
         .current_dir(&root)
         .args(["build", "-p", "greeter", "-p", "gateway", "--bins"])

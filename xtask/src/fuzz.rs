@@ -3,7 +3,6 @@
 //! over its seeds and deterministic mutations by a plain test binary on the stable toolchain,
 //! for the same time where the replay supports it.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The targets of `fuzz/`, and the stable test that replays each.
@@ -40,11 +39,6 @@ pub(crate) struct Args {
     time: u64,
 }
 
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
 /// Whether `cargo +nightly fuzz` works here (rustup's cargo, a nightly toolchain, cargo-fuzz).
 fn cargo_fuzz_on_nightly() -> bool {
     Command::new("cargo")
@@ -67,7 +61,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
             names.join(", ")
         ));
     };
-    let root = workspace_root();
+    let root = crate::workspace_root();
     let status = if cargo_fuzz_on_nightly() {
         let fuzz_dir = root.join("fuzz");
         let corpus = fuzz_dir.join("corpus").join(target);
@@ -89,7 +83,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
              fuzzing: `rustup toolchain install nightly && cargo install cargo-fuzz`, then run \
              this again."
         );
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let cargo = crate::cargo();
         let mut command = Command::new(cargo);
         command
             .current_dir(&root)

@@ -5,6 +5,7 @@ mod demo;
 mod faults;
 mod fuzz;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,17 @@ enum Task {
     Faults(faults::Args),
     /// Fuzz one target of fuzz/ (cargo-fuzz on nightly, else a replay on stable).
     Fuzz(fuzz::Args),
+}
+
+/// The workspace root: xtask's manifest sits one level below it.
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// The cargo that runs this task (`$CARGO`), else `cargo` from the path.
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
 
 fn main() -> ExitCode {
