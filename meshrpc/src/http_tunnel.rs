@@ -18,7 +18,7 @@ use tower::{Service, ServiceExt};
 use tracing::debug;
 
 use crate::membership::Membership;
-use crate::resilience::balance::{BalanceState, Strategy, pick};
+use crate::resilience::balance::{BalanceState, Strategy, choose};
 use crate::status::{Code, Status};
 use crate::transport::connections::Connections;
 use crate::wire::{Frame, FrameKind, HttpHeader, encode_frame};
@@ -211,34 +211,22 @@ fn pick_http(
     state: &BalanceState,
     tried: &[std::net::SocketAddr],
 ) -> Result<std::net::SocketAddr, Status> {
-    // Balance over HTTP-serving members exactly like RPC members: build a view of them as
-    // publishers of the service.
-    let members: Vec<_> = view
-        .serving_http(service)
-        .cloned()
-        .map(|mut member| {
-            member.id.services = vec![crate::membership::Published {
-                name: service.to_owned(),
-                schema_hash: 0,
-            }];
-            member
-        })
-        .collect();
+    let members: Vec<_> = view.serving_http(service).collect();
     if members.is_empty() {
         return Err(Status::refused(
             Code::Unavailable,
             format!("no live member serves HTTP for `{service}`"),
         ));
     }
-    let view = crate::membership::View::new(members);
-    pick(
-        &view,
-        service,
-        None,
-        None,
-        Strategy::RoundRobin,
-        state,
-        &|addr| tried.contains(&addr),
-    )
-    .map(|member| member.id.addr)
+    let serving: Vec<_> = members.into_iter().filter(|m| m.accepts_calls()).collect();
+    if serving.is_empty() {
+        return Err(Status::refused(
+            Code::Unavailable,
+            format!("every member serving HTTP for `{service}` is draining; try again shortly"),
+        ));
+    }
+    let chosen = choose(serving, None, Strategy::RoundRobin, state, &|addr| {
+        tried.contains(&addr)
+    });
+    Ok(chosen.id.addr)
 }

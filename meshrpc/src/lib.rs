@@ -56,6 +56,12 @@ pub use bytes;
 /// Re-exported so generated code can send `Vec<u8>` fields as MessagePack binaries.
 pub use serde_bytes;
 
+/// Locks `mutex`, carrying on if a thread panicked while holding it: every map and list the
+/// runtime guards this way stays sound between two operations, so the poison carries no news.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
 /// Includes the code `meshrpc-build` generated for one service of the crate's manifest.
 ///
 /// ```ignore

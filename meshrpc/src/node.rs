@@ -343,13 +343,7 @@ impl NodeBuilder {
         let membership = Membership::start(identity, connections.clone());
 
         let metrics = Arc::new(Metrics::new());
-        let node_service =
-            NodeService::new(&self.name, &published, membership.clone()).map_err(|status| {
-                TlsError::Pem {
-                    path: PathBuf::from("<node service>"),
-                    what: status.to_string(),
-                }
-            })?;
+        let node_service = NodeService::new(&self.name, &published, membership.clone());
         let mut services = self.services;
         services.push(Arc::new(node_service));
         let mut server = Server::new(services, self.limits, metrics.clone());
@@ -595,9 +589,7 @@ struct ClientFactory {
 impl ClientFactory {
     /// The balancing state shared by every client of `key` (a service, or its HTTP handlers).
     fn state(&self, key: &str) -> Arc<BalanceState> {
-        self.states
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        crate::lock(&self.states)
             .entry(key.to_owned())
             .or_default()
             .clone()

@@ -94,8 +94,8 @@ pub struct MembersReply {
 /// The built-in service of one node.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeService {
-    ping: Bytes,
-    describe: Bytes,
+    name: String,
+    published: Vec<&'static ServiceSpec>,
     membership: Membership,
 }
 
@@ -104,19 +104,12 @@ impl NodeService {
         name: &str,
         published: &[&'static ServiceSpec],
         membership: Membership,
-    ) -> Result<NodeService, Status> {
-        Ok(NodeService {
+    ) -> NodeService {
+        NodeService {
+            name: name.to_owned(),
+            published: published.to_vec(),
             membership,
-            ping: codec::encode(&PingReply {
-                name: name.to_owned(),
-            })?,
-            describe: codec::encode(&DescribeReply {
-                descriptors: published
-                    .iter()
-                    .map(|spec| spec.descriptor.to_owned())
-                    .collect(),
-            })?,
-        })
+        }
     }
 }
 
@@ -127,8 +120,16 @@ impl Dispatch for NodeService {
 
     fn dispatch(&self, method: &str, _request: Bytes) -> BoxFuture<'static, Result<Bytes, Status>> {
         let reply = match method {
-            "ping" => Ok(self.ping.clone()),
-            "describe" => Ok(self.describe.clone()),
+            "ping" => codec::encode(&PingReply {
+                name: self.name.clone(),
+            }),
+            "describe" => codec::encode(&DescribeReply {
+                descriptors: self
+                    .published
+                    .iter()
+                    .map(|spec| spec.descriptor.to_owned())
+                    .collect(),
+            }),
             "members" => {
                 let view = self.membership.view();
                 let members = view

@@ -41,7 +41,7 @@ pub enum Strategy {
     PeakEwma,
 }
 
-/// Picks the member for one attempt, or says why none can take it.
+/// Picks the member for one attempt at an RPC of `service`, or says why none can take it.
 pub fn pick<'a>(
     view: &'a View,
     service: &str,
@@ -61,6 +61,17 @@ pub fn pick<'a>(
     if serving.is_empty() {
         return Err(no_member(view, service, schema_hash));
     }
+    Ok(choose(serving, sticky_key, strategy, state, tried))
+}
+
+/// Chooses among `serving` (members that can take the call; not empty) by key or strategy.
+pub fn choose<'a>(
+    serving: Vec<&'a MemberView>,
+    sticky_key: Option<&str>,
+    strategy: Strategy,
+    state: &BalanceState,
+    tried: &dyn Fn(SocketAddr) -> bool,
+) -> &'a MemberView {
     // Prefer, in order: alive, not ejected, not tried; then relax one condition at a time.
     let tiers: [&dyn Fn(&MemberView) -> bool; 3] = [
         &|m| {
@@ -77,15 +88,14 @@ pub fn pick<'a>(
         Some(keep) => serving.into_iter().filter(|m| keep(m)).collect(),
         None => serving,
     };
-    let chosen = match (sticky_key, strategy) {
+    match (sticky_key, strategy) {
         (Some(key), _) => rendezvous(key, &candidates),
         (None, Strategy::RoundRobin) => {
             let turn = state.next_turn.fetch_add(1, Ordering::Relaxed);
             candidates[turn % candidates.len()]
         }
         (None, Strategy::PeakEwma) => state.loads.pick_p2c(&candidates),
-    };
-    Ok(chosen)
+    }
 }
 
 fn no_member(view: &View, service: &str, schema_hash: Option<u64>) -> Status {
@@ -170,9 +180,7 @@ const EWMA_DECAY: Duration = Duration::from_secs(10);
 
 impl Loads {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Load>> {
-        self.members
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        crate::lock(&self.members)
     }
 
     fn cost(&self, addr: SocketAddr) -> f64 {

@@ -69,9 +69,7 @@ impl Breakers {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Record>> {
-        self.records
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        crate::lock(&self.records)
     }
 
     /// Whether `addr` is ejected now.

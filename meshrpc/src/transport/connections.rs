@@ -102,10 +102,7 @@ impl Connections {
                 // at once; the newest one is the one known to reach the peer's process.
                 Some(current) => {
                     if current.connection.close_reason().is_none() {
-                        self.retired
-                            .lock()
-                            .unwrap_or_else(|poison| poison.into_inner())
-                            .push((addr, current.clone()));
+                        crate::lock(&self.retired).push((addr, current.clone()));
                     }
                     *slot = Arc::new(OnceCell::new_with(Some(Pooled::new(connection.clone()))));
                 }
@@ -130,10 +127,7 @@ impl Connections {
                 .connection
                 .close(super::error_code::SHUTDOWN, b"peer restarted");
         }
-        let mut retired = self
-            .retired
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut retired = crate::lock(&self.retired);
         retired.retain(|(at, pooled)| {
             let stale = *at == addr && pooled.since < time;
             if stale {
@@ -153,13 +147,11 @@ impl Connections {
         tokio::spawn(async move {
             connection.closed().await;
             if let Some(retired) = retired.upgrade() {
-                retired
-                    .lock()
-                    .unwrap_or_else(|poison| poison.into_inner())
+                crate::lock(&retired)
                     .retain(|(_, pooled)| pooled.connection.stable_id() != connection.stable_id());
             }
             let Some(slots) = slots.upgrade() else { return };
-            let mut slots = slots.lock().unwrap_or_else(|poison| poison.into_inner());
+            let mut slots = crate::lock(&slots);
             let holds_it = slots
                 .get(&addr)
                 .and_then(|slot| slot.get())
@@ -221,10 +213,7 @@ impl Connections {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Slot>> {
-        // A poisoned lock only means another thread panicked mid-insert; the map is still sound.
-        self.slots
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        crate::lock(&self.slots)
     }
 
     fn slot(&self, addr: SocketAddr) -> Slot {
