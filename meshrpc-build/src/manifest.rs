@@ -112,6 +112,16 @@ fn is_keyword(name: &str) -> bool {
     KEYWORDS.contains(&name)
 }
 
+/// `candidate` if it is a valid identifier, else `fallback`: a suggestion derived from a bad
+/// name (by case conversion) must itself be writable.
+fn identifier_or(candidate: String, fallback: &str) -> String {
+    if is_identifier(&candidate) {
+        candidate
+    } else {
+        fallback.to_owned()
+    }
+}
+
 fn is_identifier(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with(|c: char| c.is_ascii_digit())
@@ -229,11 +239,7 @@ fn parse_service(source: Source<'_>, key: &Key<'_>, value: &Value<'_>) -> Result
             format!("`{name}` is a Rust keyword: pick another name, e.g. `{name}_service`")
         } else {
             let snake = name.to_snake_case();
-            let snake = if is_identifier(&snake) {
-                snake
-            } else {
-                "my_service".to_owned()
-            };
+            let snake = identifier_or(snake, "my_service");
             format!("write [{snake}]")
         };
         return Err(source.error(
@@ -294,11 +300,7 @@ fn parse_service(source: Source<'_>, key: &Key<'_>, value: &Value<'_>) -> Result
                 || is_keyword(&type_name)
             {
                 let camel = type_name.to_upper_camel_case();
-                let camel = if is_identifier(&camel) {
-                    camel
-                } else {
-                    "MyType".to_owned()
-                };
+                let camel = identifier_or(camel, "MyType");
                 return Err(source.error(
                     key.span().start,
                     format!("type name `{type_name}` is not an UpperCamelCase identifier"),
@@ -475,11 +477,7 @@ fn parse_method(
     }
     if !is_snake_case(&name) {
         let snake = name.to_snake_case();
-        let snake = if is_identifier(&snake) {
-            snake
-        } else {
-            "my_method".to_owned()
-        };
+        let snake = identifier_or(snake, "my_method");
         return Err(source.error(
             key.span().start,
             format!("method name `{name}` is not a snake_case identifier"),
