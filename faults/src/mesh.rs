@@ -9,6 +9,55 @@ use std::time::Duration;
 use meshrpc::node_service::{MembersReply, NODE_SPEC};
 use meshrpc::{CallOptions, Node, Status, Strategy};
 
+use crate::process::{Mesh, Proc, args};
+
+/// A mesh of the test's node and one `greeter` process seeded to it, on loopback.
+#[derive(Debug)]
+pub struct OneGreeter {
+    /// The state directory (the dev CA), removed on drop.
+    pub state: tempfile::TempDir,
+    /// The mesh: cluster name and state directory.
+    pub mesh: Mesh,
+    /// The test's node (the greeter's seed).
+    pub node: Node,
+    /// The greeter process.
+    pub greeter: Proc,
+    /// The greeter's advertised address.
+    pub addr: SocketAddr,
+}
+
+/// Starts [`OneGreeter`] in a cluster named after `name`; resolves once the node sees it.
+pub async fn one_greeter(name: &str) -> OneGreeter {
+    let state = tempfile::tempdir().expect("tempdir");
+    let mesh = Mesh::new(format!("{name}-{}", std::process::id()), state.path());
+    let node = client_node(
+        state.path(),
+        &mesh.cluster,
+        "127.0.0.1:0".parse().expect("addr"),
+        Strategy::RoundRobin,
+    )
+    .await;
+    let greeter = mesh.greeter(
+        "greeter",
+        None,
+        &args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "-N",
+            &node.local_addr().to_string(),
+        ]),
+    );
+    let addr = greeter.addr_after("advertised as ");
+    wait_for_greeters(&node, 1, Duration::from_secs(15)).await;
+    OneGreeter {
+        state,
+        mesh,
+        node,
+        greeter,
+        addr,
+    }
+}
+
 /// Starts the test's node on `listen` in `cluster` with its CA under `state`.
 pub async fn client_node(
     state: &Path,

@@ -4,64 +4,23 @@
 //! limits, the other caller's service (no failure, p99 under a generous bound), bounded memory,
 //! no crash, and nothing left behind once the churn settles.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use faults::host::{alive, open_fds, peak_rss_kib, rss_kib};
 use faults::load::{self, Load};
-use faults::mesh::{client_node, wait_for_greeters};
+use faults::mesh::{OneGreeter, one_greeter};
 use faults::peer::{self, frame, greet_raw};
-use faults::process::{Mesh, Proc, args};
 use greeter::{Greeter, GreeterClient};
 use meshrpc::wire::{CallHeader, FrameKind};
-use meshrpc::{CallOptions, Metadata, Node, Strategy};
+use meshrpc::{CallOptions, Metadata, Node};
 use tokio::time::Instant;
 
 const MIB: u64 = 1024;
 
 /// Handshakes the hostile peer runs at once.
 const CONNECTING_AT_ONCE: usize = 16;
-
-struct Target {
-    _state: tempfile::TempDir,
-    mesh: Mesh,
-    node: Node,
-    greeter: Proc,
-    addr: SocketAddr,
-}
-
-async fn target(name: &str) -> Target {
-    let state = tempfile::tempdir().expect("tempdir");
-    let mesh = Mesh::new(format!("{name}-{}", std::process::id()), state.path());
-    let node = client_node(
-        state.path(),
-        &mesh.cluster,
-        "127.0.0.1:0".parse().expect("addr"),
-        Strategy::RoundRobin,
-    )
-    .await;
-    let greeter = mesh.greeter(
-        "greeter",
-        None,
-        &args(&[
-            "--listen",
-            "127.0.0.1:0",
-            "-N",
-            &node.local_addr().to_string(),
-        ]),
-    );
-    let addr = greeter.addr_after("advertised as ");
-    wait_for_greeters(&node, 1, Duration::from_secs(15)).await;
-    Target {
-        _state: state,
-        mesh,
-        node,
-        greeter,
-        addr,
-    }
-}
 
 fn good_caller(node: &Node, max_time: Duration) -> Load {
     let client: GreeterClient = node.client();
@@ -98,7 +57,7 @@ fn header_only() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_peer_leaves_another_caller_served_and_memory_bounded() {
     let _exclusive = faults::exclusive();
-    let target = target("flood").await;
+    let target = one_greeter("flood").await;
     let pid = target.greeter.pid();
     let rss_before = rss_kib(pid).expect("rss");
     let good = good_caller(&target.node, Duration::from_secs(30));
@@ -240,7 +199,7 @@ async fn a_flood_from_one_peer_leaves_another_caller_served_and_memory_bounded()
 async fn two_thousand_connect_close_cycles_leave_no_files_or_memory_behind() {
     let cycles = faults::scaled(2_000, 10_000);
     let _exclusive = faults::exclusive();
-    let target = target("churn").await;
+    let target = one_greeter("churn").await;
     let pid = target.greeter.pid();
     let tls = meshrpc::TlsMaterial::dev(&target.mesh.state, &target.mesh.cluster, "churner")
         .expect("TLS material");
@@ -283,7 +242,7 @@ async fn two_thousand_connect_close_cycles_leave_no_files_or_memory_behind() {
 
 /// `cycles` times: a fresh endpoint (a fresh source port), a handshake, one greet, a close.
 /// Eight at a time. Returns how many cycles failed.
-async fn churn(tls: &meshrpc::TlsMaterial, target: &Target, cycles: usize) -> usize {
+async fn churn(tls: &meshrpc::TlsMaterial, target: &OneGreeter, cycles: usize) -> usize {
     let failures = Arc::new(AtomicUsize::new(0));
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
@@ -315,7 +274,7 @@ async fn churn(tls: &meshrpc::TlsMaterial, target: &Target, cycles: usize) -> us
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connections_from_one_peer_keep_the_node_under_200_mib() {
     let _exclusive = faults::exclusive();
-    let target = target("conncap").await;
+    let target = one_greeter("conncap").await;
     let pid = target.greeter.pid();
     let endpoint = peer::member_endpoint(&target.mesh.state, &target.mesh.cluster);
     let opening = Arc::new(tokio::sync::Semaphore::new(CONNECTING_AT_ONCE));

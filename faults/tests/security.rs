@@ -9,40 +9,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use faults::load::{Load, Outcome};
-use faults::mesh::{client_node, free_tcp_port, members_seen_by, wait_for_greeters};
+use faults::mesh::{free_tcp_port, members_seen_by, one_greeter};
 use faults::peer::{self, dev_ca_issuer, greet_raw, node_cert};
 use faults::process::{Mesh, Proc, args};
 use greeter::{Greeter, GreeterClient};
-use meshrpc::{Strategy, TlsMaterial};
-
-async fn greeter_mesh(name: &str) -> (tempfile::TempDir, Mesh, meshrpc::Node, Proc) {
-    let state = tempfile::tempdir().expect("tempdir");
-    let mesh = Mesh::new(format!("{name}-{}", std::process::id()), state.path());
-    let node = client_node(
-        state.path(),
-        &mesh.cluster,
-        "127.0.0.1:0".parse().expect("addr"),
-        Strategy::RoundRobin,
-    )
-    .await;
-    let greeter = mesh.greeter(
-        "greeter",
-        None,
-        &args(&[
-            "--listen",
-            "127.0.0.1:0",
-            "-N",
-            &node.local_addr().to_string(),
-        ]),
-    );
-    wait_for_greeters(&node, 1, Duration::from_secs(15)).await;
-    (state, mesh, node, greeter)
-}
+use meshrpc::TlsMaterial;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_of_the_cluster_ca_outside_their_validity_are_refused() {
     let _exclusive = faults::exclusive();
-    let (_state, mesh, node, greeter) = greeter_mesh("expired").await;
+    let faults::mesh::OneGreeter {
+        mesh,
+        node,
+        greeter,
+        state: _state,
+        ..
+    } = one_greeter("expired").await;
     let target = greeter.addr_after("advertised as ");
     let issuer = dev_ca_issuer(&mesh.state, &mesh.cluster);
     let ca = std::fs::read(mesh.state.join(&mesh.cluster).join("ca.pem")).expect("CA");
@@ -86,7 +68,13 @@ async fn certificates_of_the_cluster_ca_outside_their_validity_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_of_another_ca_joining_through_the_seeds_never_appears_in_any_view() {
     let _exclusive = faults::exclusive();
-    let (_state, mesh, node, greeter) = greeter_mesh("foreign").await;
+    let faults::mesh::OneGreeter {
+        mesh,
+        node,
+        greeter,
+        state: _state,
+        ..
+    } = one_greeter("foreign").await;
     let member = greeter.addr_after("advertised as ");
     // Same cluster name, same binary, its own development CA.
     let elsewhere = tempfile::tempdir().expect("tempdir");
