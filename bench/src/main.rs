@@ -12,7 +12,8 @@
 //!   prints `result <json>` (`bench client gateway` and `bench client greet-axum`: HTTP GETs of
 //!   the greet route).
 //!
-//! Every process runs a tokio `current_thread` runtime.
+//! Every process runs a tokio `current_thread` runtime, and the same malloc settings (see
+//! `run::MALLOC_TUNABLES`).
 
 mod chart;
 mod load;

@@ -41,6 +41,9 @@ pub(crate) struct Settings {
     pub(crate) ring_depth: u32,
     pub(crate) hold_calls: usize,
     pub(crate) hold_ms: u32,
+    /// The `GLIBC_TUNABLES` every process ran with; empty for glibc's defaults.
+    #[serde(default)]
+    pub(crate) malloc_tunables: String,
 }
 
 /// A system's name and what it is.
@@ -295,10 +298,18 @@ impl Report {
                 ""
             }
         );
+        let malloc = if s.malloc_tunables.is_empty() {
+            "glibc malloc with its default settings".to_owned()
+        } else {
+            format!(
+                "glibc malloc tuned to keep freed memory (`GLIBC_TUNABLES={}`)",
+                s.malloc_tunables
+            )
+        };
         let _ = writeln!(
             md,
             "Every server and client is its own process with a tokio `current_thread` runtime, on \
-             loopback. Warm-up {} s, then {} s per measurement. Scenarios: {}.\n",
+             loopback, and {malloc}. Warm-up {} s, then {} s per measurement. Scenarios: {}.\n",
             s.warmup_s,
             s.duration_s,
             s.scenarios.join(", ")

@@ -158,7 +158,18 @@ pub(crate) struct Options {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Run every process with glibc's default malloc settings instead of [`MALLOC_TUNABLES`].
+    #[arg(long)]
+    default_malloc: bool,
 }
+
+/// The malloc settings of every server and client process, whatever the system: keep freed
+/// memory instead of trimming the heap and unmapping large blocks after every call. With
+/// glibc's defaults a process moving megabyte messages hands its buffers back to the kernel
+/// and faults them in again on the next call, which then measures the allocator's heuristics
+/// rather than the RPC stack. Services that move large messages set the same (OPERATIONS.md).
+pub(crate) const MALLOC_TUNABLES: &str =
+    "glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=33554432";
 
 /// Runs the bench and writes the report.
 pub(crate) fn run(options: Options) -> Result<()> {
@@ -200,6 +211,11 @@ pub(crate) fn run(options: Options) -> Result<()> {
         hold_ms: options
             .hold_ms
             .unwrap_or(if options.quick { 500 } else { 2000 }),
+        malloc_tunables: if options.default_malloc {
+            String::new()
+        } else {
+            MALLOC_TUNABLES.to_owned()
+        },
     };
     let machine = machine();
     if machine.cpus < 2 && options.placements.contains(&Placement::Separate) {
@@ -600,6 +616,17 @@ impl Bench {
         Ok(outcome)
     }
 
+    /// A command running this bench binary with the run's malloc settings.
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.exe);
+        if self.settings.malloc_tunables.is_empty() {
+            command.env_remove("GLIBC_TUNABLES");
+        } else {
+            command.env("GLIBC_TUNABLES", &self.settings.malloc_tunables);
+        }
+        command
+    }
+
     /// Starts `bench serve <target>` pinned to `cpu`; `seed` is a greeter's `--seed`.
     fn spawn_server(
         &self,
@@ -607,7 +634,7 @@ impl Bench {
         cpu: usize,
         seed: Option<SocketAddr>,
     ) -> Result<Process> {
-        let mut command = Command::new(&self.exe);
+        let mut command = self.command();
         command
             .arg("serve")
             .arg(target.name())
@@ -676,7 +703,7 @@ impl Bench {
                 .map(|&pid| procfs::cpu_seconds(pid))
                 .sum::<Result<f64>>()
         };
-        let mut command = Command::new(&self.exe);
+        let mut command = self.command();
         command
             .arg("client")
             .arg(system.name())

@@ -21,6 +21,9 @@ pub(crate) enum Ty {
     /// `f32` or `f64`.
     Float(&'static str),
     String,
+    /// `Bytes` (`bytes::Bytes`): a binary that the receiver shares with the frame it arrived
+    /// in instead of copying it. Allowed as a parameter, result or field, or in an `Option`.
+    Bytes,
     Vec(Box<Ty>),
     Option(Box<Ty>),
     Map(MapKind, Box<Ty>, Box<Ty>),
@@ -77,7 +80,7 @@ pub(crate) struct Scope<'a> {
 }
 
 const BUILTIN_HINT: &str = "the built-in types are String, bool, char, the integer and float \
-                            primitives, Vec<T>, Option<T>, HashMap<K, V>, BTreeMap<K, V>, tuples and ()";
+                            primitives, Bytes, Vec<T>, Option<T>, HashMap<K, V>, BTreeMap<K, V>, tuples and ()";
 
 impl Scope<'_> {
     /// Resolves a written type, or says what is wrong with it.
@@ -92,6 +95,7 @@ impl Scope<'_> {
                     .iter()
                     .map(|elem| self.resolve(elem))
                     .collect::<Result<Vec<_>, _>>()?;
+                not_inside(&elems, "a tuple", tuple.span())?;
                 Ok(Ty::Tuple(elems))
             }
             syn::Type::Paren(paren) => self.resolve(&paren.elem),
@@ -199,20 +203,38 @@ impl Scope<'_> {
             .trim_start_matches("alloc::");
         match (written.as_str(), std_name) {
             (_, "string::String") | ("String", _) => plain("String").map(|()| Ty::String),
+            (
+                "Bytes"
+                | "bytes::Bytes"
+                | "::bytes::Bytes"
+                | "meshrpc::bytes::Bytes"
+                | "::meshrpc::bytes::Bytes",
+                _,
+            ) => plain("Bytes").map(|()| Ty::Bytes),
             (_, "vec::Vec") | ("Vec", _) => {
                 generic("Vec", 1)?;
+                not_inside(&args, "Vec", span)?;
                 Ok(Ty::Vec(Box::new(
                     args.into_iter().next().unwrap_or(Ty::Unit),
                 )))
             }
             (_, "option::Option") | ("Option", _) => {
                 generic("Option", 1)?;
+                if args.first() != Some(&Ty::Bytes) {
+                    not_inside(&args, "Option", span)?;
+                }
                 Ok(Ty::Option(Box::new(
                     args.into_iter().next().unwrap_or(Ty::Unit),
                 )))
             }
-            (_, "collections::HashMap") | ("HashMap", _) => self.map(MapKind::Hash, args, span),
-            (_, "collections::BTreeMap") | ("BTreeMap", _) => self.map(MapKind::BTree, args, span),
+            (_, "collections::HashMap") | ("HashMap", _) => {
+                not_inside(&args, "HashMap", span)?;
+                self.map(MapKind::Hash, args, span)
+            }
+            (_, "collections::BTreeMap") | ("BTreeMap", _) => {
+                not_inside(&args, "BTreeMap", span)?;
+                self.map(MapKind::BTree, args, span)
+            }
             ("bool", _) => plain("bool").map(|()| Ty::Bool),
             ("char", _) => plain("char").map(|()| Ty::Char),
             ("f32", _) => plain("f32").map(|()| Ty::Float("f32")),
@@ -254,8 +276,8 @@ impl Scope<'_> {
                     .map(String::as_str)
                     .chain(self.uses.iter().map(|used| used.name.as_str()))
                     .chain([
-                        "String", "Vec", "Option", "HashMap", "BTreeMap", "bool", "char", "f32",
-                        "f64",
+                        "String", "Bytes", "Vec", "Option", "HashMap", "BTreeMap", "bool", "char",
+                        "f32", "f64",
                     ])
                     .chain(INTS.iter().copied());
                 let hint = match closest(name, candidates) {
@@ -327,6 +349,21 @@ impl Scope<'_> {
     }
 }
 
+/// `Bytes` is shared with the frame only where a serde field attribute can reach it (a field,
+/// or the `Some` of an optional field): anywhere else it is refused, so it never silently
+/// means a copy.
+fn not_inside(args: &[Ty], container: &str, span: Span) -> Result<(), SpanError> {
+    if args.iter().any(Ty::contains_bytes) {
+        return Err(SpanError::new(
+            span,
+            format!("`Bytes` cannot be inside {container}"),
+            "use `Bytes` as a parameter, a result or a field (or `Option<Bytes>`), \
+             or write `Vec<u8>` here",
+        ));
+    }
+    Ok(())
+}
+
 /// The closest candidate by edit distance, if it is close enough to be a likely typo.
 pub(crate) fn closest<'a>(
     word: &str,
@@ -379,6 +416,7 @@ impl Ty {
                 quote!(#ident)
             }
             Ty::String => quote!(::std::string::String),
+            Ty::Bytes => quote!(::meshrpc::bytes::Bytes),
             Ty::Vec(inner) => {
                 let inner = inner.tokens(place);
                 quote!(::std::vec::Vec<#inner>)
@@ -420,6 +458,9 @@ impl Ty {
             Ty::Char => "char".to_owned(),
             Ty::Int(name) | Ty::Float(name) => (*name).to_owned(),
             Ty::String => "String".to_owned(),
+            // The same binary on the wire as `Vec<u8>`: switching between the two keeps the
+            // schema hash, so old and new replicas keep calling each other.
+            Ty::Bytes => "Vec<u8>".to_owned(),
             Ty::Vec(inner) => format!("Vec<{}>", inner.canonical()),
             Ty::Option(inner) => format!("Option<{}>", inner.canonical()),
             Ty::Map(MapKind::Hash, key, value) => {
@@ -442,13 +483,28 @@ impl Ty {
         matches!(self, Ty::Vec(inner) if **inner == Ty::Int("u8"))
     }
 
+    /// Whether `Bytes` appears anywhere in this type.
+    pub(crate) fn contains_bytes(&self) -> bool {
+        match self {
+            Ty::Bytes => true,
+            Ty::Vec(inner) | Ty::Option(inner) => inner.contains_bytes(),
+            Ty::Map(_, key, value) => key.contains_bytes() || value.contains_bytes(),
+            Ty::Tuple(elems) => elems.iter().any(Ty::contains_bytes),
+            _ => false,
+        }
+    }
+
     /// The serde attribute a field of this type needs, if any: `Vec<u8>` and `Option<Vec<u8>>`
-    /// travel as binaries.
+    /// travel as binaries, and `Bytes` and `Option<Bytes>` as binaries shared with the frame.
     pub(crate) fn serde_attribute(&self) -> Option<TokenStream> {
         if self.is_bytes() {
             return Some(quote!(#[serde(with = "::meshrpc::serde_bytes")]));
         }
         match self {
+            Ty::Bytes => Some(quote!(#[serde(with = "::meshrpc::codec::shared_bytes")])),
+            Ty::Option(inner) if **inner == Ty::Bytes => {
+                Some(quote!(#[serde(default, with = "::meshrpc::codec::shared_bytes::option")]))
+            }
             Ty::Option(inner) if inner.is_bytes() => {
                 Some(quote!(#[serde(default, with = "::meshrpc::serde_bytes")]))
             }
@@ -487,6 +543,7 @@ impl Ty {
                 json!({ "type": "number", "format": if *name == "f32" { "float" } else { "double" } })
             }
             Ty::String => json!({ "type": "string" }),
+            Ty::Bytes => json!({ "type": "string", "format": "byte" }),
             Ty::Vec(_) if as_field && self.is_bytes() => {
                 json!({ "type": "string", "format": "byte" })
             }
@@ -614,6 +671,53 @@ mod tests {
             json!({ "type": "string", "format": "byte" })
         );
         assert_eq!(ty.schema("s", false)["type"], "array");
+    }
+
+    #[test]
+    fn bytes_is_a_shared_binary_with_the_hash_of_a_byte_vector() {
+        for written in ["Bytes", "bytes::Bytes", "meshrpc::bytes::Bytes"] {
+            let ty = resolve(written).expect("resolves");
+            assert_eq!(ty, Ty::Bytes);
+            assert_eq!(
+                ty.canonical(),
+                resolve("Vec<u8>").expect("resolves").canonical()
+            );
+            assert_eq!(
+                ty.tokens(Place::Messages).to_string(),
+                ":: meshrpc :: bytes :: Bytes"
+            );
+            assert_eq!(
+                ty.schema("s", true),
+                json!({ "type": "string", "format": "byte" })
+            );
+        }
+        let optional = resolve("Option<Bytes>").expect("an optional field may be Bytes");
+        assert!(
+            optional
+                .serde_attribute()
+                .expect("has one")
+                .to_string()
+                .contains("shared_bytes::option")
+        );
+    }
+
+    #[test]
+    fn bytes_inside_containers_is_refused_with_the_alternative() {
+        for written in [
+            "Vec<Bytes>",
+            "HashMap<String, Bytes>",
+            "(Bytes, u8)",
+            "Option<Vec<Bytes>>",
+            "Option<Option<Bytes>>",
+        ] {
+            let error = resolve(written).expect_err(written);
+            assert!(
+                error.problem.starts_with("`Bytes` cannot be inside"),
+                "{written}: {}",
+                error.problem
+            );
+            assert!(error.fix.contains("write `Vec<u8>` here"), "{}", error.fix);
+        }
     }
 
     #[test]

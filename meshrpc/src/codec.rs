@@ -1,5 +1,10 @@
 //! Payload encoding: MessagePack with named fields (maps), so fields can be added without
 //! breaking older peers and JSON can be transcoded without knowing the Rust types.
+//!
+//! Payloads are decoded from the [`Bytes`] of the frame they arrived in, so `Bytes` fields
+//! (see [`shared_bytes`]) point into that frame instead of being copied out of it.
+
+use std::cell::RefCell;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -36,16 +41,74 @@ pub fn from_read_bounded<R: std::io::Read, T: DeserializeOwned>(
 }
 
 /// Encodes a value as a MessagePack map payload.
+///
+/// A first pass only counts the bytes, so the payload is written once into a buffer of its
+/// exact size: a large binary is copied once, never again by a growing buffer.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, Status> {
-    rmp_serde::to_vec_named(value)
-        .map(Bytes::from)
-        .map_err(|error| Status::internal(format!("could not encode payload: {error}")))
+    let failed = |error: rmp_serde::encode::Error| {
+        Status::internal(format!("could not encode payload: {error}"))
+    };
+    let mut counter = ByteCounter(0);
+    value
+        .serialize(&mut rmp_serde::Serializer::new(&mut counter).with_struct_map())
+        .map_err(failed)?;
+    let mut payload = Vec::with_capacity(counter.0);
+    value
+        .serialize(&mut rmp_serde::Serializer::new(&mut payload).with_struct_map())
+        .map_err(failed)?;
+    Ok(Bytes::from(payload))
+}
+
+/// A writer that only counts what is written to it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0 += bytes.len();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// The payload being decoded on this thread, which `Bytes` fields share memory with.
+    static DECODING: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// Restores the previously decoded payload when a decode ends, even by unwinding.
+struct Decoding(Option<Bytes>);
+
+impl Decoding {
+    fn enter(payload: &Bytes) -> Decoding {
+        Decoding(DECODING.with(|current| current.replace(Some(payload.clone()))))
+    }
+}
+
+impl Drop for Decoding {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        DECODING.with(|current| *current.borrow_mut() = previous);
+    }
+}
+
+/// Decodes a payload with [`shared_bytes`] fields sharing `payload`'s memory.
+fn decode_shared<T: DeserializeOwned>(payload: &Bytes) -> Result<T, rmp_serde::decode::Error> {
+    let _decoding = Decoding::enter(payload);
+    from_slice_bounded(payload, MAX_PAYLOAD_DEPTH)
 }
 
 /// Decodes a request payload; a payload of the wrong shape is the caller's fault
 /// (`invalid_argument`, naming the offending field where MessagePack tells it).
-pub fn decode_request<T: DeserializeOwned>(method: &str, payload: &[u8]) -> Result<T, Status> {
-    from_slice_bounded(payload, MAX_PAYLOAD_DEPTH).map_err(|error| {
+pub fn decode_request<T: DeserializeOwned>(method: &str, payload: &Bytes) -> Result<T, Status> {
+    decode_shared(payload).map_err(|error| {
         Status::invalid_argument(format!(
             "the request for `{method}` does not match its signature: {error}"
         ))
@@ -54,13 +117,132 @@ pub fn decode_request<T: DeserializeOwned>(method: &str, payload: &[u8]) -> Resu
 
 /// Decodes a response payload; a response of the wrong shape means the two sides disagree on
 /// the schema (`internal`).
-pub fn decode_response<T: DeserializeOwned>(method: &str, payload: &[u8]) -> Result<T, Status> {
-    from_slice_bounded(payload, MAX_PAYLOAD_DEPTH).map_err(|error| {
+pub fn decode_response<T: DeserializeOwned>(method: &str, payload: &Bytes) -> Result<T, Status> {
+    decode_shared(payload).map_err(|error| {
         Status::internal(format!(
             "the response of `{method}` does not match its signature \
              (do caller and callee run the same services.toml?): {error}"
         ))
     })
+}
+
+/// Serde for `Bytes` fields of generated messages (`#[serde(with = "...")]`): written as a
+/// MessagePack binary, and read without a copy when the binary lies inside the payload being
+/// decoded by [`decode_request`] or [`decode_response`] (anywhere else it is copied).
+pub mod shared_bytes {
+    use std::fmt;
+
+    use bytes::Bytes;
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    use super::DECODING;
+
+    /// Writes `bytes` as a binary.
+    pub fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    /// Reads a binary, sharing the payload's memory where it can.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+        deserializer.deserialize_bytes(SharedBytes)
+    }
+
+    /// `Option<Bytes>` fields: `None` is nil.
+    pub mod option {
+        use bytes::Bytes;
+        use serde::de::{Deserializer, Visitor};
+        use serde::ser::Serializer;
+
+        /// Writes `Some` as a binary and `None` as nil.
+        pub fn serialize<S: Serializer>(
+            bytes: &Option<Bytes>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match bytes {
+                Some(bytes) => serializer.serialize_bytes(bytes),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        /// Reads nil as `None`, a binary as `Some`.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Bytes>, D::Error> {
+            deserializer.deserialize_option(OptionalBytes)
+        }
+
+        struct OptionalBytes;
+
+        impl<'de> Visitor<'de> for OptionalBytes {
+            type Value = Option<Bytes>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a binary or nil")
+            }
+
+            fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_some<D: Deserializer<'de>>(
+                self,
+                deserializer: D,
+            ) -> Result<Self::Value, D::Error> {
+                super::deserialize(deserializer).map(Some)
+            }
+        }
+    }
+
+    struct SharedBytes;
+
+    impl<'de> Visitor<'de> for SharedBytes {
+        type Value = Bytes;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a binary")
+        }
+
+        fn visit_borrowed_bytes<E: Error>(self, bytes: &'de [u8]) -> Result<Bytes, E> {
+            let shared = DECODING.with(|current| {
+                let current = current.borrow();
+                let payload = current.as_ref()?;
+                let start = payload.as_ptr() as usize;
+                let inner = bytes.as_ptr() as usize;
+                let inside = inner >= start && inner + bytes.len() <= start + payload.len();
+                inside.then(|| payload.slice_ref(bytes))
+            });
+            Ok(shared.unwrap_or_else(|| Bytes::copy_from_slice(bytes)))
+        }
+
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(bytes))
+        }
+
+        fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Bytes, E> {
+            Ok(Bytes::from(bytes))
+        }
+
+        fn visit_borrowed_str<E: Error>(self, text: &'de str) -> Result<Bytes, E> {
+            self.visit_borrowed_bytes(text.as_bytes())
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(text.as_bytes()))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64 * 1024));
+            while let Some(byte) = seq.next_element::<u8>()? {
+                bytes.push(byte);
+            }
+            Ok(Bytes::from(bytes))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -84,11 +266,70 @@ mod tests {
         assert_eq!(back, Greet { name: "Max".into() });
     }
 
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Blob {
+        #[serde(with = "shared_bytes")]
+        data: Bytes,
+        #[serde(default, with = "shared_bytes::option")]
+        extra: Option<Bytes>,
+    }
+
+    fn inside(outer: &Bytes, inner: &Bytes) -> bool {
+        let start = outer.as_ptr() as usize;
+        let at = inner.as_ptr() as usize;
+        at >= start && at + inner.len() <= start + outer.len()
+    }
+
+    #[test]
+    fn bytes_fields_share_the_payload_instead_of_copying_it() {
+        let sent = Blob {
+            data: Bytes::from(vec![7u8; 4096]),
+            extra: Some(Bytes::from_static(b"tail")),
+        };
+        let payload = encode(&sent).expect("encodes");
+        assert_eq!(
+            payload.len(),
+            rmp_serde::to_vec_named(&sent).expect("encodes").len()
+        );
+        let back: Blob = decode_request("put", &payload).expect("decodes");
+        assert_eq!(back, sent);
+        assert!(inside(&payload, &back.data), "data was copied");
+        assert!(
+            inside(&payload, back.extra.as_ref().expect("some")),
+            "extra was copied"
+        );
+
+        let none = encode(&Blob {
+            data: Bytes::new(),
+            extra: None,
+        })
+        .expect("encodes");
+        let back: Blob = decode_response("put", &none).expect("decodes");
+        assert_eq!(back.extra, None);
+        // Outside a payload decode the same fields still decode, by copying.
+        let copied: Blob = from_slice_bounded(&payload, MAX_PAYLOAD_DEPTH).expect("decodes");
+        assert_eq!(copied, sent);
+        assert!(!inside(&payload, &copied.data));
+    }
+
+    #[test]
+    fn a_bytes_field_of_the_wrong_kind_is_an_invalid_argument() {
+        #[derive(Serialize)]
+        struct Wrong {
+            data: u32,
+        }
+        let payload = encode(&Wrong { data: 5 }).expect("encodes");
+        let error = decode_request::<Blob>("put", &payload).expect_err("not a binary");
+        assert_eq!(error.code(), Code::InvalidArgument);
+        assert!(error.message().contains("binary"), "{error}");
+    }
+
     #[test]
     fn nesting_beyond_the_limit_is_refused() {
         let mut deep = vec![0x91u8; 1000];
         deep.push(0xc0);
-        let error = decode_request::<Vec<serde::de::IgnoredAny>>("m", &deep).expect_err("too deep");
+        let error = decode_request::<Vec<serde::de::IgnoredAny>>("m", &Bytes::from(deep))
+            .expect_err("too deep");
         assert!(error.message().contains("depth"), "{error}");
     }
 

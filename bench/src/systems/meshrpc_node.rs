@@ -66,15 +66,11 @@ impl BenchClient for Client {
     }
 
     async fn echo(&self, payload: Bytes, sleep_ms: u32) -> Result<Bytes> {
-        Ok(Bytes::from(
-            self.inner.echo(Vec::from(payload), sleep_ms).await?,
-        ))
+        Ok(self.inner.echo(payload, sleep_ms).await?)
     }
 
     async fn relay(&self, hops_left: u32, state: Bytes) -> Result<Bytes> {
-        Ok(Bytes::from(
-            self.inner.relay(hops_left, Vec::from(state)).await?,
-        ))
+        Ok(self.inner.relay(hops_left, state).await?)
     }
 }
 
@@ -91,14 +87,13 @@ impl Service {
 }
 
 impl Echo for Service {
-    async fn echo(&self, payload: Vec<u8>, sleep_ms: u32) -> Result<Vec<u8>, Status> {
-        let reply = self.handler()?.echo(Bytes::from(payload), sleep_ms).await;
-        Ok(Vec::from(reply))
+    async fn echo(&self, payload: Bytes, sleep_ms: u32) -> Result<Bytes, Status> {
+        Ok(self.handler()?.echo(payload, sleep_ms).await)
     }
 
-    async fn relay(&self, hops_left: u32, state: Vec<u8>) -> Result<Vec<u8>, Status> {
-        match self.handler()?.relay(hops_left, Bytes::from(state)).await {
-            Ok(state) => Ok(Vec::from(state)),
+    async fn relay(&self, hops_left: u32, state: Bytes) -> Result<Bytes, Status> {
+        match self.handler()?.relay(hops_left, state).await {
+            Ok(state) => Ok(state),
             Err(error) => Err(Status::unavailable(error.to_string())),
         }
     }

@@ -18,6 +18,8 @@ use super::{
 const ECHO: u8 = 1;
 const RELAY: u8 = 2;
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+/// The same MTU discovery bound as meshrpc's endpoint.
+const MTU_UPPER_BOUND: u16 = 6400;
 
 fn transport() -> Arc<TransportConfig> {
     let window: u64 = 4 * 1024 * 1024 + 64 * 1024;
@@ -28,7 +30,12 @@ fn transport() -> Arc<TransportConfig> {
         .keep_alive_interval(Some(Duration::from_secs(5)))
         .stream_receive_window(VarInt::from_u64(window).unwrap_or(VarInt::MAX))
         .receive_window(VarInt::from_u64(window * 4).unwrap_or(VarInt::MAX))
-        .send_window(window * 4);
+        .send_window(window * 4)
+        .mtu_discovery_config(Some({
+            let mut discovery = quinn::MtuDiscoveryConfig::default();
+            discovery.upper_bound(MTU_UPPER_BOUND);
+            discovery
+        }));
     Arc::new(config)
 }
 

@@ -4,11 +4,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use meshrpc::bytes::Bytes;
 use meshrpc::{Call, Channel, Code, Dispatch, ServiceClient, Status};
 use meshrpc_scenario_shapes::model::Mood;
 use meshrpc_scenario_shapes::{
-    COUNTER_SPEC, Card, Counter, CounterClient, CounterServer, Integers, SHAPES_SPEC, Shapes,
-    ShapesClient, ShapesServer, Weather,
+    COUNTER_SPEC, Card, Counter, CounterClient, CounterServer, Integers, Parcel, SHAPES_SPEC,
+    Shapes, ShapesClient, ShapesServer, Weather, shapes_messages,
 };
 
 /// Answers each call from its arguments, so a test can tell what arrived.
@@ -83,6 +84,15 @@ impl Shapes for Echo {
 
     async fn bytes(&self, data: Vec<u8>, maybe: Option<Vec<u8>>) -> Result<Vec<u8>, Status> {
         Ok([data, maybe.unwrap_or_default()].concat())
+    }
+
+    async fn shared(&self, data: Bytes, tail: Option<Bytes>) -> Result<Parcel, Status> {
+        let size = data.len() + tail.as_ref().map_or(0, Bytes::len);
+        Ok(Parcel {
+            contents: data,
+            tail,
+            size,
+        })
     }
 
     async fn tuples(&self, pair: (String, u8), unit: ()) -> Result<((String, u8), ()), Status> {
@@ -214,6 +224,44 @@ async fn vectors_and_maps_arrive_with_every_element() {
         ("ordered".to_owned(), 3),
     ]);
     assert_eq!(sizes, expected);
+}
+
+#[tokio::test]
+async fn shared_binaries_arrive_intact_as_bytes() {
+    let client = client();
+    let all_bytes = Bytes::from((0..=255).collect::<Vec<u8>>());
+    let parcel = client
+        .shared(all_bytes.clone(), Some(Bytes::from_static(b"tail")))
+        .await
+        .expect("call");
+    assert_eq!(
+        parcel,
+        Parcel {
+            contents: all_bytes,
+            tail: Some(Bytes::from_static(b"tail")),
+            size: 260,
+        }
+    );
+    let empty = client.shared(Bytes::new(), None).await.expect("call");
+    assert_eq!((empty.contents.len(), empty.tail, empty.size), (0, None, 0));
+}
+
+#[tokio::test]
+async fn bytes_and_byte_vectors_are_the_same_binary_on_the_wire() {
+    let as_bytes = meshrpc::codec::encode(&shapes_messages::SharedRequest {
+        data: Bytes::from_static(b"abc"),
+        tail: None,
+    })
+    .expect("encodes");
+    let as_vec = meshrpc::codec::encode(&shapes_messages::BytesRequest {
+        data: b"abc".to_vec(),
+        maybe: None,
+    })
+    .expect("encodes");
+    // Field names differ (`tail` / `maybe`); the `data` binaries are byte for byte the same.
+    let data_field = |payload: &[u8]| payload.windows(9).position(|w| w == b"data\xc4\x03abc");
+    assert!(data_field(&as_bytes).is_some(), "{as_bytes:?}");
+    assert!(data_field(&as_vec).is_some(), "{as_vec:?}");
 }
 
 #[tokio::test]
@@ -421,6 +469,7 @@ fn specs_describe_the_manifest() {
             "maybe",
             "collections",
             "bytes",
+            "shared",
             "tuples",
             "declared",
             "mood",
@@ -471,13 +520,23 @@ fn the_descriptor_is_json_of_the_documented_shape() {
         serde_json::json!({ "type": "string", "format": "byte" })
     );
     assert_eq!(bytes["request"]["required"], serde_json::json!(["data"]));
+    let shared = &descriptor["methods"][5];
+    assert_eq!(shared["name"], "shared");
+    assert_eq!(
+        shared["request"]["properties"]["data"], bytes["request"]["properties"]["data"],
+        "Bytes and Vec<u8> look the same to JSON callers"
+    );
+    assert_eq!(
+        descriptor["types"]["shapes.Parcel"]["properties"]["contents"],
+        serde_json::json!({ "type": "string", "format": "byte" })
+    );
     assert_eq!(descriptor["methods"][2]["timeout_ms"], 250);
     assert_eq!(
         descriptor["types"]["shapes.Card"]["properties"]["recipient"]["description"],
         "Who receives it."
     );
     assert_eq!(
-        descriptor["methods"][7]["request"]["properties"]["mood"],
+        descriptor["methods"][8]["request"]["properties"]["mood"],
         serde_json::json!({ "description": "Rust type crate::model::Mood" })
     );
 }
