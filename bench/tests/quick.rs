@@ -140,7 +140,7 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
         "## Gateway under HTTP load",
         "### Gateway GET, placement same",
         "### Gateway GET, placement separate",
-        "## DESIGN targets",
+        "## Targets",
     ] {
         let per_placement = heading.starts_with("###") && !heading.contains("placement");
         assert_eq!(
@@ -155,11 +155,26 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
         "| 64 | direct |",
         "| 64 | gateway |",
         "| 64 | **gateway ÷ direct** |",
-        "| gateway GET p50 ≤ 2× direct axum (1 in flight) | same |",
-        "| gateway GET time per call ≤ 2× direct axum (64 in flight) | separate |",
+        "| gateway GET p50 ≤ 2× direct axum (1 in flight) | baseline | same |",
+        "| gateway GET time per call ≤ 2× direct axum (64 in flight) | baseline | separate |",
+        "| 1 MiB p50 ≤ 1.5× tonic-tls | baseline | same |",
+        "| server bytes per held call ≤ 2 KB | DESIGN | separate |",
     ] {
         assert!(markdown.contains(row), "the report has `{row}`");
     }
+    // Every target row has a figure: every system answered every scenario it needs.
+    let targets = &markdown[markdown.find("## Targets").expect("targets table")..];
+    let rows: Vec<&str> = targets
+        .lines()
+        .filter(|line| {
+            line.ends_with("| yes |") || line.ends_with("| **no** |") || line.ends_with("| — |")
+        })
+        .collect();
+    assert_eq!(rows.len(), 2 * 20, "20 targets per placement:\n{targets}");
+    assert!(
+        rows.iter().all(|row| !row.ends_with("| — |")),
+        "a target without a figure:\n{targets}"
+    );
     for system in SYSTEMS {
         assert!(
             markdown.contains(&format!("| {system} |")),
