@@ -7,10 +7,12 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
@@ -46,6 +48,18 @@ pub type StreamHandler = Arc<
 
 /// Called for every accepted connection.
 pub type ConnectionHook = Arc<dyn Fn(&Connection) + Send + Sync>;
+
+/// A call whose request has arrived and which holds a call permit: what answering it needs.
+struct Admitted {
+    peer: std::net::SocketAddr,
+    send: SendStream,
+    service: Arc<dyn Dispatch>,
+    method: &'static MethodSpec,
+    deadline: Option<Instant>,
+    context: CallContext,
+    request: Bytes,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
 
 /// What a node serves: its published services, stream handlers and limits.
 pub struct Server {
@@ -208,13 +222,25 @@ impl Server {
             let connection = connection.clone();
             let open = open.clone();
             tokio::spawn(async move {
-                server.serve_stream(connection, send, recv).await;
+                // The reading phase is boxed and freed before the handler runs, so the task of
+                // a held call is only as large as answering needs.
+                let admitted = Box::pin(server.read_stream(connection, send, recv)).await;
+                if let Some(call) = admitted {
+                    server.answer(call).await;
+                }
                 open.fetch_sub(1, Ordering::Relaxed);
             });
         }
     }
 
-    async fn serve_stream(&self, connection: Connection, send: SendStream, mut recv: RecvStream) {
+    /// Reads a stream's opening frame. A call is admitted (see [`Server::admit`]) and returned
+    /// for [`Server::answer`]; any other stream kind is served here by its handler.
+    async fn read_stream(
+        &self,
+        connection: Connection,
+        send: SendStream,
+        mut recv: RecvStream,
+    ) -> Option<Admitted> {
         let decoder = FrameDecoder::new(self.limits.max_message_size);
         let mut buffer = BytesMut::new();
         let opening = tokio::time::timeout(
@@ -225,46 +251,58 @@ impl Server {
         let frame = match opening {
             Err(_) => {
                 let status = Status::deadline_exceeded("no call header arrived in time");
-                return reject(send, recv, &status);
+                reject(send, recv, &status);
+                return None;
             }
-            Ok(Err(error)) => return reject_read_error(send, recv, &error),
-            Ok(Ok(None)) => return,
+            Ok(Err(error)) => {
+                reject_read_error(send, recv, &error);
+                return None;
+            }
+            Ok(Ok(None)) => return None,
             Ok(Ok(Some(frame))) => frame,
         };
         match frame.kind {
             FrameKind::Call => {
                 let peer = connection.remote_address();
-                self.serve_call(peer, frame.body, send, recv, decoder, buffer)
-                    .await;
+                self.admit(peer, frame.body, send, recv, decoder, buffer)
+                    .await
             }
-            kind => match self.stream_handlers.get(&(kind as u8)) {
-                Some(handler) => handler(connection, frame, send, recv, buffer.freeze()).await,
-                None => {
-                    let status = Status::invalid_argument(format!(
-                        "a stream must open with a CALL frame; {kind:?} is not served here"
-                    ));
-                    reject(send, recv, &status);
+            kind => {
+                match self.stream_handlers.get(&(kind as u8)) {
+                    Some(handler) => {
+                        handler(connection, frame, send, recv, buffer.freeze()).await;
+                    }
+                    None => {
+                        let status = Status::invalid_argument(format!(
+                            "a stream must open with a CALL frame; {kind:?} is not served here"
+                        ));
+                        reject(send, recv, &status);
+                    }
                 }
-            },
+                None
+            }
         }
     }
 
-    async fn serve_call(
+    /// Decodes the call header, routes it, reads the request and takes a call permit; answers
+    /// the stream itself (and returns `None`) when any of that fails.
+    async fn admit(
         &self,
         peer: std::net::SocketAddr,
         header: Bytes,
-        mut send: SendStream,
+        send: SendStream,
         mut recv: RecvStream,
         decoder: FrameDecoder,
         mut buffer: BytesMut,
-    ) {
+    ) -> Option<Admitted> {
         let header: CallHeader<'_> =
             match crate::codec::from_slice_bounded(&header, crate::codec::MAX_HEADER_DEPTH) {
                 Ok(header) => header,
                 Err(error) => {
                     let status =
                         Status::invalid_argument(format!("malformed call header: {error}"));
-                    return reject(send, recv, &status);
+                    reject(send, recv, &status);
+                    return None;
                 }
             };
         let deadline = header
@@ -272,12 +310,16 @@ impl Server {
             .map(|ms| Instant::now() + Duration::from_millis(ms).min(MAX_DEADLINE));
         let (service, method) = match self.route(&header) {
             Ok(route) => route,
-            Err(status) => return reject(send, recv, &status),
+            Err(status) => {
+                reject(send, recv, &status);
+                return None;
+            }
         };
         let metadata = header.metadata;
         if self.is_draining() {
             let status = Status::refused(Code::Unavailable, "this node is draining");
-            return reject(send, recv, &status);
+            reject(send, recv, &status);
+            return None;
         }
 
         let read_by = deadline
@@ -293,7 +335,10 @@ impl Server {
         };
         let request = match request {
             Ok(request) => request,
-            Err(status) => return reject(send, recv, &status),
+            Err(status) => {
+                reject(send, recv, &status);
+                return None;
+            }
         };
         // Taken only once the request is in, so streams that never send one hold no slot.
         let Ok(permit) = self.calls.clone().try_acquire_owned() else {
@@ -304,27 +349,56 @@ impl Server {
                     self.limits.max_concurrent_calls
                 ),
             );
-            return reject_with(send, recv, &status, error_code::OVERLOADED);
+            reject_with(send, recv, &status, error_code::OVERLOADED);
+            return None;
         };
+        // The request was read to its end: dropping the receiving half sends nothing.
+        drop(recv);
+        Some(Admitted {
+            peer,
+            send,
+            service,
+            method,
+            deadline,
+            context: CallContext::new(method.service, method.name, deadline, metadata),
+            request,
+            permit,
+        })
+    }
 
+    /// Runs the handler of an admitted call (until its deadline, or until the caller stops the
+    /// stream) and writes the reply.
+    async fn answer(&self, mut call: Admitted) {
         let started = Instant::now();
         self.metrics.set_in_flight(self.calls_in_flight());
-        let context = CallContext::new(method.service, method.name, deadline, metadata);
-        let handler =
-            AssertUnwindSafe(context.scope(service.dispatch(method.name, request))).catch_unwind();
-        let mut handler = std::pin::pin!(run_until(deadline, handler));
-        // Most handlers finish on their first poll: they need no cancellation watch (which
-        // costs a registration with the connection) and no deadline timer.
-        let outcome = match (&mut handler).now_or_never() {
-            Some(outcome) => outcome,
-            None => {
-                let cancelled = send.stopped();
-                tokio::select! {
-                    biased;
-                    outcome = handler => outcome,
-                    _ = cancelled => {
-                        debug!(method = %method.name, "caller cancelled; handler dropped");
-                        return;
+        let method = call.method;
+        // In a block of its own, so the handler's state is gone while the reply is written.
+        let outcome = {
+            let handler = AssertUnwindSafe(
+                call.context
+                    .scope(call.service.dispatch(method.name, call.request)),
+            )
+            .catch_unwind();
+            let mut handler = std::pin::pin!(run_until(call.deadline, handler));
+            // Most handlers finish on their first poll: they need no cancellation watch (which
+            // costs a registration with the connection) and no deadline timer.
+            match (&mut handler).now_or_never() {
+                Some(outcome) => outcome,
+                None => {
+                    let mut cancelled = std::pin::pin!(call.send.stopped());
+                    let finished = std::future::poll_fn(|cx| {
+                        if let Poll::Ready(outcome) = handler.as_mut().poll(cx) {
+                            return Poll::Ready(Some(outcome));
+                        }
+                        cancelled.as_mut().poll(cx).map(|_| None)
+                    })
+                    .await;
+                    match finished {
+                        Some(outcome) => outcome,
+                        None => {
+                            debug!(method = %method.name, "caller cancelled; handler dropped");
+                            return;
+                        }
                     }
                 }
             }
@@ -347,7 +421,7 @@ impl Server {
             target: "meshrpc::access",
             "{code} | {:>10.3?} | {} | {}.{}",
             elapsed,
-            peer,
+            call.peer,
             method.service,
             method.name
         );
@@ -368,11 +442,11 @@ impl Server {
             }
         };
         let mut reply = reply;
-        if send.write_all_chunks(&mut reply).await.is_ok() {
-            let _ = send.finish();
+        if call.send.write_all_chunks(&mut reply).await.is_ok() {
+            let _ = call.send.finish();
         }
         // Released only once the reply is written, so a draining node waits for it.
-        drop(permit);
+        drop(call.permit);
         self.metrics.set_in_flight(self.calls_in_flight());
     }
 
@@ -431,12 +505,17 @@ async fn read_request(
     }
 }
 
-async fn run_until<F: Future>(deadline: Option<Instant>, future: F) -> Result<F::Output, ()> {
+/// `future`, cut off at `deadline` if there is one (`Err(())`). A plain future rather than an
+/// `async fn`, which would keep a second copy of `future` in its state.
+fn run_until<F: Future>(
+    deadline: Option<Instant>,
+    future: F,
+) -> impl Future<Output = Result<F::Output, ()>> {
     match deadline {
-        None => Ok(future.await),
-        Some(deadline) => tokio::time::timeout_at(deadline, future)
-            .await
-            .map_err(|_| ()),
+        None => Either::Left(future.map(Ok)),
+        Some(deadline) => Either::Right(
+            tokio::time::timeout_at(deadline, future).map(|result| result.map_err(|_| ())),
+        ),
     }
 }
 
