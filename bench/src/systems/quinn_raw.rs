@@ -49,8 +49,11 @@ fn endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<qui
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&bind.into())?;
+    let mut config = quinn::EndpointConfig::default();
+    // As meshrpc's endpoint: accept datagrams as large as MTU discovery may climb to.
+    config.max_udp_payload_size(MTU_UPPER_BOUND)?;
     Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        config,
         server,
         socket.into(),
         Arc::new(quinn::TokioRuntime),

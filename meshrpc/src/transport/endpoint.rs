@@ -16,7 +16,7 @@ use crate::tls::{TlsError, TlsMaterial};
 /// UDP socket buffer size requested for both directions.
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
-/// The largest UDP payload MTU discovery may climb to. Loopback and jumbo-frame LANs carry
+/// The largest UDP payload MTU discovery may climb to, and the largest this endpoint accepts. Loopback and jumbo-frame LANs carry
 /// it, and large messages need far fewer packets; on an ordinary path discovery settles at
 /// the path's MTU. Kept under ~6.5 KB: quinn batches 10 segments per GSO send, and a batch
 /// over 64 KiB is dropped.
@@ -74,6 +74,16 @@ pub fn transport_config(limits: &Limits) -> TransportConfig {
     config
 }
 
+/// The endpoint settings of every meshrpc node: it accepts datagrams up to
+/// the MTU discovery bound (6,400 B), so that a peer's discovery may climb that far (peers never send
+/// datagrams larger than the size the receiver announces, whatever their own bound).
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    // In range (1200..=65527) by construction; the default stays if quinn ever refuses it.
+    let _ = config.max_udp_payload_size(MTU_UPPER_BOUND);
+    config
+}
+
 /// Creates the endpoint bound to `listen`, serving and connecting with `tls`.
 pub fn build_endpoint(
     listen: SocketAddr,
@@ -98,16 +108,11 @@ pub fn build_endpoint(
         source,
     })?;
     let runtime = Arc::new(quinn::TokioRuntime);
-    let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        runtime,
-    )
-    .map_err(|source| EndpointError::Bind {
-        addr: listen,
-        source,
-    })?;
+    let mut endpoint = quinn::Endpoint::new(endpoint_config(), Some(server), socket, runtime)
+        .map_err(|source| EndpointError::Bind {
+            addr: listen,
+            source,
+        })?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
