@@ -230,6 +230,44 @@ async fn a_large_payload_round_trips_intact() {
     assert_eq!(reply.data, data);
 }
 
+#[tokio::test]
+async fn on_loopback_path_mtu_discovery_climbs_past_ethernet_sized_packets() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let server = start_probe_node(state.path(), Probe::new()).await;
+    let client = start_client_node(state.path()).await;
+    let channel = client.channel_to(server.local_addr());
+    let data = vec![7u8; 256 * 1024];
+    // Discovery probes go out once the handshake is done; a few calls give them time.
+    let climbed = eventually(Duration::from_secs(5), || {
+        client
+            .connections()
+            .live(server.local_addr())
+            .is_some_and(|connection| connection.stats().path.current_mtu > 1472)
+    });
+    let calls = async {
+        for _ in 0..20 {
+            let reply: Echo = channel
+                .unary(
+                    method("echo"),
+                    &Echo { data: data.clone() },
+                    &CallOptions::new(),
+                )
+                .await
+                .expect("echo");
+            assert_eq!(reply.data.len(), data.len());
+        }
+    };
+    let (climbed, ()) = tokio::join!(climbed, calls);
+    let mtu = client
+        .connections()
+        .live(server.local_addr())
+        .map(|connection| connection.stats().path.current_mtu);
+    assert!(
+        climbed,
+        "the path MTU stayed at {mtu:?}: both ends must accept datagrams larger than 1,472 bytes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_calls_in_flight_on_one_connection_all_succeed() {
     let state = tempfile::tempdir().expect("tempdir");
