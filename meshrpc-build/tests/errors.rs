@@ -168,6 +168,13 @@ fn an_unknown_type_suggests_a_declared_one() {
 }
 
 #[test]
+fn bytes_inside_a_vector() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "put = { fn = \"put(blobs: Vec<Bytes>) -> u32\" }"
+    )));
+}
+
+#[test]
 fn an_unknown_type_in_a_declared_struct() {
     insta::assert_snapshot!(error_of(&format!(
         "{}\n[greeter.types.Postcard]\nstruct = \"to: String, sent: Instant\"\n",
