@@ -34,7 +34,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
     let cargo = crate::cargo();
     let profile = if args.debug { "debug" } else { "release" };
 
-    let mut build = Command::new(&cargo);
+    let mut build = crate::command(&cargo);
     build.current_dir(&root).args(["build", "-p", "bench"]);
     if !args.debug {
         build.arg("--release");

@@ -80,7 +80,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
     let cargo = crate::cargo();
     let profile = if args.release { "release" } else { "debug" };
     if !args.no_build {
-        let mut build = Command::new(&cargo);
+        let mut build = crate::command(&cargo);
         build.current_dir(&root).args([
             "build",
             "-p",

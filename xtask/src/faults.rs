@@ -2,8 +2,6 @@
 //! docs/RELIABILITY.md). `--long` runs the long variants (more restart cycles, a longer
 //! connection churn) and any ignored test.
 
-use std::process::Command;
-
 /// Options of `cargo xtask faults`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -16,7 +14,7 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args) -> Result<(), String> {
     let root = crate::workspace_root();
     let cargo = crate::cargo();
-    let built = Command::new(&cargo)
+    let built = crate::command(&cargo)
         .current_dir(&root)
         .args(["build", "-p", "greeter", "-p", "gateway", "--bins"])
         .status()
@@ -24,7 +22,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
     if !built.success() {
         return Err(format!("building the binaries under test failed ({built})"));
     }
-    let mut suite = Command::new(&cargo);
+    let mut suite = crate::command(&cargo);
     suite.current_dir(&root).args([
         "nextest",
         "run",

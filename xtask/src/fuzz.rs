@@ -3,8 +3,6 @@
 //! over its seeds and deterministic mutations by a plain test binary on the stable toolchain,
 //! for the same time where the replay supports it.
 
-use std::process::Command;
-
 /// The targets of `fuzz/`, and the stable test that replays each.
 const TARGETS: [(&str, &str, &str); 4] = [
     (
@@ -41,7 +39,7 @@ pub(crate) struct Args {
 
 /// Whether `cargo +nightly fuzz` works here (rustup's cargo, a nightly toolchain, cargo-fuzz).
 fn cargo_fuzz_on_nightly() -> bool {
-    Command::new("cargo")
+    crate::command("cargo")
         .args(["+nightly", "fuzz", "--version"])
         .output()
         .is_ok_and(|output| output.status.success())
@@ -68,7 +66,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         std::fs::create_dir_all(&corpus)
             .map_err(|error| format!("{}: {error}", corpus.display()))?;
         eprintln!("fuzzing {target} for {} s with cargo-fuzz", args.time);
-        Command::new("cargo")
+        crate::command("cargo")
             .current_dir(&fuzz_dir)
             .args(["+nightly", "fuzz", "run", target])
             .arg(&corpus)
@@ -84,7 +82,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
              this again."
         );
         let cargo = crate::cargo();
-        let mut command = Command::new(cargo);
+        let mut command = crate::command(&cargo);
         command
             .current_dir(&root)
             .args(["test", "-p"])

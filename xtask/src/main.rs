@@ -6,7 +6,7 @@ mod faults;
 mod fuzz;
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +40,30 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
 
+/// A command running `program` without the variables cargo set for this task's own package
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...). A nested cargo would hand them to build scripts
+/// that watch them (ring's does) and rebuild half the dependency tree, and again on the next
+/// plain `cargo build`.
+fn command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let of_this_package = name.starts_with("CARGO_PKG_")
+            || matches!(
+                name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            );
+        if of_this_package {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Bench(args) => bench::run(args),
@@ -53,5 +77,36 @@ fn main() -> ExitCode {
             eprintln!("xtask: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_cargo_commands_drop_the_variables_of_this_package() {
+        // cargo sets these for the test binary as it does for `cargo xtask`.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let command = command("cargo");
+        let removed: Vec<String> = command
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            removed.iter().any(|name| name == "CARGO_MANIFEST_DIR"),
+            "{removed:?}"
+        );
+        assert!(
+            removed.iter().any(|name| name == "CARGO_PKG_NAME"),
+            "{removed:?}"
+        );
+        assert!(
+            !removed
+                .iter()
+                .any(|name| name == "CARGO_HOME" || name == "PATH"),
+            "{removed:?}"
+        );
     }
 }
