@@ -11,10 +11,7 @@ use bytes::BytesMut;
 use meshrpc::transport::endpoint::build_endpoint;
 use meshrpc::wire::{CallHeader, FrameKind, encode_frame};
 use meshrpc::{Limits, Metadata, TlsMaterial};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose};
 
 /// How long a handshake may take before the attempt counts as failed.
 pub const HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
@@ -109,31 +106,12 @@ pub async fn greet_raw(
         .map_err(|_| format!("no reply within {wait:?}"))?
 }
 
-/// The parameters of meshrpc's development CA for `cluster`, as `meshrpc::tls` mints it, so a
-/// test can sign with the CA key a node left in its state directory.
-pub fn dev_ca_params(cluster: &str) -> CertificateParams {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    let mut name = DistinguishedName::new();
-    name.push(DnType::OrganizationName, "meshrpc");
-    name.push(
-        DnType::CommonName,
-        format!("meshrpc development CA for cluster {cluster}"),
-    );
-    params.distinguished_name = name;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params
-}
-
 /// The issuer of `cluster`'s dev CA under `state` (its key and parameters).
 pub fn dev_ca_issuer(state: &Path, cluster: &str) -> Issuer<'static, KeyPair> {
     let key = std::fs::read_to_string(state.join(cluster).join("ca.key")).expect("the CA key");
     let key = KeyPair::from_pem(&key).expect("the CA key parses");
-    Issuer::new(dev_ca_params(cluster), key)
+    let params = meshrpc::tls::dev_ca_params(cluster).expect("the dev CA's parameters");
+    Issuer::new(params, key)
 }
 
 /// A node certificate for `cluster` signed by `issuer`, valid from `not_before` to

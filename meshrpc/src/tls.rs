@@ -258,7 +258,10 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
-fn ca_params(cluster: &str) -> Result<CertificateParams, TlsError> {
+/// The parameters of `cluster`'s development CA, as meshrpc mints it. With the CA key a node
+/// left in its state directory (`<state>/<cluster>/ca.key`), they rebuild the CA's issuer, so
+/// tools and tests can sign certificates of that CA.
+pub fn dev_ca_params(cluster: &str) -> Result<CertificateParams, TlsError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "meshrpc");
@@ -301,7 +304,7 @@ fn load_or_mint_dev_ca(
     let cert_path = dir.join("ca.pem");
     if !key_path.exists() {
         let key = KeyPair::generate()?;
-        let cert = ca_params(cluster)?.self_signed(&key)?;
+        let cert = dev_ca_params(cluster)?.self_signed(&key)?;
         // The certificate first: a reader that finds the key can rely on the certificate.
         publish_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
         publish_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
@@ -324,7 +327,7 @@ fn load_or_mint_dev_ca(
                 dir.display()
             ),
         })?;
-    Ok((ca_params(cluster)?, key, cert))
+    Ok((dev_ca_params(cluster)?, key, cert))
 }
 
 /// Writes `contents` to `path` unless it exists, atomically and with `mode`.

@@ -17,15 +17,13 @@ use std::time::Duration;
 
 use common::*;
 use meshrpc::bytes::BytesMut;
+use meshrpc::tls::dev_ca_params;
 use meshrpc::transport::error_code;
 use meshrpc::wire::{CallHeader, FrameDecoder, FrameKind, StatusBody, encode_frame};
 use meshrpc::{CallOptions, Code, Limits, Metadata, Node, Status, TlsMaterial};
 use raw_peer::frame_check::{self, Outcome, XorShift};
 use raw_peer::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
@@ -959,26 +957,6 @@ fn client_config_builder() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls
         .expect("TLS 1.3")
 }
 
-/// The parameters of meshrpc's development CA for `cluster` (as `meshrpc::tls` writes them), so
-/// the test can sign with the CA key the node minted.
-fn dev_ca_params(cluster: &str) -> CertificateParams {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    let mut name = DistinguishedName::new();
-    name.push(DnType::OrganizationName, "meshrpc");
-    name.push(
-        DnType::CommonName,
-        format!("meshrpc development CA for cluster {cluster}"),
-    );
-    params.distinguished_name = name;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params
-}
-
 /// A node certificate for the DNS name `san` signed by `issuer`, as PEM (certificate, key).
 fn node_cert(san: &str, issuer: &Issuer<'_, KeyPair>) -> (String, String) {
     let mut params = CertificateParams::new(vec![san.to_owned()]).expect("params");
@@ -1014,7 +992,10 @@ async fn a_peer_of_another_ca_cannot_complete_a_call() {
     // A peer that trusts the node's CA but presents a certificate of a foreign CA: the node
     // refuses it.
     let foreign_ca_key = KeyPair::generate().expect("key");
-    let foreign_ca = Issuer::new(dev_ca_params(CLUSTER), foreign_ca_key);
+    let foreign_ca = Issuer::new(
+        dev_ca_params(CLUSTER).expect("CA parameters"),
+        foreign_ca_key,
+    );
     let (cert, key) = node_cert(SERVER_NAME, &foreign_ca);
     let material = TlsMaterial::from_pem(
         &cluster_ca(setup.state.path()),
@@ -1051,7 +1032,7 @@ async fn a_peer_certified_for_another_cluster_by_the_same_ca_is_refused() {
     let ca_dir = setup.state.path().join(CLUSTER);
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).expect("key"))
         .expect("the CA key parses");
-    let issuer = Issuer::new(dev_ca_params(CLUSTER), ca_key);
+    let issuer = Issuer::new(dev_ca_params(CLUSTER).expect("CA parameters"), ca_key);
     let ca_pem = cluster_ca(setup.state.path());
 
     // Control: a certificate minted here for the right cluster is accepted.
