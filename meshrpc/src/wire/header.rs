@@ -44,7 +44,7 @@ pub struct StatusBody {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "optional_bytes"
+        with = "crate::codec::shared_bytes::option"
     )]
     pub details: Option<Bytes>,
     /// True when the callee guarantees the handler never ran (safe to retry anywhere).
@@ -94,28 +94,6 @@ impl From<&Status> for StatusBody {
 pub struct HttpHeader {
     /// The service whose legacy HTTP handler serves the tunnelled requests.
     pub service: String,
-}
-
-mod optional_bytes {
-    use bytes::Bytes;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(
-        value: &Option<Bytes>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(bytes) => serializer.serialize_bytes(bytes),
-            None => serializer.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Bytes>, D::Error> {
-        let bytes: Option<serde_bytes::ByteBuf> = Option::deserialize(deserializer)?;
-        Ok(bytes.map(|bytes| Bytes::from(bytes.into_vec())))
-    }
 }
 
 #[cfg(test)]
