@@ -1,7 +1,6 @@
 //! `cargo xtask bench`: builds the `bench` crate in release and runs `bench run`, which
 //! writes `target/bench/report.md`, `report.json` and `chart.svg`. See `bench/README.md`.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 /// Options of `cargo xtask bench`; anything after `--` goes to `bench run` as is
@@ -30,28 +29,13 @@ pub(crate) struct Args {
 
 /// Builds the bench and runs it.
 pub(crate) fn run(args: Args) -> Result<(), String> {
-    let root = crate::workspace_root();
-    let cargo = crate::cargo();
     let profile = if args.debug { "debug" } else { "release" };
-
-    let mut build = crate::command(&cargo);
-    build.current_dir(&root).args(["build", "-p", "bench"]);
-    if !args.debug {
-        build.arg("--release");
-    }
-    let status = build
-        .status()
-        .map_err(|e| format!("running {cargo}: {e}"))?;
-    if !status.success() {
-        return Err(format!("`cargo build -p bench` failed ({status})"));
-    }
-
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    crate::cargo_build(&["-p", "bench"], !args.debug, "the bench")?;
+    let target = crate::target_dir();
     let exe = target.join(profile).join("bench");
     let mut bench = Command::new(&exe);
     bench
-        .current_dir(&root)
+        .current_dir(crate::workspace_root())
         .arg("run")
         .arg("--out")
         .arg(target.join("bench"));

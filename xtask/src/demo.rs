@@ -6,7 +6,6 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,33 +75,23 @@ impl Drop for Process {
 
 /// Runs the demo.
 pub(crate) fn run(args: Args) -> Result<(), String> {
-    let root = crate::workspace_root();
-    let cargo = crate::cargo();
     let profile = if args.release { "release" } else { "debug" };
     if !args.no_build {
-        let mut build = crate::command(&cargo);
-        build.current_dir(&root).args([
-            "build",
-            "-p",
-            "gateway",
-            "-p",
-            "greeter",
-            "-p",
-            "concierge",
-            "--bins",
-        ]);
-        if args.release {
-            build.arg("--release");
-        }
-        let status = build
-            .status()
-            .map_err(|e| format!("running {cargo}: {e}"))?;
-        if !status.success() {
-            return Err(format!("building the demo binaries failed ({status})"));
-        }
+        crate::cargo_build(
+            &[
+                "-p",
+                "gateway",
+                "-p",
+                "greeter",
+                "-p",
+                "concierge",
+                "--bins",
+            ],
+            args.release,
+            "the demo binaries",
+        )?;
     }
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target = crate::target_dir();
     let bin = |name: &str| target.join(profile).join(name);
     let state = target.join("demo").join("state");
     std::fs::create_dir_all(&state).map_err(|e| format!("{}: {e}", state.display()))?;

@@ -14,14 +14,11 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args) -> Result<(), String> {
     let root = crate::workspace_root();
     let cargo = crate::cargo();
-    let built = crate::command(&cargo)
-        .current_dir(&root)
-        .args(["build", "-p", "greeter", "-p", "gateway", "--bins"])
-        .status()
-        .map_err(|e| format!("running {cargo}: {e}"))?;
-    if !built.success() {
-        return Err(format!("building the binaries under test failed ({built})"));
-    }
+    crate::cargo_build(
+        &["-p", "greeter", "-p", "gateway", "--bins"],
+        false,
+        "the binaries under test",
+    )?;
     let mut suite = crate::command(&cargo);
     suite.current_dir(&root).args([
         "nextest",

@@ -40,6 +40,31 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
 
+/// Runs `cargo build <args>` in the workspace (`--release` when `release`); a failure names
+/// `what` was being built.
+fn cargo_build(args: &[&str], release: bool, what: &str) -> Result<(), String> {
+    let cargo = cargo();
+    let mut build = command(&cargo);
+    build.current_dir(workspace_root()).arg("build").args(args);
+    if release {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .map_err(|e| format!("running {cargo}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("building {what} failed ({status})"))
+    }
+}
+
+/// Cargo's target directory (`$CARGO_TARGET_DIR`, else the workspace's `target`).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
 /// A command running `program` without the variables cargo set for this task's own package
 /// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...). A nested cargo would hand them to build scripts
 /// that watch them (ring's does) and rebuild half the dependency tree, and again on the next
