@@ -80,3 +80,24 @@ pub fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
 }
+
+/// GETs the gateway's greet route for `name` and judges the answer as
+/// [`crate::load::greeting`] judges an RPC greeting: a 200 with the JSON string
+/// `"Hello, <name>"` is right, another 200 is wrong, anything else failed.
+pub async fn greet_through_gateway(
+    client: &HttpClient,
+    gateway: SocketAddr,
+    name: &str,
+    wait: Duration,
+) -> crate::load::Outcome {
+    use crate::load::Outcome;
+    let url = format!("http://{gateway}/greeter/greet/{name}");
+    match request(client, "GET", &url, &[], Bytes::new(), wait).await {
+        Ok(answer) if answer.status == 200 && answer.body == format!("\"Hello, {name}\"") => {
+            Outcome::Ok
+        }
+        Ok(answer) if answer.status == 200 => Outcome::Wrong(answer.body),
+        Ok(answer) => Outcome::Failed(format!("{}: {}", answer.status, answer.body)),
+        Err(error) => Outcome::Failed(error),
+    }
+}

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use faults::load::{self, Load, Outcome};
+use faults::load::{self, Load};
 use faults::mesh::{client_node, free_tcp_port, free_udp_port, wait_for_greeters};
 use faults::process::{Mesh, Proc, args};
 use greeter::{Greeter, GreeterClient};
@@ -145,18 +145,7 @@ fn http_greet_load(http: SocketAddr, max_calls: usize, max_time: Duration) -> Lo
             let client = client.clone();
             async move {
                 let name = format!("guest{worker}x{n}");
-                let url = format!("http://{http}/greeter/greet/{name}");
-                match faults::http::request(&client, "GET", &url, &[], Bytes::new(), DEADLINE).await
-                {
-                    Ok(answer)
-                        if answer.status == 200 && answer.body == format!("\"Hello, {name}\"") =>
-                    {
-                        Outcome::Ok
-                    }
-                    Ok(answer) if answer.status == 200 => Outcome::Wrong(answer.body),
-                    Ok(answer) => Outcome::Failed(format!("{}: {}", answer.status, answer.body)),
-                    Err(error) => Outcome::Failed(error),
-                }
+                faults::http::greet_through_gateway(&client, http, &name, DEADLINE).await
             }
         },
     )

@@ -6,9 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use faults::link::{Impairment, Relay};
-use faults::load::{self, Load, Outcome};
+use faults::load::{self, Load};
 use faults::mesh::{client_node, free_tcp_port, greets_served, wait_for_greeters};
 use faults::process::{Mesh, Proc, args};
 use greeter::{Greeter, GreeterClient};
@@ -133,17 +132,7 @@ async fn http_load(http: SocketAddr, calls: usize) -> faults::load::Report {
             let client = client.clone();
             async move {
                 let name = format!("g{w}x{n}");
-                let url = format!("http://{http}/greeter/greet/{name}");
-                match faults::http::request(&client, "GET", &url, &[], Bytes::new(), DEADLINE).await
-                {
-                    Ok(answer)
-                        if answer.status == 200 && answer.body == format!("\"Hello, {name}\"") =>
-                    {
-                        Outcome::Ok
-                    }
-                    Ok(answer) => Outcome::Failed(format!("{}: {}", answer.status, answer.body)),
-                    Err(error) => Outcome::Failed(error),
-                }
+                faults::http::greet_through_gateway(&client, http, &name, DEADLINE).await
             }
         },
     )

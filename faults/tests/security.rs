@@ -7,8 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use faults::load::{Load, Outcome};
+use faults::load::Load;
 use faults::mesh::{free_tcp_port, members_seen_by, one_greeter};
 use faults::peer::{self, dev_ca_issuer, greet_raw, node_cert};
 use faults::process::{Mesh, Proc, args};
@@ -342,25 +341,8 @@ async fn slow_clients_do_not_keep_the_gateway_from_serving_others() {
             let client = client.clone();
             async move {
                 let name = format!("g{w}x{n}");
-                let url = format!("http://{http}/greeter/greet/{name}");
-                match faults::http::request(
-                    &client,
-                    "GET",
-                    &url,
-                    &[],
-                    Bytes::new(),
-                    Duration::from_secs(5),
-                )
-                .await
-                {
-                    Ok(answer)
-                        if answer.status == 200 && answer.body == format!("\"Hello, {name}\"") =>
-                    {
-                        Outcome::Ok
-                    }
-                    Ok(answer) => Outcome::Failed(format!("{}: {}", answer.status, answer.body)),
-                    Err(error) => Outcome::Failed(error),
-                }
+                faults::http::greet_through_gateway(&client, http, &name, Duration::from_secs(5))
+                    .await
             }
         },
     )
