@@ -26,8 +26,9 @@ pub struct OneGreeter {
     pub addr: SocketAddr,
 }
 
-/// Starts [`OneGreeter`] in a cluster named after `name`; resolves once the node sees it.
-pub async fn one_greeter(name: &str) -> OneGreeter {
+/// A fresh state directory, a mesh in a cluster named after `name` (and this process), and the
+/// test's round-robin node in it on loopback: what most fault tests start from.
+pub async fn mesh_with_node(name: &str) -> (tempfile::TempDir, Mesh, Node) {
     let state = tempfile::tempdir().expect("tempdir");
     let mesh = Mesh::new(format!("{name}-{}", std::process::id()), state.path());
     let node = client_node(
@@ -37,6 +38,12 @@ pub async fn one_greeter(name: &str) -> OneGreeter {
         Strategy::RoundRobin,
     )
     .await;
+    (state, mesh, node)
+}
+
+/// Starts [`OneGreeter`] in a cluster named after `name`; resolves once the node sees it.
+pub async fn one_greeter(name: &str) -> OneGreeter {
+    let (state, mesh, node) = mesh_with_node(name).await;
     let greeter = mesh.greeter(
         "greeter",
         None,

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use faults::load::{self, Load};
-use faults::mesh::{client_node, free_tcp_port, free_udp_port, wait_for_greeters};
+use faults::mesh::{free_tcp_port, free_udp_port, mesh_with_node, wait_for_greeters};
 use faults::process::{Mesh, Proc, args};
 use greeter::{Greeter, GreeterClient};
-use meshrpc::{CallOptions, Strategy};
+use meshrpc::CallOptions;
 use tokio::time::Instant;
 
 /// Every call's deadline: longer than failure detection, so a call that lands on a dead
@@ -58,15 +58,7 @@ async fn a_replica_restarted_on_its_address_serves_again_within_six_seconds_ever
 /// each time it must serve again within `limit`. No call may fail.
 async fn kill_and_restart(cycles: usize, limit: Duration) -> Vec<Duration> {
     let _exclusive = faults::exclusive();
-    let state = tempfile::tempdir().expect("tempdir");
-    let mesh = Mesh::new(format!("crash-{}", std::process::id()), state.path());
-    let node = client_node(
-        state.path(),
-        &mesh.cluster,
-        "127.0.0.1:0".parse().expect("addr"),
-        Strategy::RoundRobin,
-    )
-    .await;
+    let (_state, mesh, node) = mesh_with_node("crash").await;
     let seed = node.local_addr();
     let ports: Vec<u16> = (0..3).map(|_| free_udp_port("127.0.0.1")).collect();
     let mut replicas: Vec<Proc> = ports

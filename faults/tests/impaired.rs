@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use faults::link::{Impairment, Relay};
 use faults::load::{self, Load};
-use faults::mesh::{client_node, free_tcp_port, greets_served, wait_for_greeters};
+use faults::mesh::{free_tcp_port, greets_served, mesh_with_node, wait_for_greeters};
 use faults::process::{Mesh, Proc, args};
 use greeter::{Greeter, GreeterClient};
-use meshrpc::{CallOptions, Strategy};
+use meshrpc::CallOptions;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -48,15 +48,7 @@ fn admin_addr() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_is_answered_right_over_links_that_lose_and_delay_packets() {
     let _exclusive = faults::exclusive();
-    let state = tempfile::tempdir().expect("tempdir");
-    let mesh = Mesh::new(format!("lossy-{}", std::process::id()), state.path());
-    let node = client_node(
-        state.path(),
-        &mesh.cluster,
-        "127.0.0.1:0".parse().expect("addr"),
-        Strategy::RoundRobin,
-    )
-    .await;
+    let (_state, mesh, node) = mesh_with_node("lossy").await;
     // 5 % loss and 10 ms each way (20 ms more per round trip) on every replica's link.
     let impairment = Impairment {
         delay: Duration::from_millis(10),
