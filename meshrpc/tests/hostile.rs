@@ -914,16 +914,10 @@ async fn attempt_call(
     let mut endpoint =
         quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let connecting = endpoint
-        .connect(server, SERVER_NAME)
-        .map_err(|error| format!("connect: {error}"))?;
-    let connection = tokio::time::timeout(WAIT, connecting)
-        .await
-        .map_err(|_| "no handshake within the wait".to_owned())?
-        .map_err(|error| format!("handshake: {error}"))?;
+    let peer = RawPeer::connect_from(endpoint, server).await?;
     // In TLS 1.3 the client finishes its handshake before the server has checked the client's
     // certificate, so a refusal may only show on the first stream.
-    let (mut send, recv) = tokio::time::timeout(WAIT, connection.open_bi())
+    let (mut send, recv) = tokio::time::timeout(WAIT, peer.connection.open_bi())
         .await
         .map_err(|_| "no stream within the wait".to_owned())?
         .map_err(|error| format!("open: {error} ({error:?})"))?;

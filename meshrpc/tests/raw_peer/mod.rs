@@ -50,7 +50,15 @@ impl RawPeer {
 
     /// Connects to `server` presenting `tls`; the error says why the connection failed.
     pub async fn connect_with(tls: &TlsMaterial, server: SocketAddr) -> Result<RawPeer, String> {
-        let endpoint = raw_endpoint(tls);
+        RawPeer::connect_from(raw_endpoint(tls), server).await
+    }
+
+    /// Connects to `server` from `endpoint` (with its default client configuration), waiting at
+    /// most [`WAIT`] for the handshake; the error says why the connection failed.
+    pub async fn connect_from(
+        endpoint: quinn::Endpoint,
+        server: SocketAddr,
+    ) -> Result<RawPeer, String> {
         let connecting = endpoint
             .connect(server, SERVER_NAME)
             .map_err(|error| format!("connect: {error}"))?;
