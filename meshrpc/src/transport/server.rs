@@ -55,7 +55,6 @@ struct Admitted {
     send: SendStream,
     service: Arc<dyn Dispatch>,
     method: &'static MethodSpec,
-    deadline: Option<Instant>,
     context: CallContext,
     request: Bytes,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -359,7 +358,6 @@ impl Server {
             send,
             service,
             method,
-            deadline,
             context: CallContext::new(method.service, method.name, deadline, metadata),
             request,
             permit,
@@ -374,12 +372,13 @@ impl Server {
         let method = call.method;
         // In a block of its own, so the handler's state is gone while the reply is written.
         let outcome = {
+            let deadline = call.context.deadline();
             let handler = AssertUnwindSafe(
                 call.context
                     .scope(call.service.dispatch(method.name, call.request)),
             )
             .catch_unwind();
-            let mut handler = std::pin::pin!(run_until(call.deadline, handler));
+            let mut handler = std::pin::pin!(run_until(deadline, handler));
             // Most handlers finish on their first poll: they need no cancellation watch (which
             // costs a registration with the connection) and no deadline timer.
             match (&mut handler).now_or_never() {
