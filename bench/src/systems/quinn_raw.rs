@@ -18,8 +18,6 @@ use super::{
 const ECHO: u8 = 1;
 const RELAY: u8 = 2;
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
-/// The same MTU discovery bound as meshrpc's endpoint.
-const MTU_UPPER_BOUND: u16 = 6400;
 
 fn transport() -> Arc<TransportConfig> {
     let window: u64 = 4 * 1024 * 1024 + 64 * 1024;
@@ -33,7 +31,7 @@ fn transport() -> Arc<TransportConfig> {
         .send_window(window * 4)
         .mtu_discovery_config(Some({
             let mut discovery = quinn::MtuDiscoveryConfig::default();
-            discovery.upper_bound(MTU_UPPER_BOUND);
+            discovery.upper_bound(meshrpc::transport::endpoint::MTU_UPPER_BOUND);
             discovery
         }));
     Arc::new(config)
@@ -49,11 +47,9 @@ fn endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<qui
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&bind.into())?;
-    let mut config = quinn::EndpointConfig::default();
-    // As meshrpc's endpoint: accept datagrams as large as MTU discovery may climb to.
-    config.max_udp_payload_size(MTU_UPPER_BOUND)?;
     Ok(quinn::Endpoint::new(
-        config,
+        // meshrpc's: accepts datagrams as large as MTU discovery may climb to.
+        meshrpc::transport::endpoint::endpoint_config(),
         server,
         socket.into(),
         Arc::new(quinn::TokioRuntime),

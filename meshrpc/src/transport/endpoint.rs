@@ -16,11 +16,11 @@ use crate::tls::{TlsError, TlsMaterial};
 /// UDP socket buffer size requested for both directions.
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
-/// The largest UDP payload MTU discovery may climb to, and the largest this endpoint accepts. Loopback and jumbo-frame LANs carry
-/// it, and large messages need far fewer packets; on an ordinary path discovery settles at
-/// the path's MTU. Kept under ~6.5 KB: quinn batches 10 segments per GSO send, and a batch
+/// The largest UDP payload MTU discovery may climb to, and the largest this endpoint accepts.
+/// Loopback and jumbo-frame LANs carry it, and large messages need far fewer packets; on an
+/// ordinary path discovery settles at the path's MTU. Kept under ~6.5 KB: quinn batches 10 segments per GSO send, and a batch
 /// over 64 KiB is dropped.
-const MTU_UPPER_BOUND: u16 = 6400;
+pub const MTU_UPPER_BOUND: u16 = 6400;
 
 /// Why an endpoint could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,7 @@ pub fn transport_config(limits: &Limits) -> TransportConfig {
 }
 
 /// The endpoint settings of every meshrpc node: it accepts datagrams up to
-/// the MTU discovery bound (6,400 B), so that a peer's discovery may climb that far (peers never send
+/// [`MTU_UPPER_BOUND`], so that a peer's discovery may climb that far (peers never send
 /// datagrams larger than the size the receiver announces, whatever their own bound).
 pub fn endpoint_config() -> quinn::EndpointConfig {
     let mut config = quinn::EndpointConfig::default();
