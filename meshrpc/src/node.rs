@@ -855,7 +855,13 @@ impl Node {
         inner.membership.leave().await;
         // Let the leave announcement reach the wire before the connections close.
         tokio::time::sleep(Duration::from_millis(100)).await;
+        // Every connection answers what it accepted and closes, naming the streams it never
+        // read (their callers retry them elsewhere); whatever is left is closed here.
         inner.server.stop_accepting();
+        inner
+            .server
+            .wait_connections_closed(Duration::from_secs(2))
+            .await;
         inner
             .endpoint
             .close(error_code::SHUTDOWN, b"node shut down");

@@ -341,3 +341,73 @@ async fn shutdown_refuses_new_calls_with_a_retryable_status() {
         .expect("the call in flight finishes");
     draining.await.expect("drained");
 }
+
+/// Calls that race a node's shutdown: each one either runs to its result or is refused (and
+/// so is safe to send elsewhere). None is lost halfway, and none that ran reports a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_racing_a_shutdown_are_answered_or_refused_never_lost() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let probe = Probe::new();
+    let counters = probe.counters.clone();
+    let server = start_probe_node(state.path(), probe).await;
+    let client = start_client_node(state.path()).await;
+    let channel = client.channel_to(server.local_addr());
+    let stopped = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..32)
+        .map(|_| {
+            let channel = channel.clone();
+            let stopped = stopped.clone();
+            tokio::spawn(async move {
+                let (mut answered, mut refused, mut failed) = (0usize, 0usize, Vec::new());
+                let started = Instant::now();
+                // Until the node is gone (and at most 20 s or 5,000 calls per caller).
+                while !stopped.load(Ordering::SeqCst)
+                    && started.elapsed() < Duration::from_secs(20)
+                    && answered + refused + failed.len() < 5_000
+                {
+                    let outcome = channel
+                        .unary::<_, Reply>(
+                            method("sleep"),
+                            &SleepRequest { ms: 1 },
+                            &CallOptions::new(),
+                        )
+                        .await;
+                    match outcome {
+                        Ok(_) => answered += 1,
+                        Err(status) if status.is_refused() => refused += 1,
+                        Err(status) => failed.push(status),
+                    }
+                }
+                (answered, refused, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.shutdown().await;
+    // Calls sent after the node closed are refused by the failed connection attempt.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stopped.store(true, Ordering::SeqCst);
+    let (mut answered, mut refused, mut failed) = (0, 0, Vec::new());
+    for caller in callers {
+        let (a, r, f) = caller.await.expect("caller");
+        answered += a;
+        refused += r;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} calls failed without a refusal, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(answered > 100, "only {answered} calls answered");
+    assert!(refused > 0, "no call was refused");
+    assert_eq!(
+        counters.completed.load(Ordering::SeqCst),
+        answered,
+        "every handler that ran was answered, and no refused call ran"
+    );
+}

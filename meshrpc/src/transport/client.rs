@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use quinn::ConnectionError;
 use tokio::time::Instant;
 use tower::Service;
 
 use super::connections::Connections;
-use super::io::read_frame;
+use super::io::{ReadFrameError, read_frame};
 use crate::channel::Call;
 use crate::service::BoxFuture;
 use crate::status::{Code, Status};
@@ -32,19 +33,35 @@ pub async fn call_peer(
             format!("cannot open a stream to {addr}: {error}"),
         )
     })?;
-    send.write_all_chunks(&mut request)
-        .await
-        .map_err(|error| Status::unavailable(format!("sending to {addr} failed: {error}")))?;
-    // Finishing can only fail if the peer already stopped the stream; its reply says why.
-    let _ = send.finish();
+    let stream = send.id();
+    match send.write_all_chunks(&mut request).await {
+        Ok(_) => {
+            // Finishing can only fail if the peer already stopped the stream; its reply says why.
+            let _ = send.finish();
+        }
+        // The peer refused the call before reading all of it; its reply says why.
+        Err(quinn::WriteError::Stopped(_)) => {}
+        Err(quinn::WriteError::ConnectionLost(error)) => {
+            return Err(connection_lost(addr, stream, &error));
+        }
+        Err(error) => {
+            return Err(Status::unavailable(format!(
+                "sending to {addr} failed: {error}"
+            )));
+        }
+    }
 
     let decoder = FrameDecoder::new(max_message_size);
     let mut buffer = BytesMut::new();
     let mut payload = None;
     loop {
-        let frame = read_frame(&mut recv, &decoder, &mut buffer)
-            .await
-            .map_err(|error| error.to_status())?;
+        let frame = match read_frame(&mut recv, &decoder, &mut buffer).await {
+            Ok(frame) => frame,
+            Err(ReadFrameError::Stream(quinn::ReadError::ConnectionLost(error))) => {
+                return Err(connection_lost(addr, stream, &error));
+            }
+            Err(error) => return Err(error.to_status()),
+        };
         match frame {
             Some(frame) if frame.kind == FrameKind::Data && payload.is_none() => {
                 payload = Some(frame.body);
@@ -78,6 +95,19 @@ pub async fn call_peer(
                 )));
             }
         }
+    }
+}
+
+/// The status of a call whose connection to `addr` was lost: a refusal if the peer closed it
+/// saying it never read `stream` (see [`goaway`](super::goaway)), else a plain failure.
+fn connection_lost(addr: SocketAddr, stream: quinn::StreamId, error: &ConnectionError) -> Status {
+    if super::goaway::never_read(error, stream) {
+        Status::refused(
+            Code::Unavailable,
+            format!("{addr} shut down before it read this call"),
+        )
+    } else {
+        Status::unavailable(format!("the connection to {addr} was lost: {error}"))
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod connections;
 pub mod endpoint;
+pub(crate) mod goaway;
 pub(crate) mod io;
 pub mod server;
 

@@ -31,6 +31,14 @@ use crate::wire::{CallHeader, Frame, FrameDecoder, FrameKind, StatusBody, encode
 /// Longest deadline a caller may ask for; longer ones are clamped (a day).
 const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// How long a stopping node waits for the streams it accepted to be answered before it
+/// closes their connection anyway.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a draining node waits for the peer to acknowledge an answer (so closing the
+/// connection cannot discard it).
+const DELIVERY_WAIT: Duration = Duration::from_secs(1);
+
 /// A handler for streams that are not calls (HTTP tunnels, membership exchanges): it receives
 /// the opening frame, the stream, and any bytes already read past the opening frame (they
 /// come first in what the handler reads).
@@ -71,6 +79,8 @@ pub struct Server {
     draining: AtomicBool,
     calls: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
+    /// Connections being served; they close themselves after [`Server::stop_accepting`].
+    connections: watch::Sender<usize>,
 }
 
 impl std::fmt::Debug for Server {
@@ -111,6 +121,7 @@ impl Server {
             draining: AtomicBool::new(false),
             calls: Arc::new(Semaphore::new(limits.max_concurrent_calls)),
             shutdown: watch::channel(false).0,
+            connections: watch::channel(0).0,
         }
     }
 
@@ -162,9 +173,20 @@ impl Server {
             .is_ok()
     }
 
-    /// Tells accept loops to stop.
+    /// Stops accepting connections and streams. Each connection then answers the streams it
+    /// accepted and closes, telling the peer which of its streams were never read (see
+    /// [`goaway`](super::goaway)): callers retry exactly those elsewhere.
     pub fn stop_accepting(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// Waits until every connection served here has closed, or `timeout` passes; returns
+    /// whether all closed.
+    pub async fn wait_connections_closed(&self, timeout: Duration) -> bool {
+        let mut connections = self.connections.subscribe();
+        tokio::time::timeout(timeout, connections.wait_for(|open| *open == 0))
+            .await
+            .is_ok()
     }
 
     /// Accepts connections on `endpoint` until [`Server::stop_accepting`].
@@ -198,21 +220,32 @@ impl Server {
     /// Serves every stream the peer opens on `connection` (accepted or opened by this node:
     /// a connection carries calls both ways) until it closes.
     pub async fn serve_connection(self: Arc<Self>, connection: Connection) {
+        self.connections.send_modify(|open| *open += 1);
+        let _served = ServedConnection(&self.connections);
         // The stream limit starts small (quinn reserves state for each allowed stream, so an
         // idle or hostile connection costs little) and doubles whenever the peer keeps half of
         // it busy, up to `Limits::max_concurrent_streams`.
         let ceiling = self.limits.max_concurrent_streams;
         let mut limit = super::endpoint::initial_stream_limit(&self.limits);
-        let open = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let open = Arc::new(OpenStreams::default());
+        let mut shutdown = self.shutdown.subscribe();
+        // Streams arrive in the order of their index: all below this one were read.
+        let mut first_unread = 0;
         loop {
-            let (send, recv) = match connection.accept_bi().await {
+            let accepted = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                accepted = connection.accept_bi() => accepted,
+            };
+            let (send, recv) = match accepted {
                 Ok(streams) => streams,
                 Err(error) => {
                     debug!(peer = %connection.remote_address(), %error, "connection ended");
                     return;
                 }
             };
-            let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
+            first_unread = recv.id().index() + 1;
+            let now_open = open.count.fetch_add(1, Ordering::SeqCst) + 1;
             if now_open * 2 >= limit && limit < ceiling {
                 limit = limit.saturating_mul(2).min(ceiling);
                 connection.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(limit));
@@ -227,9 +260,17 @@ impl Server {
                 if let Some(call) = admitted {
                     server.answer(call).await;
                 }
-                open.fetch_sub(1, Ordering::Relaxed);
+                open.finish_one();
             });
         }
+        if !open.wait_idle(CLOSE_GRACE).await {
+            warn!(
+                peer = %connection.remote_address(),
+                "closing a connection with streams still unanswered"
+            );
+        }
+        let reason = super::goaway::close_reason(first_unread);
+        connection.close(error_code::SHUTDOWN, reason.as_bytes());
     }
 
     /// Reads a stream's opening frame. A call is admitted (see [`Server::admit`]) and returned
@@ -250,11 +291,11 @@ impl Server {
         let frame = match opening {
             Err(_) => {
                 let status = Status::deadline_exceeded("no call header arrived in time");
-                reject(send, recv, &status);
+                self.reject(send, recv, &status).await;
                 return None;
             }
             Ok(Err(error)) => {
-                reject_read_error(send, recv, &error);
+                self.reject_read_error(send, recv, &error).await;
                 return None;
             }
             Ok(Ok(None)) => return None,
@@ -275,7 +316,7 @@ impl Server {
                         let status = Status::invalid_argument(format!(
                             "a stream must open with a CALL frame; {kind:?} is not served here"
                         ));
-                        reject(send, recv, &status);
+                        self.reject(send, recv, &status).await;
                     }
                 }
                 None
@@ -300,7 +341,7 @@ impl Server {
                 Err(error) => {
                     let status =
                         Status::invalid_argument(format!("malformed call header: {error}"));
-                    reject(send, recv, &status);
+                    self.reject(send, recv, &status).await;
                     return None;
                 }
             };
@@ -310,14 +351,14 @@ impl Server {
         let (service, method) = match self.route(&header) {
             Ok(route) => route,
             Err(status) => {
-                reject(send, recv, &status);
+                self.reject(send, recv, &status).await;
                 return None;
             }
         };
         let metadata = header.metadata;
         if self.is_draining() {
             let status = Status::refused(Code::Unavailable, "this node is draining");
-            reject(send, recv, &status);
+            self.reject(send, recv, &status).await;
             return None;
         }
 
@@ -335,7 +376,7 @@ impl Server {
         let request = match request {
             Ok(request) => request,
             Err(status) => {
-                reject(send, recv, &status);
+                self.reject(send, recv, &status).await;
                 return None;
             }
         };
@@ -348,9 +389,19 @@ impl Server {
                     self.limits.max_concurrent_calls
                 ),
             );
-            reject_with(send, recv, &status, error_code::OVERLOADED);
+            self.reject_with(send, recv, &status, error_code::OVERLOADED)
+                .await;
             return None;
         };
+        // Checked again now that the call holds a permit: a call that passed the first check
+        // just before draining began could otherwise start after the drain found no call
+        // in flight.
+        if self.is_draining() {
+            drop(permit);
+            let status = Status::refused(Code::Unavailable, "this node is draining");
+            self.reject(send, recv, &status).await;
+            return None;
+        }
         // The request was read to its end: dropping the receiving half sends nothing.
         drop(recv);
         Some(Admitted {
@@ -443,6 +494,7 @@ impl Server {
         let mut reply = reply;
         if call.send.write_all_chunks(&mut reply).await.is_ok() {
             let _ = call.send.finish();
+            self.await_delivery(&call.send).await;
         }
         // Released only once the reply is written, so a draining node waits for it.
         drop(call.permit);
@@ -543,34 +595,87 @@ fn encode_reply(payload: Option<&Bytes>, status: &StatusBody) -> Vec<Bytes> {
     }
 }
 
-/// Answers a stream with `status` and discards whatever else the peer sends on it.
-fn reject(send: SendStream, recv: RecvStream, status: &Status) {
-    let code = if status.code() == Code::ResourceExhausted {
-        error_code::TOO_LARGE
-    } else {
-        error_code::PROTOCOL
-    };
-    reject_with(send, recv, status, code);
-}
+impl Server {
+    /// Answers a stream with `status` and discards whatever else the peer sends on it.
+    async fn reject(&self, send: SendStream, recv: RecvStream, status: &Status) {
+        let code = if status.code() == Code::ResourceExhausted {
+            error_code::TOO_LARGE
+        } else {
+            error_code::PROTOCOL
+        };
+        self.reject_with(send, recv, status, code).await;
+    }
 
-/// [`reject`] with an explicit stop code.
-fn reject_with(mut send: SendStream, mut recv: RecvStream, status: &Status, code: quinn::VarInt) {
-    debug!(%status, "rejected a stream");
-    let mut reply = encode_reply(None, &StatusBody::from(status));
-    let _ = recv.stop(code);
-    tokio::spawn(async move {
+    /// [`reject`] with an explicit stop code.
+    async fn reject_with(
+        &self,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        status: &Status,
+        code: quinn::VarInt,
+    ) {
+        debug!(%status, "rejected a stream");
+        let mut reply = encode_reply(None, &StatusBody::from(status));
+        let _ = recv.stop(code);
         if send.write_all_chunks(&mut reply).await.is_ok() {
             let _ = send.finish();
+            self.await_delivery(&send).await;
         }
-    });
+    }
+
+    async fn reject_read_error(&self, send: SendStream, recv: RecvStream, error: &ReadFrameError) {
+        if let ReadFrameError::Stream(_) = error {
+            // The stream itself is gone; there is nobody to answer.
+            return;
+        }
+        self.reject(send, recv, &error.to_status()).await;
+    }
+
+    /// While draining, waits (at most [`DELIVERY_WAIT`]) until the peer has acknowledged all of
+    /// a finished stream's data, so closing the connection next cannot discard the answer.
+    async fn await_delivery(&self, send: &SendStream) {
+        if self.is_draining() {
+            let _ = tokio::time::timeout(DELIVERY_WAIT, send.stopped()).await;
+        }
+    }
 }
 
-fn reject_read_error(send: SendStream, recv: RecvStream, error: &ReadFrameError) {
-    if let ReadFrameError::Stream(_) = error {
-        // The stream itself is gone; there is nobody to answer.
-        return;
+/// The streams of one connection still being served.
+#[derive(Default)]
+struct OpenStreams {
+    count: std::sync::atomic::AtomicU32,
+    /// Set once the connection stops accepting streams; from then on the last stream to
+    /// finish wakes [`OpenStreams::wait_idle`].
+    closing: AtomicBool,
+    idle: tokio::sync::Notify,
+}
+
+impl OpenStreams {
+    fn finish_one(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 && self.closing.load(Ordering::SeqCst) {
+            self.idle.notify_one();
+        }
     }
-    reject(send, recv, &error.to_status());
+
+    /// Waits until no stream is open, or `timeout` passes; returns whether none is.
+    async fn wait_idle(&self, timeout: Duration) -> bool {
+        self.closing.store(true, Ordering::SeqCst);
+        let idle = async {
+            while self.count.load(Ordering::SeqCst) != 0 {
+                self.idle.notified().await;
+            }
+        };
+        tokio::time::timeout(timeout, idle).await.is_ok()
+    }
+}
+
+/// Counts a connection as served while it lives.
+struct ServedConnection<'a>(&'a watch::Sender<usize>);
+
+impl Drop for ServedConnection<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|open| *open -= 1);
+    }
 }
 
 #[cfg(test)]
