@@ -1,6 +1,11 @@
 //! Legacy HTTP handlers over the mesh: a service publishes any tower HTTP service (an axum
 //! `Router`, say); other nodes send it HTTP/1.1 requests over a mesh stream that opens with an
 //! `HTTP` frame naming the service. Bodies stream both ways; calls are balanced like RPCs.
+//!
+//! A member that refuses a tunnel (draining, or at its limit of calls) resets the stream
+//! before reading the request, and a stopping member names the streams it never read when it
+//! closes the connection. Either way the request never reached a handler: one without a body
+//! is sent to another member, as a refused call is retried.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -8,8 +13,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use quinn::{RecvStream, SendStream};
@@ -21,6 +26,8 @@ use crate::membership::Membership;
 use crate::resilience::balance::{BalanceState, Strategy, choose};
 use crate::status::{Code, Status};
 use crate::transport::connections::Connections;
+use crate::transport::goaway;
+use crate::transport::server::Refusal;
 use crate::wire::{Frame, FrameKind, HttpHeader, encode_frame};
 
 /// Errors of user HTTP services and bodies.
@@ -65,6 +72,13 @@ fn text_response(status: u16, text: &str) -> Response<HttpBody> {
     *response.status_mut() =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     response
+}
+
+/// Refuses a tunnel stream unread: the caller may send the request to another member.
+pub(crate) fn refuse_tunnel(mut send: SendStream, mut recv: RecvStream, refusal: Refusal) {
+    debug!(?refusal, "refused an HTTP tunnel");
+    let _ = recv.stop(refusal.error_code());
+    let _ = send.reset(refusal.error_code());
 }
 
 /// Serves a tunnel stream opened with `frame` using the matching published HTTP service.
@@ -135,12 +149,18 @@ impl HttpClient {
     }
 
     /// Sends `request` to a member serving the service's HTTP handlers. Members that cannot
-    /// be reached are skipped before anything is sent; once sent, a failure is returned.
+    /// be reached are skipped before anything is sent. A member that refuses the request
+    /// unread (it is draining or at its limit) is skipped too when the request has no body
+    /// (a body is streamed as it is sent, so it cannot be sent twice); any other failure once
+    /// the request was sent is returned.
     pub async fn send<B>(&self, request: Request<B>) -> Result<Response<Incoming>, Status>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let (parts, body) = request.into_parts();
+        let replayable = body.is_end_stream();
+        let mut body = Some(body);
         let mut tried = Vec::new();
         let mut last = None;
         for _ in 0..3 {
@@ -150,9 +170,21 @@ impl HttpClient {
                 Err(status) => return Err(last.unwrap_or(status)),
             };
             tried.push(member);
-            match self.open(member).await {
-                Ok(streams) => return self.exchange(streams, request).await,
-                Err(status) => last = Some(status),
+            let streams = match self.open(member).await {
+                Ok(streams) => streams,
+                Err(status) => {
+                    last = Some(status);
+                    continue;
+                }
+            };
+            let body = match body.take() {
+                Some(body) => Either::Left(body),
+                None => Either::Right(http_body_util::Empty::new()),
+            };
+            let request = Request::from_parts(parts.clone(), body);
+            match self.exchange(member, streams, request).await {
+                Err(status) if status.is_refused() && replayable => last = Some(status),
+                outcome => return outcome,
             }
         }
         Err(last.unwrap_or_else(|| Status::unavailable("no attempt was made")))
@@ -183,6 +215,7 @@ impl HttpClient {
 
     async fn exchange<B>(
         &self,
+        addr: std::net::SocketAddr,
         (send, recv): (SendStream, RecvStream),
         request: Request<B>,
     ) -> Result<Response<Incoming>, Status>
@@ -190,6 +223,7 @@ impl HttpClient {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let stream = send.id();
         let io = TokioIo::new(tokio::io::join(recv, send));
         let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
             .await
@@ -200,9 +234,51 @@ impl HttpClient {
             }
         });
         sender.send_request(request).await.map_err(|error| {
-            Status::unavailable(format!("HTTP request over the mesh failed: {error}"))
+            if refused_unread(&error, stream) {
+                Status::refused(
+                    Code::Unavailable,
+                    format!("{addr} refused the HTTP request unread (draining or at its limit)"),
+                )
+            } else {
+                Status::unavailable(format!("HTTP request over the mesh failed: {error}"))
+            }
         })
     }
+}
+
+/// Whether `error`, from the HTTP exchange on tunnel `stream`, says that the member never read
+/// the request: it refused the stream (see [`refuse_tunnel`]) or closed the connection
+/// naming the stream unread.
+fn refused_unread(error: &(dyn std::error::Error + 'static), stream: quinn::StreamId) -> bool {
+    let refusal = |code: quinn::VarInt| {
+        code == Refusal::Draining.error_code() || code == Refusal::Overloaded.error_code()
+    };
+    let mut next = Some(error);
+    while let Some(error) = next {
+        // quinn's stream errors reach hyper inside `io::Error`s, which hide them from `source`.
+        if let Some(inner) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if refused_unread(inner, stream) {
+                return true;
+            }
+        }
+        let refused = match error.downcast_ref::<quinn::ReadError>() {
+            Some(quinn::ReadError::Reset(code)) => refusal(*code),
+            Some(quinn::ReadError::ConnectionLost(lost)) => goaway::never_read(lost, stream),
+            _ => match error.downcast_ref::<quinn::WriteError>() {
+                Some(quinn::WriteError::Stopped(code)) => refusal(*code),
+                Some(quinn::WriteError::ConnectionLost(lost)) => goaway::never_read(lost, stream),
+                _ => false,
+            },
+        };
+        if refused {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 fn pick_http(

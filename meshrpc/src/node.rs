@@ -26,7 +26,9 @@ use tower::retry::Retry;
 use tracing::{info, warn};
 
 use crate::channel::Channel;
-use crate::http_tunnel::{BoxError, HttpClient, HttpService, box_http_service, serve_tunnel};
+use crate::http_tunnel::{
+    BoxError, HttpClient, HttpService, box_http_service, refuse_tunnel, serve_tunnel,
+};
 use crate::membership::{MemberId, Membership, Published, View};
 use crate::metrics::{Metrics, Readiness, bind_admin, serve_admin};
 use crate::node_service::{NODE_SPEC, NodeService};
@@ -350,20 +352,20 @@ impl NodeBuilder {
         let http_services = Arc::new(self.http);
         {
             let http_services = http_services.clone();
-            let permits = server.call_permits();
+            let admission = server.admission();
             server.set_stream_handler(
                 FrameKind::Http,
                 Arc::new(move |_connection, frame, send, recv, read_ahead| {
                     let http_services = http_services.clone();
-                    let permits = permits.clone();
+                    let admission = admission.clone();
                     Box::pin(async move {
                         // Tunnels count against the call limit, and drain like calls.
-                        let Ok(_permit) = permits.try_acquire_owned() else {
-                            let mut send = send;
-                            let _ = send.reset(error_code::OVERLOADED);
-                            return;
-                        };
-                        serve_tunnel(&http_services, frame, send, recv, read_ahead).await;
+                        match admission.admit() {
+                            Ok(_permit) => {
+                                serve_tunnel(&http_services, frame, send, recv, read_ahead).await;
+                            }
+                            Err(refusal) => refuse_tunnel(send, recv, refusal),
+                        }
                     })
                 }),
             );

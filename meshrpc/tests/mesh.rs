@@ -404,6 +404,94 @@ async fn legacy_http_requests_are_balanced_over_every_replica() {
     assert!(answers.values().all(|count| *count == 3), "{answers:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_legacy_http_replica_under_load_fails_no_request() {
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let seed = mesh_node(state.path(), &[], None).await;
+    let mut webs = Vec::new();
+    for index in 0..3 {
+        let router = axum::Router::new().route(
+            "/who",
+            get(move || async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                format!("web-{index}")
+            }),
+        );
+        webs.push(
+            Node::builder("web")
+                .cluster("test")
+                .state_dir(state.path())
+                .listen("127.0.0.1:0".parse().expect("addr"))
+                .seeds([seed.local_addr().to_string()])
+                .publish_http("probe", router)
+                .start()
+                .await
+                .expect("starts"),
+        );
+    }
+    let seen = {
+        let seed = seed.clone();
+        eventually(Duration::from_secs(10), move || {
+            seed.view().serving_http("probe").count() == 3
+        })
+        .await
+    };
+    assert!(seen);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let client = seed.http_client("probe");
+        workers.spawn(async move {
+            let stop = Instant::now() + Duration::from_secs(3);
+            let (mut ok, mut failed) = (0, Vec::new());
+            while Instant::now() < stop {
+                let request = http::Request::get("/who")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .expect("request");
+                let answer = tokio::time::timeout(Duration::from_secs(5), async {
+                    let response = client.send(request).await.map_err(|s| s.to_string())?;
+                    let status = response.status();
+                    let body = response
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .to_bytes();
+                    Ok::<_, String>((status, body))
+                })
+                .await;
+                match answer {
+                    Ok(Ok((status, body))) if status == 200 && body.starts_with(b"web-") => {
+                        ok += 1;
+                    }
+                    Ok(Ok((status, body))) => failed.push(format!("{status}: {body:?}")),
+                    Ok(Err(error)) => failed.push(error),
+                    Err(_) => failed.push("no answer within 5 s".to_owned()),
+                }
+            }
+            (ok, failed)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let victim = webs.remove(0);
+    victim.shutdown().await;
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(joined) = workers.join_next().await {
+        let (o, f) = joined.expect("worker");
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} requests failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 200, "only {ok} requests made");
+}
+
 /// A minimal HTTP GET on loopback: (status, body).
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -68,6 +68,45 @@ struct Admitted {
     permit: tokio::sync::OwnedSemaphorePermit,
 }
 
+/// Admits streams that are not calls (HTTP tunnels) under the rules calls follow; see
+/// [`Server::admission`].
+#[derive(Debug, Clone)]
+pub struct Admission {
+    permits: Arc<Semaphore>,
+    draining: Arc<AtomicBool>,
+}
+
+/// Why [`Admission::admit`] refused a stream; either way it was never served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The node is draining.
+    Draining,
+    /// The node is serving its limit of calls.
+    Overloaded,
+}
+
+impl Refusal {
+    /// The QUIC error code that resets or stops the refused stream.
+    pub fn error_code(self) -> quinn::VarInt {
+        match self {
+            Refusal::Draining => error_code::SHUTDOWN,
+            Refusal::Overloaded => error_code::OVERLOADED,
+        }
+    }
+}
+
+impl Admission {
+    /// A permit to serve one stream (hold it until the stream is done), or why not.
+    pub fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+        let permit = self.permits.clone().try_acquire_owned();
+        // Checked once the permit is held: a drain that began meanwhile has counted it.
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(Refusal::Draining);
+        }
+        permit.map_err(|_| Refusal::Overloaded)
+    }
+}
+
 /// What a node serves: its published services, stream handlers and limits.
 pub struct Server {
     services: HashMap<String, Arc<dyn Dispatch>>,
@@ -76,7 +115,7 @@ pub struct Server {
     metrics: Arc<Metrics>,
     method_metrics: HashMap<(&'static str, &'static str), MethodMetrics>,
     limits: Limits,
-    draining: AtomicBool,
+    draining: Arc<AtomicBool>,
     calls: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
     /// Connections being served; they close themselves after [`Server::stop_accepting`].
@@ -118,7 +157,7 @@ impl Server {
             metrics,
             method_metrics,
             limits,
-            draining: AtomicBool::new(false),
+            draining: Arc::new(AtomicBool::new(false)),
             calls: Arc::new(Semaphore::new(limits.max_concurrent_calls)),
             shutdown: watch::channel(false).0,
             connections: watch::channel(0).0,
@@ -135,9 +174,13 @@ impl Server {
         self.connection_hook = Some(hook);
     }
 
-    /// The permits that bound calls in flight; other stream kinds take one while they run.
-    pub fn call_permits(&self) -> Arc<Semaphore> {
-        self.calls.clone()
+    /// Admits streams of other kinds as calls are admitted: under the same limit of calls in
+    /// flight, refused while draining, and waited for by a drain.
+    pub fn admission(&self) -> Admission {
+        Admission {
+            permits: self.calls.clone(),
+            draining: self.draining.clone(),
+        }
     }
 
     /// The published services, by name.
@@ -229,12 +272,15 @@ impl Server {
         let mut limit = super::endpoint::initial_stream_limit(&self.limits);
         let open = Arc::new(OpenStreams::default());
         let mut shutdown = self.shutdown.subscribe();
+        // One watch for the connection's life, registered once rather than once per stream.
+        let stopping = shutdown.wait_for(|stop| *stop);
+        let mut stopping = std::pin::pin!(stopping);
         // Streams arrive in the order of their index: all below this one were read.
         let mut first_unread = 0;
         loop {
             let accepted = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = &mut stopping => break,
                 accepted = connection.accept_bi() => accepted,
             };
             let (send, recv) = match accepted {
