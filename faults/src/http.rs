@@ -101,3 +101,21 @@ pub async fn greet_through_gateway(
         Err(error) => Outcome::Failed(error),
     }
 }
+
+/// GETs the greeter's legacy `/check` handler through the gateway (an HTTP tunnel over the
+/// mesh): a 200 whose body starts with `All ok!` is right, another 200 is wrong, anything else
+/// failed.
+pub async fn check_through_gateway(
+    client: &HttpClient,
+    gateway: SocketAddr,
+    wait: Duration,
+) -> crate::load::Outcome {
+    use crate::load::Outcome;
+    let url = format!("http://{gateway}/greeter/check");
+    match request(client, "GET", &url, &[], Bytes::new(), wait).await {
+        Ok(answer) if answer.status == 200 && answer.body.starts_with("All ok!") => Outcome::Ok,
+        Ok(answer) if answer.status == 200 => Outcome::Wrong(answer.body),
+        Ok(answer) => Outcome::Failed(format!("{}: {}", answer.status, answer.body)),
+        Err(error) => Outcome::Failed(error),
+    }
+}

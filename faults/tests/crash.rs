@@ -1,6 +1,7 @@
 //! Crashes and restarts of real processes on loopback, under a bounded load, asserting what
 //! the callers saw: `kill -9` and restart of a replica (three times), SIGTERM drain behind the
-//! gateway, and the gateway's dependency vanishing and coming back.
+//! gateway (greet route and legacy HTTP), `kill -9` of a replica behind the gateway, and the
+//! gateway's dependency vanishing and coming back.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -126,6 +127,8 @@ fn gateway(mesh: &Mesh, extra: &[&str]) -> (Proc, SocketAddr, SocketAddr) {
     (process, http, seed)
 }
 
+/// Requests through the gateway from four workers: two GET the greet route (an RPC to a
+/// greeter), two GET the greeter's legacy `/check` handler (an HTTP tunnel to a greeter).
 fn http_greet_load(http: SocketAddr, max_calls: usize, max_time: Duration) -> Load {
     let client = faults::http::client();
     Load::start(
@@ -136,8 +139,12 @@ fn http_greet_load(http: SocketAddr, max_calls: usize, max_time: Duration) -> Lo
         move |worker, n| {
             let client = client.clone();
             async move {
-                let name = format!("guest{worker}x{n}");
-                faults::http::greet_through_gateway(&client, http, &name, DEADLINE).await
+                if worker % 2 == 0 {
+                    let name = format!("guest{worker}x{n}");
+                    faults::http::greet_through_gateway(&client, http, &name, DEADLINE).await
+                } else {
+                    faults::http::check_through_gateway(&client, http, DEADLINE).await
+                }
             }
         },
     )
@@ -174,6 +181,34 @@ async fn a_replica_drained_with_sigterm_behind_the_gateway_fails_no_request_and_
     }
     let report = load.finish().await;
     eprintln!("SIGTERM drain x2 behind the gateway: {}", report.summary());
+    assert!(report.sent() > 500, "only {} requests", report.sent());
+    assert_eq!(
+        (report.failed(), report.wrong()),
+        (0, 0),
+        "first problems: {:?}",
+        report.first_problems()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_behind_the_gateway_fails_no_get() {
+    let _exclusive = faults::exclusive();
+    let state = tempfile::tempdir().expect("tempdir");
+    let mesh = Mesh::new(format!("kill-gw-{}", std::process::id()), state.path());
+    let (_gateway, http, seed) = gateway(&mesh, &[]);
+    let mut replicas: Vec<Proc> = (0..3)
+        .map(|i| greeter_on(&mesh, &format!("greeter-{i}"), 0, seed))
+        .collect();
+    wait_for_live(http, 3).await;
+
+    // GETs are idempotent: one that was on the killed replica is sent to another.
+    let load = http_greet_load(http, 100_000, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    replicas[0].kill9();
+    // Until the mesh has declared it down, and a while after.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let report = load.finish().await;
+    eprintln!("kill -9 behind the gateway: {}", report.summary());
     assert!(report.sent() > 500, "only {} requests", report.sent());
     assert_eq!(
         (report.failed(), report.wrong()),

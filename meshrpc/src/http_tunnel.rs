@@ -149,10 +149,11 @@ impl HttpClient {
     }
 
     /// Sends `request` to a member serving the service's HTTP handlers. Members that cannot
-    /// be reached are skipped before anything is sent. A member that refuses the request
-    /// unread (it is draining or at its limit) is skipped too when the request has no body
-    /// (a body is streamed as it is sent, so it cannot be sent twice); any other failure once
-    /// the request was sent is returned.
+    /// be reached are skipped before anything is sent. A request without a body (a body is
+    /// streamed as it is sent, so it cannot be sent twice) also goes to the next member when
+    /// one refused it unread (draining, or at its limit), or, if its method is idempotent
+    /// (RFC 9110: GET, HEAD, OPTIONS, PUT, DELETE, TRACE), when the member failed before
+    /// answering (it crashed, say). Any other failure is returned.
     pub async fn send<B>(&self, request: Request<B>) -> Result<Response<Incoming>, Status>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -160,6 +161,11 @@ impl HttpClient {
     {
         let (parts, body) = request.into_parts();
         let replayable = body.is_end_stream();
+        let idempotent = parts.method.is_idempotent();
+        let again = |status: &Status| {
+            replayable
+                && (status.is_refused() || (idempotent && status.code() == Code::Unavailable))
+        };
         let mut body = Some(body);
         let mut tried = Vec::new();
         let mut last = None;
@@ -183,7 +189,7 @@ impl HttpClient {
             };
             let request = Request::from_parts(parts.clone(), body);
             match self.exchange(member, streams, request).await {
-                Err(status) if status.is_refused() && replayable => last = Some(status),
+                Err(status) if again(&status) => last = Some(status),
                 outcome => return outcome,
             }
         }

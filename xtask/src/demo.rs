@@ -151,20 +151,45 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
             if args.smoke {
                 smoke(http)
             } else {
+                print_processes(&processes);
                 println!("\nThe mesh is up. Press Ctrl-C to drain and stop it.");
-                while !interrupted.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(100));
-                    if let Some(dead) = first_exited(&mut processes) {
-                        println!("{dead} exited; stopping the demo");
-                        break;
-                    }
-                }
+                watch(&mut processes, &interrupted);
                 Ok(())
             }
         }
     };
     drain(&mut processes);
     outcome
+}
+
+/// Runs until Ctrl-C, or until the gateway or every other process has exited. A replica that
+/// exits (killed, say, to watch the mesh route around it) is reported and the rest carry on.
+fn watch(processes: &mut [Process], interrupted: &AtomicBool) {
+    let mut reported = vec![false; processes.len()];
+    while !interrupted.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        for (process, reported) in processes.iter_mut().zip(reported.iter_mut()) {
+            if *reported {
+                continue;
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                *reported = true;
+                if process.name == "mesh-api" {
+                    println!("mesh-api exited ({status}); stopping the demo");
+                    return;
+                }
+                println!(
+                    "{} exited ({status}); the mesh carries on without it \
+                     (Ctrl-C drains the rest)",
+                    process.name
+                );
+            }
+        }
+        if reported.iter().skip(1).all(|gone| *gone) {
+            println!("every service process has exited; stopping the demo");
+            return;
+        }
+    }
 }
 
 /// The name of the first process that has exited, if any.
@@ -230,6 +255,15 @@ fn wait_ready(
         std::thread::sleep(Duration::from_millis(200));
     }
     Err(format!("the mesh was not ready within {limit:?}"))
+}
+
+fn print_processes(processes: &[Process]) {
+    println!(
+        "\nProcesses (`kill <pid>` drains one, `kill -9 <pid>` crashes it; the mesh routes around it):"
+    );
+    for process in processes {
+        println!("  {:<10} pid {}", process.name, process.child.id());
+    }
 }
 
 fn print_curl_lines(http: SocketAddr) {
@@ -382,6 +416,76 @@ fn dechunk(mut payload: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sleeper(name: &str) -> Process {
+        Process {
+            name: name.to_owned(),
+            child: Command::new("sleep").arg("30").spawn().expect("sleep runs"),
+        }
+    }
+
+    /// Runs `watch` on its own thread and SIGKILLs `kill`; returns whether `watch` returned
+    /// within `wait` (then interrupts it).
+    fn watch_returns_after(
+        processes: Vec<Process>,
+        wait: Duration,
+        kill: &[u32],
+    ) -> (bool, std::thread::JoinHandle<Vec<Process>>) {
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let interrupted = interrupted.clone();
+            std::thread::spawn(move || {
+                let mut processes = processes;
+                watch(&mut processes, &interrupted);
+                processes
+            })
+        };
+        for pid in kill {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        let started = Instant::now();
+        while !watcher.is_finished() && started.elapsed() < wait {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let returned = watcher.is_finished();
+        interrupted.store(true, Ordering::SeqCst);
+        (returned, watcher)
+    }
+
+    #[test]
+    fn the_demo_carries_on_when_a_replica_dies_and_stops_when_the_gateway_does() {
+        let processes = vec![
+            sleeper("mesh-api"),
+            sleeper("greeter-1"),
+            sleeper("greeter-2"),
+        ];
+        let replica = processes[1].child.id();
+        let (returned, watcher) =
+            watch_returns_after(processes, Duration::from_millis(500), &[replica]);
+        assert!(!returned, "a dead replica stopped the demo");
+        let processes = watcher.join().expect("watcher");
+
+        let gateway = processes[0].child.id();
+        let (returned, _) = watch_returns_after(processes, Duration::from_secs(10), &[gateway]);
+        assert!(returned, "the demo kept running without its gateway");
+    }
+
+    #[test]
+    fn the_demo_stops_once_every_service_process_is_gone() {
+        let processes = vec![
+            sleeper("mesh-api"),
+            sleeper("greeter-1"),
+            sleeper("concierge"),
+        ];
+        let pids: Vec<u32> = processes[1..].iter().map(|p| p.child.id()).collect();
+        let (returned, _) = watch_returns_after(processes, Duration::from_secs(10), &pids);
+        assert!(
+            returned,
+            "the demo kept running with nothing but its gateway"
+        );
+    }
 
     #[test]
     fn chunked_bodies_are_reassembled() {
