@@ -492,6 +492,89 @@ async fn draining_a_legacy_http_replica_under_load_fails_no_request() {
     assert!(ok > 200, "only {ok} requests made");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_http_request_refused_by_a_member_at_its_limit_goes_to_another() {
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let seed = mesh_node(state.path(), &[], None).await;
+    let mut webs = Vec::new();
+    for (index, limit) in [(0, 1), (1, 1_000)] {
+        let router =
+            axum::Router::new().route("/who", get(move || async move { format!("web-{index}") }));
+        let probe = Probe::new();
+        let node = Node::builder("web")
+            .cluster("test")
+            .state_dir(state.path())
+            .listen("127.0.0.1:0".parse().expect("addr"))
+            .seeds([seed.local_addr().to_string()])
+            .limits(meshrpc::Limits {
+                max_concurrent_calls: limit,
+                ..meshrpc::Limits::default()
+            })
+            .publish(probe.clone())
+            .publish_http("web", router)
+            .start()
+            .await
+            .expect("starts");
+        let _ = probe.node.set(node.clone());
+        webs.push(node);
+    }
+    let seen = {
+        let seed = seed.clone();
+        eventually(Duration::from_secs(10), move || {
+            seed.view().serving_http("web").count() == 2
+        })
+        .await
+    };
+    assert!(seen);
+    // web-0 serves one call at a time: a call that sleeps 3 s takes its only slot.
+    let busy = {
+        let channel = seed.channel_to(webs[0].local_addr());
+        tokio::spawn(async move {
+            channel
+                .unary::<_, Reply>(
+                    method("sleep"),
+                    &SleepRequest { ms: 3_000 },
+                    &CallOptions::new(),
+                )
+                .await
+        })
+    };
+    let taken = {
+        let web = webs[0].clone();
+        eventually(Duration::from_secs(2), move || web.calls_in_flight() == 1).await
+    };
+    assert!(taken, "the sleeping call never reached web-0");
+
+    // Round robin sends half of these to web-0, which refuses each unread: they go to web-1.
+    let client = seed.http_client("web");
+    for _ in 0..6 {
+        let request = http::Request::get("/who")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let response = tokio::time::timeout(Duration::from_secs(2), client.send(request))
+            .await
+            .expect("answered in time")
+            .expect("answered by the other member");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&body[..], b"web-1");
+    }
+    assert!(
+        webs[0].calls_in_flight() == 1,
+        "the sleeping call ended too soon"
+    );
+    busy.await
+        .expect("task")
+        .expect("the sleeping call finishes");
+}
+
 /// A minimal HTTP GET on loopback: (status, body).
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
