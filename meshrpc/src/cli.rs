@@ -48,7 +48,7 @@ pub enum Balancing {
 /// Flags for joining the mesh.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
-    /// Seed nodes to join through: comma-separated host[:port] (port 11999 by default).
+    /// Seed nodes to join through: comma-separated host or host:port entries (port 11999 by default).
     #[arg(
         short = 'N',
         long = "nodes",

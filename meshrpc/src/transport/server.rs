@@ -217,8 +217,8 @@ impl Server {
     }
 
     /// Stops accepting connections and streams. Each connection then answers the streams it
-    /// accepted and closes, telling the peer which of its streams were never read (see
-    /// [`goaway`](super::goaway)): callers retry exactly those elsewhere.
+    /// accepted and closes, telling the peer which of its streams were never read
+    /// (docs/PROTOCOL.md, section 8.5): callers retry exactly those elsewhere.
     pub fn stop_accepting(&self) {
         self.shutdown.send_replace(true);
     }
