@@ -43,6 +43,63 @@ async fn wait_for_replicas(node: &Node, count: usize) {
     assert!(seen, "expected {count} probe replicas in view");
 }
 
+/// A builder for a node named `web` of cluster `test` on loopback, seeded to `seed`; the caller
+/// adds what it publishes.
+fn web(state: &std::path::Path, seed: &Node) -> meshrpc::NodeBuilder {
+    Node::builder("web")
+        .cluster("test")
+        .state_dir(state)
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .seeds([seed.local_addr().to_string()])
+}
+
+/// Waits until `node` sees exactly `count` members serving legacy HTTP for `service`.
+async fn wait_for_http(node: &Node, service: &'static str, count: usize) {
+    let node = node.clone();
+    let seen = eventually(Duration::from_secs(10), move || {
+        node.view().serving_http(service).count() == count
+    })
+    .await;
+    assert!(
+        seen,
+        "expected {count} members serving HTTP for {service} in view"
+    );
+}
+
+/// Runs `attempt` in a loop from 8 workers for 3 s, shuts `victim` down 0.8 s in, and returns
+/// the attempts that succeeded and the errors of those that failed.
+async fn drain_under_load<F, Fut, E>(victim: Node, attempt: F) -> (usize, Vec<E>)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), E>> + Send,
+    E: Send + 'static,
+{
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let attempt = attempt.clone();
+        workers.spawn(async move {
+            let stop = Instant::now() + Duration::from_secs(3);
+            let (mut ok, mut failed) = (0, Vec::new());
+            while Instant::now() < stop {
+                match attempt().await {
+                    Ok(()) => ok += 1,
+                    Err(error) => failed.push(error),
+                }
+            }
+            (ok, failed)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    victim.shutdown().await;
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(joined) = workers.join_next().await {
+        let (o, f) = joined.expect("worker");
+        ok += o;
+        failed.extend(f);
+    }
+    (ok, failed)
+}
+
 async fn whoami(client: &Node, options: &CallOptions) -> Result<u16, meshrpc::Status> {
     let reply: Reply = client
         .channel("probe")
@@ -190,39 +247,21 @@ async fn draining_a_replica_under_load_fails_no_call() {
         replicas.push(mesh_node(state.path(), &seeds, Some(Probe::new())).await);
     }
     wait_for_replicas(&seed, 3).await;
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..8 {
+    let (ok, failed) = drain_under_load(replicas.remove(0), move || {
         let seed = seed.clone();
-        workers.spawn(async move {
-            let stop = Instant::now() + Duration::from_secs(3);
-            let (mut ok, mut failed) = (0, Vec::new());
-            while Instant::now() < stop {
-                // A non-idempotent method: only refusals may be retried.
-                match seed
-                    .channel("probe")
-                    .unary::<_, Reply>(
-                        method("sleep"),
-                        &SleepRequest { ms: 20 },
-                        &CallOptions::new(),
-                    )
-                    .await
-                {
-                    Ok(_) => ok += 1,
-                    Err(status) => failed.push(status),
-                }
-            }
-            (ok, failed)
-        });
-    }
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let victim = replicas.remove(0);
-    victim.shutdown().await;
-    let (mut ok, mut failed) = (0, Vec::new());
-    while let Some(joined) = workers.join_next().await {
-        let (o, f) = joined.expect("worker");
-        ok += o;
-        failed.extend(f);
-    }
+        async move {
+            // A non-idempotent method: only refusals may be retried.
+            seed.channel("probe")
+                .unary::<_, Reply>(
+                    method("sleep"),
+                    &SleepRequest { ms: 20 },
+                    &CallOptions::new(),
+                )
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
     assert!(
         failed.is_empty(),
         "{} calls failed: {:?}",
@@ -277,23 +316,12 @@ async fn a_legacy_http_handler_answers_through_another_node() {
             "/echo",
             axum::routing::post(|body: String| async move { format!("got {} bytes", body.len()) }),
         );
-    let _web = Node::builder("web")
-        .cluster("test")
-        .state_dir(state.path())
-        .listen("127.0.0.1:0".parse().expect("addr"))
-        .seeds([seed.local_addr().to_string()])
+    let _web = web(state.path(), &seed)
         .publish_http("probe", router)
         .start()
         .await
         .expect("starts");
-    let seen = {
-        let seed = seed.clone();
-        eventually(Duration::from_secs(10), move || {
-            seed.view().serving_http("probe").count() == 1
-        })
-        .await
-    };
-    assert!(seen);
+    wait_for_http(&seed, "probe", 1).await;
     let client = seed.http_client("probe");
     let response = client
         .send(
@@ -362,25 +390,14 @@ async fn legacy_http_requests_are_balanced_over_every_replica() {
         let router =
             axum::Router::new().route("/who", get(move || async move { format!("web-{index}") }));
         webs.push(
-            Node::builder("web")
-                .cluster("test")
-                .state_dir(state.path())
-                .listen("127.0.0.1:0".parse().expect("addr"))
-                .seeds([seed.local_addr().to_string()])
+            web(state.path(), &seed)
                 .publish_http("probe", router)
                 .start()
                 .await
                 .expect("starts"),
         );
     }
-    let seen = {
-        let seed = seed.clone();
-        eventually(Duration::from_secs(10), move || {
-            seed.view().serving_http("probe").count() == 3
-        })
-        .await
-    };
-    assert!(seen);
+    wait_for_http(&seed, "probe", 3).await;
     let client = seed.http_client("probe");
     let mut answers = HashMap::new();
     for _ in 0..9 {
@@ -421,68 +438,42 @@ async fn draining_a_legacy_http_replica_under_load_fails_no_request() {
             }),
         );
         webs.push(
-            Node::builder("web")
-                .cluster("test")
-                .state_dir(state.path())
-                .listen("127.0.0.1:0".parse().expect("addr"))
-                .seeds([seed.local_addr().to_string()])
+            web(state.path(), &seed)
                 .publish_http("probe", router)
                 .start()
                 .await
                 .expect("starts"),
         );
     }
-    let seen = {
-        let seed = seed.clone();
-        eventually(Duration::from_secs(10), move || {
-            seed.view().serving_http("probe").count() == 3
-        })
-        .await
-    };
-    assert!(seen);
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..8 {
-        let client = seed.http_client("probe");
-        workers.spawn(async move {
-            let stop = Instant::now() + Duration::from_secs(3);
-            let (mut ok, mut failed) = (0, Vec::new());
-            while Instant::now() < stop {
-                let request = http::Request::get("/who")
-                    .body(http_body_util::Empty::<bytes::Bytes>::new())
-                    .expect("request");
-                let answer = tokio::time::timeout(Duration::from_secs(5), async {
-                    let response = client.send(request).await.map_err(|s| s.to_string())?;
-                    let status = response.status();
-                    let body = response
-                        .into_body()
-                        .collect()
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .to_bytes();
-                    Ok::<_, String>((status, body))
-                })
-                .await;
-                match answer {
-                    Ok(Ok((status, body))) if status == 200 && body.starts_with(b"web-") => {
-                        ok += 1;
-                    }
-                    Ok(Ok((status, body))) => failed.push(format!("{status}: {body:?}")),
-                    Ok(Err(error)) => failed.push(error),
-                    Err(_) => failed.push("no answer within 5 s".to_owned()),
-                }
+    wait_for_http(&seed, "probe", 3).await;
+    let client = seed.http_client("probe");
+    let (ok, failed) = drain_under_load(webs.remove(0), move || {
+        let client = client.clone();
+        async move {
+            let request = http::Request::get("/who")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request");
+            let answer = tokio::time::timeout(Duration::from_secs(5), async {
+                let response = client.send(request).await.map_err(|s| s.to_string())?;
+                let status = response.status();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                Ok::<_, String>((status, body))
+            })
+            .await;
+            match answer {
+                Ok(Ok((status, body))) if status == 200 && body.starts_with(b"web-") => Ok(()),
+                Ok(Ok((status, body))) => Err(format!("{status}: {body:?}")),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err("no answer within 5 s".to_owned()),
             }
-            (ok, failed)
-        });
-    }
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let victim = webs.remove(0);
-    victim.shutdown().await;
-    let (mut ok, mut failed) = (0, Vec::new());
-    while let Some(joined) = workers.join_next().await {
-        let (o, f) = joined.expect("worker");
-        ok += o;
-        failed.extend(f);
-    }
+        }
+    })
+    .await;
     assert!(
         failed.is_empty(),
         "{} requests failed: {:?}",
@@ -504,11 +495,7 @@ async fn a_legacy_http_request_refused_by_a_member_at_its_limit_goes_to_another(
         let router =
             axum::Router::new().route("/who", get(move || async move { format!("web-{index}") }));
         let probe = Probe::new();
-        let node = Node::builder("web")
-            .cluster("test")
-            .state_dir(state.path())
-            .listen("127.0.0.1:0".parse().expect("addr"))
-            .seeds([seed.local_addr().to_string()])
+        let node = web(state.path(), &seed)
             .limits(meshrpc::Limits {
                 max_concurrent_calls: limit,
                 ..meshrpc::Limits::default()
@@ -521,14 +508,7 @@ async fn a_legacy_http_request_refused_by_a_member_at_its_limit_goes_to_another(
         let _ = probe.node.set(node.clone());
         webs.push(node);
     }
-    let seen = {
-        let seed = seed.clone();
-        eventually(Duration::from_secs(10), move || {
-            seed.view().serving_http("web").count() == 2
-        })
-        .await
-    };
-    assert!(seen);
+    wait_for_http(&seed, "web", 2).await;
     // web-0 serves one call at a time: a call that sleeps 3 s takes its only slot.
     let busy = {
         let channel = seed.channel_to(webs[0].local_addr());
