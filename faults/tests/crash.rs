@@ -155,15 +155,10 @@ async fn a_replica_drained_with_sigterm_behind_the_gateway_fails_no_request_and_
     let _exclusive = faults::exclusive();
     let state = tempfile::tempdir().expect("tempdir");
     let mesh = Mesh::new(format!("drain-{}", std::process::id()), state.path());
-    let (_gateway, http, seed) = gateway(&mesh, &[]);
-    let mut replicas: Vec<Proc> = (0..3)
-        .map(|i| greeter_on(&mesh, &format!("greeter-{i}"), 0, seed))
-        .collect();
-    wait_for_live(http, 3).await;
+    let (_gateway, http, mut replicas) = gateway_and_three_greeters(&mesh).await;
 
     let load = http_greet_load(http, 100_000, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut exits = Vec::new();
     // Two of the three, one after the other: each drains while the others carry the load.
     for replica in replicas.iter_mut().take(2) {
         replica.signal("TERM");
@@ -176,7 +171,6 @@ async fn a_replica_drained_with_sigterm_behind_the_gateway_fails_no_request_and_
             signalled.elapsed()
         );
         assert_eq!(status.code(), Some(0), "a drained replica exits 0");
-        exits.push(signalled.elapsed());
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let report = load.finish().await;
@@ -195,11 +189,7 @@ async fn a_replica_killed_behind_the_gateway_fails_no_get() {
     let _exclusive = faults::exclusive();
     let state = tempfile::tempdir().expect("tempdir");
     let mesh = Mesh::new(format!("kill-gw-{}", std::process::id()), state.path());
-    let (_gateway, http, seed) = gateway(&mesh, &[]);
-    let mut replicas: Vec<Proc> = (0..3)
-        .map(|i| greeter_on(&mesh, &format!("greeter-{i}"), 0, seed))
-        .collect();
-    wait_for_live(http, 3).await;
+    let (_gateway, http, mut replicas) = gateway_and_three_greeters(&mesh).await;
 
     // GETs are idempotent: one that was on the killed replica is sent to another.
     let load = http_greet_load(http, 100_000, Duration::from_secs(30));
@@ -216,6 +206,17 @@ async fn a_replica_killed_behind_the_gateway_fails_no_get() {
         "first problems: {:?}",
         report.first_problems()
     );
+}
+
+/// A gateway (the seed of `mesh`) and three greeters, once the gateway counts all three live:
+/// the gateway, its HTTP address and the greeters.
+async fn gateway_and_three_greeters(mesh: &Mesh) -> (Proc, SocketAddr, Vec<Proc>) {
+    let (gateway, http, seed) = gateway(mesh, &[]);
+    let greeters: Vec<Proc> = (0..3)
+        .map(|i| greeter_on(mesh, &format!("greeter-{i}"), 0, seed))
+        .collect();
+    wait_for_live(http, 3).await;
+    (gateway, http, greeters)
 }
 
 /// Waits until the gateway's `/readyz` counts `count` live greeters.
