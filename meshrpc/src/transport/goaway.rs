@@ -22,7 +22,7 @@ pub(crate) fn close_reason(first_unread: u64) -> String {
 }
 
 /// The first stream index the closing peer never read, if `error` is such a close.
-pub(crate) fn first_unread(error: &ConnectionError) -> Option<u64> {
+fn first_unread(error: &ConnectionError) -> Option<u64> {
     let ConnectionError::ApplicationClosed(close) = error else {
         return None;
     };
