@@ -111,7 +111,13 @@ pub(crate) async fn serve_tunnel(
             }
         }
     });
+    // One request per stream (docs/PROTOCOL.md, section 11): a client may end its half (FIN)
+    // right after its request, and the node answers it all the same (`half_close`), then
+    // ends its own half after the response whatever the request's `Connection` header says
+    // (`keep_alive(false)`).
     if let Err(error) = hyper::server::conn::http1::Builder::new()
+        .half_close(true)
+        .keep_alive(false)
         .serve_connection(io, handler)
         .await
     {

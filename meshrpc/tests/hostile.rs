@@ -902,6 +902,99 @@ async fn header_only_streams_do_not_starve_other_callers() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The HTTP tunnel (docs/PROTOCOL.md, section 11), spoken by hand
+
+/// A node publishing the legacy HTTP handlers of `web` (`GET /check`, `POST /echo`), and a raw
+/// peer connected to it.
+async fn web_node() -> (TempDir, Node, RawPeer) {
+    use axum::routing::{get, post};
+    let state = tempfile::tempdir().expect("tempdir");
+    let router = axum::Router::new()
+        .route("/check", get(|| async { "All ok!" }))
+        .route(
+            "/echo",
+            post(|body: String| async move { format!("got {} bytes", body.len()) }),
+        );
+    let node = Node::builder("web")
+        .cluster(CLUSTER)
+        .state_dir(state.path())
+        .listen("127.0.0.1:0".parse().expect("address"))
+        .publish_http("web", router)
+        .start()
+        .await
+        .expect("the node starts");
+    let peer = RawPeer::connect(state.path(), node.local_addr()).await;
+    (state, node, peer)
+}
+
+/// Opens a tunnel to `service`, writes `request` (plain HTTP/1.1), ends the stream if `finish`,
+/// and reads the node's half to its end: the raw response, or why the stream failed.
+async fn tunnel(peer: &RawPeer, service: &str, request: &str, finish: bool) -> String {
+    let (mut send, mut recv) = peer.connection.open_bi().await.expect("stream");
+    let header = fixmap(&[("service", fixstr(service))]);
+    let bytes = [frame(FrameKind::Http, &header), request.as_bytes().to_vec()].concat();
+    send.write_all(&bytes).await.expect("sent");
+    if finish {
+        send.finish().expect("finished");
+    }
+    let response = tokio::time::timeout(WAIT, recv.read_to_end(64 * 1024))
+        .await
+        .expect("the node ends its half of the tunnel within the wait")
+        .unwrap_or_else(|error| panic!("the tunnel failed: {error}"));
+    String::from_utf8(response).expect("an HTTP response is text")
+}
+
+#[tokio::test]
+async fn a_tunnelled_request_followed_by_fin_gets_the_whole_response() {
+    let (_state, _node, peer) = web_node().await;
+    // No Host header: the node does not need one.
+    let response = tunnel(&peer, "web", "GET /check HTTP/1.1\r\n\r\n", true).await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.ends_with("\r\n\r\nAll ok!"), "{response}");
+    let response = tunnel(
+        &peer,
+        "web",
+        "POST /echo HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhello",
+        true,
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.ends_with("got 5 bytes"), "{response}");
+}
+
+#[tokio::test]
+async fn a_tunnel_is_ended_after_one_response_even_when_the_client_keeps_its_half_open() {
+    let (_state, _node, peer) = web_node().await;
+    let response = tunnel(&peer, "web", "GET /check HTTP/1.1\r\n\r\n", false).await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.ends_with("All ok!"), "{response}");
+}
+
+#[tokio::test]
+async fn a_tunnelled_handler_sees_its_own_path_not_the_services() {
+    let (_state, _node, peer) = web_node().await;
+    let response = tunnel(&peer, "web", "GET /web/check HTTP/1.1\r\n\r\n", true).await;
+    assert!(
+        response.starts_with("HTTP/1.1 404 Not Found\r\n"),
+        "{response}"
+    );
+}
+
+#[tokio::test]
+async fn a_tunnel_to_a_service_without_http_handlers_gets_a_404_naming_it() {
+    let (_state, _node, peer) = web_node().await;
+    let response = tunnel(&peer, "billing", "GET /check HTTP/1.1\r\n\r\n", true).await;
+    assert!(
+        response.starts_with("HTTP/1.1 404 Not Found\r\n"),
+        "{response}"
+    );
+    assert!(
+        response.ends_with("no HTTP handler for service `billing` on this node"),
+        "{response}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Mutual TLS: who cannot get a call in
 
 /// Tries a `probe.add` call presenting `client_config`; the error says how it failed.
