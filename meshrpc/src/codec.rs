@@ -19,14 +19,18 @@ pub const MAX_HEADER_DEPTH: usize = 16;
 /// stack of the task decoding it.
 pub const MAX_PAYLOAD_DEPTH: usize = 128;
 
-/// Decodes MessagePack from a slice, refusing nesting deeper than `max_depth`.
+mod strict;
+
+/// Decodes MessagePack from a slice, refusing nesting deeper than `max_depth`, and refusing a
+/// struct written as anything but a map keyed by field names (an array of positional fields,
+/// binary or integer keys): see docs/PROTOCOL.md, section 5.
 pub fn from_slice_bounded<'de, T: serde::Deserialize<'de>>(
     bytes: &'de [u8],
     max_depth: usize,
 ) -> Result<T, rmp_serde::decode::Error> {
     let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
     deserializer.set_max_depth(max_depth);
-    T::deserialize(&mut deserializer)
+    T::deserialize(strict::Strict(&mut deserializer))
 }
 
 /// Decodes MessagePack from a reader (consuming exactly one value), refusing nesting deeper
@@ -331,6 +335,88 @@ mod tests {
         let error = decode_request::<Vec<serde::de::IgnoredAny>>("m", &Bytes::from(deep))
             .expect_err("too deep");
         assert!(error.message().contains("depth"), "{error}");
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    enum Shape {
+        Dot,
+        Circle(u32),
+        Pair(u8, u8),
+        Square { side: u32 },
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Rich {
+        names: Vec<String>,
+        pair: (u8, String),
+        inner: Option<Greet>,
+        shapes: Vec<Shape>,
+        table: std::collections::BTreeMap<u32, Greet>,
+    }
+
+    #[test]
+    fn sequences_maps_and_enums_still_decode() {
+        let sent = Rich {
+            names: vec!["a".into(), "b".into()],
+            pair: (7, "x".into()),
+            inner: Some(Greet { name: "Max".into() }),
+            shapes: vec![
+                Shape::Dot,
+                Shape::Circle(3),
+                Shape::Pair(1, 2),
+                Shape::Square { side: 4 },
+            ],
+            table: [(1, Greet { name: "one".into() })].into_iter().collect(),
+        };
+        let payload = encode(&sent).expect("encodes");
+        let back: Rich = decode_request("rich", &payload).expect("decodes");
+        assert_eq!(back, sent);
+    }
+
+    #[test]
+    fn a_struct_sent_as_an_array_of_positional_fields_is_refused() {
+        // ["Max"] where {"name": "Max"} is expected.
+        let error = decode_request::<Greet>("greet", &Bytes::from_static(b"\x91\xa3Max"))
+            .expect_err("positional");
+        assert_eq!(error.code(), Code::InvalidArgument);
+        assert!(error.message().contains("got an array"), "{error}");
+        assert!(error.message().contains("`greet`"), "{error}");
+        // Nested: {"names": [], "pair": [7, "x"], "inner": ["Max"], ...}.
+        #[derive(Serialize)]
+        struct Positional {
+            inner: (String,),
+        }
+        let payload = encode(&Positional {
+            inner: ("Max".into(),),
+        })
+        .expect("encodes");
+        #[derive(Deserialize, Debug)]
+        struct Nested {
+            #[allow(dead_code)]
+            inner: Greet,
+        }
+        let error = decode_request::<Nested>("nested", &payload).expect_err("positional");
+        assert!(error.message().contains("got an array"), "{error}");
+    }
+
+    #[test]
+    fn field_names_that_are_binaries_or_numbers_are_refused() {
+        // {bin "name": "Max"}
+        let error =
+            decode_request::<Greet>("greet", &Bytes::from_static(b"\x81\xc4\x04name\xa3Max"))
+                .expect_err("binary key");
+        assert_eq!(error.code(), Code::InvalidArgument);
+        assert!(
+            error.message().contains("a field name is a binary"),
+            "{error}"
+        );
+        // {0: "Max"}: the field's position.
+        let error = decode_request::<Greet>("greet", &Bytes::from_static(b"\x81\x00\xa3Max"))
+            .expect_err("integer key");
+        assert!(
+            error.message().contains("a field name is an integer"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -241,6 +241,71 @@ async fn unknown_keys_in_a_call_header_are_ignored() {
 }
 
 #[tokio::test]
+async fn a_call_header_that_is_an_array_is_answered_with_invalid_argument() {
+    let setup = Setup::new().await;
+    // ["probe", "add", 5000]: the fields in order, without their names.
+    let header = [
+        vec![0x93],
+        fixstr("probe"),
+        fixstr("add"),
+        vec![0xcd, 0x13, 0x88],
+    ]
+    .concat();
+    let request = [
+        frame(FrameKind::Call, &header),
+        data_frame(&AddRequest { a: 1, b: 2 }),
+    ]
+    .concat();
+    let answer = setup.peer.exchange(&request).await;
+    answer.assert_status(
+        Code::InvalidArgument,
+        "malformed call header: expected a map of field names to values, got an array",
+    );
+    assert_eq!(setup.started(), 0);
+    setup.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn call_header_keys_that_are_binaries_are_answered_with_invalid_argument() {
+    let setup = Setup::new().await;
+    // {bin "service": "probe", "method": "add"}
+    let header = [
+        vec![0x82, 0xc4, 7],
+        b"service".to_vec(),
+        fixstr("probe"),
+        fixstr("method"),
+        fixstr("add"),
+    ]
+    .concat();
+    let request = [
+        frame(FrameKind::Call, &header),
+        data_frame(&AddRequest { a: 1, b: 2 }),
+    ]
+    .concat();
+    let answer = setup.peer.exchange(&request).await;
+    answer.assert_status(Code::InvalidArgument, "a field name is a binary");
+    assert_eq!(setup.started(), 0);
+    setup.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn a_positional_payload_is_answered_with_invalid_argument() {
+    let setup = Setup::new().await;
+    // [1, 2] where {"a": 1, "b": 2} is expected.
+    let request = [
+        call_frame("probe", "add", None),
+        frame(FrameKind::Data, b"\x92\x01\x02"),
+    ]
+    .concat();
+    let answer = setup.peer.exchange(&request).await;
+    answer.assert_status(
+        Code::InvalidArgument,
+        "the request for `add` does not match its signature: expected a map of field names to values, got an array",
+    );
+    setup.assert_still_serving().await;
+}
+
+#[tokio::test]
 async fn an_unknown_service_is_answered_with_not_found_listing_the_published_services() {
     let setup = Setup::new().await;
     let request = [call_frame("billing", "charge", None), data_frame(&())].concat();
