@@ -45,14 +45,29 @@ pub(crate) fn canonical_schema(service: &Service) -> String {
                     fields.join(", ")
                 ));
             }
+            // New kinds of body get lines of their own, so the hashes of manifests without
+            // them stay what they were.
+            Body::Newtype(field) => {
+                text.push_str(&format!(
+                    "newtype {}({})\n",
+                    declared.name,
+                    field.ty.canonical()
+                ));
+            }
+            Body::Tuple(fields) => {
+                text.push_str(&format!(
+                    "tuple {}({})\n",
+                    declared.name,
+                    types_text(fields)
+                ));
+            }
             Body::Enum(variants) => {
                 let variants: Vec<String> = variants
                     .iter()
                     .map(|variant| match &variant.fields {
                         VariantFields::Unit => variant.name.clone(),
-                        VariantFields::Tuple(types) => {
-                            let types: Vec<String> = types.iter().map(Ty::canonical).collect();
-                            format!("{}({})", variant.name, types.join(", "))
+                        VariantFields::Tuple(fields) => {
+                            format!("{}({})", variant.name, types_text(fields))
                         }
                         VariantFields::Named(fields) => {
                             let fields: Vec<String> = fields.iter().map(field_text).collect();
@@ -69,6 +84,11 @@ pub(crate) fn canonical_schema(service: &Service) -> String {
         }
     }
     text
+}
+
+fn types_text(fields: &[Field]) -> String {
+    let types: Vec<String> = fields.iter().map(|field| field.ty.canonical()).collect();
+    types.join(", ")
 }
 
 fn field_text(field: &Field) -> String {
@@ -111,6 +131,7 @@ fn method_descriptor(service: &Service, method: &Method) -> Value {
             name: method.returns.clone(),
             doc: String::new(),
             ty: method.result.clone(),
+            at: 0,
         }]
     };
     json!({
@@ -149,6 +170,24 @@ fn object_schema(service: &str, fields: &[Field]) -> Value {
 fn type_schema(service: &Service, declared: &Declared) -> Value {
     let mut schema = match &declared.body {
         Body::Struct(fields) => object_schema(&service.name, fields),
+        // Transparent: the wrapped value's schema. A `$ref` cannot carry a description beside
+        // it in OpenAPI 3.0, so it is wrapped in `allOf`.
+        Body::Newtype(field) => {
+            let inner = field.ty.schema(&service.name, true);
+            if inner.get("$ref").is_some() {
+                json!({ "allOf": [inner] })
+            } else {
+                inner
+            }
+        }
+        // An array, like a tuple; its elements are fields, so `Vec<u8>` is a binary there.
+        Body::Tuple(fields) => json!({
+            "type": "array",
+            "minItems": fields.len(),
+            "maxItems": fields.len(),
+            "items": {},
+            "x-meshrpc-tuple": fields.iter().map(|field| field.ty.schema(&service.name, true)).collect::<Vec<_>>(),
+        }),
         Body::Enum(variants)
             if variants
                 .iter()
@@ -170,11 +209,12 @@ fn type_schema(service: &Service, declared: &Declared) -> Value {
                         VariantFields::Unit => {
                             return json!({ "type": "string", "enum": [variant.name] });
                         }
-                        VariantFields::Tuple(types) if types.len() == 1 => {
-                            types[0].schema(&service.name, true)
+                        VariantFields::Tuple(fields) if fields.len() == 1 => {
+                            fields[0].ty.schema(&service.name, true)
                         }
-                        VariantFields::Tuple(types) => {
-                            Ty::Tuple(types.clone()).schema(&service.name, true)
+                        VariantFields::Tuple(fields) => {
+                            Ty::Tuple(fields.iter().map(|field| field.ty.clone()).collect())
+                                .schema(&service.name, true)
                         }
                         VariantFields::Named(fields) => object_schema(&service.name, fields),
                     };

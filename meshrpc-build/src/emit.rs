@@ -57,7 +57,7 @@ fn doc_or(text: &str, fallback: impl FnOnce() -> String) -> TokenStream {
 fn type_complexity_allowance(service: &Service) -> TokenStream {
     fn weight(ty: &Ty) -> usize {
         match ty {
-            Ty::Vec(inner) | Ty::Option(inner) => 1 + weight(inner),
+            Ty::Vec(inner) | Ty::Option(inner) | Ty::Boxed(inner) => 1 + weight(inner),
             Ty::Map(_, key, value) => 1 + weight(key) + weight(value),
             Ty::Tuple(elems) => 1 + elems.iter().map(weight).sum::<usize>(),
             _ => 1,
@@ -92,6 +92,7 @@ fn many_arguments_allowance(method: &Method) -> TokenStream {
 
 struct Names {
     trait_name: syn::Ident,
+    dyn_trait: syn::Ident,
     server: syn::Ident,
     client: syn::Ident,
     spec: syn::Ident,
@@ -102,6 +103,7 @@ fn names(service: &Service) -> Names {
     let camel = service.name.to_upper_camel_case();
     Names {
         trait_name: format_ident!("{}", camel),
+        dyn_trait: format_ident!("Dyn{}", camel),
         server: format_ident!("{}Server", camel),
         client: format_ident!("{}Client", camel),
         spec: format_ident!("{}_SPEC", service.name.to_shouty_snake_case()),
@@ -124,6 +126,7 @@ fn service_tokens(service: &Service, parts: Parts) -> TokenStream {
         .iter()
         .map(|declared| declared_type(service, declared));
     let trait_item = trait_item(service, &names, parts);
+    let dyn_item = dyn_item(service, &names);
     let messages = messages(service, &names);
     let spec = spec(service, &names);
     let server = if parts.server {
@@ -139,6 +142,7 @@ fn service_tokens(service: &Service, parts: Parts) -> TokenStream {
     quote! {
         #(#declared)*
         #trait_item
+        #dyn_item
         #messages
         #spec
         #server
@@ -171,22 +175,24 @@ fn declared_type(service: &Service, declared: &Declared) -> TokenStream {
             declared.name, service.name
         )
     });
+    let extra = declared.derives.iter().map(|(derive, _)| derive.tokens());
     let common = quote! {
         #[derive(
             ::core::fmt::Debug,
             ::core::clone::Clone,
             ::core::cmp::PartialEq,
+            #(#extra,)*
             ::meshrpc::serde::Serialize,
             ::meshrpc::serde::Deserialize
         )]
     };
+    let default = if is_defaultable(service, &declared.name, 0) {
+        quote!(#[derive(::core::default::Default)])
+    } else {
+        TokenStream::new()
+    };
     match &declared.body {
         Body::Struct(fields) => {
-            let default = if is_defaultable(service, &declared.name, 0) {
-                quote!(#[derive(::core::default::Default)])
-            } else {
-                TokenStream::new()
-            };
             let fields = fields.iter().map(|field| {
                 field_tokens(
                     field,
@@ -205,16 +211,36 @@ fn declared_type(service: &Service, declared: &Declared) -> TokenStream {
                 }
             }
         }
+        Body::Newtype(field) => {
+            let field = unnamed_field(field);
+            quote! {
+                #doc
+                #common
+                #default
+                #[serde(crate = "::meshrpc::serde", transparent)]
+                pub struct #name(#field);
+            }
+        }
+        Body::Tuple(fields) => {
+            let fields = fields.iter().map(unnamed_field);
+            quote! {
+                #doc
+                #common
+                #default
+                #[serde(crate = "::meshrpc::serde")]
+                pub struct #name(#(#fields),*);
+            }
+        }
         Body::Enum(variants) => {
             let variants = variants.iter().map(|variant| {
                 let variant_name = format_ident!("{}", variant.name);
                 let doc = doc_or(&variant.doc, || format!("The `{}` variant.", variant.name));
                 let fields = match &variant.fields {
                     VariantFields::Unit => TokenStream::new(),
-                    VariantFields::Tuple(types) => {
-                        let types = types.iter().map(|ty| {
-                            let attribute = ty.serde_attribute();
-                            let ty = ty.tokens(Place::TopLevel);
+                    VariantFields::Tuple(fields) => {
+                        let types = fields.iter().map(|field| {
+                            let attribute = field.ty.serde_attribute();
+                            let ty = field.ty.tokens(Place::TopLevel);
                             quote!(#attribute #ty)
                         });
                         quote!((#(#types),*))
@@ -248,6 +274,14 @@ fn declared_type(service: &Service, declared: &Declared) -> TokenStream {
     }
 }
 
+/// A public field of a newtype or tuple struct, with its doc and serde attribute.
+fn unnamed_field(field: &Field) -> TokenStream {
+    let doc = doc(&field.doc);
+    let attribute = field.ty.serde_attribute();
+    let ty = field.ty.tokens(Place::TopLevel);
+    quote!(#doc #attribute pub #ty)
+}
+
 /// Whether `#[derive(Default)]` compiles for a declared struct: every field type must have a
 /// default (declared enums and `use` types may not).
 fn is_defaultable(service: &Service, name: &str, depth: usize) -> bool {
@@ -257,14 +291,16 @@ fn is_defaultable(service: &Service, name: &str, depth: usize) -> bool {
     let Some(declared) = service.types.iter().find(|declared| declared.name == name) else {
         return false;
     };
-    match &declared.body {
-        Body::Struct(fields) => fields.iter().all(|field| {
-            field
-                .ty
-                .has_default(&|inner| is_defaultable(service, inner, depth + 1))
-        }),
-        Body::Enum(_) => false,
-    }
+    let fields = match &declared.body {
+        Body::Struct(fields) | Body::Tuple(fields) => fields.iter().collect::<Vec<_>>(),
+        Body::Newtype(field) => vec![field],
+        Body::Enum(_) => return false,
+    };
+    fields.iter().all(|field| {
+        field
+            .ty
+            .has_default(&|inner| is_defaultable(service, inner, depth + 1))
+    })
 }
 
 fn result_tokens(ty: &Ty) -> TokenStream {
@@ -333,6 +369,106 @@ fn trait_item(service: &Service, names: &Names, parts: Parts) -> TokenStream {
     }
 }
 
+/// The object-safe twin of the trait: the trait's `impl Future` returns make it unusable as
+/// `dyn`, so `DynGreeter` returns boxed futures, every `Greeter` is a `DynGreeter`, and
+/// `Arc<dyn DynGreeter>` and `Box<dyn DynGreeter>` are `Greeter`s again.
+fn dyn_item(service: &Service, names: &Names) -> TokenStream {
+    let trait_name = &names.trait_name;
+    let dyn_trait = &names.dyn_trait;
+    let dyn_doc = doc(&format!(
+        "[`{trait_name}`] as a trait object: the same methods, returning boxed futures.\n\n\
+         `{trait_name}` itself cannot be a `dyn` type (its methods return `impl Future`). Every \
+         `{trait_name}` is a `{dyn_trait}`, and `Arc<dyn {dyn_trait}>` and \
+         `Box<dyn {dyn_trait}>` implement `{trait_name}`, so an implementation chosen at run \
+         time (a local one or a client) can be stored, passed and served as one type."
+    ));
+    let complexity = type_complexity_allowance(service);
+    let signatures: Vec<TokenStream> = service
+        .methods
+        .iter()
+        .map(|method| {
+            let name = format_ident!("{}", method.name);
+            let params = params_tokens(method);
+            let result = result_tokens(&method.result);
+            let many = many_arguments_allowance(method);
+            quote! {
+                #many
+                fn #name(&self, #(#params),*) -> ::meshrpc::BoxFuture<'_, #result>
+            }
+        })
+        .collect();
+    let declarations = service
+        .methods
+        .iter()
+        .zip(&signatures)
+        .map(|(method, signature)| {
+            let doc = method_doc(service, method);
+            quote! { #doc #signature; }
+        });
+    let forward =
+        |target: TokenStream| {
+            let methods: Vec<TokenStream> = service
+            .methods
+            .iter()
+            .map(|method| {
+                let name = format_ident!("{}", method.name);
+                let params = params_tokens(method);
+                let result = result_tokens(&method.result);
+                let args = method.params.iter().map(|param| format_ident!("{}", param.name));
+                let many = many_arguments_allowance(method);
+                let doc = method_doc(service, method);
+                quote! {
+                    #doc
+                    #many
+                    fn #name(&self, #(#params),*)
+                        -> impl ::core::future::Future<Output = #result> + ::core::marker::Send {
+                        #dyn_trait::#name(&**self, #(#args),*)
+                    }
+                }
+            })
+            .collect();
+            quote! {
+                #complexity
+                impl #trait_name for #target {
+                    #(#methods)*
+                }
+            }
+        };
+    let boxing = service
+        .methods
+        .iter()
+        .zip(&signatures)
+        .map(|(method, signature)| {
+            let name = format_ident!("{}", method.name);
+            let args = method
+                .params
+                .iter()
+                .map(|param| format_ident!("{}", param.name));
+            quote! {
+                #signature {
+                    ::std::boxed::Box::pin(#trait_name::#name(self, #(#args),*))
+                }
+            }
+        });
+    let for_arc = forward(quote!(::std::sync::Arc<dyn #dyn_trait>));
+    let for_box = forward(quote!(::std::boxed::Box<dyn #dyn_trait>));
+    quote! {
+        #dyn_doc
+        #complexity
+        pub trait #dyn_trait: ::core::marker::Send + ::core::marker::Sync {
+            #(#declarations)*
+        }
+
+        #complexity
+        impl<T: #trait_name + ::core::marker::Send + ::core::marker::Sync> #dyn_trait for T {
+            #(#boxing)*
+        }
+
+        #for_arc
+        #for_box
+    }
+}
+
 fn messages(service: &Service, names: &Names) -> TokenStream {
     let module = &names.messages;
     let module_doc = doc(&format!(
@@ -374,6 +510,7 @@ fn messages(service: &Service, names: &Names) -> TokenStream {
                 name: method.returns.clone(),
                 doc: format!("The result of `{}`.", method.name),
                 ty: method.result.clone(),
+                at: 0,
             };
             let field = field_tokens(&field, Place::Messages, true, "");
             quote!(#field,)

@@ -96,6 +96,19 @@ impl Source<'_> {
     }
 }
 
+impl Source<'_> {
+    /// A located warning line, `path:LINE:COL: warning: <problem> — <fix>`.
+    pub(crate) fn warning(
+        &self,
+        offset: usize,
+        problem: impl fmt::Display,
+        fix: impl fmt::Display,
+    ) -> String {
+        let (line, column) = self.line_column(offset);
+        format!("{}:{line}:{column}: warning: {problem} — {fix}", self.path)
+    }
+}
+
 fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
     while !text.is_char_boundary(offset) {
         offset -= 1;

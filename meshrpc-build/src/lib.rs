@@ -68,6 +68,11 @@ pub struct GeneratedFile {
     pub file_name: String,
     /// The formatted Rust code.
     pub code: String,
+    /// Located warnings about the service's part of the manifest, one line each
+    /// (`services.toml:LINE:COL: warning: <what> — <what to do>`): things that build but are
+    /// likely mistakes, such as a declared type or a `use` entry that no method uses.
+    /// [`compile`] prints them as `cargo:warning=` lines.
+    pub warnings: Vec<String>,
 }
 
 /// Generates the code of every service of a manifest, without touching the file system.
@@ -137,6 +142,7 @@ fn generate_files(
             service: service.name.clone(),
             file_name: format!("{}.rs", service.name),
             code: emit::service_file(service, header_path, parts),
+            warnings: service.warnings.clone(),
         })
         .collect())
 }
@@ -232,6 +238,9 @@ impl Builder {
                 })?,
         };
         for file in files {
+            for warning in &file.warnings {
+                println!("cargo:warning={warning}");
+            }
             let path = out_dir.join(&file.file_name);
             // Rewriting an unchanged file would only make cargo rebuild the crate.
             if std::fs::read_to_string(&path).ok().as_deref() == Some(file.code.as_str()) {

@@ -14,7 +14,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::error::{Error, Source};
-use crate::types::{Scope, SpanError, Ty, UseType, closest};
+use crate::types::{Derive, Scope, SpanError, Ty, UseType, closest};
 
 /// A parsed and checked manifest.
 #[derive(Debug, Clone)]
@@ -30,6 +30,9 @@ pub(crate) struct Service {
     pub(crate) types: Vec<Declared>,
     /// The service's sections of the manifest, comments included.
     pub(crate) text: String,
+    /// Located warnings (`path:LINE:COL: warning: ...`): things that build but are likely
+    /// mistakes, such as a declared type no method uses.
+    pub(crate) warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +52,8 @@ pub(crate) struct Field {
     pub(crate) name: String,
     pub(crate) doc: String,
     pub(crate) ty: Ty,
+    /// Where the field's type is written in the manifest (a byte offset), for errors.
+    pub(crate) at: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -56,11 +61,45 @@ pub(crate) struct Declared {
     pub(crate) name: String,
     pub(crate) doc: String,
     pub(crate) body: Body,
+    /// The derives asked for with `derive = [...]`, beyond the ones every declared type has,
+    /// each with where it is written (a byte offset).
+    pub(crate) derives: Vec<(Derive, usize)>,
+    /// Where the type's table header is (a byte offset), for errors and warnings.
+    pub(crate) at: usize,
+}
+
+impl Declared {
+    /// Whether the type derives `derive`.
+    pub(crate) fn derives(&self, derive: Derive) -> bool {
+        self.derives.iter().any(|(known, _)| *known == derive)
+    }
+
+    /// Every field of the type, of every variant, in order (tuple fields are named by index).
+    pub(crate) fn fields(&self) -> Vec<&Field> {
+        match &self.body {
+            Body::Struct(fields) | Body::Tuple(fields) => fields.iter().collect(),
+            Body::Newtype(field) => vec![field],
+            Body::Enum(variants) => variants
+                .iter()
+                .flat_map(|variant| match &variant.fields {
+                    VariantFields::Unit => Vec::new(),
+                    VariantFields::Tuple(fields) | VariantFields::Named(fields) => {
+                        fields.iter().collect()
+                    }
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub(crate) enum Body {
+    /// `struct = "a: u8, b: String"`: a map with named fields.
     Struct(Vec<Field>),
+    /// `newtype = "u64"`: one unnamed field, the same value as that field on the wire.
+    Newtype(Field),
+    /// `tuple = "u32, String"`: unnamed fields, an array on the wire.
+    Tuple(Vec<Field>),
     Enum(Vec<Variant>),
 }
 
@@ -74,13 +113,13 @@ pub(crate) struct Variant {
 #[derive(Debug, Clone)]
 pub(crate) enum VariantFields {
     Unit,
-    Tuple(Vec<Ty>),
+    Tuple(Vec<Field>),
     Named(Vec<Field>),
 }
 
 const SERVICE_KEYS: &[&str] = &["doc", "use", "methods", "types"];
 const METHOD_KEYS: &[&str] = &["fn", "returns", "idempotent", "doc", "timeout"];
-const TYPE_KEYS: &[&str] = &["doc", "struct", "enum"];
+const TYPE_KEYS: &[&str] = &["doc", "struct", "newtype", "tuple", "enum", "derive"];
 
 const KEYWORDS: &[&str] = &[
     "as", "break", "const", "continue", "crate", "else", "enum", "extern", "false", "fn", "for",
@@ -281,6 +320,7 @@ fn parse_service(source: Source<'_>, key: &Key<'_>, value: &Value<'_>) -> Result
         camel.clone(),
         format!("{camel}Server"),
         format!("{camel}Client"),
+        format!("Dyn{camel}"),
     ];
 
     // Type names first: signatures and type bodies may refer to any of them.
@@ -357,6 +397,8 @@ fn parse_service(source: Source<'_>, key: &Key<'_>, value: &Value<'_>) -> Result
     for (key, value) in declared_entries {
         types.push(parse_declared(source, scope, key, value)?);
     }
+    check_derives(source, &types)?;
+    check_recursion(source, &types)?;
 
     let Some((methods_key, methods_value)) = methods_value else {
         return Err(source.error(
@@ -395,12 +437,14 @@ fn parse_service(source: Source<'_>, key: &Key<'_>, value: &Value<'_>) -> Result
         methods.push(method);
     }
 
+    let warnings = unused(source, &name, &methods, &types, &uses);
     Ok(Service {
         text: service_text(source.text, &name),
         name,
         doc,
         methods,
         types,
+        warnings,
     })
 }
 
@@ -451,6 +495,7 @@ fn parse_use(source: Source<'_>, entry: &Value<'_>, text: &str) -> Result<UseTyp
     Ok(UseType {
         name: segments.last().cloned().unwrap_or_default(),
         path: format!("{prefix}{}", segments.join("::")),
+        at: entry.span().start,
     })
 }
 
@@ -676,12 +721,17 @@ impl<'a> StringMap<'a> {
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) -> Error {
+        let offset = self.offset(span, parsed, prefix);
+        self.source.error(offset, problem.into(), fix.into())
+    }
+
+    /// The manifest offset of a span of `parsed` (see [`StringMap::error`]).
+    fn offset(&self, span: Span, parsed: &str, prefix: usize) -> usize {
         let offset = byte_offset(parsed, span.start());
-        let offset = match self.content_start {
+        match self.content_start {
             Some(start) => start + offset.saturating_sub(prefix),
             None => self.value_start,
-        };
-        self.source.error(offset, problem.into(), fix.into())
+        }
     }
 
     fn span_error(&self, error: SpanError, parsed: &str, prefix: usize) -> Error {
@@ -896,6 +946,7 @@ fn parse_signature(
             name: param,
             doc: String::new(),
             ty,
+            at: map.offset(typed.ty.span(), &full, prefix.len()),
         });
     }
     let result = match &signature.output {
@@ -915,26 +966,30 @@ fn parse_declared(
 ) -> Result<Declared, Error> {
     let name = key.get_ref().to_string();
     let service = scope.service;
-    let example =
-        format!("[{service}.types.{name}] with struct = \"field: String\" or enum = \"A, B\"");
+    let example = format!(
+        "[{service}.types.{name}] with struct = \"field: String\", newtype = \"u64\", tuple = \"u32, String\" or enum = \"A, B\""
+    );
     let table = expect_table(source, value, &format!("type `{name}`"), &example)?;
     let mut doc = String::new();
     let mut body = None;
+    let mut derives = Vec::new();
     for (entry_key, entry) in table.iter() {
         match entry_key.get_ref().as_ref() {
             "doc" => doc = expect_string(source, entry, "doc", "\"What the type is.\"")?.to_owned(),
-            kind @ ("struct" | "enum") => {
-                if body.is_some() {
+            "derive" => derives = parse_derives(source, entry)?,
+            kind @ ("struct" | "newtype" | "tuple" | "enum") => {
+                if let Some((other, _, _)) = body {
                     return Err(source.error(
                         entry_key.span().start,
-                        format!("type `{name}` has both `struct` and `enum`"),
+                        format!("type `{name}` has both `{other}` and `{kind}`"),
                         "keep one of them",
                     ));
                 }
-                let example = if kind == "struct" {
-                    "\"field: String, other: u32\""
-                } else {
-                    "\"Happy, Sad\""
+                let example = match kind {
+                    "struct" => "\"field: String, other: u32\"",
+                    "newtype" => "\"u64\"",
+                    "tuple" => "\"u32, String\"",
+                    _ => "\"Happy, Sad\"",
                 };
                 body = Some((kind, entry, expect_string(source, entry, kind, example)?));
             }
@@ -951,26 +1006,39 @@ fn parse_declared(
     let Some((kind, entry, text)) = body else {
         return Err(source.error(
             key.span().start,
-            format!("type `{name}` has neither `struct` nor `enum`"),
+            format!("type `{name}` has none of `struct`, `newtype`, `tuple` and `enum`"),
             format!(
-                "add struct = \"field: String\" or enum = \"A, B\" under [{service}.types.{name}]"
+                "add struct = \"field: String\", newtype = \"u64\", tuple = \"u32, String\" or \
+                 enum = \"A, B\" under [{service}.types.{name}]"
             ),
         ));
     };
     let map = StringMap::new(source, entry);
-    let prefix = format!("{kind} {name} {{");
-    let full = format!("{prefix}{text}\n}}");
+    let (prefix, full) = match kind {
+        "newtype" | "tuple" => {
+            let prefix = format!("struct {name}(");
+            let full = format!("{prefix}{text}\n);");
+            (prefix, full)
+        }
+        _ => {
+            let prefix = format!("{kind} {name} {{");
+            let full = format!("{prefix}{text}\n}}");
+            (prefix, full)
+        }
+    };
+    let fix = match kind {
+        "struct" => "write the fields like struct = \"name: String, age: u32\"",
+        "newtype" => "write the one wrapped type like newtype = \"u64\"",
+        "tuple" => "write the field types like tuple = \"u32, String\"",
+        _ => "write the variants like enum = \"Happy, Sad, Custom(String)\"",
+    };
     let invalid = |error: syn::Error| {
         map.error(
             error.span(),
             &full,
             prefix.len(),
             format!("the {kind} body of `{name}` is not valid Rust: {error}"),
-            if kind == "struct" {
-                "write the fields like struct = \"name: String, age: u32\""
-            } else {
-                "write the variants like enum = \"Happy, Sad, Custom(String)\""
-            },
+            fix,
         )
     };
     let tokens = TokenStream::from_str(&full).map_err(|error| {
@@ -1026,88 +1094,415 @@ fn parse_declared(
                 name: field_name,
                 doc,
                 ty,
+                at: map.offset(field.ty.span(), &full, prefix.len()),
             });
         }
         Ok(result)
     };
-    let body = if kind == "struct" {
-        let item: syn::ItemStruct = syn::parse_str(&full).map_err(invalid)?;
-        let syn::Fields::Named(fields) = &item.fields else {
-            return Err(source.error(
-                entry.span().start,
-                "a declared struct has named fields",
-                "write struct = \"name: String, age: u32\"",
-            ));
-        };
-        Body::Struct(fields_of(fields)?)
-    } else {
-        let item: syn::ItemEnum = syn::parse_str(&full).map_err(invalid)?;
-        if item.variants.is_empty() {
-            return Err(source.error(
-                entry.span().start,
-                format!("enum `{name}` has no variants"),
-                "write enum = \"Happy, Sad\"",
-            ));
-        }
-        let mut variants: Vec<Variant> = Vec::new();
-        for variant in &item.variants {
-            let doc = doc_of(&variant.attrs)
+    let unnamed_of = |fields: &syn::FieldsUnnamed| -> Result<Vec<Field>, Error> {
+        let mut result = Vec::new();
+        for (index, field) in fields.unnamed.iter().enumerate() {
+            let doc =
+                doc_of(&field.attrs).map_err(|error| map.span_error(error, &full, prefix.len()))?;
+            let ty = scope
+                .resolve(&field.ty)
                 .map_err(|error| map.span_error(error, &full, prefix.len()))?;
-            let variant_name = variant.ident.to_string();
-            if variant_name != variant_name.to_upper_camel_case() || variant_name.starts_with("r#")
-            {
-                return Err(map.error(
-                    variant.ident.span(),
-                    &full,
-                    prefix.len(),
-                    format!("variant `{variant_name}` is not UpperCamelCase"),
-                    format!("write `{}`", variant_name.to_upper_camel_case()),
-                ));
-            }
-            if variants.iter().any(|other| other.name == variant_name) {
-                return Err(map.error(
-                    variant.ident.span(),
-                    &full,
-                    prefix.len(),
-                    format!("variant `{variant_name}` appears twice"),
-                    "give each variant its own name",
-                ));
-            }
-            if let Some((eq, _)) = &variant.discriminant {
-                return Err(map.error(
-                    eq.span,
-                    &full,
-                    prefix.len(),
-                    "explicit discriminants are not sent over the wire",
-                    "remove `= ...`: variants travel by name",
-                ));
-            }
-            let fields = match &variant.fields {
-                syn::Fields::Unit => VariantFields::Unit,
-                syn::Fields::Named(fields) => VariantFields::Named(fields_of(fields)?),
-                syn::Fields::Unnamed(fields) => {
-                    let mut types = Vec::new();
-                    for field in &fields.unnamed {
-                        doc_of(&field.attrs)
-                            .map_err(|error| map.span_error(error, &full, prefix.len()))?;
-                        types.push(
-                            scope
-                                .resolve(&field.ty)
-                                .map_err(|error| map.span_error(error, &full, prefix.len()))?,
-                        );
-                    }
-                    VariantFields::Tuple(types)
-                }
-            };
-            variants.push(Variant {
-                name: variant_name,
+            result.push(Field {
+                name: index.to_string(),
                 doc,
-                fields,
+                ty,
+                at: map.offset(field.ty.span(), &full, prefix.len()),
             });
         }
-        Body::Enum(variants)
+        Ok(result)
     };
-    Ok(Declared { name, doc, body })
+    let body = match kind {
+        "struct" => {
+            let item: syn::ItemStruct = syn::parse_str(&full).map_err(|error| {
+                // `struct = "u64"` or `struct = "u32, String"`: the body of a newtype or a
+                // tuple struct, which have keys of their own.
+                let unnamed = format!("struct {name}({text}\n);");
+                match syn::parse_str::<syn::ItemStruct>(&unnamed) {
+                    Ok(item) if !item.fields.is_empty() => source.error(
+                        entry.span().start,
+                        format!("the struct body of `{name}` has no field names"),
+                        if item.fields.len() == 1 {
+                            format!(
+                                "`struct` holds named fields: for a newtype (the wrapped value \
+                                 itself on the wire, `2` rather than {{\"value\": 2}} in JSON) \
+                                 write newtype = \"{}\"",
+                                text.trim()
+                            )
+                        } else {
+                            format!(
+                                "`struct` holds named fields: for a tuple struct (an array on the \
+                                 wire) write tuple = \"{}\", or name the fields",
+                                text.trim()
+                            )
+                        },
+                    ),
+                    _ => invalid(error),
+                }
+            })?;
+            let syn::Fields::Named(fields) = &item.fields else {
+                return Err(source.error(
+                    entry.span().start,
+                    "a declared struct has named fields",
+                    "write struct = \"name: String, age: u32\"",
+                ));
+            };
+            Body::Struct(fields_of(fields)?)
+        }
+        "newtype" | "tuple" => {
+            let item: syn::ItemStruct = syn::parse_str(&full).map_err(invalid)?;
+            let syn::Fields::Unnamed(fields) = &item.fields else {
+                return Err(source.error(entry.span().start, format!("a {kind} lists types"), fix));
+            };
+            let mut fields = unnamed_of(fields)?;
+            match (kind, fields.len()) {
+                (_, 0) => {
+                    return Err(source.error(
+                        entry.span().start,
+                        format!("{kind} `{name}` has no fields"),
+                        fix,
+                    ));
+                }
+                ("newtype", 1) => Body::Newtype(fields.remove(0)),
+                ("newtype", _) => {
+                    return Err(source.error(
+                        entry.span().start,
+                        format!("a newtype wraps one type, `{name}` lists {}", fields.len()),
+                        format!(
+                            "write tuple = \"{}\" for a tuple struct (an array on the wire)",
+                            text.trim()
+                        ),
+                    ));
+                }
+                _ => Body::Tuple(fields),
+            }
+        }
+        _ => {
+            let item: syn::ItemEnum = syn::parse_str(&full).map_err(invalid)?;
+            if item.variants.is_empty() {
+                return Err(source.error(
+                    entry.span().start,
+                    format!("enum `{name}` has no variants"),
+                    "write enum = \"Happy, Sad\"",
+                ));
+            }
+            let mut variants: Vec<Variant> = Vec::new();
+            for variant in &item.variants {
+                let doc = doc_of(&variant.attrs)
+                    .map_err(|error| map.span_error(error, &full, prefix.len()))?;
+                let variant_name = variant.ident.to_string();
+                if variant_name != variant_name.to_upper_camel_case()
+                    || variant_name.starts_with("r#")
+                {
+                    return Err(map.error(
+                        variant.ident.span(),
+                        &full,
+                        prefix.len(),
+                        format!("variant `{variant_name}` is not UpperCamelCase"),
+                        format!("write `{}`", variant_name.to_upper_camel_case()),
+                    ));
+                }
+                if variants.iter().any(|other| other.name == variant_name) {
+                    return Err(map.error(
+                        variant.ident.span(),
+                        &full,
+                        prefix.len(),
+                        format!("variant `{variant_name}` appears twice"),
+                        "give each variant its own name",
+                    ));
+                }
+                if let Some((eq, _)) = &variant.discriminant {
+                    return Err(map.error(
+                        eq.span,
+                        &full,
+                        prefix.len(),
+                        "explicit discriminants are not sent over the wire",
+                        "remove `= ...`: variants travel by name",
+                    ));
+                }
+                let fields = match &variant.fields {
+                    syn::Fields::Unit => VariantFields::Unit,
+                    syn::Fields::Named(fields) => VariantFields::Named(fields_of(fields)?),
+                    syn::Fields::Unnamed(fields) => VariantFields::Tuple(unnamed_of(fields)?),
+                };
+                variants.push(Variant {
+                    name: variant_name,
+                    doc,
+                    fields,
+                });
+            }
+            Body::Enum(variants)
+        }
+    };
+    Ok(Declared {
+        name,
+        doc,
+        body,
+        derives,
+        at: key.span().start,
+    })
+}
+
+/// The `derive = [...]` list of a declared type: which of the derives beyond the standard ones.
+fn parse_derives(source: Source<'_>, value: &Value<'_>) -> Result<Vec<(Derive, usize)>, Error> {
+    let names: Vec<&str> = Derive::ALL.iter().map(|derive| derive.name()).collect();
+    let example = "derive = [\"Copy\", \"Eq\", \"Hash\"]";
+    let Some(array) = value.get_ref().as_array() else {
+        return Err(source.error(
+            value.span().start,
+            format!(
+                "`derive` must be an array of trait names, not {}",
+                describe(value)
+            ),
+            format!("write {example}"),
+        ));
+    };
+    let mut derives: Vec<(Derive, usize)> = Vec::new();
+    for entry in array.iter() {
+        let text = expect_string(source, entry, "derive", "[\"Eq\", \"Hash\"]")?;
+        let written = text.trim().rsplit("::").next().unwrap_or_default();
+        let Some(derive) = Derive::ALL
+            .iter()
+            .copied()
+            .find(|derive| derive.name() == written)
+        else {
+            let fix = if [
+                "Debug",
+                "Clone",
+                "PartialEq",
+                "Serialize",
+                "Deserialize",
+                "Default",
+            ]
+            .contains(&written)
+            {
+                format!(
+                    "every declared type derives Debug, Clone, PartialEq, Serialize and \
+                     Deserialize (and structs Default when every field has one): remove \"{written}\""
+                )
+            } else {
+                let close = closest(written, names.iter().copied())
+                    .map(|close| format!("did you mean \"{close}\"? "))
+                    .unwrap_or_default();
+                format!(
+                    "{close}a declared type may derive {}; for anything else declare the type in \
+                     Rust and list it in `use`",
+                    names.join(", ")
+                )
+            };
+            return Err(source.error(
+                entry.span().start,
+                format!("`{text}` cannot be derived by a declared type"),
+                fix,
+            ));
+        };
+        if derives.iter().any(|(other, _)| *other == derive) {
+            return Err(source.error(
+                entry.span().start,
+                format!("`{written}` is listed twice"),
+                "list each derive once",
+            ));
+        }
+        derives.push((derive, entry.span().start));
+    }
+    Ok(derives)
+}
+
+/// Checks that every derive a declared type asks for compiles: each field's type must
+/// implement it, and `Ord` needs `Eq` and `PartialOrd` beside it.
+fn check_derives(source: Source<'_>, types: &[Declared]) -> Result<(), Error> {
+    let derives = |name: &str, derive: Derive| {
+        types
+            .iter()
+            .any(|declared| declared.name == name && declared.derives(derive))
+    };
+    for declared in types {
+        let name = &declared.name;
+        for &(derive, at) in &declared.derives {
+            if derive == Derive::Ord
+                && !(declared.derives(Derive::Eq) && declared.derives(Derive::PartialOrd))
+            {
+                return Err(source.error(
+                    at,
+                    format!("`{name}` cannot derive `Ord` without `Eq` and `PartialOrd`"),
+                    "write derive = [\"Eq\", \"PartialOrd\", \"Ord\"]",
+                ));
+            }
+            for field in declared.fields() {
+                if let Some(reason) = field.ty.refuses(derive, &derives) {
+                    let field_name = if field.name.parse::<usize>().is_ok() {
+                        format!("field {}", field.name)
+                    } else {
+                        format!("field `{}`", field.name)
+                    };
+                    return Err(source.error(
+                        at,
+                        format!(
+                            "`{name}` cannot derive `{}`: its {field_name} is `{}`, and {reason}",
+                            derive.name(),
+                            field.ty.canonical(),
+                        ),
+                        format!(
+                            "remove \"{}\" from the `derive` of `{name}`, or change the field's type",
+                            derive.name()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses declared types that hold themselves (directly or through other declared types)
+/// without a `Box`, `Vec` or map on the way: rustc would reject them as infinitely large, in
+/// generated code the user cannot edit.
+fn check_recursion(source: Source<'_>, types: &[Declared]) -> Result<(), Error> {
+    // Depth-first from each type, along fields that hold a declared type in place.
+    for start in types {
+        let mut stack: Vec<(&Declared, Vec<&Field>)> = vec![(start, Vec::new())];
+        let mut visited: Vec<&str> = Vec::new();
+        while let Some((declared, trail)) = stack.pop() {
+            for field in declared.fields() {
+                let mut held = Vec::new();
+                field.ty.inline_declared(&mut held);
+                for name in held {
+                    let mut trail = trail.clone();
+                    trail.push(field);
+                    if name == start.name {
+                        return Err(recursion_error(source, start, &trail));
+                    }
+                    if visited.contains(&name.as_str()) {
+                        continue;
+                    }
+                    if let Some(next) = types.iter().find(|declared| declared.name == name) {
+                        visited.push(&next.name);
+                        stack.push((next, trail));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn recursion_error(source: Source<'_>, start: &Declared, trail: &[&Field]) -> Error {
+    let name = &start.name;
+    let Some(first) = trail.first() else {
+        return source.error(
+            start.at,
+            format!("`{name}` contains itself"),
+            "box the field",
+        );
+    };
+    let describe = |field: &Field| {
+        if field.name.parse::<usize>().is_ok() {
+            format!("`{}`", field.ty.canonical())
+        } else {
+            format!("`{}: {}`", field.name, field.ty.canonical())
+        }
+    };
+    let boxed = boxed_text(&first.ty);
+    if trail.len() == 1 {
+        source.error(
+            first.at,
+            format!(
+                "`{name}` contains itself through {} without indirection, so it would have an \
+                 infinite size",
+                describe(first)
+            ),
+            format!("write `{boxed}` (a `Vec<{name}>` or a map of `{name}` needs no `Box`)"),
+        )
+    } else {
+        let path: Vec<String> = trail.iter().map(|field| describe(field)).collect();
+        source.error(
+            first.at,
+            format!(
+                "`{name}` contains itself through {} without indirection, so it would have an \
+                 infinite size",
+                path.join(", then ")
+            ),
+            format!(
+                "box one of these fields, e.g. `{boxed}` here (a `Vec` or a map needs no `Box`)"
+            ),
+        )
+    }
+}
+
+/// `Option<Box<Node>>` for `Option<Node>`: the type with its declared types boxed.
+fn boxed_text(ty: &Ty) -> String {
+    match ty {
+        Ty::Option(inner) => format!("Option<{}>", boxed_text(inner)),
+        Ty::Tuple(elems) => {
+            let elems: Vec<String> = elems.iter().map(boxed_text).collect();
+            format!("({})", elems.join(", "))
+        }
+        Ty::Declared(name) => format!("Box<{name}>"),
+        other => other.canonical(),
+    }
+}
+
+/// Located warnings for declared types and `use` entries that no method reaches: they build,
+/// but are not part of the service, which is usually a leftover or a typo.
+fn unused(
+    source: Source<'_>,
+    service: &str,
+    methods: &[Method],
+    types: &[Declared],
+    uses: &[UseType],
+) -> Vec<String> {
+    let mut reached: Vec<String> = Vec::new();
+    let mut pending: Vec<String> = Vec::new();
+    for method in methods {
+        for param in &method.params {
+            param.ty.named(&mut pending);
+        }
+        method.result.named(&mut pending);
+    }
+    while let Some(name) = pending.pop() {
+        if reached.contains(&name) {
+            continue;
+        }
+        if let Some(declared) = types.iter().find(|declared| declared.name == name) {
+            for field in declared.fields() {
+                field.ty.named(&mut pending);
+            }
+        }
+        reached.push(name);
+    }
+    let mut warnings = Vec::new();
+    for declared in types {
+        if !reached.contains(&declared.name) {
+            warnings.push(source.warning(
+                declared.at,
+                format!(
+                    "type `{}` of service `{service}` is declared but no method uses it",
+                    declared.name
+                ),
+                "use it in a signature (or in a type a signature uses), or remove its table",
+            ));
+        }
+    }
+    for used in uses {
+        if !reached.contains(&used.path) {
+            warnings.push(source.warning(
+                used.at,
+                format!(
+                    "`use` entry `{}` of service `{service}` is not used by any method",
+                    used.path
+                ),
+                format!(
+                    "write `{}` in a signature or a declared type, or remove the entry",
+                    used.name
+                ),
+            ));
+        }
+    }
+    warnings
 }
 
 /// The doc comment of a field or variant; any other attribute is an error, because the

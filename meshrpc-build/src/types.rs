@@ -28,6 +28,8 @@ pub(crate) enum Ty {
     Option(Box<Ty>),
     Map(MapKind, Box<Ty>, Box<Ty>),
     Tuple(Vec<Ty>),
+    /// `Box<T>`: the same value on the wire as `T`; what lets a declared type contain itself.
+    Boxed(Box<Ty>),
     /// A type declared in the manifest's `[service.types]`, by name.
     Declared(String),
     /// A type of the user's crate listed in `use`, by full path.
@@ -69,6 +71,8 @@ pub(crate) struct UseType {
     pub(crate) name: String,
     /// The full path as written, normalized (`crate::model::Mood`).
     pub(crate) path: String,
+    /// Where the entry is written in the manifest (a byte offset), for warnings.
+    pub(crate) at: usize,
 }
 
 /// The names a signature may refer to beyond the built-in types.
@@ -80,7 +84,7 @@ pub(crate) struct Scope<'a> {
 }
 
 const BUILTIN_HINT: &str = "the built-in types are String, bool, char, the integer and float \
-                            primitives, Bytes, Vec<T>, Option<T>, HashMap<K, V>, BTreeMap<K, V>, tuples and ()";
+                            primitives, Bytes, Vec<T>, Option<T>, Box<T>, HashMap<K, V>, BTreeMap<K, V>, tuples and ()";
 
 impl Scope<'_> {
     /// Resolves a written type, or says what is wrong with it.
@@ -227,6 +231,13 @@ impl Scope<'_> {
                     args.into_iter().next().unwrap_or(Ty::Unit),
                 )))
             }
+            (_, "boxed::Box") | ("Box", _) => {
+                generic("Box", 1)?;
+                not_inside(&args, "Box", span)?;
+                Ok(Ty::Boxed(Box::new(
+                    args.into_iter().next().unwrap_or(Ty::Unit),
+                )))
+            }
             (_, "collections::HashMap") | ("HashMap", _) => {
                 not_inside(&args, "HashMap", span)?;
                 self.map(MapKind::Hash, args, span)
@@ -276,23 +287,12 @@ impl Scope<'_> {
                     .map(String::as_str)
                     .chain(self.uses.iter().map(|used| used.name.as_str()))
                     .chain([
-                        "String", "Bytes", "Vec", "Option", "HashMap", "BTreeMap", "bool", "char",
-                        "f32", "f64",
+                        "String", "Bytes", "Vec", "Option", "Box", "HashMap", "BTreeMap", "bool",
+                        "char", "f32", "f64",
                     ])
                     .chain(INTS.iter().copied());
-                let hint = match closest(name, candidates) {
-                    Some(close) => format!("did you mean `{close}`? "),
-                    None => String::new(),
-                };
-                Err(SpanError::new(
-                    span,
-                    format!("unknown type `{name}`"),
-                    format!(
-                        "{hint}declare it in a [{service}.types.{name}] table, or list its full path in the \
-                         service's `use` (e.g. use = [\"crate::model::{name}\"])",
-                        service = self.service,
-                    ),
-                ))
+                let close = closest(name, candidates);
+                Err(unknown_type(self.service, name, close, span))
             }
         }
     }
@@ -349,6 +349,49 @@ impl Scope<'_> {
     }
 }
 
+/// The error for a type that is neither built in, declared nor listed in `use`: a path is
+/// offered as a `use` entry as written, and a table name is offered only when it is a valid one.
+fn unknown_type(service: &str, name: &str, close: Option<&str>, span: Span) -> SpanError {
+    let problem = format!("unknown type `{name}`");
+    let hint = close.map(|close| format!("did you mean `{close}`? "));
+    if name.contains("::") {
+        let path = name.trim_start_matches("::");
+        let last = path.rsplit("::").next().unwrap_or(path);
+        let fix = if path.split("::").count() >= 2 {
+            format!(
+                "list the path in the service's `use`: use = [\"{name}\"], then write `{last}` in \
+                 signatures"
+            )
+        } else {
+            format!(
+                "list its full path in the service's `use`, e.g. use = [\"crate::model::{last}\"]"
+            )
+        };
+        return SpanError::new(span, problem, format!("{}{fix}", hint.unwrap_or_default()));
+    }
+    let camel = heck::ToUpperCamelCase::to_upper_camel_case(name);
+    if camel != name {
+        // `string`, `my_type`: not a name a type can be declared under.
+        let fix = match hint {
+            Some(hint) => hint.trim_end().to_owned(),
+            None => format!(
+                "type names are UpperCamelCase: declare it in a [{service}.types.{camel}] table, or \
+                 list its full path in the service's `use` (e.g. use = [\"crate::model::{camel}\"])"
+            ),
+        };
+        return SpanError::new(span, problem, fix);
+    }
+    SpanError::new(
+        span,
+        problem,
+        format!(
+            "{}declare it in a [{service}.types.{name}] table, or list its full path in the \
+             service's `use` (e.g. use = [\"crate::model::{name}\"])",
+            hint.unwrap_or_default()
+        ),
+    )
+}
+
 /// `Bytes` is shared with the frame only where a serde field attribute can reach it (a field,
 /// or the `Some` of an optional field): anywhere else it is refused, so it never silently
 /// means a copy.
@@ -397,6 +440,48 @@ fn edit_distance(a: &str, b: &str) -> usize {
     previous[b.len()]
 }
 
+/// A derive a declared type may ask for beyond the ones every declared type has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Derive {
+    Copy,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+}
+
+impl Derive {
+    /// Every derive a manifest may ask for, in the order they are emitted.
+    pub(crate) const ALL: [Derive; 5] = [
+        Derive::Copy,
+        Derive::Eq,
+        Derive::Hash,
+        Derive::PartialOrd,
+        Derive::Ord,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Derive::Copy => "Copy",
+            Derive::Eq => "Eq",
+            Derive::Hash => "Hash",
+            Derive::PartialOrd => "PartialOrd",
+            Derive::Ord => "Ord",
+        }
+    }
+
+    /// The derive's path in generated code.
+    pub(crate) fn tokens(self) -> TokenStream {
+        match self {
+            Derive::Copy => quote!(::core::marker::Copy),
+            Derive::Eq => quote!(::core::cmp::Eq),
+            Derive::Hash => quote!(::core::hash::Hash),
+            Derive::PartialOrd => quote!(::core::cmp::PartialOrd),
+            Derive::Ord => quote!(::core::cmp::Ord),
+        }
+    }
+}
+
 /// Where generated code refers to a type from: the file's top level or its messages module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Place {
@@ -437,6 +522,10 @@ impl Ty {
                 let elems = elems.iter().map(|elem| elem.tokens(place));
                 quote!((#(#elems,)*))
             }
+            Ty::Boxed(inner) => {
+                let inner = inner.tokens(place);
+                quote!(::std::boxed::Box<#inner>)
+            }
             Ty::Declared(name) => {
                 let ident = format_ident!("{}", name);
                 match place {
@@ -474,6 +563,8 @@ impl Ty {
                 let elems: Vec<String> = elems.iter().map(Ty::canonical).collect();
                 format!("({})", elems.join(", "))
             }
+            // A box changes nothing on the wire, so it changes nothing in the schema hash.
+            Ty::Boxed(inner) => inner.canonical(),
             Ty::Declared(name) | Ty::Used(name) => name.clone(),
         }
     }
@@ -487,7 +578,7 @@ impl Ty {
     pub(crate) fn contains_bytes(&self) -> bool {
         match self {
             Ty::Bytes => true,
-            Ty::Vec(inner) | Ty::Option(inner) => inner.contains_bytes(),
+            Ty::Vec(inner) | Ty::Option(inner) | Ty::Boxed(inner) => inner.contains_bytes(),
             Ty::Map(_, key, value) => key.contains_bytes() || value.contains_bytes(),
             Ty::Tuple(elems) => elems.iter().any(Ty::contains_bytes),
             _ => false,
@@ -512,6 +603,82 @@ impl Ty {
         }
     }
 
+    /// The declared and `use` types this type mentions, through any container.
+    pub(crate) fn named(&self, out: &mut Vec<String>) {
+        match self {
+            Ty::Vec(inner) | Ty::Option(inner) | Ty::Boxed(inner) => inner.named(out),
+            Ty::Map(_, key, value) => {
+                key.named(out);
+                value.named(out);
+            }
+            Ty::Tuple(elems) => elems.iter().for_each(|elem| elem.named(out)),
+            Ty::Declared(name) | Ty::Used(name) => out.push(name.clone()),
+            _ => {}
+        }
+    }
+
+    /// The declared types a value of this type holds in place, without a heap indirection
+    /// (`Box`, `Vec` or a map) between them: a declared type that holds itself this way would
+    /// have an infinite size.
+    pub(crate) fn inline_declared(&self, out: &mut Vec<String>) {
+        match self {
+            Ty::Option(inner) => inner.inline_declared(out),
+            Ty::Tuple(elems) => elems.iter().for_each(|elem| elem.inline_declared(out)),
+            Ty::Declared(name) => out.push(name.clone()),
+            _ => {}
+        }
+    }
+
+    /// Why a type with a field of this type cannot derive `derive`, or `None` if it can.
+    /// `derives` says which derives a declared type has; `use` types are taken on trust.
+    pub(crate) fn refuses(
+        &self,
+        derive: Derive,
+        derives: &dyn Fn(&str, Derive) -> bool,
+    ) -> Option<String> {
+        let no = |what: &str| Some(format!("{what} does not implement `{}`", derive.name()));
+        match self {
+            Ty::Unit | Ty::Bool | Ty::Char | Ty::Int(_) | Ty::Used(_) => None,
+            Ty::Float(name) => match derive {
+                Derive::Copy | Derive::PartialOrd => None,
+                _ => no(&format!("`{name}`")),
+            },
+            Ty::String | Ty::Bytes => match derive {
+                Derive::Copy => no(&format!("`{}`", self.canonical_written())),
+                _ => None,
+            },
+            Ty::Vec(inner) | Ty::Boxed(inner) => match derive {
+                Derive::Copy => no(&format!("`{}`", self.canonical_written())),
+                _ => inner.refuses(derive, derives),
+            },
+            Ty::Option(inner) => inner.refuses(derive, derives),
+            Ty::Map(kind, key, value) => match (derive, kind) {
+                (Derive::Copy, _) => no(&format!("`{}`", self.canonical_written())),
+                (Derive::Hash | Derive::PartialOrd | Derive::Ord, MapKind::Hash) => no("`HashMap`"),
+                _ => key
+                    .refuses(derive, derives)
+                    .or_else(|| value.refuses(derive, derives)),
+            },
+            Ty::Tuple(elems) if elems.len() > 12 => no("a tuple of more than 12 elements"),
+            Ty::Tuple(elems) => elems.iter().find_map(|elem| elem.refuses(derive, derives)),
+            Ty::Declared(name) => (!derives(name, derive)).then(|| {
+                format!(
+                    "`{name}` does not derive `{}` (add it to the `derive` of `{name}`)",
+                    derive.name()
+                )
+            }),
+        }
+    }
+
+    /// The type as a user would write it, for messages (`Vec<u8>` for `Bytes` would mislead).
+    fn canonical_written(&self) -> String {
+        match self {
+            Ty::Bytes => "Bytes".to_owned(),
+            Ty::Boxed(inner) => format!("Box<{}>", inner.canonical()),
+            other => other.canonical(),
+        }
+    }
+
     /// Whether a field of this type may be absent from a map (`Option` fields default to `None`).
     pub(crate) fn is_optional(&self) -> bool {
         matches!(self, Ty::Option(_))
@@ -525,6 +692,7 @@ impl Ty {
             Ty::Tuple(elems) => {
                 elems.len() <= 12 && elems.iter().all(|elem| elem.has_default(defaultable))
             }
+            Ty::Boxed(inner) => inner.has_default(defaultable),
             Ty::Declared(name) => defaultable(name),
             Ty::Used(_) => false,
             _ => true,
@@ -574,6 +742,8 @@ impl Ty {
                 "items": {},
                 "x-meshrpc-tuple": elems.iter().map(|elem| elem.schema(service, false)).collect::<Vec<_>>(),
             }),
+            // No serde attribute reaches inside a box: a boxed `Vec<u8>` is an array.
+            Ty::Boxed(inner) => inner.schema(service, false),
             Ty::Declared(name) => {
                 json!({ "$ref": format!("#/components/schemas/{service}.{name}") })
             }
@@ -610,6 +780,7 @@ mod tests {
         let uses = vec![UseType {
             name: "Mood".to_owned(),
             path: "crate::model::Mood".to_owned(),
+            at: 0,
         }];
         let scope = Scope {
             service: "greeter",
