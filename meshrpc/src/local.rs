@@ -12,7 +12,7 @@ use tower::Service;
 use crate::channel::{Call, Channel};
 use crate::context::CallContext;
 use crate::service::{BoxFuture, Dispatch, unknown_method};
-use crate::status::Status;
+use crate::status::{Code, Status};
 
 /// A tower service that runs calls on an in-process [`Dispatch`] (see [`Channel::local`]).
 #[derive(Clone)]
@@ -40,10 +40,13 @@ impl Service<Call> for LocalService {
     fn call(&mut self, call: Call) -> Self::Future {
         let spec = self.server.spec();
         if call.service != spec.name {
-            let status = Status::not_found(format!(
-                "no service `{}` here; this channel serves `{}`",
-                call.service, spec.name
-            ));
+            let status = Status::refused(
+                Code::Unimplemented,
+                format!(
+                    "no service `{}` here; this channel serves `{}`",
+                    call.service, spec.name
+                ),
+            );
             return Box::pin(async move { Err(status) });
         }
         if spec.method(&call.method).is_none() {

@@ -169,6 +169,30 @@ async fn a_request_of_the_wrong_shape_is_an_invalid_argument() {
 }
 
 #[tokio::test]
+async fn a_call_to_a_node_without_the_service_is_refused_as_unimplemented_not_not_found() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let elsewhere = start_client_node(state.path()).await;
+    let client = start_client_node(state.path()).await;
+    let error = client
+        .channel_to(elsewhere.local_addr())
+        .unary::<_, Reply>(
+            method("add"),
+            &AddRequest { a: 1, b: 2 },
+            &CallOptions::new(),
+        )
+        .await
+        .expect_err("that node does not publish `probe`");
+    // `not_found` is what handlers say of a missing item; a missing service is the wrong place,
+    // and the call never started there, so another node may take it.
+    assert_eq!(error.code(), Code::Unimplemented, "{error}");
+    assert!(error.is_refused(), "{error}");
+    assert_eq!(
+        error.message(),
+        "no service `probe` on this node; it publishes: meshrpc.node"
+    );
+}
+
+#[tokio::test]
 async fn an_oversize_message_is_refused_with_resource_exhausted() {
     let state = tempfile::tempdir().expect("tempdir");
     let probe = Probe::new();

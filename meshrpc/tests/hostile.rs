@@ -306,15 +306,23 @@ async fn a_positional_payload_is_answered_with_invalid_argument() {
 }
 
 #[tokio::test]
-async fn an_unknown_service_is_answered_with_not_found_listing_the_published_services() {
+async fn an_unknown_service_is_refused_with_unimplemented_listing_the_published_services() {
     let setup = Setup::new().await;
     let request = [call_frame("billing", "charge", None), data_frame(&())].concat();
     let answer = setup.peer.exchange(&request).await;
-    answer.assert_status(
-        Code::NotFound,
-        "no service `billing` on this node; it publishes: ",
+    let status = answer.status();
+    assert_eq!(
+        Code::from_u32(status.code),
+        Code::Unimplemented,
+        "{answer:?}"
     );
-    assert!(answer.status().message.contains("probe"), "{answer:?}");
+    assert_eq!(
+        status.message,
+        "no service `billing` on this node; it publishes: meshrpc.node, probe"
+    );
+    // The handler never ran: the caller may try a node that publishes the service.
+    assert!(status.refused, "{answer:?}");
+    assert_eq!(answer.frames.len(), 1, "{answer:?}");
     setup.assert_still_serving().await;
 }
 

@@ -554,15 +554,21 @@ impl Server {
         let Some(service) = self.services.get(header.service.as_ref()) else {
             let mut published: Vec<&str> = self.services.keys().map(String::as_str).collect();
             published.sort_unstable();
-            return Err(Status::not_found(format!(
-                "no service `{}` on this node; it publishes: {}",
-                header.service,
-                if published.is_empty() {
-                    "nothing".to_owned()
-                } else {
-                    published.join(", ")
-                }
-            )));
+            // Not `not_found`, which handlers answer for "no such item": a caller must be able
+            // to tell the wrong place from a missing thing. The handler never ran, so the
+            // caller may try a node that publishes the service.
+            return Err(Status::refused(
+                Code::Unimplemented,
+                format!(
+                    "no service `{}` on this node; it publishes: {}",
+                    header.service,
+                    if published.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        published.join(", ")
+                    }
+                ),
+            ));
         };
         match service.spec().method(&header.method) {
             Some(method) => Ok((service.clone(), method)),
