@@ -1364,7 +1364,7 @@ fn check_derives(source: Source<'_>, types: &[Declared]) -> Result<(), Error> {
 fn check_recursion(source: Source<'_>, types: &[Declared]) -> Result<(), Error> {
     // Depth-first from each type, along fields that hold a declared type in place.
     for start in types {
-        let mut stack: Vec<(&Declared, Vec<&Field>)> = vec![(start, Vec::new())];
+        let mut stack: Vec<(&Declared, Vec<(&str, &Field)>)> = vec![(start, Vec::new())];
         let mut visited: Vec<&str> = Vec::new();
         while let Some((declared, trail)) = stack.pop() {
             for field in declared.fields() {
@@ -1372,7 +1372,7 @@ fn check_recursion(source: Source<'_>, types: &[Declared]) -> Result<(), Error> 
                 field.ty.inline_declared(&mut held);
                 for name in held {
                     let mut trail = trail.clone();
-                    trail.push(field);
+                    trail.push((&declared.name, field));
                     if name == start.name {
                         return Err(recursion_error(source, start, &trail));
                     }
@@ -1390,9 +1390,9 @@ fn check_recursion(source: Source<'_>, types: &[Declared]) -> Result<(), Error> 
     Ok(())
 }
 
-fn recursion_error(source: Source<'_>, start: &Declared, trail: &[&Field]) -> Error {
+fn recursion_error(source: Source<'_>, start: &Declared, trail: &[(&str, &Field)]) -> Error {
     let name = &start.name;
-    let Some(first) = trail.first() else {
+    let Some((_, first)) = trail.first() else {
         return source.error(
             start.at,
             format!("`{name}` contains itself"),
@@ -1418,7 +1418,17 @@ fn recursion_error(source: Source<'_>, start: &Declared, trail: &[&Field]) -> Er
             format!("write `{boxed}` (a `Vec<{name}>` or a map of `{name}` needs no `Box`)"),
         )
     } else {
-        let path: Vec<String> = trail.iter().map(|field| describe(field)).collect();
+        let path: Vec<String> = trail
+            .iter()
+            .enumerate()
+            .map(|(index, (owner, field))| {
+                if index == 0 {
+                    describe(field)
+                } else {
+                    format!("{} in `{owner}`", describe(field))
+                }
+            })
+            .collect();
         source.error(
             first.at,
             format!(

@@ -285,3 +285,117 @@ fn columns_count_characters_not_bytes() {
     let error = generate(manifest, "services.toml", &Options::default()).expect_err("reference");
     assert_eq!(error.location(), Some((5, column)));
 }
+
+/// A valid service whose one method takes `item: Item`, around `Item`'s (and others') tables.
+fn with_types(types: &str) -> String {
+    format!(
+        "{}\n{types}",
+        with_method("put = { fn = \"put(item: Item) -> Item\" }")
+    )
+}
+
+#[test]
+fn a_struct_body_without_field_names_points_at_newtype() {
+    insta::assert_snapshot!(error_of(&with_types(
+        "[greeter.types.Item]\nstruct = \"u64\"\n"
+    )));
+}
+
+#[test]
+fn a_struct_body_of_several_types_points_at_tuple() {
+    insta::assert_snapshot!(error_of(&with_types(
+        "[greeter.types.Item]\nstruct = \"u32, String\"\n"
+    )));
+}
+
+#[test]
+fn a_newtype_of_two_types() {
+    insta::assert_snapshot!(error_of(&with_types(
+        "[greeter.types.Item]\nnewtype = \"u32, String\"\n"
+    )));
+}
+
+#[test]
+fn a_copy_derive_with_a_string_field() {
+    insta::assert_snapshot!(error_of(&with_types(
+        "[greeter.types.Item]\nstruct = \"name: String\"\nderive = [\"Copy\"]\n"
+    )));
+}
+
+#[test]
+fn a_hash_derive_with_a_float_field() {
+    insta::assert_snapshot!(error_of(&with_types(
+        "[greeter.types.Item]\nstruct = \"id: u64, price: f64\"\nderive = [\"Hash\"]\n"
+    )));
+}
+
+#[test]
+fn an_eq_derive_over_a_declared_type_without_it() {
+    insta::assert_snapshot!(error_of(&with_types(
+        "[greeter.types.Item]\nstruct = \"id: ItemId\"\nderive = [\"Eq\"]\n\n[greeter.types.ItemId]\nnewtype = \"u64\"\n"
+    )));
+}
+
+#[test]
+fn an_ord_derive_without_eq_and_partial_ord() {
+    insta::assert_snapshot!(error_of(&with_types(
+        "[greeter.types.Item]\nnewtype = \"u64\"\nderive = [\"Ord\"]\n"
+    )));
+}
+
+#[test]
+fn a_derive_that_every_declared_type_has() {
+    insta::assert_snapshot!(error_of(&with_types(
+        "[greeter.types.Item]\nnewtype = \"u64\"\nderive = [\"Clone\"]\n"
+    )));
+}
+
+#[test]
+fn a_derive_that_is_not_offered() {
+    insta::assert_snapshot!(error_of(&with_types(
+        "[greeter.types.Item]\nnewtype = \"u64\"\nderive = [\"Hsah\"]\n"
+    )));
+}
+
+#[test]
+fn a_type_that_holds_itself_through_an_option() {
+    insta::assert_snapshot!(error_of(&with_types(
+        "[greeter.types.Item]\nstruct = \"name: String, next: Option<Item>\"\n"
+    )));
+}
+
+#[test]
+fn two_types_that_hold_each_other() {
+    insta::assert_snapshot!(error_of(&with_types(
+        "[greeter.types.Item]\nstruct = \"part: Part\"\n\n[greeter.types.Part]\nenum = \"Leaf, Whole(Item)\"\n"
+    )));
+}
+
+#[test]
+fn a_std_path_that_is_not_in_use() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "wait = { fn = \"wait(how_long: std::time::Duration)\" }"
+    )));
+}
+
+#[test]
+fn a_lowercase_type_name() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet(name: string) -> String\" }"
+    )));
+}
+
+#[test]
+fn a_lowercase_type_name_without_a_close_one() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "greet = { fn = \"greet(when: instant)\" }"
+    )));
+}
+
+#[test]
+fn a_dyn_companion_name_is_taken() {
+    insta::assert_snapshot!(error_of(&format!(
+        "{}\n[greeter.types.DynGreeter]\nstruct = \"x: u8\"\n",
+        with_method("greet = \"greet()\"")
+    )));
+}

@@ -1,0 +1,37 @@
+//! Things that build but are likely mistakes come back as located warnings: `generate` returns
+//! them with each file, and `compile` prints them as `cargo:warning=` lines.
+
+use meshrpc_build::{Options, generate};
+
+fn warnings_of(manifest: &str) -> Vec<String> {
+    let files = generate(manifest, "services.toml", &Options::default()).expect("valid manifest");
+    files.into_iter().flat_map(|file| file.warnings).collect()
+}
+
+#[test]
+fn an_unused_declared_type_and_use_entry_are_located_warnings() {
+    let manifest = "[inventory]\nuse = [\"crate::model::Tag\", \"crate::model::Old\"]\n\n\
+                    [inventory.methods]\nget = { fn = \"get(id: ItemId) -> Tag\" }\n\n\
+                    [inventory.types.ItemId]\nnewtype = \"u64\"\n\n\
+                    [inventory.types.Leftover]\nstruct = \"x: u8\"\n";
+    assert_eq!(
+        warnings_of(manifest),
+        [
+            "services.toml:10:18: warning: type `Leftover` of service `inventory` is declared but \
+             no method uses it — use it in a signature (or in a type a signature uses), or remove \
+             its table",
+            "services.toml:2:29: warning: `use` entry `crate::model::Old` of service `inventory` \
+             is not used by any method — write `Old` in a signature or a declared type, or remove \
+             the entry",
+        ]
+    );
+}
+
+#[test]
+fn types_reached_through_other_types_are_used() {
+    let manifest = "[inventory]\nuse = [\"crate::model::Tag\"]\n\n\
+                    [inventory.methods]\nget = { fn = \"get() -> Option<Item>\" }\n\n\
+                    [inventory.types.Item]\nstruct = \"id: ItemId, tags: Vec<Tag>, next: Option<Box<Item>>\"\n\n\
+                    [inventory.types.ItemId]\nnewtype = \"u64\"\n";
+    assert_eq!(warnings_of(manifest), Vec::<String>::new());
+}
