@@ -1068,6 +1068,50 @@ async fn a_tunnel_to_a_service_without_http_handlers_gets_a_404_naming_it() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Membership (docs/PROTOCOL.md, section 10), spoken by hand
+
+#[tokio::test]
+async fn a_join_exchange_carries_member_addresses_as_ip_port_strings() {
+    #[derive(serde::Deserialize, Debug)]
+    struct Identity {
+        a: String,
+        n: String,
+    }
+    #[derive(serde::Deserialize, Debug)]
+    struct Entry {
+        id: Identity,
+        state: String,
+    }
+    let setup = Setup::new().await;
+    // Ourselves, written by hand from section 10.1: {"a": "127.0.0.1:9", "n": "raw", "c": "test",
+    // "g": 1}, incarnation 0, alive.
+    let me = fixmap(&[
+        ("a", fixstr("127.0.0.1:9")),
+        ("n", fixstr("raw")),
+        ("c", fixstr(CLUSTER)),
+        ("g", vec![0x01]),
+    ]);
+    let entry = fixmap(&[
+        ("id", me),
+        ("incarnation", vec![0x00]),
+        ("state", fixstr("Alive")),
+    ]);
+    let list = [vec![0x91], entry].concat();
+    let answer = setup.peer.exchange(&frame(FrameKind::Gossip, &list)).await;
+    assert_eq!(answer.frames.len(), 1, "{answer:?}");
+    assert_eq!(answer.frames[0].kind, FrameKind::Gossip);
+    let members: Vec<Entry> =
+        rmp_serde::from_slice(&answer.frames[0].body).expect("a list of members, `a` a string");
+    let node = members
+        .iter()
+        .find(|entry| entry.id.n == "probe")
+        .unwrap_or_else(|| panic!("the node lists itself: {members:?}"));
+    assert_eq!(node.id.a, setup.addr().to_string());
+    assert_eq!(node.state, "Alive");
+    setup.assert_still_serving().await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Mutual TLS: who cannot get a call in
 
 /// Tries a `probe.add` call presenting `client_config`; the error says how it failed.

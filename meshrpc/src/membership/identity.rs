@@ -22,8 +22,8 @@ pub struct Published {
 /// The identity of one member of the mesh.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MemberId {
-    /// The address other members reach it at.
-    #[serde(rename = "a")]
+    /// The address other members reach it at; on the wire the string `ip:port` (`[v6]:port`).
+    #[serde(rename = "a", with = "addr_string")]
     pub addr: SocketAddr,
     /// The node's name.
     #[serde(rename = "n")]
@@ -85,6 +85,45 @@ impl MemberId {
     }
 }
 
+/// A socket address as the string `ip:port` (`[v6]:port`), as docs/PROTOCOL.md (section 10.1)
+/// writes it, rather than serde's compact form for binary formats (`{"V4": [[a, b, c, d], port]}`),
+/// which a client in another language would have to learn from Rust's source.
+mod addr_string {
+    use std::fmt;
+    use std::net::SocketAddr;
+
+    use serde::de::{Deserializer, Error, Visitor};
+    use serde::ser::Serializer;
+
+    pub(super) fn serialize<S: Serializer>(
+        addr: &SocketAddr,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(addr)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<SocketAddr, D::Error> {
+        deserializer.deserialize_str(AddrString)
+    }
+
+    struct AddrString;
+
+    impl Visitor<'_> for AddrString {
+        type Value = SocketAddr;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("an address `ip:port` or `[v6]:port`")
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<SocketAddr, E> {
+            text.parse()
+                .map_err(|_| E::custom(format_args!("`{text}` is not an address `ip:port`")))
+        }
+    }
+}
+
 impl foca::Identity for MemberId {
     type Addr = SocketAddr;
 
@@ -116,6 +155,37 @@ mod tests {
             name: "greeter-1".into(),
             ..MemberId::seed("127.0.0.1:11999".parse().expect("addr"), "default")
         }
+    }
+
+    #[test]
+    fn the_address_travels_as_the_string_ip_port() {
+        let id = member(7);
+        let bytes = rmp_serde::to_vec_named(&id).expect("encodes");
+        // "a": "127.0.0.1:11999", first in the map.
+        assert!(
+            bytes.starts_with(b"\x88\xa1a\xaf127.0.0.1:11999"),
+            "{bytes:02x?}"
+        );
+        let back: MemberId = crate::codec::from_slice_bounded(&bytes, 16).expect("decodes");
+        assert_eq!(back, id);
+        let v6 = MemberId {
+            addr: "[::1]:7".parse().expect("addr"),
+            ..id
+        };
+        let bytes = rmp_serde::to_vec_named(&v6).expect("encodes");
+        assert!(bytes.starts_with(b"\x88\xa1a\xa7[::1]:7"), "{bytes:02x?}");
+        let back: MemberId = crate::codec::from_slice_bounded(&bytes, 16).expect("decodes");
+        assert_eq!(back, v6);
+    }
+
+    #[test]
+    fn an_address_that_is_not_ip_port_is_refused() {
+        let bytes = b"\x84\xa1a\xa9localhost\xa1n\xa0\xa1c\xa0\xa1g\x00";
+        let error = crate::codec::from_slice_bounded::<MemberId>(bytes, 16).expect_err("no port");
+        assert!(
+            error.to_string().contains("`localhost` is not an address"),
+            "{error}"
+        );
     }
 
     #[test]
