@@ -121,9 +121,7 @@ impl Channel {
             None => response.await,
             Some(deadline) => match tokio::time::timeout_at(deadline, response).await {
                 Ok(result) => result,
-                Err(_) => Err(Status::deadline_exceeded(format!(
-                    "the deadline passed before `{service_name}.{method_name}` answered"
-                ))),
+                Err(_) => Err(Status::deadline_passed(&service_name, &method_name)),
             },
         }
     }

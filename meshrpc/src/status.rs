@@ -208,6 +208,15 @@ impl Status {
         unauthenticated => Unauthenticated;
     }
 
+    /// `deadline_exceeded` for a call whose deadline passed before it was answered. The caller
+    /// (whose timer fires) and the callee (which drops the handler) use these same words, so
+    /// an expired call reads the same whichever side noticed first.
+    pub fn deadline_passed(service: &str, method: &str) -> Status {
+        Status::deadline_exceeded(format!(
+            "the deadline passed before `{service}.{method}` answered"
+        ))
+    }
+
     /// A refusal: the callee guarantees that the handler never started, so the call may be
     /// retried on another replica even if the method is not idempotent (a draining node, a
     /// shed call, a connection that failed before the request was sent).

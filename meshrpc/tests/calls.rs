@@ -56,6 +56,11 @@ async fn an_expired_deadline_answers_deadline_exceeded_and_drops_the_handler() {
         .expect_err("deadline passes");
     let elapsed = started.elapsed();
     assert_eq!(error.code(), Code::DeadlineExceeded, "{error}");
+    // The words the callee uses too, so the message does not depend on which side noticed.
+    assert_eq!(
+        error.message(),
+        "the deadline passed before `probe.sleep` answered"
+    );
     assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
     assert!(elapsed < Duration::from_millis(1_500), "{elapsed:?}");
     let counters = probe.counters.clone();

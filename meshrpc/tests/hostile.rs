@@ -478,22 +478,21 @@ async fn a_caller_that_resets_before_its_request_is_complete_gets_no_call() {
 }
 
 #[tokio::test]
-async fn a_zero_deadline_is_already_expired() {
+async fn a_zero_deadline_is_answered_with_deadline_exceeded_without_running_the_handler() {
     let setup = Setup::new().await;
-    let request = [
-        call_frame("probe", "sleep", Some(0)),
-        data_frame(&SleepRequest { ms: 1_000 }),
-    ]
-    .concat();
-    let started = Instant::now();
-    let answer = setup.peer.exchange(&request).await;
-    let status = answer.status();
-    assert_eq!(
-        Code::from_u32(status.code),
-        Code::DeadlineExceeded,
-        "{status:?}"
-    );
-    assert!(started.elapsed() < Duration::from_millis(500));
+    // `add` would finish on its first poll: with no time left it must not run at all.
+    for (method, request) in [
+        ("add", data_frame(&AddRequest { a: 1, b: 2 })),
+        ("sleep", data_frame(&SleepRequest { ms: 1_000 })),
+    ] {
+        let request = [call_frame("probe", method, Some(0)), request].concat();
+        let answer = setup.peer.exchange(&request).await;
+        answer.assert_status(
+            Code::DeadlineExceeded,
+            "the call arrived with no time left (deadline_ms 0)",
+        );
+    }
+    assert_eq!(setup.started(), 0);
     setup.assert_still_serving().await;
 }
 
@@ -878,7 +877,11 @@ async fn a_deadline_that_passes_in_the_handler_is_answered_with_deadline_exceede
     let answer = setup.peer.exchange(&request).await;
     answer.assert_status(
         Code::DeadlineExceeded,
-        "the handler of `sleep` did not finish before the deadline",
+        "the deadline passed before `probe.sleep` answered",
+    );
+    assert_eq!(
+        answer.status().message,
+        "the deadline passed before `probe.sleep` answered"
     );
     assert!(started.elapsed() < Duration::from_secs(2));
     let counters = setup.probe.counters.clone();

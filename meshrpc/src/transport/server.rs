@@ -401,6 +401,14 @@ impl Server {
                 return None;
             }
         };
+        if header.deadline_ms == Some(0) {
+            // No time left: the handler could not finish in time, so it is not started (gRPC
+            // does the same). A caller should never send 0 (docs/PROTOCOL.md, section 5.1).
+            let status =
+                Status::deadline_exceeded("the call arrived with no time left (deadline_ms 0)");
+            self.reject(send, recv, &status).await;
+            return None;
+        }
         let metadata = header.metadata;
         if self.is_draining() {
             let status = Status::refused(Code::Unavailable, "this node is draining");
@@ -530,10 +538,7 @@ impl Server {
                 encode_reply(None, &StatusBody::from(&status))
             }
             Err(()) => {
-                let status = Status::deadline_exceeded(format!(
-                    "the handler of `{}` did not finish before the deadline",
-                    method.name
-                ));
+                let status = Status::deadline_passed(method.service, method.name);
                 encode_reply(None, &StatusBody::from(&status))
             }
         };
