@@ -1362,6 +1362,32 @@ fn expected_example(name: &str) -> Vec<u8> {
                 &mut out,
             );
         }
+        "ping-request" => {
+            let call = CallHeader {
+                service: "meshrpc.node".into(),
+                method: "ping".into(),
+                deadline_ms: Some(250),
+                metadata: Metadata::new(),
+                sticky_key: None,
+            };
+            encode_frame(FrameKind::Call, &header(&call), &mut out);
+            encode_frame(FrameKind::Data, b"\x80", &mut out);
+        }
+        "ping-reply" => {
+            let reply = meshrpc::node_service::PingReply {
+                name: "greeter".into(),
+            };
+            encode_frame(
+                FrameKind::Data,
+                &meshrpc::codec::encode(&reply).expect("encodes"),
+                &mut out,
+            );
+            encode_frame(
+                FrameKind::Status,
+                &rmp_serde::to_vec_named(&StatusBody::ok()).expect("encodes"),
+                &mut out,
+            );
+        }
         other => panic!("no example {other:?}"),
     }
     out.to_vec()
@@ -1377,7 +1403,7 @@ fn hex(bytes: &[u8]) -> String {
 
 #[test]
 fn the_documented_examples_are_what_meshrpc_encodes() {
-    for name in EXAMPLES {
+    for name in EXAMPLES.into_iter().chain(NODE_EXAMPLES) {
         let documented = documented_example(name);
         let expected = expected_example(name);
         assert_eq!(
@@ -1402,6 +1428,8 @@ async fn a_node_answers_the_documented_request_with_the_documented_reply() {
         .await
         .expect("the node starts");
     let peer = RawPeer::connect(state.path(), node.local_addr()).await;
+    let answer = peer.exchange(&documented_example("ping-request")).await;
+    assert_eq!(hex(&answer.bytes), hex(&documented_example("ping-reply")));
     for request in ["greet-request", "traced-request"] {
         let answer = peer.exchange(&documented_example(request)).await;
         assert_eq!(
@@ -1443,6 +1471,68 @@ async fn a_node_answers_the_documented_request_with_the_documented_reply() {
     );
     read_answer(slow_reply).await.assert_ok();
     draining.await.expect("drained");
+}
+
+#[tokio::test]
+async fn the_node_service_answers_describe_and_members_as_documented() {
+    /// `members`' entries with exactly the documented keys: an unknown key fails the decode.
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Member {
+        name: String,
+        addr: String,
+        draining: bool,
+        suspect: bool,
+        services: Vec<String>,
+    }
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Members {
+        members: Vec<Member>,
+    }
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Describe {
+        descriptors: Vec<String>,
+    }
+    let setup = Setup::new().await;
+    let call = |method: &str| {
+        [
+            call_frame("meshrpc.node", method, Some(5_000)),
+            frame(FrameKind::Data, b"\x80"),
+        ]
+        .concat()
+    };
+    let answer = setup.peer.exchange(&call("members")).await;
+    answer.assert_ok();
+    let reply: Members =
+        rmp_serde::from_slice(answer.payload().expect("payload")).expect("documented shape");
+    assert_eq!(reply.members.len(), 1, "{reply:?}");
+    let me = &reply.members[0];
+    assert_eq!(me.name, "probe");
+    assert_eq!(me.addr, setup.addr().to_string());
+    assert!(!me.draining && !me.suspect);
+    assert_eq!(me.services, ["probe"]);
+
+    let answer = setup.peer.exchange(&call("describe")).await;
+    answer.assert_ok();
+    let reply: Describe =
+        rmp_serde::from_slice(answer.payload().expect("payload")).expect("documented shape");
+    assert_eq!(
+        reply.descriptors.len(),
+        1,
+        "one per published service: {reply:?}"
+    );
+    assert!(
+        reply.descriptors[0].starts_with('{'),
+        "a JSON document: {reply:?}"
+    );
+
+    let answer = setup.peer.exchange(&call("pong")).await;
+    answer.assert_status(
+        Code::Unimplemented,
+        "service `meshrpc.node` has no method `pong`; its methods are: ping, describe, members",
+    );
 }
 
 /// Where the fuzz target's seed corpus lives.

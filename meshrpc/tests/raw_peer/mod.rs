@@ -279,6 +279,9 @@ pub fn documented_example(name: &str) -> Vec<u8> {
     bytes
 }
 
+/// The documented examples of `meshrpc.node` (docs/PROTOCOL.md, section 14).
+pub const NODE_EXAMPLES: [&str; 2] = ["ping-request", "ping-reply"];
+
 /// The names of the documented examples, which are also the fuzzing seeds.
 pub const EXAMPLES: [&str; 5] = [
     "greet-request",
@@ -318,6 +321,7 @@ pub static GREETER_SPEC: ServiceSpec = ServiceSpec {
     schema_hash: 2,
     manifest: "",
     descriptor: "{}",
+    use_schemas: &[],
 };
 
 /// The request map of `greeter.greet`.
