@@ -155,7 +155,7 @@ impl Descriptors {
     pub fn new(node: Node, builtin: &[&ServiceSpec]) -> Arc<Descriptors> {
         let mut state = State::default();
         for spec in builtin {
-            match Descriptor::parse(spec.descriptor) {
+            match Descriptor::parse(&spec.full_descriptor()) {
                 Ok(descriptor) => state.insert(descriptor),
                 Err(error) => warn!(service = spec.name, %error, "built-in descriptor skipped"),
             }

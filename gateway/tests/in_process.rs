@@ -66,6 +66,7 @@ static VAULT_SPEC: ServiceSpec = ServiceSpec {
     schema_hash: 0xaa,
     manifest: "",
     descriptor: VAULT_DESCRIPTOR,
+    use_schemas: &[],
 };
 
 #[derive(Serialize, Deserialize)]

@@ -577,6 +577,20 @@ fn spec(service: &Service, names: &Names) -> TokenStream {
     let hash = syn::LitInt::new(&format!("0x{hash:016x}"), proc_macro2::Span::call_site());
     let manifest = &service.text;
     let descriptor = descriptor::descriptor(service).to_string();
+    let use_schemas = service
+        .uses
+        .iter()
+        .filter(|used| used.json_schema)
+        .map(|used| {
+            let key = format!("{}.{}", service.name, used.name);
+            let ty = Ty::Used(used.path.clone(), None).tokens(Place::TopLevel);
+            quote! {
+                ::meshrpc::UseSchema {
+                    name: #key,
+                    schema: ::meshrpc::schema::openapi3::<#ty>,
+                }
+            }
+        });
     let spec_doc = doc(&format!(
         "The `{name}` service as the mesh sees it: methods, flags, schema hash, manifest text and \
          JSON descriptor."
@@ -590,6 +604,7 @@ fn spec(service: &Service, names: &Names) -> TokenStream {
             schema_hash: #hash,
             manifest: #manifest,
             descriptor: #descriptor,
+            use_schemas: &[#(#use_schemas),*],
         };
     }
 }

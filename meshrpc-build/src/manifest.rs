@@ -28,6 +28,8 @@ pub(crate) struct Service {
     pub(crate) doc: String,
     pub(crate) methods: Vec<Method>,
     pub(crate) types: Vec<Declared>,
+    /// The `use` entries.
+    pub(crate) uses: Vec<UseType>,
     /// The service's sections of the manifest, comments included.
     pub(crate) text: String,
     /// Located warnings (`path:LINE:COL: warning: ...`): things that build but are likely
@@ -118,6 +120,7 @@ pub(crate) enum VariantFields {
 }
 
 const SERVICE_KEYS: &[&str] = &["doc", "use", "methods", "types"];
+const USE_KEYS: &[&str] = &["path", "json_schema"];
 const METHOD_KEYS: &[&str] = &["fn", "returns", "idempotent", "doc", "timeout"];
 const TYPE_KEYS: &[&str] = &["doc", "struct", "newtype", "tuple", "enum", "derive"];
 
@@ -370,8 +373,7 @@ fn parse_service(source: Source<'_>, key: &Key<'_>, value: &Value<'_>) -> Result
             ));
         };
         for entry in array.iter() {
-            let text = expect_string(source, entry, "use", example)?;
-            let used = parse_use(source, entry, text)?;
+            let used = parse_use_entry(source, entry)?;
             if BUILTIN_NAMES.contains(&used.name.as_str())
                 || declared_names.contains(&used.name)
                 || generated.contains(&used.name)
@@ -444,8 +446,51 @@ fn parse_service(source: Source<'_>, key: &Key<'_>, value: &Value<'_>) -> Result
         doc,
         methods,
         types,
+        uses,
         warnings,
     })
+}
+
+/// A `use` entry: a path, or `{ path = "...", json_schema = true }`.
+fn parse_use_entry(source: Source<'_>, entry: &Value<'_>) -> Result<UseType, Error> {
+    let example =
+        "[\"crate::model::Mood\"] or [{ path = \"crate::model::Mood\", json_schema = true }]";
+    let Some(table) = entry.get_ref().as_table() else {
+        let text = expect_string(source, entry, "use", example)?;
+        return parse_use(source, entry, text);
+    };
+    let mut path = None;
+    let mut json_schema = false;
+    for (key, value) in table.iter() {
+        match key.get_ref().as_ref() {
+            "path" => {
+                path = Some((
+                    value,
+                    expect_string(source, value, "path", "\"crate::model::Mood\"")?,
+                ))
+            }
+            "json_schema" => {
+                json_schema = value.get_ref().as_bool().ok_or_else(|| {
+                    source.error(
+                        value.span().start,
+                        format!("`json_schema` must be a boolean, not {}", describe(value)),
+                        "write json_schema = true (no quotes)",
+                    )
+                })?;
+            }
+            _ => return Err(unknown_key(source, key, "a `use` entry", USE_KEYS)),
+        }
+    }
+    let Some((value, text)) = path else {
+        return Err(source.error(
+            entry.span().start,
+            "a `use` entry written as a table needs a `path`",
+            "write { path = \"crate::model::Mood\", json_schema = true }",
+        ));
+    };
+    let mut used = parse_use(source, value, text)?;
+    used.json_schema = json_schema;
+    Ok(used)
 }
 
 fn parse_use(source: Source<'_>, entry: &Value<'_>, text: &str) -> Result<UseType, Error> {
@@ -496,6 +541,7 @@ fn parse_use(source: Source<'_>, entry: &Value<'_>, text: &str) -> Result<UseTyp
         name: segments.last().cloned().unwrap_or_default(),
         path: format!("{prefix}{}", segments.join("::")),
         at: entry.span().start,
+        json_schema: false,
     })
 }
 

@@ -32,8 +32,9 @@ pub(crate) enum Ty {
     Boxed(Box<Ty>),
     /// A type declared in the manifest's `[service.types]`, by name.
     Declared(String),
-    /// A type of the user's crate listed in `use`, by full path.
-    Used(String),
+    /// A type of the user's crate listed in `use`, by full path; with its name (the last
+    /// segment) when its entry asks for a schema (`json_schema = true`).
+    Used(String, Option<String>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +74,9 @@ pub(crate) struct UseType {
     pub(crate) path: String,
     /// Where the entry is written in the manifest (a byte offset), for warnings.
     pub(crate) at: usize,
+    /// Whether the type derives `schemars::JsonSchema` and its schema goes into the descriptor
+    /// (`{ path = "...", json_schema = true }`).
+    pub(crate) json_schema: bool,
 }
 
 /// The names a signature may refer to beyond the built-in types.
@@ -270,7 +274,10 @@ impl Scope<'_> {
                     .find(|used| used.name == name || used.path == name)
                 {
                     plain(name)?;
-                    return Ok(Ty::Used(used.path.clone()));
+                    return Ok(Ty::Used(
+                        used.path.clone(),
+                        used.json_schema.then(|| used.name.clone()),
+                    ));
                 }
                 if !args.is_empty() || !last.arguments.is_none() {
                     return Err(SpanError::new(
@@ -533,7 +540,7 @@ impl Ty {
                     Place::Messages => quote!(super::#ident),
                 }
             }
-            Ty::Used(path) => syn::parse_str::<syn::Path>(path)
+            Ty::Used(path, _) => syn::parse_str::<syn::Path>(path)
                 .map(|path| quote!(#path))
                 .unwrap_or_else(|error| error.to_compile_error()),
         }
@@ -565,7 +572,7 @@ impl Ty {
             }
             // A box changes nothing on the wire, so it changes nothing in the schema hash.
             Ty::Boxed(inner) => inner.canonical(),
-            Ty::Declared(name) | Ty::Used(name) => name.clone(),
+            Ty::Declared(name) | Ty::Used(name, _) => name.clone(),
         }
     }
 
@@ -612,7 +619,7 @@ impl Ty {
                 value.named(out);
             }
             Ty::Tuple(elems) => elems.iter().for_each(|elem| elem.named(out)),
-            Ty::Declared(name) | Ty::Used(name) => out.push(name.clone()),
+            Ty::Declared(name) | Ty::Used(name, _) => out.push(name.clone()),
             _ => {}
         }
     }
@@ -638,7 +645,7 @@ impl Ty {
     ) -> Option<String> {
         let no = |what: &str| Some(format!("{what} does not implement `{}`", derive.name()));
         match self {
-            Ty::Unit | Ty::Bool | Ty::Char | Ty::Int(_) | Ty::Used(_) => None,
+            Ty::Unit | Ty::Bool | Ty::Char | Ty::Int(_) | Ty::Used(..) => None,
             Ty::Float(name) => match derive {
                 Derive::Copy | Derive::PartialOrd => None,
                 _ => no(&format!("`{name}`")),
@@ -694,7 +701,7 @@ impl Ty {
             }
             Ty::Boxed(inner) => inner.has_default(defaultable),
             Ty::Declared(name) => defaultable(name),
-            Ty::Used(_) => false,
+            Ty::Used(..) => false,
             _ => true,
         }
     }
@@ -747,7 +754,11 @@ impl Ty {
             Ty::Declared(name) => {
                 json!({ "$ref": format!("#/components/schemas/{service}.{name}") })
             }
-            Ty::Used(path) => json!({ "description": format!("Rust type {path}") }),
+            // Filed under this name at run time (`ServiceSpec::full_descriptor`).
+            Ty::Used(_, Some(name)) => {
+                json!({ "$ref": format!("#/components/schemas/{service}.{name}") })
+            }
+            Ty::Used(path, None) => json!({ "description": format!("Rust type {path}") }),
         }
     }
 }
@@ -781,6 +792,7 @@ mod tests {
             name: "Mood".to_owned(),
             path: "crate::model::Mood".to_owned(),
             at: 0,
+            json_schema: false,
         }];
         let scope = Scope {
             service: "greeter",

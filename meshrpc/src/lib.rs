@@ -26,6 +26,7 @@ pub mod node;
 pub mod node_service;
 pub mod options;
 pub mod resilience;
+pub mod schema;
 pub mod seeds;
 pub mod service;
 pub mod spec;
@@ -42,7 +43,7 @@ pub use node::{Node, NodeBuilder, NodeError, WaitError};
 pub use options::CallOptions;
 pub use resilience::balance::Strategy;
 pub use service::{BoxFuture, Dispatch, ServiceClient};
-pub use spec::{FieldSpec, MethodSpec, ServiceSpec};
+pub use spec::{FieldSpec, MethodSpec, ServiceSpec, UseSchema};
 pub use status::{Code, Status};
 pub use tls::TlsMaterial;
 pub use transport::Limits;
@@ -52,6 +53,15 @@ pub use serde;
 
 /// Re-exported for generated code.
 pub use bytes;
+
+/// Re-exported so a service crate needs no tokio dependency of its own for `main`:
+/// `#[meshrpc::tokio::main(crate = "meshrpc::tokio")]`.
+pub use tokio;
+
+/// Re-exported so `use` types can derive `meshrpc::schemars::JsonSchema` without a schemars
+/// dependency of their own (with `#[schemars(crate = "meshrpc::schemars")]`).
+#[cfg(feature = "schemars")]
+pub use schemars;
 
 /// Re-exported so generated code can send `Vec<u8>` fields as MessagePack binaries.
 pub use serde_bytes;

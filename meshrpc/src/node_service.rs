@@ -53,6 +53,7 @@ pub static NODE_SPEC: ServiceSpec = ServiceSpec {
     schema_hash: 0x6d65_7368_6e6f_6465,
     manifest: "",
     descriptor: "{}",
+    use_schemas: &[],
 };
 
 /// The reply of `ping`.
@@ -127,7 +128,7 @@ impl Dispatch for NodeService {
                 descriptors: self
                     .published
                     .iter()
-                    .map(|spec| spec.descriptor.to_owned())
+                    .map(|spec| spec.full_descriptor().into_owned())
                     .collect(),
             }),
             "members" => {

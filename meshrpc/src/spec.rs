@@ -4,6 +4,7 @@
 //! needs to address a call (method names, flags, default timeouts) and what the gateway needs to
 //! expose a service over HTTP without knowing its Rust types (the JSON [`ServiceSpec::descriptor`]).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// A service: its name, methods and schema fingerprint.
@@ -24,12 +25,58 @@ pub struct ServiceSpec {
     /// gateway's generic routes and its OpenAPI document. Its format is given in
     /// `docs/MANIFEST.md` ("The service descriptor").
     pub descriptor: &'static str,
+    /// The schemas of the `use` types marked `json_schema = true` in the manifest, computed at
+    /// run time from their `schemars::JsonSchema` implementations; empty for other services.
+    /// [`ServiceSpec::full_descriptor`] adds them to the descriptor.
+    pub use_schemas: &'static [UseSchema],
 }
+
+/// The JSON Schema of a `use` type of a service, as its `schemars::JsonSchema` derive describes it.
+///
+/// Two are equal when their names are: a name stands for one type of one service, and function
+/// addresses are not comparable.
+#[derive(Debug, Clone, Copy)]
+pub struct UseSchema {
+    /// The type's name in the descriptor's `types`: `<service>.<Type>`.
+    pub name: &'static str,
+    /// The type's schema in the OpenAPI 3.0 dialect, with the schemas it refers to under
+    /// `components/schemas` (what [`crate::schema::openapi3`] returns).
+    pub schema: fn() -> serde_json::Value,
+}
+
+impl PartialEq for UseSchema {
+    fn eq(&self, other: &UseSchema) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for UseSchema {}
 
 impl ServiceSpec {
     /// The method with this name, if the service has one.
     pub fn method(&self, name: &str) -> Option<&'static MethodSpec> {
         self.methods.iter().find(|method| method.name == name)
+    }
+
+    /// The service descriptor to advertise: [`ServiceSpec::descriptor`] with the schemas of
+    /// the `use` types that have one ([`ServiceSpec::use_schemas`]) added to its `types`.
+    /// Borrowed when there are none.
+    pub fn full_descriptor(&self) -> Cow<'static, str> {
+        if self.use_schemas.is_empty() {
+            return Cow::Borrowed(self.descriptor);
+        }
+        let Ok(mut descriptor) = serde_json::from_str::<serde_json::Value>(self.descriptor) else {
+            return Cow::Borrowed(self.descriptor);
+        };
+        if let Some(types) = descriptor
+            .get_mut("types")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            for schema in self.use_schemas {
+                crate::schema::insert(types, schema.name, (schema.schema)());
+            }
+        }
+        Cow::Owned(descriptor.to_string())
     }
 
     /// The names of all methods, for error messages.

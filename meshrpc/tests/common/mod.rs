@@ -46,6 +46,7 @@ pub static PROBE_SPEC: ServiceSpec = ServiceSpec {
     schema_hash: 1,
     manifest: "",
     descriptor: "{}",
+    use_schemas: &[],
 };
 
 pub fn method(name: &str) -> &'static MethodSpec {
