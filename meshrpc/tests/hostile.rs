@@ -149,6 +149,34 @@ async fn a_frame_of_an_unknown_kind_is_answered_with_invalid_argument() {
 }
 
 #[tokio::test]
+async fn a_lone_unknown_kind_byte_is_answered_at_once() {
+    // A read timeout far beyond the test's wait: only an answer on the kind byte alone passes.
+    let setup = Setup::with_limits(Limits {
+        request_read_timeout: Duration::from_secs(600),
+        ..Limits::default()
+    })
+    .await;
+    let (mut send, recv) = setup.peer.connection.open_bi().await.expect("stream");
+    send.write_all(b"\x7f").await.expect("sent");
+    // No FIN and no length: the node judges the kind byte alone.
+    let answer = read_answer(recv).await;
+    answer.assert_status(Code::InvalidArgument, "unknown frame kind 0x7f");
+    setup.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn a_first_data_frame_with_a_huge_length_is_answered_as_too_large() {
+    // The prefix is judged (kind, then length) before whether its kind may open a stream.
+    let setup = Setup::new().await;
+    let answer = setup.peer.exchange(&prefix(0x02, u32::MAX)).await;
+    answer.assert_status(
+        Code::ResourceExhausted,
+        "Data frame of 4294967295 bytes exceeds the limit of 4194304 bytes",
+    );
+    setup.assert_still_serving().await;
+}
+
+#[tokio::test]
 async fn a_stream_that_does_not_open_with_call_is_answered_with_invalid_argument() {
     let setup = Setup::new().await;
     let data = data_frame(&AddRequest { a: 1, b: 2 });
@@ -473,6 +501,21 @@ async fn a_caller_that_resets_before_its_request_is_complete_gets_no_call() {
     send.reset(error_code::CANCELLED).expect("reset");
     let answer = read_answer(recv).await;
     answer.assert_status(Code::Unavailable, "the peer reset the stream (code 1)");
+    // Reset right behind the CALL frame, in the same packet as likely as not: what counts is
+    // whether the node read the CALL frame before it learnt of the reset. Either way no
+    // handler runs and the answer is one of the two documented ones.
+    for _ in 0..20 {
+        let (mut send, recv) = setup.peer.connection.open_bi().await.expect("stream");
+        send.write_all(&[call.clone(), data[..3].to_vec()].concat())
+            .await
+            .expect("sent");
+        send.reset(error_code::CANCELLED).expect("reset");
+        let answer = read_answer(recv).await;
+        assert!(answer.error.is_none(), "{answer:?}");
+        if !answer.frames.is_empty() {
+            answer.assert_status(Code::Unavailable, "the peer reset the stream (code 1)");
+        }
+    }
     assert_eq!(setup.started(), 0);
     setup.assert_still_serving().await;
 }
@@ -1166,6 +1209,15 @@ fn client_config_builder() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls
 
 /// A node certificate for the DNS name `san` signed by `issuer`, as PEM (certificate, key).
 fn node_cert(san: &str, issuer: &Issuer<'_, KeyPair>) -> (String, String) {
+    node_cert_with(san, issuer, |_| {})
+}
+
+/// [`node_cert`], with `adjust` applied to the certificate's parameters before it is signed.
+fn node_cert_with(
+    san: &str,
+    issuer: &Issuer<'_, KeyPair>,
+    adjust: impl FnOnce(&mut CertificateParams),
+) -> (String, String) {
     let mut params = CertificateParams::new(vec![san.to_owned()]).expect("params");
     params
         .distinguished_name
@@ -1176,6 +1228,7 @@ fn node_cert(san: &str, issuer: &Issuer<'_, KeyPair>) -> (String, String) {
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
+    adjust(&mut params);
     let key = KeyPair::generate().expect("key");
     let cert = params.signed_by(&key, issuer).expect("signed");
     (cert.pem(), key.serialize_pem())
@@ -1266,6 +1319,64 @@ async fn a_peer_certified_for_another_cluster_by_the_same_ca_is_refused() {
         1,
         "only the control call reached the handler"
     );
+    setup.assert_still_serving().await;
+}
+
+/// The issuer of the test cluster's dev CA, as the probe node minted it under `state`.
+fn cluster_issuer(state: &Path) -> Issuer<'static, KeyPair> {
+    let ca_dir = state.join(CLUSTER);
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).expect("key"))
+        .expect("the CA key parses");
+    Issuer::new(dev_ca_params(CLUSTER).expect("CA parameters"), ca_key)
+}
+
+#[tokio::test]
+async fn a_client_certificate_with_only_the_name_and_extended_key_usage_is_accepted() {
+    let setup = Setup::new().await;
+    let issuer = cluster_issuer(setup.state.path());
+    // No keyUsage, no authorityKeyIdentifier: neither is required (docs/PROTOCOL.md, 2.3).
+    let (cert, key) = node_cert_with(SERVER_NAME, &issuer, |params| {
+        params.key_usages.clear();
+        params.use_authority_key_identifier_extension = false;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    });
+    let material = TlsMaterial::from_pem(
+        &cluster_ca(setup.state.path()),
+        cert.as_bytes(),
+        key.as_bytes(),
+    )
+    .expect("material");
+    attempt_call(material.client_config().expect("config"), setup.addr())
+        .await
+        .expect("accepted")
+        .assert_ok();
+}
+
+#[tokio::test]
+async fn a_client_certificate_for_server_authentication_only_is_refused() {
+    let setup = Setup::new().await;
+    let issuer = cluster_issuer(setup.state.path());
+    let (cert, key) = node_cert_with(SERVER_NAME, &issuer, |params| {
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    });
+    let material = TlsMaterial::from_pem(
+        &cluster_ca(setup.state.path()),
+        cert.as_bytes(),
+        key.as_bytes(),
+    )
+    .expect("material");
+    let error = attempt_call(material.client_config().expect("config"), setup.addr())
+        .await
+        .expect_err("refused");
+    // unsupported_certificate (43), QUIC crypto error 0x12b.
+    assert!(error.contains("Code::crypto(2b)"), "{error}");
+    assert!(
+        error.contains(
+            "invalid peer certificate: certificate does not allow extended key usage for client authentication"
+        ),
+        "{error}"
+    );
+    assert_eq!(setup.started(), 0, "no call reached the handler");
     setup.assert_still_serving().await;
 }
 
