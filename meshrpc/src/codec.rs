@@ -420,6 +420,28 @@ mod tests {
     }
 
     #[test]
+    fn strings_sent_as_binaries_are_refused_in_values_and_map_keys() {
+        // {"name": bin "Max"}
+        let error =
+            decode_request::<Greet>("greet", &Bytes::from_static(b"\x81\xa4name\xc4\x03Max"))
+                .expect_err("binary string");
+        assert!(
+            error.message().contains("strings must be MessagePack str"),
+            "{error}"
+        );
+        // {bin "k": "v"} as a map of strings.
+        let error = decode_request::<std::collections::HashMap<String, String>>(
+            "m",
+            &Bytes::from_static(b"\x81\xc4\x01k\xa1v"),
+        )
+        .expect_err("binary key");
+        assert!(
+            error.message().contains("strings must be MessagePack str"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn a_request_of_the_wrong_shape_is_an_invalid_argument() {
         let bytes = encode(&42u32).expect("encodes");
         let error = decode_request::<Greet>("greet", &bytes).expect_err("wrong shape");

@@ -6,7 +6,8 @@
 //! binary as readily as from a string. Accepting positions would tie peers to field order and
 //! undo what named fields are for (adding a field without breaking older peers), so this wrapper
 //! refuses both wherever a struct is expected, at any depth. Arrays stay arrays where the type
-//! is a sequence (`Vec`, tuples, sets).
+//! is a sequence (`Vec`, tuples, sets). Likewise a string (a `String` value, a map's string key,
+//! metadata) must be a MessagePack `str`, not a binary that happens to hold UTF-8.
 //!
 //! Every wrapper is a zero-sized shell around the inner deserializer, visitor or access and
 //! forwards borrowed strings and binaries as borrowed: decoding allocates nothing more than
@@ -27,6 +28,10 @@ struct Wrap<V>(V);
 
 /// The visitor of a struct's field name (or an enum's variant name): only a string is a name.
 struct FieldNameVisitor<V>(V);
+
+/// The visitor of a string (a `String`, `&str`, `char`, a map's string key): a binary is not a
+/// string, even when its bytes are UTF-8.
+struct TextVisitor<V>(V);
 
 /// The visitor of a struct: refuses an array (positional fields).
 struct StructVisitor<V>(V);
@@ -63,14 +68,27 @@ macro_rules! forward_deserialize {
     };
 }
 
+macro_rules! deserialize_text {
+    ($($method:ident)*) => {
+        $(
+            #[inline]
+            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+                self.0.$method(TextVisitor(visitor))
+            }
+        )*
+    };
+}
+
 impl<'de, D: Deserializer<'de>> Deserializer<'de> for Strict<D> {
     type Error = D::Error;
+
+    deserialize_text! { deserialize_char deserialize_str deserialize_string }
 
     forward_deserialize! {
         deserialize_any() deserialize_bool() deserialize_i8() deserialize_i16() deserialize_i32()
         deserialize_i64() deserialize_i128() deserialize_u8() deserialize_u16() deserialize_u32()
         deserialize_u64() deserialize_u128() deserialize_f32() deserialize_f64()
-        deserialize_char() deserialize_str() deserialize_string() deserialize_bytes()
+        deserialize_bytes()
         deserialize_byte_buf() deserialize_option() deserialize_unit()
         deserialize_unit_struct(name: &'static str)
         deserialize_newtype_struct(name: &'static str)
@@ -238,6 +256,34 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for FieldNameVisitor<V> {
 
     fn visit_unit<E: de::Error>(self) -> Result<V::Value, E> {
         Err(not_a_name("nil"))
+    }
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for TextVisitor<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(formatter)
+    }
+
+    // Anything but a string or a binary is refused by the inner visitor, with its own message.
+    forward_visit! {
+        visit_bool(bool) visit_i64(i64) visit_u64(u64) visit_f64(f64) visit_char(char)
+        visit_str(&str) visit_borrowed_str(&'de str) visit_string(String)
+    }
+
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<V::Value, E> {
+        Err(E::custom(
+            "a string is a MessagePack binary; strings must be MessagePack str",
+        ))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<V::Value, E> {
+        self.0.visit_unit()
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<V::Value, E> {
+        self.0.visit_none()
     }
 }
 
