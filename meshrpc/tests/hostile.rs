@@ -1086,6 +1086,7 @@ async fn a_tunnel_is_ended_after_one_response_even_when_the_client_keeps_its_hal
     let (_state, _node, peer) = web_node().await;
     let response = tunnel(&peer, "web", "GET /check HTTP/1.1\r\n\r\n", false).await;
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.contains("\r\nconnection: close\r\n"), "{response}");
     assert!(response.ends_with("All ok!"), "{response}");
 }
 
