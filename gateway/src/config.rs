@@ -10,6 +10,12 @@ pub const DEFAULT_HTTP_ADDR: SocketAddr =
 /// The largest request body taken by default: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 
+/// Requests in flight at once by default (the probes and `/metrics` aside).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
+
+/// Request body bytes held at once by default: 32 MiB.
+pub const DEFAULT_MAX_BUFFERED: usize = 32 * 1024 * 1024;
+
 /// How long a request may take by default.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -26,6 +32,11 @@ pub struct Config {
     pub max_body: usize,
     /// Services the gateway needs: `/readyz` answers 503 while one has no live member.
     pub require: Vec<String>,
+    /// Requests in flight at once; more are answered 503 with `Retry-After`.
+    pub max_in_flight: usize,
+    /// Request body bytes held at once (declared lengths, `max_body` for unknown ones); more
+    /// are answered 503 with `Retry-After`.
+    pub max_buffered: usize,
 }
 
 impl Default for Config {
@@ -36,6 +47,8 @@ impl Default for Config {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_body: DEFAULT_MAX_BODY,
             require: Vec::new(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_buffered: DEFAULT_MAX_BUFFERED,
         }
     }
 }
@@ -80,6 +93,16 @@ pub struct GatewayArgs {
         value_delimiter = ','
     )]
     pub require: Vec<String>,
+
+    /// Requests in flight at once (the probes and /metrics aside); more are answered 503
+    /// with Retry-After.
+    #[arg(long, env = "MESHRPC_MAX_IN_FLIGHT", value_name = "N", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+
+    /// Request body bytes held at once (each request reserves its Content-Length, or
+    /// --max-body without one); more are answered 503 with Retry-After.
+    #[arg(long, env = "MESHRPC_MAX_BUFFERED", value_name = "BYTES", default_value_t = DEFAULT_MAX_BUFFERED)]
+    pub max_buffered: usize,
 }
 
 impl GatewayArgs {
@@ -96,6 +119,8 @@ impl GatewayArgs {
                 .map(|name| name.trim().to_owned())
                 .filter(|name| !name.is_empty())
                 .collect(),
+            max_in_flight: self.max_in_flight,
+            max_buffered: self.max_buffered,
         }
     }
 }

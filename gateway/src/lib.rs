@@ -24,6 +24,7 @@
 //! ```
 
 pub mod access_log;
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod descriptors;
@@ -45,6 +46,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{Config, GatewayArgs};
 
+use crate::admission::Admission;
 use crate::auth::ApiKeys;
 use crate::descriptors::Descriptors;
 use crate::metrics::HttpMetrics;
@@ -70,6 +72,7 @@ pub struct Shared {
     keys: ApiKeys,
     descriptors: Arc<Descriptors>,
     metrics: Arc<HttpMetrics>,
+    admission: Admission,
     greeter: greeter::GreeterClient,
 }
 
@@ -80,8 +83,10 @@ impl Shared {
         let greeter = node
             .client::<greeter::GreeterClient>()
             .with_options(CallOptions::new().timeout(config.request_timeout));
+        let admission = Admission::new(config.max_in_flight, config.max_buffered, config.max_body);
         Arc::new(Shared {
             keys: ApiKeys::new(&config.api_keys),
+            admission,
             node,
             config,
             descriptors,
@@ -105,6 +110,7 @@ impl Shared {
 pub fn router(shared: Arc<Shared>) -> Router {
     let keys = shared.keys.clone();
     let metrics = shared.metrics.clone();
+    let admission = shared.admission.clone();
     Router::new()
         .route("/greeter/greet/{name}", get(routes::greeter::greet))
         .route(
@@ -115,10 +121,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))
+        // After the routes it applies to: their other methods get 405, JSON, with `Allow`.
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .route("/{service}/{*rest}", any(routes::dispatch))
         .fallback(routes::not_found)
         .with_state(shared)
         .layer(from_fn_with_state(keys, auth::require_key))
+        .layer(from_fn_with_state(admission, admission::admit))
         .layer(from_fn_with_state(metrics, metrics::record))
         .layer(from_fn(access_log::log))
 }
@@ -195,6 +204,7 @@ async fn serve_connections(
                 request
                     .extensions_mut()
                     .insert(axum::extract::ConnectInfo(remote));
+                routes::normalize_path(&mut request);
                 tower::ServiceExt::oneshot(app.clone(), request)
             });
         let connection = http.serve_connection(TokioIo::new(stream), service);

@@ -6,14 +6,22 @@
 //! (utoipa's) would have to parse those schemas into their own model and back, and would drop
 //! the extensions on the way. Tests check the result with the `openapiv3` crate.
 //!
-//! Per method there is one `POST /{service}/{method}` operation: the request schema as the
-//! body, the response envelope `{"error": "", <result field>: ...}` as the 200 answer, and the
-//! error body `{"error", "code"}` for every other status.
+//! Per method there is a `POST /{service}/{method}` operation: the request schema as the body,
+//! the response envelope `{"error": "", <result field>: ...}` as the 200 answer (`{"error": ""}`
+//! for a method without a result), and the error body `{"error", "code", "details"?}` for every
+//! other status. An idempotent method whose parameters are scalars also gets the `GET` form,
+//! its parameters in the query. Objects the gateway checks are closed
+//! (`additionalProperties: false`): it refuses unknown fields with 400.
+//!
+//! Beside the methods, the document lists the gateway's own routes: the greeter's REST routes
+//! and its legacy `GET /greeter/check` (when the greeter is known), `/healthz`, `/readyz`,
+//! `/metrics` and `/openapi.json`.
 
 use meshrpc::Code;
 use serde_json::{Map, Value, json};
 
-use crate::descriptors::Descriptor;
+use crate::descriptors::{Descriptor, MethodDescriptor};
+use crate::routes::generic::has_get_form;
 
 /// The name of the error body's schema under `components/schemas`.
 pub const ERROR_SCHEMA: &str = "meshrpc.Error";
@@ -28,47 +36,40 @@ pub fn document(descriptors: &[impl AsRef<Descriptor>], secured: bool) -> Value 
         let descriptor = descriptor.as_ref();
         tags.push(json!({ "name": descriptor.service, "description": descriptor.doc }));
         for (name, schema) in &descriptor.types {
-            schemas.insert(name.clone(), schema.clone());
+            let mut schema = schema.clone();
+            close_objects(&mut schema);
+            schemas.insert(name.clone(), schema);
         }
         for method in &descriptor.methods {
-            let mut summary = method.doc.clone();
-            if summary.is_empty() {
-                summary = format!("Calls `{}.{}`.", descriptor.service, method.name);
+            let mut item = Map::new();
+            item.insert(
+                "post".to_owned(),
+                method_operation(descriptor, method, false),
+            );
+            if has_get_form(method) {
+                item.insert("get".to_owned(), method_operation(descriptor, method, true));
             }
-            let operation = json!({
-                "operationId": format!("{}.{}", descriptor.service, method.name),
-                "tags": [descriptor.service],
-                "summary": summary,
-                "description": description(method),
-                "requestBody": {
-                    "required": true,
-                    "content": { "application/json": { "schema": method.request } }
-                },
-                "responses": {
-                    "200": {
-                        "description": format!(
-                            "The result, in the `{}` field.", method.result_field
-                        ),
-                        "content": {
-                            "application/json": { "schema": envelope(&method.response) }
-                        }
-                    },
-                    "default": { "$ref": "#/components/responses/Error" }
-                }
-            });
             paths.insert(
                 format!("/{}/{}", descriptor.service, method.name),
-                json!({ "post": operation }),
+                Value::Object(item),
             );
         }
+        if descriptor.service == "greeter" {
+            greeter_routes(&mut paths, &mut schemas);
+        }
     }
+    ops_routes(&mut paths, secured);
     let mut document = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "meshrpc gateway",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Every method published in the mesh, as `POST /{service}/{method}` \
-                with JSON in and out. Generated from the services' descriptors."
+                with JSON in and out (and `GET /{service}/{method}?param=...` for idempotent \
+                methods with scalar parameters), the greeter's REST routes and the gateway's \
+                own routes. Generated from the services' descriptors. Every error is \
+                `{\"error\", \"code\"}` JSON (with `details`, base64, when the service \
+                attached some); 503s the gateway sheds carry `Retry-After`."
         },
         "tags": tags,
         "paths": paths,
@@ -96,7 +97,263 @@ pub fn document(descriptors: &[impl AsRef<Descriptor>], secured: bool) -> Value 
     document
 }
 
-fn description(method: &crate::descriptors::MethodDescriptor) -> String {
+/// The `POST` operation of a method, or its `GET` form.
+fn method_operation(descriptor: &Descriptor, method: &MethodDescriptor, get: bool) -> Value {
+    let mut summary = method.doc.clone();
+    if summary.is_empty() {
+        summary = format!("Calls `{}.{}`.", descriptor.service, method.name);
+    }
+    let has_result = method
+        .response
+        .get("properties")
+        .and_then(Value::as_object)
+        .is_some_and(|fields| !fields.is_empty());
+    let success = if has_result {
+        format!(
+            "Done: the result is in the `{}` field, after `\"error\": \"\"`.",
+            method.result_field
+        )
+    } else {
+        "Done: the method returns nothing, so the body is `{\"error\": \"\"}`.".to_owned()
+    };
+    let mut operation = json!({
+        "operationId": format!(
+            "{}.{}{}", descriptor.service, method.name, if get { ".get" } else { "" }
+        ),
+        "tags": [descriptor.service],
+        "summary": summary,
+        "description": description(method),
+        "responses": {
+            "200": {
+                "description": success,
+                "content": {
+                    "application/json": { "schema": envelope(&method.response) }
+                }
+            },
+            "default": { "$ref": "#/components/responses/Error" }
+        }
+    });
+    let mut request = method.request.clone();
+    close_objects(&mut request);
+    if get {
+        let required: Vec<&str> = request
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|names| names.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let parameters: Vec<Value> = request
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|fields| {
+                fields
+                    .iter()
+                    .map(|(name, schema)| {
+                        json!({
+                            "name": name,
+                            "in": "query",
+                            "required": required.contains(&name.as_str()),
+                            "schema": schema,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        operation["parameters"] = Value::Array(parameters);
+    } else {
+        operation["requestBody"] = json!({
+            "required": true,
+            "content": { "application/json": { "schema": request } }
+        });
+    }
+    operation
+}
+
+/// Adds `additionalProperties: false` to every object schema with declared properties that
+/// says nothing of others, as the gateway refuses unknown fields.
+fn close_objects(schema: &mut Value) {
+    match schema {
+        Value::Object(object) => {
+            if object.contains_key("properties") && !object.contains_key("additionalProperties") {
+                object.insert("additionalProperties".to_owned(), Value::Bool(false));
+            }
+            for (key, value) in object.iter_mut() {
+                match (key.as_str(), value) {
+                    // A map of field names to schemas, not a schema: its entries are.
+                    ("properties", Value::Object(fields)) => {
+                        fields.values_mut().for_each(close_objects);
+                    }
+                    (_, value) => close_objects(value),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
+}
+
+/// A string with a character that is not white space (Rust's `char::is_whitespace`): what the
+/// greeter demands of a recipient.
+const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+
+/// The greeter's REST routes and legacy check, and the greeter's own rule for postcards
+/// (a recipient that is not blank), which its manifest cannot state.
+fn greeter_routes(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>) {
+    if let Some(recipient) = schemas
+        .get_mut("greeter.Postcard")
+        .and_then(|postcard| postcard.pointer_mut("/properties/recipient"))
+    {
+        recipient["pattern"] = Value::from(NOT_BLANK);
+    }
+    let text = |name: &str, doc: &str| {
+        json!({ "name": name, "in": "path", "required": true, "description": doc,
+                "schema": { "type": "string", "minLength": 1 } })
+    };
+    let mut recipient = text("recipient", "Who receives it; must not be blank.");
+    recipient["schema"]["pattern"] = Value::from(NOT_BLANK);
+    paths.insert(
+        "/greeter/greet/{name}".to_owned(),
+        json!({ "get": {
+            "operationId": "greeter.greet.rest",
+            "tags": ["greeter"],
+            "summary": "Says hello to `name`, as the original gateway did.",
+            "parameters": [text("name", "Who to greet.")],
+            "responses": {
+                "200": { "description": "The greeting, a JSON string.",
+                         "content": { "application/json": { "schema": { "type": "string" } } } },
+                "default": { "$ref": "#/components/responses/Error" }
+            }
+        }}),
+    );
+    paths.insert(
+        "/greeter/sendPostcard/{recipient}/{address}/{message}".to_owned(),
+        json!({ "post": {
+            "operationId": "greeter.send_postcard.rest",
+            "tags": ["greeter"],
+            "summary": "Sends a postcard without a picture, as the original gateway did.",
+            "parameters": [
+                recipient,
+                text("address", "The postal address."),
+                text("message", "The text on the back."),
+            ],
+            "responses": {
+                "200": { "description": "The postcard as sent, with Go's field names.",
+                         "content": { "application/json": { "schema": {
+                             "type": "object",
+                             "properties": {
+                                 "PictureURL": { "type": "string" },
+                                 "Address": { "type": "string" },
+                                 "Recipient": { "type": "string" },
+                                 "Message": { "type": "string" }
+                             },
+                             "required": ["PictureURL", "Address", "Recipient", "Message"],
+                             "additionalProperties": false
+                         } } } },
+                "default": { "$ref": "#/components/responses/Error" }
+            }
+        }}),
+    );
+    paths.insert(
+        "/greeter/check".to_owned(),
+        json!({ "get": {
+            "operationId": "greeter.check",
+            "tags": ["greeter"],
+            "summary": "The greeter's legacy health check, forwarded to one replica.",
+            "responses": {
+                "200": { "description": "`All ok! <RFC 3339 time>`.",
+                         "content": { "text/plain": { "schema": {
+                             "type": "string", "pattern": "^All ok! " } } } },
+                "default": { "$ref": "#/components/responses/Error" }
+            }
+        }}),
+    );
+}
+
+/// `/healthz`, `/readyz`, `/metrics`, `/openapi.json`. The probes need no key.
+fn ops_routes(paths: &mut Map<String, Value>, secured: bool) {
+    let open = |mut operation: Value| {
+        if secured {
+            operation["security"] = json!([]);
+        }
+        operation
+    };
+    paths.insert(
+        "/healthz".to_owned(),
+        json!({ "get": open(json!({
+            "operationId": "gateway.healthz",
+            "tags": ["gateway"],
+            "summary": "Whether the process serves.",
+            "responses": {
+                "200": { "description": "`ok`.",
+                         "content": { "text/plain": { "schema": { "type": "string", "enum": ["ok"] } } } },
+                "default": { "$ref": "#/components/responses/Error" }
+            }
+        })) }),
+    );
+    let readiness = json!({
+        "type": "object",
+        "properties": {
+            "ready": { "type": "boolean" },
+            "members": { "type": "integer", "minimum": 0 },
+            "dependencies": { "type": "array", "items": {
+                "type": "object",
+                "properties": {
+                    "service": { "type": "string" },
+                    "required": { "type": "boolean" },
+                    "live": { "type": "boolean" },
+                    "rpc_members": { "type": "integer", "minimum": 0 },
+                    "http_members": { "type": "integer", "minimum": 0 }
+                },
+                "required": ["service", "required", "live", "rpc_members", "http_members"],
+                "additionalProperties": false
+            } }
+        },
+        "required": ["ready", "members", "dependencies"],
+        "additionalProperties": false
+    });
+    paths.insert(
+        "/readyz".to_owned(),
+        json!({ "get": open(json!({
+            "operationId": "gateway.readyz",
+            "tags": ["gateway"],
+            "summary": "Every known and every required service, with its live members.",
+            "responses": {
+                "200": { "description": "Every required service has a live member.",
+                         "content": { "application/json": { "schema": readiness } } },
+                "503": { "description": "A required service has no live member.",
+                         "content": { "application/json": { "schema": readiness } } },
+                "default": { "$ref": "#/components/responses/Error" }
+            }
+        })) }),
+    );
+    paths.insert(
+        "/metrics".to_owned(),
+        json!({ "get": {
+            "operationId": "gateway.metrics",
+            "tags": ["gateway"],
+            "summary": "The gateway's and its node's metrics, Prometheus text (OpenMetrics).",
+            "responses": {
+                "200": { "description": "OpenMetrics text.",
+                         "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } },
+                "default": { "$ref": "#/components/responses/Error" }
+            }
+        }}),
+    );
+    paths.insert(
+        "/openapi.json".to_owned(),
+        json!({ "get": {
+            "operationId": "gateway.openapi",
+            "tags": ["gateway"],
+            "summary": "This document.",
+            "responses": {
+                "200": { "description": "An OpenAPI 3.0 document.",
+                         "content": { "application/json": { "schema": { "type": "object" } } } },
+                "default": { "$ref": "#/components/responses/Error" }
+            }
+        }}),
+    );
+}
+
+fn description(method: &MethodDescriptor) -> String {
     let mut text = String::new();
     if method.idempotent {
         text.push_str("Idempotent: retried on another replica after a failure. ");
@@ -123,7 +380,9 @@ pub fn envelope(response: &Value) -> Value {
     if let Some(fields) = response.get("required").and_then(Value::as_array) {
         required.extend(fields.iter().cloned());
     }
-    json!({ "type": "object", "properties": properties, "required": required })
+    let mut schema = json!({ "type": "object", "properties": properties, "required": required });
+    close_objects(&mut schema);
+    schema
 }
 
 fn error_schema() -> Value {
@@ -137,9 +396,16 @@ fn error_schema() -> Value {
         "description": "A failed call.",
         "properties": {
             "error": { "type": "string", "description": "What went wrong." },
-            "code": { "type": "string", "enum": codes, "description": "The status name." }
+            "code": { "type": "string", "enum": codes, "description": "The status name." },
+            "details": {
+                "type": "string",
+                "format": "byte",
+                "description": "The service's machine-readable details (`Status::with_details`), \
+                    base64: the bytes as the service sent them."
+            }
         },
-        "required": ["error", "code"]
+        "required": ["error", "code"],
+        "additionalProperties": false
     })
 }
 
@@ -152,19 +418,84 @@ mod tests {
     }
 
     #[test]
-    fn the_document_is_openapi_3_with_one_post_per_method() {
+    fn the_document_is_openapi_3_with_every_route_of_the_gateway() {
         let document = document(&[std::sync::Arc::new(greeter())], false);
         let parsed: openapiv3::OpenAPI =
             serde_json::from_value(document.clone()).expect("a valid OpenAPI 3 document");
         assert!(parsed.openapi.starts_with("3.0"));
         let paths: Vec<&String> = parsed.paths.paths.keys().collect();
-        assert_eq!(paths, ["/greeter/greet", "/greeter/send_postcard"]);
-        for path in parsed.paths.paths.values() {
-            let item = path.as_item().expect("inline path item");
-            assert!(item.post.is_some());
-            assert!(item.get.is_none());
-        }
+        assert_eq!(
+            paths,
+            [
+                "/greeter/check",
+                "/greeter/greet",
+                "/greeter/greet/{name}",
+                "/greeter/sendPostcard/{recipient}/{address}/{message}",
+                "/greeter/send_postcard",
+                "/healthz",
+                "/metrics",
+                "/openapi.json",
+                "/readyz",
+            ]
+        );
+        let item = |path: &str| parsed.paths.paths[path].as_item().expect("inline").clone();
+        // Every method is a POST; the idempotent greet with its one string has a GET form.
+        assert!(item("/greeter/greet").post.is_some());
+        let get = item("/greeter/greet").get.expect("GET /greeter/greet");
+        assert_eq!(get.parameters.len(), 1);
+        assert!(item("/greeter/send_postcard").get.is_none());
+        assert!(item("/greeter/greet/{name}").get.is_some());
+        assert!(
+            item("/greeter/sendPostcard/{recipient}/{address}/{message}")
+                .post
+                .is_some()
+        );
         assert!(document.get("security").is_none());
+    }
+
+    #[test]
+    fn objects_the_gateway_checks_are_closed() {
+        let document = document(&[std::sync::Arc::new(greeter())], false);
+        let request = &document["paths"]["/greeter/greet"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"];
+        assert_eq!(request["additionalProperties"], json!(false));
+        let postcard = &document["components"]["schemas"]["greeter.Postcard"];
+        assert_eq!(postcard["additionalProperties"], json!(false));
+        assert!(postcard["properties"]["recipient"]["pattern"].is_string());
+        // A field called `properties` is a field, not a list of fields.
+        let mut schema =
+            json!({"type": "object", "properties": {"properties": {"type": "string"}}});
+        close_objects(&mut schema);
+        assert_eq!(
+            schema,
+            json!({"type": "object", "properties": {"properties": {"type": "string"}},
+                   "additionalProperties": false})
+        );
+    }
+
+    #[test]
+    fn a_method_without_a_result_documents_the_bare_envelope() {
+        let mut descriptor = greeter();
+        descriptor.methods[1].response =
+            json!({"type": "object", "properties": {}, "required": []});
+        descriptor.methods[1].result_field = "result".to_owned();
+        let document = document(&[std::sync::Arc::new(descriptor)], false);
+        let success = &document["paths"]["/greeter/send_postcard"]["post"]["responses"]["200"];
+        assert!(
+            success["description"]
+                .as_str()
+                .expect("text")
+                .contains("returns nothing"),
+            "{success}"
+        );
+        let schema = &success["content"]["application/json"]["schema"];
+        assert_eq!(schema["required"], json!(["error"]));
+        let keys: Vec<&String> = schema["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .collect();
+        assert_eq!(keys, ["error"]);
     }
 
     #[test]

@@ -340,3 +340,268 @@ async fn api_keys_are_required_by_the_real_binary() {
     assert_eq!(get(addr, "/readyz").await.status, 200);
     assert_eq!(get(addr, "/openapi.json").await.status, 401);
 }
+
+/// Sends `head` (a request head, and perhaps part of a body) on a new connection and keeps the
+/// connection open without finishing the request, so the gateway holds it in flight.
+async fn start_unfinished(addr: std::net::SocketAddr, head: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    stream.write_all(head.as_bytes()).await.expect("writes");
+    stream
+}
+
+/// Waits until the gauge `name` on `/metrics` reads `value`.
+async fn wait_for_gauge(addr: std::net::SocketAddr, name: &str, value: u64) {
+    let line = format!("{name} {value}\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = get(addr, "/metrics").await.body;
+        if metrics.contains(&line) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never read {value}: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the gateway answered on `stream` so far (for failure messages).
+async fn answered(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = vec![0; 4096];
+    match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buffer)).await {
+        Ok(Ok(read)) => String::from_utf8_lossy(&buffer[..read]).into_owned(),
+        Ok(Err(error)) => format!("error: {error}"),
+        Err(_) => "nothing".to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_limits_the_gateway_answers_503_with_retry_after() {
+    assert!(
+        greeter_binary_is_there(),
+        "the greeter binary is missing: build the workspace first (cargo build --workspace)"
+    );
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let cluster = format!("e2e-limits-{}", std::process::id());
+    let gateway = start_gateway(
+        state.path(),
+        &cluster,
+        &["--max-in-flight", "2", "--max-buffered", "1000"],
+    );
+    let _greeter = start_service("greeter", &gateway, state.path(), &cluster);
+    wait_for_members(&gateway, "greeter", 1).await;
+    let addr = gateway.http;
+
+    // Two calls whose bodies never finish arriving fill the two places.
+    let body_head = "POST /greeter/greet HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{\"name\": ";
+    let mut first = start_unfinished(addr, body_head).await;
+    wait_for_gauge(addr, "gateway_http_requests_in_flight", 1).await;
+    let mut second = start_unfinished(addr, body_head).await;
+    wait_for_gauge(addr, "gateway_http_requests_in_flight", 2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = get(addr, "/greeter/greet/Max").await;
+        if answer.status == 503 || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if answer.status != 503 {
+        let log = std::fs::read_to_string(&gateway.log).unwrap_or_default();
+        panic!(
+            "never shed: {answer:?}; the held requests got {:?} and {:?}; log: {log}",
+            answered(&mut first).await,
+            answered(&mut second).await
+        );
+    }
+    assert_error(&answer, 503, "unavailable", "limit of 2 requests in flight");
+    assert_eq!(answer.headers["retry-after"], "1");
+    // Probes and metrics are never shed.
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+    assert_eq!(get(addr, "/readyz").await.status, 200);
+    assert_eq!(get(addr, "/metrics").await.status, 200);
+    drop((first, second));
+
+    // 400 of the 1,000 body bytes are held by one unfinished call: a second declaring 700
+    // does not fit, a small one does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(addr, "/greeter/greet/Max").await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the places were never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _held = start_unfinished(addr, body_head).await;
+    wait_for_gauge(addr, "gateway_http_buffered_body_bytes", 400).await;
+    let big = format!(r#"{{"name": "{}"}}"#, "x".repeat(688));
+    assert_eq!(big.len(), 700);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = post(addr, "/greeter/greet", &big).await;
+        if answer.status == 503 || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_error(
+        &answer,
+        503,
+        "unavailable",
+        "limit of 1000 buffered body bytes",
+    );
+    assert_eq!(answer.headers["retry-after"], "1");
+    let answer = post(addr, "/greeter/greet", r#"{"name": "Max"}"#).await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, r#"{"error":"","message":"Hello, Max"}"#)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_the_real_gateway_answers_is_json() {
+    assert!(
+        greeter_binary_is_there(),
+        "the greeter binary is missing: build the workspace first (cargo build --workspace)"
+    );
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let cluster = format!("e2e-json-{}", std::process::id());
+    let gateway = start_gateway(state.path(), &cluster, &[]);
+    let _greeter = start_service("greeter", &gateway, state.path(), &cluster);
+    wait_for_members(&gateway, "greeter", 1).await;
+    let addr = gateway.http;
+
+    // Methods a route does not answer: 405, JSON, with Allow.
+    for (method, path, allow) in [
+        ("POST", "/greeter/greet/Max", "GET,HEAD"),
+        ("DELETE", "/healthz", "GET,HEAD"),
+        ("PUT", "/openapi.json", "GET,HEAD"),
+        ("GET", "/greeter/sendPostcard/Max/World/Hello", "POST"),
+        ("PUT", "/greeter/greet", "GET, HEAD, POST"),
+        ("GET", "/greeter/send_postcard", "POST"),
+    ] {
+        let answer = send(addr, method, path, &[], "").await;
+        assert_error(&answer, 405, "unimplemented", "");
+        assert_eq!(answer.headers["content-type"], "application/json");
+        let allowed = answer.headers["allow"]
+            .to_str()
+            .expect("text")
+            .replace(' ', "");
+        assert_eq!(allowed, allow.replace(' ', ""), "{method} {path}");
+    }
+    // The greeter's own legacy 405 and 404 come without a body: the gateway says it in JSON,
+    // keeping the Allow header.
+    let answer = send(addr, "DELETE", "/greeter/check", &[], "").await;
+    assert_error(&answer, 405, "unimplemented", "`greeter`");
+    assert!(answer.headers.contains_key("allow"), "{answer:?}");
+    let answer = get(addr, "/greeter/nosuch/page").await;
+    assert_error(&answer, 404, "not_found", "`greeter` has no HTTP handler");
+    // A path segment that is not UTF-8 once decoded.
+    let answer = get(addr, "/greeter/greet/%FF").await;
+    assert_error(&answer, 400, "invalid_argument", "bad path");
+    assert_eq!(answer.headers["content-type"], "application/json");
+    // `GET /greeter/greet` is the GET form of the greet method.
+    let answer = get(addr, "/greeter/greet").await;
+    assert_error(&answer, 400, "invalid_argument", "missing field `name`");
+    let answer = get(addr, "/greeter/greet?name=Max").await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, r#"{"error":"","message":"Hello, Max"}"#)
+    );
+    let answer = get(addr, "/greeter/greet?name=Max&name=Ada").await;
+    assert_error(&answer, 400, "invalid_argument", "more than once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_normalised_and_oversized_heads_get_a_json_431() {
+    assert!(
+        greeter_binary_is_there(),
+        "the greeter binary is missing: build the workspace first (cargo build --workspace)"
+    );
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let cluster = format!("e2e-paths-{}", std::process::id());
+    let gateway = start_gateway(state.path(), &cluster, &[]);
+    let _greeter = start_service("greeter", &gateway, state.path(), &cluster);
+    wait_for_members(&gateway, "greeter", 1).await;
+    let addr = gateway.http;
+
+    for path in ["//greeter/check", "/greeter//check", "/greeter/check//"] {
+        let answer = get(addr, path).await;
+        if path.ends_with("//") {
+            // `/greeter/check/` is another path than `/greeter/check` for the greeter.
+            assert_ne!(answer.status, 200, "{path}: {answer:?}");
+            continue;
+        }
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+        assert!(answer.body.starts_with("All ok! "), "{path}: {answer:?}");
+    }
+    let answer = get(addr, "//greeter//greet//Max").await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "\"Hello, Max\"")
+    );
+
+    // 98 headers of the client's own (97 and Host): the gateway's three X-Forwarded-* ones
+    // would take the request past the 100 a member's HTTP server takes.
+    let names: Vec<String> = (0..97).map(|index| format!("x-extra-{index}")).collect();
+    let mut headers: Vec<(&str, &str)> = names.iter().map(|name| (name.as_str(), "1")).collect();
+    let answer = send(addr, "GET", "/greeter/check", &headers, "").await;
+    assert_error(&answer, 431, "resource_exhausted", "over the limit of 100");
+    // A few less fit.
+    headers.truncate(90);
+    let answer = send(addr, "GET", "/greeter/check", &headers, "").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_and_paths_do_not_grow_the_metrics() {
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let cluster = format!("e2e-cardinality-{}", std::process::id());
+    let gateway = start_gateway(state.path(), &cluster, &["--require", "greeter"]);
+    let addr = gateway.http;
+
+    async fn hostile_round(addr: std::net::SocketAddr, round: usize) {
+        for index in 0..100 {
+            let method = format!("M{round}X{index}{}", "Q".repeat(200));
+            for path in [
+                format!("/made-up-{round}-{index}"),
+                format!("/greeter/made-up-{round}-{index}"),
+                format!("/x{round}/y{index}/z"),
+            ] {
+                let answer = send(addr, &method, &path, &[], "").await;
+                assert!(answer.status >= 400, "{answer:?}");
+            }
+        }
+    }
+    let series = |text: &str| {
+        text.lines()
+            .filter(|line| line.starts_with("gateway_http_"))
+            .count()
+    };
+    hostile_round(addr, 0).await;
+    let before = get(addr, "/metrics").await.body;
+    hostile_round(addr, 1).await;
+    hostile_round(addr, 2).await;
+    let after = get(addr, "/metrics").await.body;
+    assert!(
+        after.contains(r#"method="other""#),
+        "made-up methods are counted as `other`: {after}"
+    );
+    assert!(!after.contains("made-up"), "{after}");
+    assert!(!after.contains("QQQQ"), "{after}");
+    // The gateway's series are the same set: 600 more made-up requests added none (the
+    // /metrics scrape between the rounds added its own).
+    let scrape = r#"route="/metrics""#;
+    let own = |text: &str| {
+        text.lines()
+            .filter(|line| line.starts_with("gateway_http_") && !line.contains(scrape))
+            .count()
+    };
+    assert_eq!(own(&before), own(&after), "{after}");
+    assert!(series(&after) <= series(&before) + 40, "{after}");
+}

@@ -312,9 +312,21 @@ async fn mistakes_are_answered_with_4xx_and_a_message() {
     assert_eq!(answer.status, 413, "{answer:?}");
     assert!(answer.error().contains("1024 bytes"), "{answer:?}");
 
+    // A method's path belongs to the method: GET is its query form (idempotent, scalar
+    // parameters), other methods are 405 with the ones it answers.
     let answer = get(addr, "/vault/reverse").await;
-    assert_eq!(answer.status, 404, "{answer:?}");
-    assert!(answer.error().contains("POST /vault/reverse"), "{answer:?}");
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(
+        answer.error().contains("missing field `data`"),
+        "{answer:?}"
+    );
+    let answer = send(addr, "PUT", "/vault/reverse", &[], "{}").await;
+    assert_eq!(answer.status, 405, "{answer:?}");
+    assert_eq!(answer.headers["allow"], "GET, HEAD, POST");
+    assert_eq!(answer.json()["code"], "unimplemented");
+    let answer = get(addr, "/vault/sleep?ms=1").await;
+    assert_eq!(answer.status, 405, "{answer:?}");
+    assert_eq!(answer.headers["allow"], "POST");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,20 +2,28 @@
 //! the method's request schema and transcoded into the MessagePack request map, the call goes
 //! through the node's balanced, retried channel (retried only when the descriptor says the
 //! method is idempotent), and the MessagePack reply comes back as
-//! `{"error":"", <result field>: ...}`.
+//! `{"error":"", <result field>: ...}` (`{"error":""}` for a method without a result): the
+//! original gateway's `POST /greeter/greet` answered that shape, and every generic route keeps
+//! it, so a client reads every answer the same way.
+//!
+//! An idempotent method whose parameters are all scalars (strings, numbers, booleans, or
+//! optional ones) can also be called as `GET /{service}/{method}?param=value&...`: each query
+//! parameter becomes the field of that name (a number or boolean when the field's schema says
+//! so) and the object is checked like a JSON body.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
+use axum::extract::{Query, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use meshrpc::{Call, Code};
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use crate::Shared;
-use crate::descriptors::Descriptor;
+use crate::descriptors::{Descriptor, MethodDescriptor};
 use crate::error::ApiError;
 use crate::transcode;
 
@@ -37,13 +45,17 @@ pub async fn call(
         )));
     };
     let (parts, body) = request.into_parts();
-    let body = read_body(
-        &parts.headers,
-        body,
-        shared.config.max_body,
-        shared.config.request_timeout,
-    )
-    .await?;
+    let body = if parts.method == http::Method::POST {
+        read_body(
+            &parts.headers,
+            body,
+            shared.config.max_body,
+            shared.config.request_timeout,
+        )
+        .await?
+    } else {
+        query_to_json(&parts.uri, method)?
+    };
     let payload = transcode::json_to_msgpack(&body, descriptor.request_schema(method))
         .map_err(|error| ApiError::bad_request(error.to_string()))?;
 
@@ -70,7 +82,8 @@ pub async fn call(
         .node
         .channel_with_schema(&descriptor.service, descriptor.hash())
         .call(call)
-        .await?;
+        .await
+        .map_err(|status| ApiError::from_call(status, &descriptor.service))?;
     let json = transcode::msgpack_to_json_envelope(&reply)
         .map_err(|error| ApiError::new(Code::Internal, error.to_string()))?;
     Ok((
@@ -78,6 +91,58 @@ pub async fn call(
         Bytes::from(json),
     )
         .into_response())
+}
+
+/// The JSON type of a scalar parameter: `string`, `integer`, `number` or `boolean`; `None`
+/// for anything else (objects, arrays, references).
+fn scalar_type(schema: &Value) -> Option<&str> {
+    match schema.get("type").and_then(Value::as_str) {
+        Some(kind @ ("string" | "integer" | "number" | "boolean")) => Some(kind),
+        _ => None,
+    }
+}
+
+/// Whether `method` can be called with `GET` and query parameters: it is idempotent and
+/// every parameter is a scalar.
+pub fn has_get_form(method: &MethodDescriptor) -> bool {
+    method.idempotent
+        && method
+            .request
+            .get("properties")
+            .and_then(Value::as_object)
+            .is_none_or(|fields| fields.values().all(|field| scalar_type(field).is_some()))
+}
+
+/// The JSON object a `GET` call's query parameters stand for.
+fn query_to_json(uri: &http::Uri, method: &MethodDescriptor) -> Result<Bytes, ApiError> {
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|error| ApiError::bad_request(format!("bad query string: {error}")))?;
+    let fields = method.request.get("properties").and_then(Value::as_object);
+    let mut object = Map::new();
+    for (name, text) in pairs {
+        let kind = fields
+            .and_then(|fields| fields.get(&name))
+            .and_then(scalar_type);
+        let value = match kind {
+            Some("integer" | "number") => serde_json::from_str::<serde_json::Number>(&text)
+                .map_or(Value::String(text), Value::Number),
+            Some("boolean") => match text.as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => Value::String(text),
+            },
+            // Strings, and names the schema does not know (the check names them).
+            _ => Value::String(text),
+        };
+        if object.insert(name.clone(), value).is_some() {
+            return Err(ApiError::bad_request(format!(
+                "query parameter `{name}` is given more than once"
+            )));
+        }
+    }
+    serde_json::to_vec(&Value::Object(object))
+        .map(Bytes::from)
+        .map_err(|error| ApiError::new(Code::Internal, error.to_string()))
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with 413.

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use greeter::{Greeter, Postcard};
 use serde::Serialize;
@@ -49,26 +50,44 @@ impl From<Postcard> for GoPostcard {
     }
 }
 
+/// A path the router matched but whose segments are not UTF-8 text once decoded (`%FF`): a
+/// 400 in the gateway's JSON shape.
+fn bad_path(rejection: PathRejection) -> ApiError {
+    ApiError::bad_request(format!("bad path: {}", rejection.body_text()))
+}
+
 /// `GET /greeter/greet/{name}` → `"Hello, <name>"`.
 pub async fn greet(
     State(shared): State<Arc<Shared>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<String>, ApiError> {
-    Ok(Json(shared.greeter.greet(name).await?))
+    let Path(name) = name.map_err(bad_path)?;
+    let greeting = shared
+        .greeter
+        .greet(name)
+        .await
+        .map_err(|status| ApiError::from_call(status, "greeter"))?;
+    Ok(Json(greeting))
 }
 
 /// `POST /greeter/sendPostcard/{recipient}/{address}/{message}` → the postcard as sent.
 pub async fn send_postcard(
     State(shared): State<Arc<Shared>>,
-    Path((recipient, address, message)): Path<(String, String, String)>,
+    segments: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Result<Json<GoPostcard>, ApiError> {
+    let Path((recipient, address, message)) = segments.map_err(bad_path)?;
     let card = Postcard {
         picture_url: String::new(),
         address,
         recipient,
         message,
     };
-    Ok(Json(shared.greeter.send_postcard(card).await?.into()))
+    let sent = shared
+        .greeter
+        .send_postcard(card)
+        .await
+        .map_err(|status| ApiError::from_call(status, "greeter"))?;
+    Ok(Json(sent.into()))
 }
 
 #[cfg(test)]

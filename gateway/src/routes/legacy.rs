@@ -4,6 +4,12 @@
 //! `GET /check` — keeping the query, the headers (less hop-by-hop ones) and a streaming body
 //! both ways. The gateway adds `X-Forwarded-For`, `X-Forwarded-Host` and `X-Forwarded-Prefix`.
 //! When API keys are on, the gateway's `Authorization` header is not passed on.
+//!
+//! The member's HTTP server takes at most [`MAX_FORWARDED_HEADERS`] header lines and
+//! [`MAX_FORWARDED_HEAD_BYTES`] of request head (hyper's defaults); a request that would pass
+//! either once the gateway's own headers are added is answered 431 by the gateway, in JSON.
+//! An error answer (4xx, 5xx) a handler sends without a body gets the gateway's JSON error
+//! body instead, with its status and its other headers (`Allow`, `Retry-After`, …) kept.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +22,13 @@ use meshrpc::Code;
 
 use crate::Shared;
 use crate::error::ApiError;
+
+/// The most header lines a member's legacy HTTP server takes (hyper's default).
+pub const MAX_FORWARDED_HEADERS: usize = 100;
+
+/// The largest request head (request line and headers) forwarded: hyper's default buffer
+/// (8 KiB + 400 KiB) less 1 KiB for what the mesh client adds.
+pub const MAX_FORWARDED_HEAD_BYTES: usize = 8192 + 4096 * 100 - 1024;
 
 /// Headers that concern one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -93,12 +106,13 @@ pub async fn forward(
     if let Ok(value) = HeaderValue::from_str(&format!("/{service}")) {
         parts.headers.insert("x-forwarded-prefix", value);
     }
+    check_head(&parts)?;
     let request = http::Request::from_parts(parts, Limited::new(body, limit));
 
     let timeout = shared.config.request_timeout;
     let response =
         match tokio::time::timeout(timeout, shared.node.http_client(service).send(request)).await {
-            Ok(result) => result?,
+            Ok(result) => result.map_err(|status| ApiError::from_tunnel(status, service))?,
             Err(_) => {
                 return Err(ApiError::new(
                     Code::DeadlineExceeded,
@@ -108,7 +122,84 @@ pub async fn forward(
         };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    let empty = http_body::Body::size_hint(&body).exact() == Some(0);
+    if empty && (parts.status.is_client_error() || parts.status.is_server_error()) {
+        return Ok(json_error(service, parts));
+    }
     Ok(Response::from_parts(parts, axum::body::Body::new(body)))
+}
+
+/// 431 when the request head, as forwarded, is more than a member's server takes.
+fn check_head(parts: &http::request::Parts) -> Result<(), ApiError> {
+    let lines = parts.headers.len();
+    if lines > MAX_FORWARDED_HEADERS {
+        return Err(too_large_head(format!(
+            "the request has {lines} header lines with the gateway's X-Forwarded-* ones, over \
+             the limit of {MAX_FORWARDED_HEADERS}"
+        )));
+    }
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or(1, |target| target.as_str().len());
+    let mut bytes = parts.method.as_str().len() + 1 + target + " HTTP/1.1\r\n\r\n".len();
+    for (name, value) in &parts.headers {
+        bytes += name.as_str().len() + 2 + value.len() + 2;
+    }
+    if bytes > MAX_FORWARDED_HEAD_BYTES {
+        return Err(too_large_head(format!(
+            "the request head is {bytes} bytes with the gateway's X-Forwarded-* headers, over \
+             the limit of {MAX_FORWARDED_HEAD_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+fn too_large_head(message: String) -> ApiError {
+    ApiError::with_status(
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        Code::ResourceExhausted,
+        message,
+    )
+}
+
+/// The meshrpc code that fits an HTTP error status best.
+fn code_of(status: http::StatusCode) -> Code {
+    match status.as_u16() {
+        400 | 422 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 | 410 => Code::NotFound,
+        405 | 501 => Code::Unimplemented,
+        408 | 504 => Code::DeadlineExceeded,
+        409 => Code::Aborted,
+        412 => Code::FailedPrecondition,
+        413 | 429 | 431 => Code::ResourceExhausted,
+        503 => Code::Unavailable,
+        500..=599 => Code::Internal,
+        _ => Code::FailedPrecondition,
+    }
+}
+
+/// The gateway's JSON error for a bodiless error answer of `service`'s handlers.
+fn json_error(service: &str, mut parts: http::response::Parts) -> Response {
+    let status = parts.status;
+    let message = match status {
+        http::StatusCode::NOT_FOUND => format!("`{service}` has no HTTP handler for this path"),
+        http::StatusCode::METHOD_NOT_ALLOWED => format!(
+            "`{service}`'s HTTP handler for this path does not answer this method; the Allow \
+             header lists those it answers"
+        ),
+        _ => format!("`{service}`'s HTTP handler answered {status} without saying why",),
+    };
+    let error = ApiError::with_status(status, code_of(status), message);
+    let body = error.body();
+    parts.headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 #[cfg(test)]

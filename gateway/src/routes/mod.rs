@@ -1,14 +1,19 @@
 //! Routing under `/{service}/...`: the explicit routes come first (axum matches static
 //! segments before parameters), then, for everything else under a service's name,
 //!
-//! 1. `POST /{service}/{method}` when the method is in the service's descriptor: a generic
-//!    call ([`generic`]);
+//! 1. `/{service}/{method}` when the method is in the service's descriptor belongs to the
+//!    method: `POST` is a generic call ([`generic`]), `GET` (and `HEAD`) with query
+//!    parameters too when the method is idempotent and its parameters are scalars, and any
+//!    other method is a 405 with `Allow`;
 //! 2. otherwise, when a live member serves legacy HTTP for the service: the request is
 //!    forwarded to it ([`legacy`]) (a POST that looks like a call to an unknown method and
 //!    that the legacy handlers answer with 404 gets the list of methods instead);
 //! 3. otherwise an answer that says why: 404 naming the unknown service (with the known ones)
 //!    or method (with the service's methods), 503 naming a known service that nobody serves
 //!    right now.
+//!
+//! Paths are normalised before routing: runs of `/` count as one (`/greeter//check` is
+//! `/greeter/check`, as `//greeter/check` is).
 
 pub mod generic;
 pub mod greeter;
@@ -61,17 +66,31 @@ async fn route(
     let is_call = request.method() == Method::POST && method_name.is_some();
     let mut descriptor = None;
     let mut lookup_error = None;
-    if let (true, Some(name)) = (is_call, method_name) {
+    if let Some(name) = method_name {
         if shared.descriptors.knows_rpc(service) {
             match shared.descriptors.for_service(service).await {
                 Ok(Some(found)) => {
-                    if found.method(name).is_some() {
-                        return generic::call(shared, found, name, request).await;
+                    if let Some(method) = found.method(name) {
+                        let get_form = generic::has_get_form(method);
+                        return match *request.method() {
+                            Method::POST => generic::call(shared, found, name, request).await,
+                            Method::GET | Method::HEAD if get_form => {
+                                generic::call(shared, found, name, request).await
+                            }
+                            _ => Ok(method_not_allowed_here(
+                                request.method(),
+                                &format!("/{service}/{name}"),
+                                if get_form { "GET, HEAD, POST" } else { "POST" },
+                            )),
+                        };
                     }
-                    descriptor = Some(found);
+                    if is_call {
+                        descriptor = Some(found);
+                    }
                 }
                 Ok(None) => {}
-                Err(error) => lookup_error = Some(error),
+                Err(error) if is_call => lookup_error = Some(error),
+                Err(_) => {}
             }
         }
     }
@@ -143,6 +162,63 @@ fn unknown_service(shared: &Shared, service: &str) -> ApiError {
     ApiError::not_found(format!(
         "unknown service `{service}`; known services: {known}"
     ))
+}
+
+/// A 405 for `method` on `path`, which answers the `allow`ed methods.
+fn method_not_allowed_here(method: &Method, path: &str, allow: &'static str) -> Response {
+    let mut response = ApiError::with_status(
+        http::StatusCode::METHOD_NOT_ALLOWED,
+        meshrpc::Code::Unimplemented,
+        format!("{path} does not answer {method}; it answers {allow}"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    response
+}
+
+/// A route that exists, asked with a method it does not answer: 405, JSON (the router adds
+/// `Allow`).
+pub async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::with_status(
+        http::StatusCode::METHOD_NOT_ALLOWED,
+        meshrpc::Code::Unimplemented,
+        format!(
+            "{} does not answer {}; the Allow header lists the methods it answers",
+            request.uri().path(),
+            request.method()
+        ),
+    )
+}
+
+/// Collapses runs of `/` in the request's path into one, so every spelling of a path reaches
+/// the same route. Allocates only for paths that have such a run.
+pub fn normalize_path<B>(request: &mut http::Request<B>) {
+    let path = request.uri().path();
+    if !path.contains("//") {
+        return;
+    }
+    let mut collapsed = String::with_capacity(path.len());
+    for character in path.chars() {
+        if !(character == '/' && collapsed.ends_with('/')) {
+            collapsed.push(character);
+        }
+    }
+    if let Some(query) = request.uri().query() {
+        collapsed.push('?');
+        collapsed.push_str(query);
+    }
+    let mut parts = request.uri().clone().into_parts();
+    match collapsed.parse() {
+        Ok(path_and_query) => parts.path_and_query = Some(path_and_query),
+        // Cannot happen (the characters were a valid path before), and then the request is
+        // routed as sent.
+        Err(_) => return,
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
 }
 
 /// Anything no route matched.

@@ -88,6 +88,9 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 
 /// `GET /metrics`: Prometheus text (OpenMetrics).
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    shared
+        .metrics
+        .set_admission(shared.admission.in_flight(), shared.admission.buffered());
     let text = shared.metrics.render(&shared.node.metrics().render());
     (
         [(
