@@ -34,14 +34,15 @@ pub fn from_slice_bounded<'de, T: serde::Deserialize<'de>>(
 }
 
 /// Decodes MessagePack from a reader (consuming exactly one value), refusing nesting deeper
-/// than `max_depth`.
+/// than `max_depth` and structs that are not maps keyed by field names, as
+/// [`from_slice_bounded`] does.
 pub fn from_read_bounded<R: std::io::Read, T: DeserializeOwned>(
     reader: R,
     max_depth: usize,
 ) -> Result<T, rmp_serde::decode::Error> {
     let mut deserializer = rmp_serde::Deserializer::new(reader);
     deserializer.set_max_depth(max_depth);
-    T::deserialize(&mut deserializer)
+    T::deserialize(strict::Strict(&mut deserializer))
 }
 
 /// Encodes a value as a MessagePack map payload.

@@ -82,6 +82,18 @@ mod tests {
     }
 
     #[test]
+    fn positional_gossip_is_refused() {
+        let id = MemberId::seed("127.0.0.1:1".parse().expect("addr"), "test");
+        let member = Member::new(id, 4, State::Alive);
+        // rmp-serde's default encoding writes structs as arrays of their fields in order.
+        let positional = rmp_serde::to_vec(&member).expect("encodes");
+        let error = MsgPackCodec
+            .decode_member(&mut &positional[..])
+            .expect_err("positional");
+        assert!(error.to_string().contains("got an array"), "{error}");
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut codec = MsgPackCodec;
         for garbage in [&b""[..], b"\xc1", b"\x93\x01\x02", b"\xdf\xff\xff\xff\xff"] {
