@@ -6,9 +6,12 @@
 //! schema from the service descriptor on the way (types, integer ranges, enum variants, unknown,
 //! repeated and missing fields), so a mistake is a 400 that names the field instead of a
 //! decoding error from the handler. Fields with `{"type":"string","format":"byte"}` (`Vec<u8>`)
-//! are base64 strings in JSON and MessagePack binaries on the wire. Parts of a schema the
-//! gateway does not understand (a `use` type described only by its Rust name) are transcoded
-//! unchecked with `serde_transcode` and left to the service to judge.
+//! are base64 strings in JSON and MessagePack binaries on the wire. Besides the descriptor's own
+//! dialect, the checks understand what schemars writes for `use` types with a schema (`const`
+//! unit variants, `type` arrays with `"null"`, `anyOf` with a null branch, tuples as `items` or
+//! `prefixItems` arrays). Parts of a schema the gateway does not understand (a `use` type
+//! described only by its Rust name, an untagged enum's `anyOf`) are transcoded unchecked with
+//! `serde_transcode` and left to the service to judge.
 //!
 //! Responses: the MessagePack response map `{<result field>: value}` becomes the JSON envelope
 //! `{"error":"", <result field>: value}` (`error` first, as the original gateway answered), and
@@ -153,9 +156,42 @@ fn bound(schema: &Value, key: &str) -> Option<i128> {
         .or_else(|| value.as_u64().map(i128::from))
 }
 
+/// `x` of `{"anyOf": [x, {"type": "null"}]}` (either order): how JSON Schema 2020-12 writes an
+/// optional value.
+fn or_null(schema: &Value) -> Option<&Value> {
+    let [first, second] = schema.get("anyOf").and_then(Value::as_array)?.as_slice() else {
+        return None;
+    };
+    let is_null = |branch: &Value| branch.get("type").and_then(Value::as_str) == Some("null");
+    match (is_null(first), is_null(second)) {
+        (false, true) => Some(first),
+        (true, false) => Some(second),
+        _ => None,
+    }
+}
+
+/// The schema's `type`: a string, or (JSON Schema 2020-12) an array of them where `"null"`
+/// means nullable. `None` when absent or when several non-null types are allowed.
+fn type_of(schema: &Value) -> (Option<&str>, bool) {
+    match schema.get("type") {
+        Some(Value::String(name)) => (Some(name.as_str()), false),
+        Some(Value::Array(names)) => {
+            let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
+            let nullable = names.contains(&"null");
+            let rest: Vec<&str> = names.into_iter().filter(|name| *name != "null").collect();
+            match rest.as_slice() {
+                [only] => (Some(*only), nullable),
+                _ => (None, nullable),
+            }
+        }
+        _ => (None, false),
+    }
+}
+
 fn shape<'a>(mut schema: &'a Value, types: &'a Map<String, Value>) -> Shape<'a> {
     let mut nullable = is_true(schema, "nullable");
-    // `$ref`s and `{"allOf": [x], "nullable": true}` wrappers; bounded against cycles.
+    // `$ref`s, `{"allOf": [x], "nullable": true}` and `{"anyOf": [x, {"type": "null"}]}`
+    // wrappers; bounded against cycles.
     for _ in 0..32 {
         if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
             match reference
@@ -184,14 +220,27 @@ fn shape<'a>(mut schema: &'a Value, types: &'a Map<String, Value>) -> Shape<'a> 
             nullable |= is_true(schema, "nullable");
             continue;
         }
+        if let Some(inner) = or_null(schema) {
+            schema = inner;
+            nullable = true;
+            continue;
+        }
         break;
     }
+    let (type_name, null_type) = type_of(schema);
+    nullable |= null_type;
     let kind = if let Some(elems) = schema.get("x-meshrpc-tuple").and_then(Value::as_array) {
         Kind::Tuple { elems }
     } else if let Some(branches) = schema.get("oneOf").and_then(Value::as_array) {
         Kind::OneOf(branches)
+    } else if let Some(value @ Value::String(_)) = schema.get("const") {
+        // One allowed string, as schemars writes a unit variant.
+        Kind::String {
+            variants: Some(std::slice::from_ref(value)),
+            one_char: false,
+        }
     } else {
-        match schema.get("type").and_then(Value::as_str) {
+        match type_name {
             Some("boolean") => Kind::Bool,
             Some("integer") => Kind::Integer {
                 min: bound(schema, "minimum"),
@@ -208,8 +257,16 @@ fn shape<'a>(mut schema: &'a Value, types: &'a Map<String, Value>) -> Shape<'a> 
                     .map(Vec::as_slice),
                 one_char: schema.get("maxLength").and_then(Value::as_u64) == Some(1),
             },
-            Some("array") => Kind::Array {
-                items: schema.get("items").unwrap_or(&ANY),
+            // `items` as an array (or `prefixItems`): a tuple, as JSON Schema dialects write one.
+            Some("array") => match schema
+                .get("prefixItems")
+                .or_else(|| schema.get("items"))
+                .and_then(Value::as_array)
+            {
+                Some(elems) => Kind::Tuple { elems },
+                None => Kind::Array {
+                    items: schema.get("items").unwrap_or(&ANY),
+                },
             },
             Some("object") => match schema.get("properties").and_then(Value::as_object) {
                 Some(properties)

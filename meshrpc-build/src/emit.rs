@@ -369,100 +369,114 @@ fn trait_item(service: &Service, names: &Names, parts: Parts) -> TokenStream {
     }
 }
 
-/// The object-safe twin of the trait: the trait's `impl Future` returns make it unusable as
-/// `dyn`, so `DynGreeter` returns boxed futures, every `Greeter` is a `DynGreeter`, and
-/// `Arc<dyn DynGreeter>` and `Box<dyn DynGreeter>` are `Greeter`s again.
+/// The trait as a `dyn` type. The trait's `impl Future` returns rule out `dyn Greeter`, so an
+/// object-safe twin returning boxed futures, `greeter_dyn::GreeterObject`, is implemented for
+/// every `Greeter`, and `DynGreeter` names its trait object; `Arc<DynGreeter>` and
+/// `Box<DynGreeter>` implement `Greeter` again. The twin has the trait's method names, so it
+/// lives in a module of its own: imported next to the trait, every call would be ambiguous.
 fn dyn_item(service: &Service, names: &Names) -> TokenStream {
     let trait_name = &names.trait_name;
-    let dyn_trait = &names.dyn_trait;
-    let dyn_doc = doc(&format!(
-        "[`{trait_name}`] as a trait object: the same methods, returning boxed futures.\n\n\
-         `{trait_name}` itself cannot be a `dyn` type (its methods return `impl Future`). Every \
-         `{trait_name}` is a `{dyn_trait}`, and `Arc<dyn {dyn_trait}>` and \
-         `Box<dyn {dyn_trait}>` implement `{trait_name}`, so an implementation chosen at run \
-         time (a local one or a client) can be stored, passed and served as one type."
+    let dyn_alias = &names.dyn_trait;
+    let module = format_ident!("{}_dyn", service.name);
+    let object = format_ident!("{}Object", trait_name);
+    let module_doc = doc(&format!(
+        "The object-safe form of [`{trait_name}`](super::{trait_name}), behind [`{dyn_alias}`](super::{dyn_alias}). \
+         Name the trait object through that alias rather than importing [`{object}`]: its \
+         methods share the trait's names, so with both traits in scope calls are ambiguous."
+    ));
+    let object_doc = doc(&format!(
+        "[`{trait_name}`](super::{trait_name}) with boxed futures, so it can be a trait object; \
+         implemented for every `{trait_name}` that is `Send + Sync`."
+    ));
+    let alias_doc = doc(&format!(
+        "Any [`{trait_name}`] as a trait object: `Arc<{dyn_alias}>` or `Box<{dyn_alias}>`, which \
+         implement `{trait_name}` too.\n\n\
+         `dyn {trait_name}` is not a type, because the trait's methods return `impl Future`. An \
+         implementation chosen at run time (a local one or a `{client}`) is stored as \
+         `Arc<{dyn_alias}>` (`Arc::new(x) as Arc<{dyn_alias}>`), passed where a `{trait_name}` \
+         is expected, and served like any other.",
+        client = names.client,
     ));
     let complexity = type_complexity_allowance(service);
-    let signatures: Vec<TokenStream> = service
-        .methods
-        .iter()
-        .map(|method| {
+    let signature = |method: &Method| {
+        let name = format_ident!("{}", method.name);
+        let params = method.params.iter().map(|param| {
+            let name = format_ident!("{}", param.name);
+            let ty = param.ty.tokens(Place::Messages);
+            quote!(#name: #ty)
+        });
+        let ty = method.result.tokens(Place::Messages);
+        let many = many_arguments_allowance(method);
+        quote! {
+            #many
+            fn #name(&self, #(#params),*)
+                -> ::meshrpc::BoxFuture<'_, ::core::result::Result<#ty, ::meshrpc::Status>>
+        }
+    };
+    let declarations = service.methods.iter().map(|method| {
+        let doc = method_doc(service, method);
+        let signature = signature(method);
+        quote! { #doc #signature; }
+    });
+    let boxing = service.methods.iter().map(|method| {
+        let name = format_ident!("{}", method.name);
+        let args = method
+            .params
+            .iter()
+            .map(|param| format_ident!("{}", param.name));
+        let signature = signature(method);
+        quote! {
+            #signature {
+                ::std::boxed::Box::pin(super::#trait_name::#name(self, #(#args),*))
+            }
+        }
+    });
+    let forward = |target: TokenStream| {
+        let methods = service.methods.iter().map(|method| {
             let name = format_ident!("{}", method.name);
             let params = params_tokens(method);
             let result = result_tokens(&method.result);
-            let many = many_arguments_allowance(method);
-            quote! {
-                #many
-                fn #name(&self, #(#params),*) -> ::meshrpc::BoxFuture<'_, #result>
-            }
-        })
-        .collect();
-    let declarations = service
-        .methods
-        .iter()
-        .zip(&signatures)
-        .map(|(method, signature)| {
-            let doc = method_doc(service, method);
-            quote! { #doc #signature; }
-        });
-    let forward =
-        |target: TokenStream| {
-            let methods: Vec<TokenStream> = service
-            .methods
-            .iter()
-            .map(|method| {
-                let name = format_ident!("{}", method.name);
-                let params = params_tokens(method);
-                let result = result_tokens(&method.result);
-                let args = method.params.iter().map(|param| format_ident!("{}", param.name));
-                let many = many_arguments_allowance(method);
-                let doc = method_doc(service, method);
-                quote! {
-                    #doc
-                    #many
-                    fn #name(&self, #(#params),*)
-                        -> impl ::core::future::Future<Output = #result> + ::core::marker::Send {
-                        #dyn_trait::#name(&**self, #(#args),*)
-                    }
-                }
-            })
-            .collect();
-            quote! {
-                #complexity
-                impl #trait_name for #target {
-                    #(#methods)*
-                }
-            }
-        };
-    let boxing = service
-        .methods
-        .iter()
-        .zip(&signatures)
-        .map(|(method, signature)| {
-            let name = format_ident!("{}", method.name);
             let args = method
                 .params
                 .iter()
                 .map(|param| format_ident!("{}", param.name));
+            let many = many_arguments_allowance(method);
+            let doc = method_doc(service, method);
             quote! {
-                #signature {
-                    ::std::boxed::Box::pin(#trait_name::#name(self, #(#args),*))
+                #doc
+                #many
+                fn #name(&self, #(#params),*)
+                    -> impl ::core::future::Future<Output = #result> + ::core::marker::Send {
+                    #module::#object::#name(&**self, #(#args),*)
                 }
             }
         });
-    let for_arc = forward(quote!(::std::sync::Arc<dyn #dyn_trait>));
-    let for_box = forward(quote!(::std::boxed::Box<dyn #dyn_trait>));
+        quote! {
+            #complexity
+            impl #trait_name for #target {
+                #(#methods)*
+            }
+        }
+    };
+    let for_arc = forward(quote!(::std::sync::Arc<#dyn_alias>));
+    let for_box = forward(quote!(::std::boxed::Box<#dyn_alias>));
     quote! {
-        #dyn_doc
-        #complexity
-        pub trait #dyn_trait: ::core::marker::Send + ::core::marker::Sync {
-            #(#declarations)*
+        #module_doc
+        pub mod #module {
+            #object_doc
+            #complexity
+            pub trait #object: ::core::marker::Send + ::core::marker::Sync {
+                #(#declarations)*
+            }
+
+            #complexity
+            impl<T: super::#trait_name + ::core::marker::Send + ::core::marker::Sync> #object for T {
+                #(#boxing)*
+            }
         }
 
-        #complexity
-        impl<T: #trait_name + ::core::marker::Send + ::core::marker::Sync> #dyn_trait for T {
-            #(#boxing)*
-        }
+        #alias_doc
+        pub type #dyn_alias = dyn #module::#object;
 
         #for_arc
         #for_box

@@ -58,6 +58,10 @@ pub use bytes;
 /// `#[meshrpc::tokio::main(crate = "meshrpc::tokio")]`.
 pub use tokio;
 
+/// Re-exported so a service crate can parse [`cli::NodeArgs`] without a clap dependency of its
+/// own: with `use meshrpc::clap::{self, Parser};` in scope, `#[derive(Parser)]` finds it.
+pub use clap;
+
 /// Re-exported so `use` types can derive `meshrpc::schemars::JsonSchema` without a schemars
 /// dependency of their own (with `#[schemars(crate = "meshrpc::schemars")]`).
 #[cfg(feature = "schemars")]

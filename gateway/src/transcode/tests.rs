@@ -387,3 +387,111 @@ fn a_response_that_is_not_messagepack_is_an_error() {
     assert!(msgpack_to_json_envelope(b"\xc1").is_err());
     assert!(msgpack_to_json_envelope(b"\xa3abc").is_err());
 }
+
+/// A service whose `shipment` parameter is a `use` type with a schema, in the shapes schemars
+/// writes (2020-12 and OpenAPI 3.0 alike), filed as `ServiceSpec::full_descriptor` files it.
+fn depot() -> Descriptor {
+    let descriptor = json!({
+        "service": "depot",
+        "schema_hash": "00000000000000bb",
+        "methods": [{
+            "name": "ship",
+            "result_field": "result",
+            "request": {
+                "type": "object",
+                "properties": {"shipment": {"$ref": "#/components/schemas/depot.Shipment"}},
+                "required": ["shipment"]
+            },
+            "response": {"type": "object", "properties": {}}
+        }],
+        "types": {
+            "depot.Shipment": {
+                "title": "Shipment",
+                "type": "object",
+                "properties": {
+                    "weight": {"type": "integer", "format": "uint16", "minimum": 0, "maximum": 65535},
+                    "note": {"type": ["string", "null"]},
+                    "route": {"anyOf": [{"$ref": "#/components/schemas/depot.Shipment.Route"}, {"type": "null"}]},
+                    "crate": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer", "format": "uint8", "minimum": 0, "maximum": 255}], "minItems": 2, "maxItems": 2},
+                    "speed": {"allOf": [{"$ref": "#/components/schemas/depot.Shipment.Speed"}], "description": "How fast."}
+                },
+                "required": ["weight", "crate", "speed"]
+            },
+            "depot.Shipment.Route": {
+                "type": "object",
+                "properties": {"stops": {"type": "array", "items": {"$ref": "#/components/schemas/depot.Shipment.Route"}}},
+                "required": ["stops"]
+            },
+            "depot.Shipment.Speed": {"oneOf": [
+                {"type": "string", "const": "Slow"},
+                {"type": "object", "properties": {"Express": {"type": "object", "properties": {"hours": {"type": "integer", "format": "uint32", "minimum": 0}}, "required": ["hours"]}}, "required": ["Express"], "additionalProperties": false}
+            ]}
+        }
+    });
+    serde_json::from_value(descriptor).expect("a descriptor")
+}
+
+fn ship(shipment: Value) -> Result<Vec<u8>, RequestError> {
+    request(
+        &depot(),
+        "ship",
+        &json!({ "shipment": shipment }).to_string(),
+    )
+}
+
+fn good_shipment() -> Value {
+    json!({
+        "weight": 12,
+        "note": null,
+        "route": {"stops": [{"stops": []}]},
+        "crate": ["tea", 3],
+        "speed": {"Express": {"hours": 4}}
+    })
+}
+
+#[test]
+fn a_schemars_schema_is_checked_like_a_declared_type() {
+    ship(good_shipment()).expect("a good shipment transcodes");
+    let mut slow = good_shipment();
+    slow["speed"] = json!("Slow");
+    slow["note"] = json!("fragile");
+    slow["route"] = Value::Null;
+    ship(slow).expect("a const variant, a string note and a null route transcode");
+    for (field, value, message) in [
+        (
+            "weight",
+            json!(70_000),
+            "field `shipment.weight`: expected an integer from 0 to 65535, found the number 70000",
+        ),
+        (
+            "note",
+            json!(5),
+            "field `shipment.note`: expected a string or null, found the number 5",
+        ),
+        (
+            "crate",
+            json!(["tea", "three"]),
+            "field `shipment.crate[1]`: expected an integer from 0 to 255, found a string",
+        ),
+        (
+            "speed",
+            json!("Fast"),
+            "field `shipment.speed`: unknown variant `Fast`; expected one of `Slow`, `Express`",
+        ),
+        (
+            "speed",
+            json!({"Express": {"hours": -1}}),
+            "field `shipment.speed.Express.hours`: expected an integer, found the number -1",
+        ),
+        (
+            "route",
+            json!({"stops": [{"stops": [{"stop": []}]}]}),
+            "unknown field `shipment.route.stops[0].stops[0].stop`; the fields are: `stops`",
+        ),
+    ] {
+        let mut shipment = good_shipment();
+        shipment[field] = value;
+        let error = ship(shipment).expect_err(field);
+        assert_eq!(error.to_string(), message);
+    }
+}
