@@ -1,35 +1,26 @@
-//! The membership agent: one task that owns the foca state machine and does its I/O —
-//! datagrams out over pooled connections, datagrams in from every connection, timers, seed
-//! joins and full-state syncs — and publishes a fresh [`View`] whenever the mesh changes.
+//! The membership agent: the async shell around the I/O-free [`Core`]. One task owns the core
+//! and carries out its effects — datagrams out over pooled connections, datagrams in from every
+//! connection, tokio timers, seed joins and full-state syncs on streams — and publishes the
+//! core's [`View`] whenever the mesh changes.
 
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use foca::{Config, Foca, Member, NoCustomBroadcast, Notification, State, Timer};
+use foca::{Member, Timer};
 use futures_util::StreamExt;
 use quinn::{Connection, RecvStream, SendStream};
-use rand::rngs::StdRng;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::time::DelayQueue;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use super::codec::MsgPackCodec;
+use super::core::{Core, Effects, MAX_SYNC_MESSAGE, decode_members, encode_members, swim_config};
 use super::identity::MemberId;
-use super::view::{Liveness, MemberView, View};
+use super::view::View;
 use crate::transport::connections::Connections;
 use crate::transport::io::read_frame;
-use crate::wire::{Frame, FrameDecoder, FrameKind, encode_frame};
-
-/// The largest gossip datagram: below the QUIC datagram payload limit at the minimum MTU.
-const MAX_GOSSIP_PACKET: usize = 1100;
-
-/// The largest full-state sync message accepted.
-const MAX_SYNC_MESSAGE: usize = 1024 * 1024;
-
-type Swim = Foca<MemberId, MsgPackCodec, StdRng, NoCustomBroadcast>;
+use crate::wire::{Frame, FrameDecoder, FrameKind};
 
 enum Input {
     Datagram(Bytes),
@@ -62,41 +53,21 @@ impl std::fmt::Debug for Input {
     }
 }
 
-/// The SWIM timings used on a LAN: a dead member is noticed in about two seconds.
-fn swim_config() -> Config {
-    let mut config = Config::new_lan(NonZeroU32::new(16).unwrap_or(NonZeroU32::MIN));
-    config.probe_period = Duration::from_millis(500);
-    config.probe_rtt = Duration::from_millis(200);
-    config.suspect_to_down_after = Duration::from_millis(1500);
-    config.remove_down_after = Duration::from_secs(30).into();
-    config.max_packet_size = NonZeroUsize::new(MAX_GOSSIP_PACKET).unwrap_or(NonZeroUsize::MIN);
-    config.periodic_gossip = Some(foca::PeriodicParams {
-        frequency: Duration::from_millis(200),
-        num_members: NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN),
-    });
-    config.periodic_announce = Some(foca::PeriodicParams {
-        frequency: Duration::from_secs(10),
-        num_members: NonZeroUsize::MIN,
-    });
-    config
-}
-
 impl Membership {
     /// Starts the agent for the local identity `local`; it sends over `connections`.
     pub(crate) fn start(local: MemberId, connections: Connections) -> Membership {
         let (inputs, receiver) = mpsc::unbounded_channel();
-        let initial = Arc::new(local_view(&local, Vec::new()));
-        let (view_sender, view) = watch::channel(initial);
+        let (cluster, local_addr) = (local.cluster.as_str().into(), local.addr);
+        let core = Core::new(local, swim_config(), rand::make_rng());
+        let (view_sender, view) = watch::channel(core.view().clone());
         let membership = Membership {
             inputs,
             view,
-            cluster: local.cluster.as_str().into(),
-            local_addr: local.addr,
+            cluster,
+            local_addr,
         };
-        let foca = Foca::new(local, swim_config(), rand::make_rng(), MsgPackCodec);
         let agent = Agent {
-            foca,
-            left: false,
+            core,
             inputs: receiver,
             timers: DelayQueue::new(),
             connections,
@@ -235,61 +206,8 @@ impl Membership {
     }
 }
 
-fn encode_members(members: &[Member<MemberId>]) -> Result<Bytes, String> {
-    let body = rmp_serde::to_vec_named(members).map_err(|e| e.to_string())?;
-    let mut buffer = BytesMut::with_capacity(body.len() + 5);
-    encode_frame(FrameKind::Gossip, &body, &mut buffer);
-    Ok(buffer.freeze())
-}
-
-fn decode_members(body: &[u8]) -> Result<Vec<Member<MemberId>>, String> {
-    crate::codec::from_slice_bounded(body, crate::codec::MAX_HEADER_DEPTH)
-        .map_err(|error| format!("malformed member list: {error}"))
-}
-
-fn local_view(local: &MemberId, mut members: Vec<MemberView>) -> View {
-    members.push(MemberView {
-        id: local.clone(),
-        liveness: Liveness::Alive,
-        local: true,
-    });
-    View::new(members)
-}
-
-/// What foca asked for while handling one input.
-#[derive(Default)]
-struct Outbox {
-    sends: Vec<(SocketAddr, Bytes)>,
-    timers: Vec<(Timer<MemberId>, Duration)>,
-    downs: Vec<MemberId>,
-}
-
-impl foca::Runtime<MemberId> for Outbox {
-    fn notify(&mut self, notification: Notification<'_, MemberId>) {
-        match notification {
-            Notification::MemberUp(id) => info!(member = %id.name, addr = %id.addr, "member up"),
-            Notification::MemberDown(id) => {
-                info!(member = %id.name, addr = %id.addr, "member down");
-                self.downs.push(id.clone());
-            }
-            Notification::Defunct => debug!("declared down by the cluster"),
-            _ => {}
-        }
-    }
-
-    fn send_to(&mut self, to: MemberId, data: &[u8]) {
-        self.sends.push((to.addr, Bytes::copy_from_slice(data)));
-    }
-
-    fn submit_after(&mut self, event: Timer<MemberId>, after: Duration) {
-        self.timers.push((event, after));
-    }
-}
-
 struct Agent {
-    foca: Swim,
-    /// Set once the node left: it then ignores the cluster instead of rejoining it.
-    left: bool,
+    core: Core,
     inputs: mpsc::UnboundedReceiver<Input>,
     timers: DelayQueue<Timer<MemberId>>,
     connections: Connections,
@@ -298,161 +216,60 @@ struct Agent {
 
 impl Agent {
     async fn run(mut self) {
-        let mut outbox = Outbox::default();
         loop {
-            tokio::select! {
+            let effects = tokio::select! {
                 input = self.inputs.recv() => match input {
-                    Some(input) => self.handle(input, &mut outbox),
+                    Some(input) => self.handle(input),
                     None => return,
                 },
-                Some(expired) = self.timers.next() => {
-                    if self.left {
-                        continue;
-                    }
-                    if let Err(error) = self.foca.handle_timer(expired.into_inner(), &mut outbox) {
-                        debug!(%error, "gossip timer failed");
-                    }
-                }
-            }
-            self.flush(&mut outbox);
+                Some(expired) = self.timers.next() => self.core.timer(expired.into_inner()),
+            };
+            self.carry_out(effects);
         }
     }
 
-    fn handle(&mut self, input: Input, outbox: &mut Outbox) {
-        let cluster = self.foca.identity().cluster.clone();
-        if self.left {
-            // A node that left answers nothing: it must not be declared back alive.
-            match input {
-                Input::Snapshot(reply) => drop(reply),
-                Input::SetDraining(reply) | Input::Leave(reply) => {
-                    let _ = reply.send(());
-                }
-                Input::Datagram(_) | Input::Announce(_) | Input::Apply(_) => {}
-            }
-            return;
-        }
+    fn handle(&mut self, input: Input) -> Effects {
         match input {
-            Input::Datagram(data) => {
-                // Defence in depth: TLS already keeps other clusters out.
-                let mut peek = &data[..];
-                match foca::Codec::decode_header(&mut MsgPackCodec, &mut peek) {
-                    Ok(header) if header.src.cluster == cluster => {}
-                    Ok(header) => {
-                        debug!(from = %header.src.cluster, "dropped gossip of another cluster");
-                        return;
-                    }
-                    Err(error) => {
-                        debug!(%error, "dropped a malformed gossip datagram");
-                        return;
-                    }
-                }
-                if let Err(error) = self.foca.handle_data(&data, outbox) {
-                    debug!(%error, "gossip datagram rejected");
-                }
-            }
-            Input::Announce(addr) => {
-                if let Err(error) = self.foca.announce(MemberId::seed(addr, &cluster), outbox) {
-                    debug!(%error, "announce failed");
-                }
-            }
-            Input::Apply(members) => {
-                let own = self.foca.identity().addr;
-                // A death is learnt by probing, not from a peer that may itself have been cut
-                // off: `Down` entries of a member list are ignored.
-                let members = members.into_iter().filter(|member| {
-                    member.id().cluster == cluster
-                        && member.id().addr != own
-                        && member.state() != State::Down
-                });
-                if let Err(error) = self.foca.apply_many(members, true, outbox) {
-                    debug!(%error, "could not apply a member list");
-                }
-            }
+            Input::Datagram(data) => self.core.datagram(&data),
+            Input::Announce(addr) => self.core.announce(addr),
+            Input::Apply(members) => self.core.apply(members),
             Input::Snapshot(reply) => {
-                let mut members: Vec<Member<MemberId>> = self
-                    .foca
-                    .iter_membership_state()
-                    .filter(|member| member.state() != State::Down)
-                    .cloned()
-                    .collect();
-                members.push(Member::alive(self.foca.identity().clone()));
-                let _ = reply.send(members);
+                // Once the node left, the reply is dropped: it answers no exchange.
+                if let Some(members) = self.core.members() {
+                    let _ = reply.send(members);
+                }
+                Effects::default()
             }
             Input::SetDraining(reply) => {
-                let mut identity = self.foca.identity().clone();
-                if !identity.draining {
-                    identity.draining = true;
-                    identity.generation = identity.generation.wrapping_add(1);
-                    if let Err(error) = self.foca.change_identity(identity, &mut *outbox) {
-                        warn!(%error, "could not gossip the draining state");
-                    }
-                }
-                self.flush(outbox);
+                let effects = self.core.set_draining();
+                self.carry_out(effects);
                 let _ = reply.send(());
+                Effects::default()
             }
             Input::Leave(reply) => {
-                if let Err(error) = self.foca.leave_cluster(&mut *outbox) {
-                    debug!(%error, "leave failed");
-                }
-                self.flush(outbox);
-                self.left = true;
+                let effects = self.core.leave();
+                self.carry_out(effects);
                 let _ = reply.send(());
+                Effects::default()
             }
         }
     }
 
-    fn flush(&mut self, outbox: &mut Outbox) {
-        for (addr, data) in outbox.sends.drain(..) {
+    fn carry_out(&mut self, effects: Effects) {
+        for (addr, data) in effects.sends {
             self.send_datagram(addr, data);
         }
-        for (timer, after) in outbox.timers.drain(..) {
+        for (timer, after) in effects.timers {
             self.timers.insert(timer, after);
         }
-        let members: Vec<MemberView> = self
-            .foca
-            .iter_members()
-            .map(|member| MemberView {
-                id: member.id().clone(),
-                liveness: if member.state() == State::Alive {
-                    Liveness::Alive
-                } else {
-                    Liveness::Suspect
-                },
-                local: false,
-            })
-            .collect();
-        let view = local_view(self.foca.identity(), members);
-        self.close_connections_of_restarted_members(&view);
-        for down in outbox.downs.drain(..) {
-            // A newer identity at the same address (a restart) keeps the connection.
-            if view.member_at(down.addr).is_none() {
-                self.connections.close(down.addr);
-            }
+        for (addr, started) in effects.close_if_older {
+            self.connections.close_if_older(addr, started);
         }
-        self.view.send_if_modified(|current| {
-            if **current == view {
-                false
-            } else {
-                *current = Arc::new(view);
-                true
-            }
-        });
-    }
-
-    /// A member that comes back at the same address with a generation that is not one step
-    /// on (a step is a draining or renewed identity of the same process) is a new process: a
-    /// pooled connection established before it started leads to the dead one.
-    fn close_connections_of_restarted_members(&self, view: &View) {
-        let previous = self.view.borrow().clone();
-        for member in view.members().iter().filter(|member| !member.local) {
-            let Some(before) = previous.member_at(member.id.addr) else {
-                continue;
-            };
-            let (old, new) = (before.id.generation, member.id.generation);
-            if new > old.saturating_add(1) {
-                let started = std::time::UNIX_EPOCH + Duration::from_micros(new);
-                self.connections.close_if_older(member.id.addr, started);
-            }
+        for addr in effects.close {
+            self.connections.close(addr);
+        }
+        if let Some(view) = effects.view {
+            self.view.send_replace(view);
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub(crate) mod agent;
 pub(crate) mod codec;
+pub(crate) mod core;
 pub mod identity;
 pub mod view;
 
