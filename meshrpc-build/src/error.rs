@@ -97,7 +97,7 @@ impl Source<'_> {
 }
 
 impl Source<'_> {
-    /// A located warning line, `path:LINE:COL: warning: <problem> — <fix>`.
+    /// A located warning line, `path:LINE:COL: <problem> — <fix>` (cargo adds `warning:`).
     pub(crate) fn warning(
         &self,
         offset: usize,
@@ -105,7 +105,7 @@ impl Source<'_> {
         fix: impl fmt::Display,
     ) -> String {
         let (line, column) = self.line_column(offset);
-        format!("{}:{line}:{column}: warning: {problem} — {fix}", self.path)
+        format!("{}:{line}:{column}: {problem} — {fix}", self.path)
     }
 }
 

@@ -69,7 +69,7 @@ pub struct GeneratedFile {
     /// The formatted Rust code.
     pub code: String,
     /// Located warnings about the service's part of the manifest, one line each
-    /// (`services.toml:LINE:COL: warning: <what> — <what to do>`): things that build but are
+    /// (`services.toml:LINE:COL: <what> — <what to do>`): things that build but are
     /// likely mistakes, such as a declared type or a `use` entry that no method uses.
     /// [`compile`] prints them as `cargo:warning=` lines.
     pub warnings: Vec<String>,

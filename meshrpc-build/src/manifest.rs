@@ -32,7 +32,7 @@ pub(crate) struct Service {
     pub(crate) uses: Vec<UseType>,
     /// The service's sections of the manifest, comments included.
     pub(crate) text: String,
-    /// Located warnings (`path:LINE:COL: warning: ...`): things that build but are likely
+    /// Located warnings (`path:LINE:COL: ...`): things that build but are likely
     /// mistakes, such as a declared type no method uses.
     pub(crate) warnings: Vec<String>,
 }

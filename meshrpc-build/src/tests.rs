@@ -264,3 +264,77 @@ fn compile_reports_a_missing_manifest_with_its_path() {
         "{error}"
     );
 }
+
+#[test]
+fn the_schema_hash_ignores_boxes_derives_and_schema_opt_ins() {
+    let base = schema_hash(&parse(GREETER).services[0]);
+    let same = [
+        GREETER.replace("-> Postcard\"", "-> Box<Postcard>\""),
+        GREETER.replace(
+            "struct = \"recipient: String, message: String\"",
+            "struct = \"recipient: String, message: String\"\nderive = [\"Eq\", \"Hash\"]",
+        ),
+    ];
+    for text in same {
+        assert_eq!(schema_hash(&parse(&text).services[0]), base, "{text}");
+    }
+    let used = "[s]\nuse = [\"crate::m::T\"]\n[s.methods]\nf = \"f(t: T)\"\n";
+    let opted = "[s]\nuse = [{ path = \"crate::m::T\", json_schema = true }]\n[s.methods]\nf = \"f(t: T)\"\n";
+    assert_eq!(
+        schema_hash(&parse(used).services[0]),
+        schema_hash(&parse(opted).services[0])
+    );
+}
+
+#[test]
+fn newtypes_and_tuple_structs_have_lines_of_their_own_in_the_schema_text() {
+    let manifest = parse(
+        "[s.methods]\nf = \"f(id: Id, at: At)\"\n[s.types.Id]\nnewtype = \"u64\"\n[s.types.At]\ntuple = \"String, u32\"\n",
+    );
+    let service = &manifest.services[0];
+    assert_eq!(
+        canonical_schema(service),
+        "service s\nmethod f(id: Id, at: At) -> () returns \nnewtype Id(u64)\ntuple At(String, u32)\n"
+    );
+    assert!(matches!(service.types[0].body, Body::Newtype(_)));
+    let types = &descriptor(service)["types"];
+    assert_eq!(
+        types["s.Id"],
+        json!({ "type": "integer", "format": "int64", "minimum": 0 })
+    );
+    assert_eq!(
+        types["s.At"]["x-meshrpc-tuple"][0],
+        json!({ "type": "string" })
+    );
+}
+
+#[test]
+fn a_recursive_type_refers_to_itself_so_its_schema_is_finite() {
+    let manifest = parse(
+        "[s.methods]\nf = \"f() -> Node\"\n[s.types.Node]\nstruct = \"next: Option<Box<Node>>, children: Vec<Node>\"\n",
+    );
+    let node = &descriptor(&manifest.services[0])["types"]["s.Node"];
+    let reference = json!({ "$ref": "#/components/schemas/s.Node" });
+    assert_eq!(
+        node["properties"]["next"],
+        json!({ "allOf": [reference], "nullable": true })
+    );
+    assert_eq!(node["properties"]["children"]["items"], reference);
+}
+
+#[test]
+fn a_use_type_with_a_schema_is_a_reference_to_where_the_runtime_files_it() {
+    let manifest = parse(
+        "[s]\nuse = [{ path = \"crate::m::Stamp\", json_schema = true }, \"crate::m::Mood\"]\n\
+         [s.methods]\nf = \"f(stamp: Stamp, mood: Mood)\"\n",
+    );
+    let request = &descriptor(&manifest.services[0])["methods"][0]["request"]["properties"];
+    assert_eq!(
+        request["stamp"],
+        json!({ "$ref": "#/components/schemas/s.Stamp" })
+    );
+    assert_eq!(
+        request["mood"],
+        json!({ "description": "Rust type crate::m::Mood" })
+    );
+}

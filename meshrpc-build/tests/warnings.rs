@@ -17,10 +17,10 @@ fn an_unused_declared_type_and_use_entry_are_located_warnings() {
     assert_eq!(
         warnings_of(manifest),
         [
-            "services.toml:10:18: warning: type `Leftover` of service `inventory` is declared but \
+            "services.toml:10:18: type `Leftover` of service `inventory` is declared but \
              no method uses it — use it in a signature (or in a type a signature uses), or remove \
              its table",
-            "services.toml:2:29: warning: `use` entry `crate::model::Old` of service `inventory` \
+            "services.toml:2:29: `use` entry `crate::model::Old` of service `inventory` \
              is not used by any method — write `Old` in a signature or a declared type, or remove \
              the entry",
         ]
