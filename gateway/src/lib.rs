@@ -113,6 +113,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let admission = shared.admission.clone();
     Router::new()
         .route("/greeter/greet/{name}", get(routes::greeter::greet))
+        // An empty name, as `POST /greeter/greet` takes `{"name": ""}`.
+        .route("/greeter/greet/", get(routes::greeter::greet_nobody))
         .route(
             "/greeter/sendPostcard/{recipient}/{address}/{message}",
             post(routes::greeter::send_postcard),

@@ -216,7 +216,9 @@ fn greeter_routes(paths: &mut Map<String, Value>, schemas: &mut Map<String, Valu
             "operationId": "greeter.greet.rest",
             "tags": ["greeter"],
             "summary": "Says hello to `name`, as the original gateway did.",
-            "parameters": [text("name", "Who to greet.")],
+            "parameters": [{ "name": "name", "in": "path", "required": true,
+                             "description": "Who to greet (may be empty: `/greeter/greet/`).",
+                             "schema": { "type": "string" } }],
             "responses": {
                 "200": { "description": "The greeting, a JSON string.",
                          "content": { "application/json": { "schema": { "type": "string" } } } },

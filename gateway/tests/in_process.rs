@@ -27,7 +27,19 @@ const VAULT_DESCRIPTOR: &str = r#"{
     {"name": "sleep", "doc": "Sleeps.", "idempotent": false, "timeout_ms": 100,
      "result_field": "slept",
      "request": {"type": "object", "properties": {"ms": {"type": "integer", "format": "int64", "minimum": 0}}, "required": ["ms"]},
-     "response": {"type": "object", "properties": {"slept": {"type": "integer", "format": "int64", "minimum": 0}}, "required": ["slept"]}}
+     "response": {"type": "object", "properties": {"slept": {"type": "integer", "format": "int64", "minimum": 0}}, "required": ["slept"]}},
+    {"name": "hold", "doc": "Sleeps, with no timeout of its own.", "idempotent": false, "timeout_ms": null,
+     "result_field": "held",
+     "request": {"type": "object", "properties": {"ms": {"type": "integer", "format": "int64", "minimum": 0}}, "required": ["ms"]},
+     "response": {"type": "object", "properties": {"held": {"type": "integer", "format": "int64", "minimum": 0}}, "required": ["held"]}},
+    {"name": "forget", "doc": "Forgets a key; returns nothing.", "idempotent": false, "timeout_ms": null,
+     "result_field": "result",
+     "request": {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]},
+     "response": {"type": "object", "properties": {}, "required": []}},
+    {"name": "count", "doc": "Counts up to a number.", "idempotent": true, "timeout_ms": null,
+     "result_field": "count",
+     "request": {"type": "object", "properties": {"upto": {"type": "integer", "format": "int64", "minimum": 0}, "odd": {"type": "boolean"}}, "required": ["upto", "odd"]},
+     "response": {"type": "object", "properties": {"count": {"type": "integer", "format": "int64", "minimum": 0}}, "required": ["count"]}}
   ],
   "types": {}
 }"#;
@@ -62,6 +74,51 @@ static VAULT_SPEC: ServiceSpec = ServiceSpec {
             result_field: "slept",
             result_type: "u64",
         },
+        MethodSpec {
+            service: "vault",
+            name: "hold",
+            doc: "Sleeps, with no timeout of its own.",
+            idempotent: false,
+            timeout: None,
+            params: &[FieldSpec {
+                name: "ms",
+                rust_type: "u64",
+            }],
+            result_field: "held",
+            result_type: "u64",
+        },
+        MethodSpec {
+            service: "vault",
+            name: "forget",
+            doc: "Forgets a key; returns nothing.",
+            idempotent: false,
+            timeout: None,
+            params: &[FieldSpec {
+                name: "key",
+                rust_type: "String",
+            }],
+            result_field: "result",
+            result_type: "()",
+        },
+        MethodSpec {
+            service: "vault",
+            name: "count",
+            doc: "Counts up to a number.",
+            idempotent: true,
+            timeout: None,
+            params: &[
+                FieldSpec {
+                    name: "upto",
+                    rust_type: "u64",
+                },
+                FieldSpec {
+                    name: "odd",
+                    rust_type: "bool",
+                },
+            ],
+            result_field: "count",
+            result_type: "u64",
+        },
     ],
     schema_hash: 0xaa,
     manifest: "",
@@ -91,9 +148,38 @@ struct Slept {
     slept: u64,
 }
 
+#[derive(Serialize)]
+struct Held {
+    held: u64,
+}
+
+#[derive(Deserialize)]
+struct Forget {
+    key: String,
+}
+
+#[derive(Serialize)]
+struct Nothing {}
+
+#[derive(Deserialize)]
+struct Count {
+    upto: u64,
+    odd: bool,
+}
+
+#[derive(Serialize)]
+struct Counted {
+    count: u64,
+}
+
+/// The details `forget` attaches to its refusal: MessagePack `{"key": ""}`.
+const FORGET_DETAILS: &[u8] = b"\x81\xa3key\xa0";
+
 #[derive(Debug, Default)]
 struct Vault {
     calls: AtomicUsize,
+    /// `hold` calls under way.
+    holding: std::sync::Arc<AtomicUsize>,
 }
 
 impl Dispatch for Vault {
@@ -104,6 +190,7 @@ impl Dispatch for Vault {
     fn dispatch(&self, method: &str, request: Bytes) -> BoxFuture<'static, Result<Bytes, Status>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let method = method.to_owned();
+        let holding = self.holding.clone();
         Box::pin(async move {
             match method.as_str() {
                 "reverse" => {
@@ -115,6 +202,25 @@ impl Dispatch for Vault {
                     let Sleep { ms } = decode_request("sleep", &request)?;
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                     encode(&Slept { slept: ms })
+                }
+                "hold" => {
+                    let Sleep { ms } = decode_request("hold", &request)?;
+                    holding.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    encode(&Held { held: ms })
+                }
+                "forget" => {
+                    let Forget { key } = decode_request("forget", &request)?;
+                    if key.is_empty() {
+                        return Err(Status::failed_precondition("there is no empty key")
+                            .with_details(FORGET_DETAILS));
+                    }
+                    encode(&Nothing {})
+                }
+                "count" => {
+                    let Count { upto, odd } = decode_request("count", &request)?;
+                    let count = if odd { upto.div_ceil(2) } else { upto / 2 };
+                    encode(&Counted { count })
                 }
                 other => Err(Status::unimplemented(format!("no method {other}"))),
             }
@@ -401,6 +507,35 @@ async fn api_keys_guard_every_route_but_the_probes() {
     );
     assert_eq!(get(addr, "/healthz").await.status, 200);
     assert_eq!(get(addr, "/readyz").await.status, 200);
+
+    // Refused requests with made-up methods and paths add no metric series.
+    let scrape = || async {
+        let metrics = send(
+            addr,
+            "GET",
+            "/metrics",
+            &[("authorization", "Bearer k1")],
+            "",
+        )
+        .await;
+        metrics
+            .body
+            .lines()
+            .filter(|line| line.starts_with("gateway_http_") && !line.contains("/metrics"))
+            .count()
+    };
+    let hostile = |round: usize| async move {
+        for index in 0..100 {
+            let method = format!("UNAUTH{round}X{index}");
+            let path = format!("/made/up/{round}/{index}");
+            assert_eq!(send(addr, &method, &path, &[], "").await.status, 401);
+        }
+    };
+    hostile(0).await;
+    let before = scrape().await;
+    hostile(1).await;
+    hostile(2).await;
+    assert_eq!(scrape().await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,4 +585,146 @@ async fn openapi_documents_every_method_and_metrics_count_the_calls() {
     assert!(metrics.body.contains("meshrpc_"), "{}", metrics.body);
     assert_eq!(metrics.body.matches("# EOF").count(), 1);
     drop(mesh.service_node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn details_results_of_nothing_and_get_forms_answer_as_documented() {
+    let mesh = Mesh::start("gw-shapes", gateway::Config::default(), true).await;
+    let addr = mesh.addr();
+
+    // A status with details: base64 of the bytes the service attached.
+    let answer = post(addr, "/vault/forget", r#"{"key": ""}"#).await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (
+            400,
+            r#"{"error":"there is no empty key","code":"failed_precondition","details":"gaNrZXmg"}"#
+        )
+    );
+    // A method without a result: the bare envelope.
+    let answer = post(addr, "/vault/forget", r#"{"key": "k"}"#).await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, r#"{"error":""}"#)
+    );
+
+    // The GET form: query parameters typed by the schema.
+    let answer = get(addr, "/vault/count?upto=7&odd=true").await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, r#"{"error":"","count":4}"#)
+    );
+    let answer = get(addr, "/vault/count?upto=seven&odd=true").await;
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(answer.error().contains("field `upto`"), "{answer:?}");
+    let answer = get(addr, "/vault/count?upto=7&odd=true&extra=1").await;
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(
+        answer.error().contains("unknown field `extra`"),
+        "{answer:?}"
+    );
+    // Not idempotent: no GET form.
+    let answer = get(addr, "/vault/forget?key=k").await;
+    assert_eq!(answer.status, 405, "{answer:?}");
+    assert_eq!(answer.headers["allow"], "POST");
+
+    // The document says the same.
+    let document = get(addr, "/openapi.json").await.json();
+    let forget = &document["paths"]["/vault/forget"];
+    assert!(forget.get("get").is_none(), "{forget}");
+    let success = &forget["post"]["responses"]["200"];
+    assert!(
+        success["description"]
+            .as_str()
+            .expect("text")
+            .contains("returns nothing"),
+        "{success}"
+    );
+    let count = &document["paths"]["/vault/count"]["get"]["parameters"];
+    assert_eq!(count.as_array().map(Vec::len), Some(2), "{count}");
+    assert_eq!(
+        document["components"]["schemas"]["meshrpc.Error"]["properties"]["details"]["format"],
+        "byte"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_lost_with_its_replica_is_answered_without_the_replica_address() {
+    let mesh = Mesh::start("gw-lost", gateway::Config::default(), false).await;
+    let seed = mesh.gateway_node.local_addr().to_string();
+    let state = mesh._state.path().to_owned();
+    let vault = Vault::default();
+    let holding = vault.holding.clone();
+    // The replica runs on a runtime of its own, so that dropping the runtime stops it dead
+    // (no drain, no goodbye), as a killed process would.
+    let (started, replica) = std::sync::mpsc::channel();
+    let (kill, killed) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let node = runtime.block_on(async {
+            Node::builder("doomed")
+                .cluster("gw-lost")
+                .listen("127.0.0.1:0".parse().expect("addr"))
+                .state_dir(&state)
+                .seeds([seed])
+                .publish(vault)
+                .start()
+                .await
+                .expect("the replica starts")
+        });
+        started.send(node.local_addr()).expect("the test waits");
+        let _ = killed.recv();
+        runtime.shutdown_background();
+    });
+    let replica = replica.recv().expect("the replica's address");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !mesh.gateway_node.view().has_live("vault", None) {
+        assert!(Instant::now() < deadline, "the replica never joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A call that is not idempotent, on the replica when it dies: not retried, 503.
+    let addr = mesh.addr();
+    let call = tokio::spawn(async move {
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let request = http::Request::post(format!("http://{addr}/vault/hold"))
+            .body(http_body_util::Full::new(Bytes::from_static(
+                br#"{"ms": 60000}"#,
+            )))
+            .expect("a request");
+        let response = client.request(request).await.expect("an answer");
+        let status = response.status().as_u16();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("a body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while holding.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the call never reached the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    kill.send(()).expect("the replica waits");
+    thread.join().expect("the replica's thread");
+
+    let (status, body) = tokio::time::timeout(Duration::from_secs(25), call)
+        .await
+        .expect("an answer once the replica is known dead")
+        .expect("the call task");
+    eprintln!("{status} {body}");
+    assert_eq!(status, 503, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["code"], "unavailable", "{body}");
+    assert!(!body.contains(&replica.to_string()), "{body}");
+    assert!(!body.contains("127.0.0.1"), "{body}");
 }

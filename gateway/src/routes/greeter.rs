@@ -70,6 +70,16 @@ pub async fn greet(
     Ok(Json(greeting))
 }
 
+/// `GET /greeter/greet/` → `"Hello, "`: the empty name, which the generic route takes too.
+pub async fn greet_nobody(State(shared): State<Arc<Shared>>) -> Result<Json<String>, ApiError> {
+    let greeting = shared
+        .greeter
+        .greet(String::new())
+        .await
+        .map_err(|status| ApiError::from_call(status, "greeter"))?;
+    Ok(Json(greeting))
+}
+
 /// `POST /greeter/sendPostcard/{recipient}/{address}/{message}` → the postcard as sent.
 pub async fn send_postcard(
     State(shared): State<Arc<Shared>>,
