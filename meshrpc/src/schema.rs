@@ -28,10 +28,28 @@ pub trait JsonSchema {}
 /// `null` types, the schemas `T` refers to under `components/schemas`.
 #[cfg(feature = "schemars")]
 pub fn openapi3<T: JsonSchema + ?Sized>() -> Value {
-    schemars::generate::SchemaSettings::openapi3()
+    use schemars::generate::SchemaSettings;
+    let mut root = SchemaSettings::openapi3()
         .into_generator()
         .into_root_schema_for::<T>()
-        .to_value()
+        .to_value();
+    // schemars runs its OpenAPI transforms (`const` to `enum`, `nullable`, tuple `items`) over
+    // the root and the subschemas it knows, which do not include definitions filed under
+    // `components/schemas`: run them over those too.
+    let mut transforms = SchemaSettings::openapi3().transforms;
+    if let Some(definitions) = root
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        for definition in definitions.values_mut() {
+            if let Ok(schema) = <&mut schemars::Schema>::try_from(definition) {
+                for transform in &mut transforms {
+                    transform.transform(schema);
+                }
+            }
+        }
+    }
+    root
 }
 
 /// Without the `schemars` feature there are no schemas to compute (see [`JsonSchema`]).

@@ -200,7 +200,11 @@ fn the_descriptor_holds_the_schema_of_a_use_type_and_the_types_it_refers_to() {
         types["greeter.Stamp"]["properties"]["kind"]["allOf"][0]["$ref"],
         "#/components/schemas/greeter.Stamp.StampKind"
     );
-    assert!(types["greeter.Stamp.StampKind"]["oneOf"].is_array());
+    // In the OpenAPI 3.0 dialect in definitions too: a unit variant is an `enum`, not a `const`.
+    assert_eq!(
+        types["greeter.Stamp.StampKind"]["oneOf"][0]["enum"],
+        json!(["Plain"])
+    );
     // A type without a schema stays a description.
     let mood = &full["methods"][3]["response"]["properties"]["result"];
     assert_eq!(mood["description"], "Rust type crate::model::Mood");
