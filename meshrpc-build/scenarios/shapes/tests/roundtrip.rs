@@ -8,8 +8,8 @@ use meshrpc::bytes::Bytes;
 use meshrpc::{Call, Channel, Code, Dispatch, ServiceClient, Status};
 use meshrpc_scenario_shapes::model::Mood;
 use meshrpc_scenario_shapes::{
-    COUNTER_SPEC, Card, Counter, CounterClient, CounterServer, Integers, Parcel, SHAPES_SPEC,
-    Shapes, ShapesClient, ShapesServer, Weather, shapes_messages,
+    Blob, COUNTER_SPEC, Card, Counter, CounterClient, CounterServer, Id, Integers, Pair, Parcel,
+    SHAPES_SPEC, Shapes, ShapesClient, ShapesServer, Weather, shapes_messages,
 };
 
 /// Answers each call from its arguments, so a test can tell what arrived.
@@ -126,6 +126,10 @@ impl Shapes for Echo {
 
     async fn nothing(&self) -> Result<(), Status> {
         Ok(())
+    }
+
+    async fn wrapped(&self, blob: Blob, pair: Pair, id: Id) -> Result<(Blob, Pair, Id), Status> {
+        Ok((blob, pair, Id(id.0 + 1)))
     }
 }
 
@@ -474,7 +478,8 @@ fn specs_describe_the_manifest() {
             "declared",
             "mood",
             "nested",
-            "nothing"
+            "nothing",
+            "wrapped"
         ]
     );
     let scalars = SHAPES_SPEC.method("scalars").expect("exists");
@@ -539,4 +544,36 @@ fn the_descriptor_is_json_of_the_documented_shape() {
         descriptor["methods"][8]["request"]["properties"]["mood"],
         serde_json::json!({ "description": "Rust type crate::model::Mood" })
     );
+}
+
+#[tokio::test]
+async fn newtypes_and_tuple_structs_keep_their_binaries() {
+    let blob = Blob(Bytes::from_static(b"\x00\xff"));
+    let pair = Pair(vec![1, 2, 3], Some(Bytes::from_static(b"tail")));
+    let (blob_back, pair_back, id) = client()
+        .wrapped(blob.clone(), pair.clone(), Id(41))
+        .await
+        .expect("echoed");
+    assert_eq!(
+        (blob_back, pair_back, id),
+        (blob.clone(), pair.clone(), Id(42))
+    );
+    // On the wire: the newtype is the binary itself, the tuple struct an array of a binary and
+    // an optional binary.
+    let request = meshrpc::codec::encode(&shapes_messages::WrappedRequest {
+        blob,
+        pair,
+        id: Id(1),
+    })
+    .expect("encodes");
+    let mut expected = vec![0x83, 0xa4];
+    expected.extend_from_slice(b"blob");
+    expected.extend_from_slice(&[0xc4, 0x02, 0x00, 0xff, 0xa4]);
+    expected.extend_from_slice(b"pair");
+    expected.extend_from_slice(&[0x92, 0xc4, 0x03, 1, 2, 3, 0xc4, 0x04]);
+    expected.extend_from_slice(b"tail");
+    expected.push(0xa2);
+    expected.extend_from_slice(b"id");
+    expected.push(0x01);
+    assert_eq!(request.as_ref(), expected.as_slice());
 }
