@@ -10,7 +10,8 @@
 //!
 //! Module map:
 //! - [`status`], [`spec`], [`codec`], [`metadata`], [`context`], [`options`]: the vocabulary
-//!   shared by generated code and the runtime;
+//!   shared by generated code and the runtime; [`schema`] files the schemas of `use` types
+//!   (feature `schemars`) into service descriptors;
 //! - [`channel`], [`service`]: the contract generated clients and servers implement.
 
 pub mod channel;
