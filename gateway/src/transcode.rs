@@ -93,6 +93,98 @@ pub fn msgpack_to_json_envelope(payload: &[u8]) -> Result<Vec<u8>, ResponseError
     Ok(out)
 }
 
+/// A place in a request the gateway passes through unchecked: a `use` type without a schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unchecked {
+    /// Where it is: `card.mood`, `moods[]` (any element), `by_name.*` (any value),
+    /// `weather.Rain` (a variant's payload).
+    pub path: String,
+    /// The Rust type the descriptor names, e.g. `crate::model::Mood`.
+    pub rust_type: String,
+}
+
+/// The places of a request that the gateway cannot check, because the descriptor gives only
+/// the Rust type there (a `use` type without `json_schema = true`). A service that refuses a
+/// request the gateway let through most likely stumbled on one of them; naming them lets an
+/// error say so instead of repeating the service's decoding error alone. Each declared type is
+/// entered once, so recursive types end.
+pub fn unchecked_fields(schema: Schema<'_>) -> Vec<Unchecked> {
+    let mut found = Vec::new();
+    let mut entered = Vec::new();
+    walk_unchecked(
+        schema.root,
+        schema.types,
+        String::new(),
+        &mut entered,
+        &mut found,
+    );
+    found
+}
+
+fn walk_unchecked<'a>(
+    schema: &'a Value,
+    types: &'a Map<String, Value>,
+    path: String,
+    entered: &mut Vec<&'a str>,
+    found: &mut Vec<Unchecked>,
+) {
+    let join = |path: &str, next: &str| {
+        if path.is_empty() {
+            next.to_owned()
+        } else {
+            format!("{path}.{next}")
+        }
+    };
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        if let Some((name, target)) = reference
+            .strip_prefix("#/components/schemas/")
+            .and_then(|name| types.get_key_value(name))
+        {
+            if !entered.contains(&name.as_str()) {
+                entered.push(name);
+                walk_unchecked(target, types, path, entered, found);
+            }
+        }
+        return;
+    }
+    if let Some(rust_type) = schema
+        .get("description")
+        .and_then(Value::as_str)
+        .and_then(|text| text.strip_prefix("Rust type "))
+        .filter(|_| schema.get("type").is_none() && schema.get("properties").is_none())
+    {
+        found.push(Unchecked {
+            path,
+            rust_type: rust_type.to_owned(),
+        });
+        return;
+    }
+    for key in ["allOf", "anyOf", "oneOf", "x-meshrpc-tuple"] {
+        for branch in schema
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            walk_unchecked(branch, types, path.clone(), entered, found);
+        }
+    }
+    if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+        for (name, property) in properties {
+            walk_unchecked(property, types, join(&path, name), entered, found);
+        }
+    }
+    if let Some(items) = schema.get("items").filter(|items| items.is_object()) {
+        walk_unchecked(items, types, format!("{path}[]"), entered, found);
+    }
+    if let Some(values) = schema
+        .get("additionalProperties")
+        .filter(|values| values.is_object())
+    {
+        walk_unchecked(values, types, join(&path, "*"), entered, found);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Schemas
 

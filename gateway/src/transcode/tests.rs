@@ -495,3 +495,55 @@ fn a_schemars_schema_is_checked_like_a_declared_type() {
         assert_eq!(error.to_string(), message);
     }
 }
+
+#[test]
+fn the_places_a_schema_cannot_check_are_named_with_their_rust_type() {
+    let descriptor = json!({
+        "service": "post",
+        "schema_hash": "00000000000000cc",
+        "methods": [{
+            "name": "send",
+            "result_field": "result",
+            "request": {
+                "type": "object",
+                "properties": {
+                    "card": {"$ref": "#/components/schemas/post.Card"},
+                    "moods": {"type": "array", "items": {"description": "Rust type crate::model::Mood"}},
+                    "name": {"type": "string"}
+                },
+                "required": ["card", "moods", "name"]
+            },
+            "response": {"type": "object", "properties": {}}
+        }],
+        "types": {
+            "post.Card": {
+                "type": "object",
+                "properties": {
+                    "stamp": {"allOf": [{"$ref": "#/components/schemas/post.Stamp"}], "nullable": true},
+                    "replies": {"type": "array", "items": {"$ref": "#/components/schemas/post.Card"}},
+                    "extra": {"type": "object", "additionalProperties": {"description": "Rust type ::serde_json::Value"}}
+                }
+            },
+            "post.Stamp": {"description": "Rust type crate::model::Stamp"}
+        }
+    });
+    let descriptor: Descriptor = serde_json::from_value(descriptor).expect("a descriptor");
+    let method = descriptor.method("send").expect("method");
+    let unchecked = unchecked_fields(descriptor.request_schema(method));
+    let found: Vec<(&str, &str)> = unchecked
+        .iter()
+        .map(|place| (place.path.as_str(), place.rust_type.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("card.extra.*", "::serde_json::Value"),
+            ("card.stamp", "crate::model::Stamp"),
+            ("moods[]", "crate::model::Mood"),
+        ]
+    );
+    assert!(
+        unchecked_fields(greeter().request_schema(greeter().method("greet").expect("greet")))
+            .is_empty()
+    );
+}
