@@ -112,6 +112,19 @@ impl ApiError {
         }
     }
 
+    /// This error with every socket address in its message replaced (the whole message goes to
+    /// the log): for errors the gateway composed from what members answered it, such as a
+    /// failed descriptor fetch.
+    pub fn without_addresses(self, service: &str) -> ApiError {
+        match redact_any_addr(&self.message, service) {
+            Some(message) => {
+                tracing::warn!(service, message = %self.message, "a request to the mesh failed");
+                ApiError { message, ..self }
+            }
+            None => self,
+        }
+    }
+
     /// 503 `unavailable` with `Retry-After`: the gateway is at a limit of its own.
     pub fn overloaded(message: impl Into<String>, retry_after: u32) -> ApiError {
         ApiError {
@@ -284,6 +297,14 @@ mod tests {
         let status = Status::unavailable("no live member serves HTTP for `greeter`");
         let error = ApiError::from_tunnel(status, "greeter");
         assert_eq!(error.message, "no live member serves HTTP for `greeter`");
+        let error = ApiError::unavailable(
+            "could not learn the methods of `greeter` from its members (10.1.2.3:11999: closed)",
+        )
+        .without_addresses("greeter");
+        assert_eq!(
+            error.message,
+            "could not learn the methods of `greeter` from its members (a replica of `greeter`: closed)"
+        );
     }
 
     #[test]

@@ -89,7 +89,7 @@ async fn route(
                     }
                 }
                 Ok(None) => {}
-                Err(error) if is_call => lookup_error = Some(error),
+                Err(error) if is_call => lookup_error = Some(error.without_addresses(service)),
                 Err(_) => {}
             }
         }
