@@ -126,7 +126,7 @@ fn service_tokens(service: &Service, parts: Parts) -> TokenStream {
         .iter()
         .map(|declared| declared_type(service, declared));
     let trait_item = trait_item(service, &names, parts);
-    let dyn_item = dyn_item(service, &names);
+    let dyn_item = dyn_item(service, &names, parts);
     let messages = messages(service, &names);
     let spec = spec(service, &names);
     let server = if parts.server {
@@ -374,7 +374,7 @@ fn trait_item(service: &Service, names: &Names, parts: Parts) -> TokenStream {
 /// every `Greeter`, and `DynGreeter` names its trait object; `Arc<DynGreeter>` and
 /// `Box<DynGreeter>` implement `Greeter` again. The twin has the trait's method names, so it
 /// lives in a module of its own: imported next to the trait, every call would be ambiguous.
-fn dyn_item(service: &Service, names: &Names) -> TokenStream {
+fn dyn_item(service: &Service, names: &Names, parts: Parts) -> TokenStream {
     let trait_name = &names.trait_name;
     let dyn_alias = &names.dyn_trait;
     let module = format_ident!("{}_dyn", service.name);
@@ -388,14 +388,18 @@ fn dyn_item(service: &Service, names: &Names) -> TokenStream {
         "[`{trait_name}`](super::{trait_name}) with boxed futures, so it can be a trait object; \
          implemented for every `{trait_name}` that is `Send + Sync`."
     ));
+    let chosen = if parts.client {
+        format!("a local one or a `{}`", names.client)
+    } else {
+        "a local one or a client".to_owned()
+    };
     let alias_doc = doc(&format!(
         "Any [`{trait_name}`] as a trait object: `Arc<{dyn_alias}>` or `Box<{dyn_alias}>`, which \
          implement `{trait_name}` too.\n\n\
          `dyn {trait_name}` is not a type, because the trait's methods return `impl Future`. An \
-         implementation chosen at run time (a local one or a `{client}`) is stored as \
-         `Arc<{dyn_alias}>` (`Arc::new(x) as Arc<{dyn_alias}>`), passed where a `{trait_name}` \
-         is expected, and served like any other.",
-        client = names.client,
+         implementation chosen at run time ({chosen}) is stored as `Arc<{dyn_alias}>` \
+         (`Arc::new(x) as Arc<{dyn_alias}>`), passed where a `{trait_name}` is expected, and \
+         served like any other."
     ));
     let complexity = type_complexity_allowance(service);
     let signature = |method: &Method| {
