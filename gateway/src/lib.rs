@@ -5,11 +5,13 @@
 //!   `POST /greeter/sendPostcard/{recipient}/{address}/{message}`), answering as its README
 //!   shows;
 //! - every published method as `POST /{service}/{method}`, JSON in and out, transcoded to and
-//!   from MessagePack and checked against the service's descriptor;
+//!   from MessagePack and checked against the service's descriptor (and as
+//!   `GET /{service}/{method}?param=...` when it is idempotent with scalar parameters);
 //! - the legacy HTTP handlers services publish, under `/{service}/...`;
 //! - `/healthz`, `/readyz`, `/metrics` and `/openapi.json`;
 //!
-//! with optional API keys and one access-log line per request. [`serve`] runs it on a started
+//! with optional API keys, one access-log line per request, bounds on what clients can make it
+//! hold ([`admission`]), and one JSON error shape for everything that fails ([`error`]). [`serve`] runs it on a started
 //! [`meshrpc::Node`], so tests can run the gateway in-process too.
 //!
 //! ```no_run
