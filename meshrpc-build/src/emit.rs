@@ -380,9 +380,9 @@ fn dyn_item(service: &Service, names: &Names, parts: Parts) -> TokenStream {
     let module = format_ident!("{}_dyn", service.name);
     let object = format_ident!("{}Object", trait_name);
     let module_doc = doc(&format!(
-        "The object-safe form of [`{trait_name}`](super::{trait_name}), behind [`{dyn_alias}`](super::{dyn_alias}). \
-         Name the trait object through that alias rather than importing [`{object}`]: its \
-         methods share the trait's names, so with both traits in scope calls are ambiguous."
+        "The object-safe form of [`{trait_name}`], behind [`{dyn_alias}`]. Name the trait object \
+         through that alias rather than importing [`{object}`]({module}::{object}): its methods \
+         share the trait's names, so with both traits in scope calls are ambiguous."
     ));
     let object_doc = doc(&format!(
         "[`{trait_name}`](super::{trait_name}) with boxed futures, so it can be a trait object; \
