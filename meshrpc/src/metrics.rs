@@ -1,6 +1,7 @@
 //! Per-node metrics in the Prometheus text format, and the admin HTTP endpoint that serves
 //! them with `/healthz` and `/readyz`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
@@ -185,6 +187,13 @@ impl Metrics {
         self.in_flight.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
+    /// The calls counters and latency histograms of every method this node served or called,
+    /// sorted by service, method and side. Read from the same registry `/metrics` renders, so
+    /// both always agree.
+    pub fn snapshot(&self) -> Vec<MethodStats> {
+        stats_from_text(&self.render())
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut text = String::new();
@@ -192,6 +201,138 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
     }
+}
+
+/// The counters and latency histogram of one method on one side, as [`Metrics::snapshot`]
+/// reads them (and `meshrpc.node/stats` answers them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MethodStats {
+    /// `server` (calls the node served) or `client` (calls it made).
+    pub side: String,
+    /// The service's name.
+    pub service: String,
+    /// The method's name.
+    pub method: String,
+    /// Finished calls by status code name (`ok`, `invalid_argument`, ...).
+    pub codes: BTreeMap<String, u64>,
+    /// The latency histogram's buckets, cumulative, in increasing order of bound; the `+Inf`
+    /// bucket is left out (its count is [`MethodStats::count`]).
+    pub buckets: Vec<Bucket>,
+    /// Calls the histogram measured.
+    pub count: u64,
+    /// Their summed latency, in seconds.
+    pub sum: f64,
+}
+
+/// One cumulative histogram bucket: calls that took at most `le` seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// The bucket's upper bound, in seconds.
+    pub le: f64,
+    /// Calls that took at most that long.
+    pub count: u64,
+}
+
+impl MethodStats {
+    /// Every finished call, whatever its status.
+    pub fn calls(&self) -> u64 {
+        self.codes.values().sum()
+    }
+
+    /// Calls that did not end `ok`.
+    pub fn errors(&self) -> u64 {
+        self.codes
+            .iter()
+            .filter(|(code, _)| code.as_str() != "ok")
+            .map(|(_, count)| count)
+            .sum()
+    }
+}
+
+/// A sample's labels, in the order written.
+type Labels = Vec<(String, String)>;
+
+/// One sample line of the text exposition (`name{key="value",...} number`): metric name,
+/// labels, value. Lines without labels are not needed here and give `None`.
+fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
+    let (name, mut rest) = line.split_once('{')?;
+    let mut labels = Vec::new();
+    loop {
+        rest = rest.trim_start_matches(',');
+        if let Some(after) = rest.strip_prefix('}') {
+            let value = after.split_whitespace().next()?.parse().ok()?;
+            return Some((name, labels, value));
+        }
+        let (key, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            let (at, c) = chars.next()?;
+            match c {
+                '\\' => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                '"' => break at + 1,
+                other => value.push(other),
+            }
+        };
+        labels.push((key.to_owned(), value));
+        rest = &after[end..];
+    }
+}
+
+/// Reads the calls counters and latency histograms out of a text exposition.
+fn stats_from_text(text: &str) -> Vec<MethodStats> {
+    let mut by_method: BTreeMap<(String, String, String), MethodStats> = BTreeMap::new();
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let Some((name, labels, value)) = parse_sample(line) else {
+            continue;
+        };
+        let label = |key: &str| {
+            labels
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let key = (label("service"), label("method"), label("side"));
+        let entry = || MethodStats {
+            side: key.2.clone(),
+            service: key.0.clone(),
+            method: key.1.clone(),
+            ..MethodStats::default()
+        };
+        // Counts are whole numbers in the exposition; `as` saturates anything odd.
+        let count = value as u64;
+        match name {
+            "meshrpc_calls_total" => {
+                let stats = by_method.entry(key.clone()).or_insert_with(entry);
+                *stats.codes.entry(label("code")).or_default() += count;
+            }
+            "meshrpc_call_duration_seconds_bucket" => {
+                let le = label("le");
+                if le == "+Inf" {
+                    continue;
+                }
+                let Ok(le) = le.parse::<f64>() else { continue };
+                let stats = by_method.entry(key.clone()).or_insert_with(entry);
+                stats.buckets.push(Bucket { le, count });
+            }
+            "meshrpc_call_duration_seconds_count" => {
+                by_method.entry(key.clone()).or_insert_with(entry).count = count;
+            }
+            "meshrpc_call_duration_seconds_sum" => {
+                by_method.entry(key.clone()).or_insert_with(entry).sum = value;
+            }
+            _ => {}
+        }
+    }
+    let mut all: Vec<MethodStats> = by_method.into_values().collect();
+    for stats in &mut all {
+        stats.buckets.sort_by(|a, b| a.le.total_cmp(&b.le));
+    }
+    all
 }
 
 /// Pre-resolved metrics of one method (see [`Metrics::method`]).
@@ -326,5 +467,60 @@ mod tests {
             text.contains("meshrpc_call_duration_seconds_bucket"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_snapshot_reads_counts_by_code_and_the_histogram_of_each_method() {
+        let metrics = Metrics::new();
+        let greet = metrics.method(Side::Server, "greeter", "greet");
+        greet.record(&metrics, Code::Ok, Duration::from_micros(80));
+        greet.record(&metrics, Code::Ok, Duration::from_millis(3));
+        greet.record(&metrics, Code::InvalidArgument, Duration::from_micros(70));
+        metrics.record_call(
+            Side::Client,
+            "greeter",
+            "send_postcard",
+            Code::Unavailable,
+            Duration::from_millis(1),
+        );
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot.len(), 2, "{snapshot:?}");
+        let greet = &snapshot[0];
+        assert_eq!(
+            (
+                greet.side.as_str(),
+                greet.service.as_str(),
+                greet.method.as_str()
+            ),
+            ("server", "greeter", "greet")
+        );
+        assert_eq!(greet.codes.get("ok"), Some(&2));
+        assert_eq!(greet.codes.get("invalid_argument"), Some(&1));
+        assert_eq!((greet.calls(), greet.errors(), greet.count), (3, 1, 3));
+        assert_eq!(greet.buckets.len(), 20);
+        assert!(greet.buckets.windows(2).all(|w| w[0].le < w[1].le));
+        // 70 µs and 80 µs fall under 100 µs; 3 ms does not.
+        let under = |bound: f64| {
+            greet
+                .buckets
+                .iter()
+                .find(|bucket| (bucket.le - bound).abs() < 1e-9)
+                .map(|bucket| bucket.count)
+        };
+        assert_eq!(under(0.0001), Some(2));
+        assert_eq!(greet.buckets.last().map(|bucket| bucket.count), Some(3));
+        let postcard = &snapshot[1];
+        assert_eq!((postcard.side.as_str(), postcard.errors()), ("client", 1));
+    }
+
+    #[test]
+    fn sample_lines_parse_with_escaped_label_values() {
+        let (name, labels, value) =
+            parse_sample(r#"meshrpc_calls_total{service="a\"b",code="ok"} 7"#).expect("parses");
+        assert_eq!(name, "meshrpc_calls_total");
+        assert_eq!(labels[0], ("service".to_owned(), "a\"b".to_owned()));
+        assert_eq!(labels[1], ("code".to_owned(), "ok".to_owned()));
+        assert_eq!(value, 7.0);
+        assert!(parse_sample("meshrpc_members 3").is_none());
     }
 }

@@ -345,7 +345,8 @@ impl NodeBuilder {
         let membership = Membership::start(identity, connections.clone());
 
         let metrics = Arc::new(Metrics::new());
-        let node_service = NodeService::new(&self.name, &published, membership.clone());
+        let node_service =
+            NodeService::new(&self.name, &published, membership.clone(), metrics.clone());
         let mut services = self.services;
         services.push(Arc::new(node_service));
         let mut server = Server::new(services, self.limits, metrics.clone());

@@ -1,12 +1,18 @@
 //! The service every node publishes about itself, `meshrpc.node`: `ping` (liveness, used by
-//! [`Node::wait_for`](crate::Node::wait_for)) and `describe` (the descriptors of the services it
-//! publishes, which the gateway turns into routes and an OpenAPI document).
+//! [`Node::wait_for`](crate::Node::wait_for)), `describe` (the descriptors of the services it
+//! publishes, which the gateway turns into routes and an OpenAPI document), `members` (its
+//! view of the mesh) and `stats` (its calls counters and latency histograms, which `meshctl
+//! top` reads). docs/PROTOCOL.md section 14 documents the request and reply maps.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::membership::{Liveness, Membership};
+use crate::metrics::{MethodStats, Metrics};
 use crate::service::{BoxFuture, Dispatch, unknown_method};
 use crate::spec::{MethodSpec, ServiceSpec};
 use crate::status::Status;
@@ -49,6 +55,16 @@ pub static NODE_SPEC: ServiceSpec = ServiceSpec {
             result_field: "members",
             result_type: "Vec<MemberSummary>",
         },
+        MethodSpec {
+            service: NODE_SERVICE,
+            name: "stats",
+            doc: "The node's calls counters and latency histograms, per method and side.",
+            idempotent: true,
+            timeout: None,
+            params: &[],
+            result_field: "methods",
+            result_type: "Vec<MethodStats>",
+        },
     ],
     schema_hash: 0x6d65_7368_6e6f_6465,
     manifest: "",
@@ -68,6 +84,11 @@ pub struct PingReply {
 pub struct DescribeReply {
     /// One JSON descriptor per published service (see `docs/MANIFEST.md`).
     pub descriptors: Vec<String>,
+    /// The `services.toml` text each service was generated from, in the order of
+    /// `descriptors` (empty for a service built without a manifest). Absent from nodes that
+    /// predate it.
+    #[serde(default)]
+    pub manifests: Vec<String>,
 }
 
 /// One member, as `members` reports it.
@@ -83,6 +104,17 @@ pub struct MemberSummary {
     pub suspect: bool,
     /// The services it publishes.
     pub services: Vec<String>,
+    /// Each published service's schema hash, 16 hex digits, by service name. Absent from
+    /// nodes that predate it.
+    #[serde(default)]
+    pub schema_hashes: BTreeMap<String, String>,
+    /// Its free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Its identity's generation: microseconds since the Unix epoch when it started, plus one
+    /// per change since (draining). 0 from nodes that predate it.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// The reply of `members`.
@@ -92,12 +124,22 @@ pub struct MembersReply {
     pub members: Vec<MemberSummary>,
 }
 
+/// The reply of `stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// The answering node's name.
+    pub name: String,
+    /// Every method the node served or called since it started, per side.
+    pub methods: Vec<MethodStats>,
+}
+
 /// The built-in service of one node.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeService {
     name: String,
     published: Vec<&'static ServiceSpec>,
     membership: Membership,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeService {
@@ -105,11 +147,13 @@ impl NodeService {
         name: &str,
         published: &[&'static ServiceSpec],
         membership: Membership,
+        metrics: Arc<Metrics>,
     ) -> NodeService {
         NodeService {
             name: name.to_owned(),
             published: published.to_vec(),
             membership,
+            metrics,
         }
     }
 }
@@ -130,6 +174,11 @@ impl Dispatch for NodeService {
                     .iter()
                     .map(|spec| spec.full_descriptor().into_owned())
                     .collect(),
+                manifests: self
+                    .published
+                    .iter()
+                    .map(|spec| spec.manifest.to_owned())
+                    .collect(),
             }),
             "members" => {
                 let view = self.membership.view();
@@ -142,10 +191,22 @@ impl Dispatch for NodeService {
                         draining: member.id.draining,
                         suspect: member.liveness == Liveness::Suspect,
                         services: member.id.services.iter().map(|s| s.name.clone()).collect(),
+                        schema_hashes: member
+                            .id
+                            .services
+                            .iter()
+                            .map(|s| (s.name.clone(), format!("{:016x}", s.schema_hash)))
+                            .collect(),
+                        tags: member.id.tags.clone(),
+                        generation: member.id.generation,
                     })
                     .collect();
                 codec::encode(&MembersReply { members })
             }
+            "stats" => codec::encode(&StatsReply {
+                name: self.name.clone(),
+                methods: self.metrics.snapshot(),
+            }),
             other => Err(unknown_method(&NODE_SPEC, other)),
         };
         Box::pin(std::future::ready(reply))

@@ -1596,6 +1596,9 @@ async fn the_node_service_answers_describe_and_members_as_documented() {
         draining: bool,
         suspect: bool,
         services: Vec<String>,
+        schema_hashes: std::collections::BTreeMap<String, String>,
+        tags: Vec<String>,
+        generation: u64,
     }
     #[derive(serde::Deserialize, Debug)]
     #[serde(deny_unknown_fields)]
@@ -1606,6 +1609,7 @@ async fn the_node_service_answers_describe_and_members_as_documented() {
     #[serde(deny_unknown_fields)]
     struct Describe {
         descriptors: Vec<String>,
+        manifests: Vec<String>,
     }
     let setup = Setup::new().await;
     let call = |method: &str| {
@@ -1625,6 +1629,12 @@ async fn the_node_service_answers_describe_and_members_as_documented() {
     assert_eq!(me.addr, setup.addr().to_string());
     assert!(!me.draining && !me.suspect);
     assert_eq!(me.services, ["probe"]);
+    assert_eq!(me.schema_hashes.len(), 1, "{me:?}");
+    assert!(me.tags.is_empty(), "{me:?}");
+    assert!(
+        me.schema_hashes["probe"].len() == 16 && me.generation > 0,
+        "{me:?}"
+    );
 
     let answer = setup.peer.exchange(&call("describe")).await;
     answer.assert_ok();
@@ -1639,11 +1649,67 @@ async fn the_node_service_answers_describe_and_members_as_documented() {
         reply.descriptors[0].starts_with('{'),
         "a JSON document: {reply:?}"
     );
+    assert_eq!(reply.manifests.len(), 1, "one per descriptor: {reply:?}");
 
     let answer = setup.peer.exchange(&call("pong")).await;
     answer.assert_status(
         Code::Unimplemented,
-        "service `meshrpc.node` has no method `pong`; its methods are: ping, describe, members",
+        "service `meshrpc.node` has no method `pong`; its methods are: ping, describe, members, stats",
+    );
+}
+
+#[tokio::test]
+async fn the_node_service_answers_stats_with_the_calls_it_served() {
+    /// `stats`' entries with exactly the documented keys.
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Bucket {
+        le: f64,
+        count: u64,
+    }
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Method {
+        side: String,
+        service: String,
+        method: String,
+        codes: std::collections::BTreeMap<String, u64>,
+        buckets: Vec<Bucket>,
+        count: u64,
+        sum: f64,
+    }
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Stats {
+        name: String,
+        methods: Vec<Method>,
+    }
+    let setup = Setup::new().await;
+    assert_node_serves(setup.state.path(), setup.addr()).await;
+    assert_node_serves(setup.state.path(), setup.addr()).await;
+    let stats = [
+        call_frame("meshrpc.node", "stats", Some(5_000)),
+        frame(FrameKind::Data, b"\x80"),
+    ]
+    .concat();
+    let answer = setup.peer.exchange(&stats).await;
+    answer.assert_ok();
+    let reply: Stats =
+        rmp_serde::from_slice(answer.payload().expect("payload")).expect("documented shape");
+    assert_eq!(reply.name, "probe");
+    let add = reply
+        .methods
+        .iter()
+        .find(|m| m.side == "server" && m.service == "probe" && m.method == "add")
+        .unwrap_or_else(|| panic!("probe.add is counted: {reply:?}"));
+    assert_eq!(add.codes.get("ok"), Some(&2), "{add:?}");
+    assert_eq!(add.count, 2, "{add:?}");
+    assert!(add.sum > 0.0, "{add:?}");
+    assert_eq!(add.buckets.last().map(|b| b.count), Some(2), "{add:?}");
+    assert!(
+        add.buckets
+            .windows(2)
+            .all(|w| w[0].le < w[1].le && w[0].count <= w[1].count)
     );
 }
 
