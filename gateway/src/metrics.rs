@@ -1,8 +1,8 @@
 //! The gateway's own HTTP metrics (requests by route and status, latency by route), rendered
 //! together with the node's mesh metrics on `/metrics`.
 //!
-//! Every label comes from a bounded set, whatever clients send: the method is one of the nine
-//! methods of RFC 9110 (plus `PATCH`) or `other`; the route is the pattern the request matched
+//! Every label comes from a bounded set, whatever clients send: the method is one of the eight
+//! methods of RFC 9110, `PATCH`, or `other`; the route is the pattern the request matched
 //! (`/greeter/greet/{name}`, `/{service}/{*rest}`), `/<service>/{*rest}` for a service a member
 //! published, or `unmatched`; the status is a number. Labels are resolved without formatting a
 //! string per request: methods are static strings and routes shared ones.
