@@ -114,6 +114,13 @@ pub(crate) fn descriptor(service: &Service) -> Value {
             type_schema(service, declared),
         );
     }
+    let mut methods = methods;
+    for method in &mut methods {
+        key_primitives(service, method);
+    }
+    for schema in types.values_mut() {
+        key_primitives(service, schema);
+    }
     json!({
         "service": service.name,
         "doc": service.doc,
@@ -121,6 +128,43 @@ pub(crate) fn descriptor(service: &Service) -> Value {
         "methods": methods,
         "types": types,
     })
+}
+
+/// Rewrites `"x-meshrpc-key": "<Declared>"` (a map keyed by a declared newtype) to the
+/// newtype's primitive, which is what the key is on the wire and what the gateway converts JSON
+/// keys to; a newtype of `String` needs no key annotation at all.
+fn key_primitives(service: &Service, schema: &mut Value) {
+    match schema {
+        Value::Object(object) => {
+            let key = object
+                .get("x-meshrpc-key")
+                .and_then(Value::as_str)
+                .and_then(|name| service.types.iter().find(|declared| declared.name == name))
+                .and_then(|declared| match &declared.body {
+                    Body::Newtype(field) => Some(field.ty.clone()),
+                    _ => None,
+                });
+            match key {
+                Some(Ty::String) => {
+                    object.remove("x-meshrpc-key");
+                }
+                Some(primitive) => {
+                    object.insert(
+                        "x-meshrpc-key".to_owned(),
+                        Value::String(primitive.canonical()),
+                    );
+                }
+                None => {}
+            }
+            object
+                .values_mut()
+                .for_each(|value| key_primitives(service, value));
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|item| key_primitives(service, item)),
+        _ => {}
+    }
 }
 
 fn method_descriptor(service: &Service, method: &Method) -> Value {

@@ -14,7 +14,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::error::{Error, Source};
-use crate::types::{Derive, Scope, SpanError, Ty, UseType, closest};
+use crate::types::{Derive, MapKind, Scope, SpanError, Ty, UseType, closest};
 
 /// A parsed and checked manifest.
 #[derive(Debug, Clone)]
@@ -45,6 +45,8 @@ pub(crate) struct Method {
     pub(crate) timeout: Option<Duration>,
     pub(crate) params: Vec<Field>,
     pub(crate) result: Ty,
+    /// Where the result type is written (a byte offset), for errors.
+    pub(crate) result_at: usize,
     pub(crate) returns: String,
 }
 
@@ -439,6 +441,7 @@ fn parse_service(source: Source<'_>, key: &Key<'_>, value: &Value<'_>) -> Result
         methods.push(method);
     }
 
+    check_map_keys(source, &name, &methods, &types)?;
     let warnings = unused(source, &name, &methods, &types, &uses);
     Ok(Service {
         text: service_text(source.text, &name),
@@ -640,7 +643,7 @@ fn parse_method(
         "fn",
         &format!("\"{name}(name: String) -> String\""),
     )?;
-    let (params, result) = parse_signature(source, scope, &name, signature, text)?;
+    let (params, result, result_at) = parse_signature(source, scope, &name, signature, text)?;
     let returns = match returns {
         None => "result".to_owned(),
         Some((value, _)) if result == Ty::Unit => {
@@ -668,6 +671,7 @@ fn parse_method(
         timeout,
         params,
         result,
+        result_at,
         returns,
     })
 }
@@ -837,7 +841,7 @@ fn parse_signature(
     name: &str,
     value: &Value<'_>,
     text: &str,
-) -> Result<(Vec<Field>, Ty), Error> {
+) -> Result<(Vec<Field>, Ty, usize), Error> {
     let map = StringMap::new(source, value);
     let trimmed = text.trim_start();
     let qualifiers = ["fn", "async", "const", "unsafe", "extern", "pub"];
@@ -995,13 +999,16 @@ fn parse_signature(
             at: map.offset(typed.ty.span(), &full, prefix.len()),
         });
     }
-    let result = match &signature.output {
-        syn::ReturnType::Default => Ty::Unit,
-        syn::ReturnType::Type(_, ty) => scope
-            .resolve(ty)
-            .map_err(|error| map.span_error(error, &full, prefix.len()))?,
+    let (result, result_at) = match &signature.output {
+        syn::ReturnType::Default => (Ty::Unit, map.offset(signature.span(), &full, prefix.len())),
+        syn::ReturnType::Type(_, ty) => (
+            scope
+                .resolve(ty)
+                .map_err(|error| map.span_error(error, &full, prefix.len()))?,
+            map.offset(ty.span(), &full, prefix.len()),
+        ),
     };
-    Ok((params, result))
+    Ok((params, result, result_at))
 }
 
 fn parse_declared(
@@ -1398,6 +1405,76 @@ fn check_derives(source: Source<'_>, types: &[Declared]) -> Result<(), Error> {
                         ),
                     ));
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the declared types used as map keys: each must be a newtype of a string or primitive
+/// (a JSON object key is a string, and the gateway turns it back into that primitive) that
+/// derives what the map needs (`Eq` and `Hash` for a `HashMap`, `Ord` for a `BTreeMap`).
+fn check_map_keys(
+    source: Source<'_>,
+    service: &str,
+    methods: &[Method],
+    types: &[Declared],
+) -> Result<(), Error> {
+    let mut places: Vec<(&Ty, usize)> = Vec::new();
+    for method in methods {
+        places.extend(method.params.iter().map(|param| (&param.ty, param.at)));
+        places.push((&method.result, method.result_at));
+    }
+    for declared in types {
+        places.extend(
+            declared
+                .fields()
+                .into_iter()
+                .map(|field| (&field.ty, field.at)),
+        );
+    }
+    for (ty, at) in places {
+        let mut keys = Vec::new();
+        ty.declared_keys(&mut keys);
+        for (kind, name) in keys {
+            let Some(declared) = types.iter().find(|declared| declared.name == name) else {
+                continue;
+            };
+            let map = match kind {
+                MapKind::Hash => "HashMap",
+                MapKind::BTree => "BTreeMap",
+            };
+            let primitive = matches!(
+                &declared.body,
+                Body::Newtype(field) if matches!(field.ty, Ty::String | Ty::Int(_) | Ty::Char | Ty::Bool)
+            );
+            if !primitive {
+                return Err(source.error(
+                    at,
+                    format!("`{name}` cannot key a {map}: map keys are JSON object keys, strings"),
+                    format!(
+                        "key by a declared newtype of a string or primitive, e.g. \
+                         [{service}.types.{name}] newtype = \"u64\" with derive = [\"Eq\", \"Hash\"]"
+                    ),
+                ));
+            }
+            let needed: &[Derive] = match kind {
+                MapKind::Hash => &[Derive::Eq, Derive::Hash],
+                MapKind::BTree => &[Derive::Eq, Derive::PartialOrd, Derive::Ord],
+            };
+            if needed.iter().any(|derive| !declared.derives(*derive)) {
+                let list: Vec<String> = needed
+                    .iter()
+                    .map(|derive| format!("\"{}\"", derive.name()))
+                    .collect();
+                return Err(source.error(
+                    at,
+                    format!("`{name}` keys a {map} but does not derive what a {map} key needs"),
+                    format!(
+                        "add derive = [{}] to the table of `{name}`",
+                        list.join(", ")
+                    ),
+                ));
             }
         }
     }

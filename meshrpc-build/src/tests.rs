@@ -338,3 +338,19 @@ fn a_use_type_with_a_schema_is_a_reference_to_where_the_runtime_files_it() {
         json!({ "description": "Rust type crate::m::Mood" })
     );
 }
+
+#[test]
+fn a_map_keyed_by_a_declared_id_is_keyed_by_its_primitive_in_the_descriptor() {
+    let manifest = parse(
+        "[s.methods]\nf = \"f(by_id: HashMap<Id, u8>, by_name: BTreeMap<Name, u8>)\"\n\
+         [s.types.Id]\nnewtype = \"u64\"\nderive = [\"Eq\", \"Hash\"]\n\
+         [s.types.Name]\nnewtype = \"String\"\nderive = [\"Eq\", \"PartialOrd\", \"Ord\"]\n",
+    );
+    let request = &descriptor(&manifest.services[0])["methods"][0]["request"]["properties"];
+    assert_eq!(request["by_id"]["x-meshrpc-key"], "u64");
+    assert!(request["by_name"].get("x-meshrpc-key").is_none());
+    assert_eq!(
+        canonical_schema(&manifest.services[0]).lines().nth(1),
+        Some("method f(by_id: HashMap<Id, u8>, by_name: BTreeMap<Name, u8>) -> () returns ")
+    );
+}

@@ -345,11 +345,19 @@ impl Scope<'_> {
                 format!("write `{name}<K, V>`"),
             ));
         };
-        if !matches!(key, Ty::String | Ty::Int(_) | Ty::Char | Ty::Bool) {
+        // A declared key (an id newtype) is checked once every type is known.
+        if !matches!(
+            key,
+            Ty::String | Ty::Int(_) | Ty::Char | Ty::Bool | Ty::Declared(_)
+        ) {
             return Err(SpanError::new(
                 span,
-                "map keys must be strings or primitives (JSON object keys are strings)",
-                format!("write `{name}<String, V>` or key by an integer, char or bool"),
+                "map keys must be strings, primitives or declared newtypes of them (JSON object \
+                 keys are strings)",
+                format!(
+                    "write `{name}<String, V>`, key by an integer, char or bool, or by a declared \
+                     newtype of one"
+                ),
             ));
         }
         Ok(Ty::Map(kind, Box::new(key), Box::new(value)))
@@ -620,6 +628,21 @@ impl Ty {
             }
             Ty::Tuple(elems) => elems.iter().for_each(|elem| elem.named(out)),
             Ty::Declared(name) | Ty::Used(name, _) => out.push(name.clone()),
+            _ => {}
+        }
+    }
+
+    /// The declared types this type uses as map keys, with the kind of map.
+    pub(crate) fn declared_keys(&self, out: &mut Vec<(MapKind, String)>) {
+        match self {
+            Ty::Vec(inner) | Ty::Option(inner) | Ty::Boxed(inner) => inner.declared_keys(out),
+            Ty::Map(kind, key, value) => {
+                if let Ty::Declared(name) = &**key {
+                    out.push((*kind, name.clone()));
+                }
+                value.declared_keys(out);
+            }
+            Ty::Tuple(elems) => elems.iter().for_each(|elem| elem.declared_keys(out)),
             _ => {}
         }
     }

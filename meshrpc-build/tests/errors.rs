@@ -399,3 +399,19 @@ fn a_dyn_companion_name_is_taken() {
         with_method("greet = \"greet()\"")
     )));
 }
+
+#[test]
+fn a_map_keyed_by_a_declared_struct() {
+    insta::assert_snapshot!(error_of(&format!(
+        "{}\n[greeter.types.Item]\nstruct = \"id: u64\"\n",
+        with_method("count = { fn = \"count(stock: HashMap<Item, u32>)\" }")
+    )));
+}
+
+#[test]
+fn a_map_keyed_by_an_id_without_hash() {
+    insta::assert_snapshot!(error_of(&format!(
+        "{}\n[greeter.types.ItemId]\nnewtype = \"u64\"\nderive = [\"Eq\"]\n",
+        with_method("count = { fn = \"count() -> HashMap<ItemId, u32>\" }")
+    )));
+}

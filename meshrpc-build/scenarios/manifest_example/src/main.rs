@@ -5,6 +5,7 @@
 //! manifest-example -N localhost:11999
 //! ```
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use meshrpc::Status;
@@ -43,6 +44,9 @@ impl Greeter for Forgetful {
     }
     async fn topics(&self) -> Result<Topic, Status> {
         Ok(Topic::default())
+    }
+    async fn resend(&self, copies: HashMap<PostcardId, u8>) -> Result<u32, Status> {
+        Ok(copies.values().map(|copies| u32::from(*copies)).sum())
     }
     async fn ping(&self) -> Result<(), Status> {
         Ok(())

@@ -2,6 +2,7 @@
 //! it through its client held as an `Arc<DynGreeter>`, and the serving node's `describe` answers
 //! the descriptor with the schema of the `use` type that derives `JsonSchema`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,9 @@ impl Greeter for Echo {
             featured: Some(Box::new(Topic::default())),
             ..Topic::default()
         })
+    }
+    async fn resend(&self, copies: HashMap<PostcardId, u8>) -> Result<u32, Status> {
+        Ok(copies.values().map(|copies| u32::from(*copies)).sum())
     }
     async fn ping(&self) -> Result<(), Status> {
         Ok(())

@@ -59,6 +59,21 @@ impl Greeter for PostOffice {
         Ok(tree())
     }
 
+    async fn resend(&self, copies: HashMap<PostcardId, u8>) -> Result<u32, Status> {
+        let cards = self
+            .cards
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?;
+        let mut sent = 0;
+        for (id, copies) in copies {
+            if !cards.contains_key(&id) {
+                return Err(Status::not_found(format!("no postcard {}", id.0)));
+            }
+            sent += u32::from(copies);
+        }
+        Ok(sent)
+    }
+
     async fn ping(&self) -> Result<(), Status> {
         Ok(())
     }
@@ -262,6 +277,39 @@ async fn a_transcoded_json_body_with_a_newtype_id_reaches_the_handler() {
             .starts_with("field `id`: expected an integer"),
         "{error}"
     );
+}
+
+#[meshrpc::tokio::test(crate = "meshrpc::tokio")]
+async fn a_map_keyed_by_a_declared_id_crosses_the_gateway_and_the_wire() {
+    let server = GreeterServer::new(PostOffice::default());
+    let body = json!({ "card": serde_json::to_value(card()).expect("json") });
+    let request = transcode("send_postcard", &body).expect("transcodes");
+    server
+        .dispatch("send_postcard", Bytes::from(request))
+        .await
+        .expect("sent");
+    // JSON object keys are strings; the gateway turns them into the id's integer.
+    let request = transcode("resend", &json!({ "copies": { "1": 3 } })).expect("transcodes");
+    let reply = server
+        .dispatch("resend", Bytes::from(request))
+        .await
+        .expect("resent");
+    let reply: greeter_messages::ResendResponse =
+        meshrpc::codec::decode_response("resend", &reply).expect("decodes");
+    assert_eq!(reply.sent, 3);
+    let error = transcode("resend", &json!({ "copies": { "first": 3 } })).expect_err("not an id");
+    assert!(
+        error
+            .to_string()
+            .contains("the key `first` is not an unsigned integer"),
+        "{error}"
+    );
+    let client = client_of(PostOffice::default());
+    let missing = client
+        .resend(HashMap::from([(PostcardId(9), 1)]))
+        .await
+        .expect_err("no such postcard");
+    assert_eq!(missing.message(), "no postcard 9");
 }
 
 /// The dependency tables of a `Cargo.toml`: name -> features.
