@@ -364,6 +364,18 @@ impl Scope<'_> {
     }
 }
 
+/// Types of the standard library that serde can send, offered as `use` entries when a signature
+/// names one without listing it.
+const STD_TYPES: &[&str] = &[
+    "std::time::Duration",
+    "std::time::SystemTime",
+    "std::net::IpAddr",
+    "std::net::Ipv4Addr",
+    "std::net::Ipv6Addr",
+    "std::net::SocketAddr",
+    "std::path::PathBuf",
+];
+
 /// The error for a type that is neither built in, declared nor listed in `use`: a path is
 /// offered as a `use` entry as written, and a table name is offered only when it is a valid one.
 fn unknown_type(service: &str, name: &str, close: Option<&str>, span: Span) -> SpanError {
@@ -383,6 +395,18 @@ fn unknown_type(service: &str, name: &str, close: Option<&str>, span: Span) -> S
             )
         };
         return SpanError::new(span, problem, format!("{}{fix}", hint.unwrap_or_default()));
+    }
+    if let Some(path) = STD_TYPES
+        .iter()
+        .find(|path| path.rsplit("::").next() == Some(name))
+    {
+        return SpanError::new(
+            span,
+            problem,
+            format!(
+                "for the standard library's `{name}`, list it in the service's `use`: use = [\"{path}\"]"
+            ),
+        );
     }
     let camel = heck::ToUpperCamelCase::to_upper_camel_case(name);
     if camel != name {

@@ -415,3 +415,10 @@ fn a_map_keyed_by_an_id_without_hash() {
         with_method("count = { fn = \"count() -> HashMap<ItemId, u32>\" }")
     )));
 }
+
+#[test]
+fn a_std_type_by_its_short_name() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "wait = { fn = \"wait(how_long: Duration)\" }"
+    )));
+}
