@@ -35,3 +35,46 @@ fn types_reached_through_other_types_are_used() {
                     [inventory.types.ItemId]\nnewtype = \"u64\"\n";
     assert_eq!(warnings_of(manifest), Vec::<String>::new());
 }
+
+/// `compile` prints each warning as a `cargo:warning=` line on stdout, where cargo picks it up.
+/// The test runs itself again as a child process to read that stdout.
+#[test]
+fn compile_prints_each_warning_for_cargo() {
+    const CHILD: &str = "MESHRPC_BUILD_WARNINGS_CHILD";
+    if let Some(dir) = std::env::var_os(CHILD) {
+        let dir = std::path::PathBuf::from(dir);
+        let manifest = dir.join("services.toml");
+        std::fs::write(
+            &manifest,
+            "[s.methods]\nf = \"f()\"\n\n[s.types.Leftover]\nstruct = \"x: u8\"\n",
+        )
+        .expect("writes the manifest");
+        meshrpc_build::configure()
+            .out_dir(&dir)
+            .emit_rerun_if_changed(false)
+            .compile(&manifest)
+            .expect("compiles");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let output = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            "compile_prints_each_warning_for_cargo",
+            "--nocapture",
+        ])
+        .env(CHILD, dir.path())
+        .output()
+        .expect("the child runs");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let expected = format!(
+        "cargo:warning={}:4:10: type `Leftover` of service `s` is declared but no method uses it",
+        dir.path().join("services.toml").display()
+    );
+    assert!(
+        stdout.lines().any(|line| line.starts_with(&expected)),
+        "{stdout}"
+    );
+    assert!(dir.path().join("s.rs").exists());
+}
