@@ -1,0 +1,510 @@
+//! The real `meshctl` binary against a mesh of two greeter replicas started in-process on
+//! loopback.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use greeter::{GreeterServer, GreeterService};
+use meshrpc::Node;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::io::AsyncWriteExt;
+
+const CLUSTER: &str = "meshctl-test";
+
+/// How long any one meshctl run may take before the test gives up on it.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Two greeter replicas (`greeter-1`, the seed, and `greeter-2`, tagged `canary`) and their CA.
+struct Mesh {
+    state: TempDir,
+    seed: Node,
+    other: Node,
+}
+
+impl Mesh {
+    async fn start() -> Mesh {
+        let state = tempfile::tempdir().expect("tempdir");
+        let seed = Node::builder("greeter-1")
+            .cluster(CLUSTER)
+            .state_dir(state.path())
+            .listen("127.0.0.1:0".parse().expect("addr"))
+            .publish(GreeterServer::new(GreeterService))
+            .start()
+            .await
+            .expect("greeter-1 starts");
+        let other = Node::builder("greeter-2")
+            .cluster(CLUSTER)
+            .state_dir(state.path())
+            .listen("127.0.0.1:0".parse().expect("addr"))
+            .seeds([seed.local_addr().to_string()])
+            .tags(["canary"])
+            .publish(GreeterServer::new(GreeterService))
+            .start()
+            .await
+            .expect("greeter-2 starts");
+        // Both see both, so any seed answers with the whole mesh.
+        for _ in 0..200 {
+            if seed.view().members().len() == 2 && other.view().members().len() == 2 {
+                return Mesh { state, seed, other };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the two greeters did not see each other within 10 s");
+    }
+
+    fn seed_addr(&self) -> SocketAddr {
+        self.seed.local_addr()
+    }
+
+    /// Runs meshctl with the mesh flags and `args`.
+    async fn meshctl(&self, args: &[&str]) -> Run {
+        self.meshctl_with_stdin(args, None).await
+    }
+
+    async fn meshctl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        let mut all = vec![
+            "-N".to_owned(),
+            self.seed_addr().to_string(),
+            "-T".to_owned(),
+            CLUSTER.to_owned(),
+            "--state-dir".to_owned(),
+            self.state.path().display().to_string(),
+        ];
+        all.extend(args.iter().map(|arg| (*arg).to_owned()));
+        run(&all, stdin).await
+    }
+}
+
+/// A finished meshctl run.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("stdout is not JSON ({error}): {self:?}"))
+    }
+
+    fn assert_success(&self) -> &Run {
+        assert_eq!(self.code, Some(0), "{self:?}");
+        self
+    }
+}
+
+async fn run(args: &[String], stdin: Option<&str>) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshctl"));
+    command
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // The test's own environment must not point meshctl elsewhere.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("MESHRPC_") || key == "RUST_LOG" {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command.spawn().expect("meshctl starts");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(text.as_bytes())
+            .await
+            .expect("stdin written");
+        drop(pipe);
+    }
+    let output = tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
+        .await
+        .expect("meshctl finishes")
+        .expect("meshctl runs");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("file written");
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_lists_every_member_with_its_state_services_and_tags() {
+    let mesh = Mesh::start().await;
+    let table = mesh.meshctl(&["members"]).await;
+    table.assert_success();
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two members: {table:?}");
+    for title in ["NAME", "ADDR", "STATE", "SERVICES", "TAGS", "AGE"] {
+        assert!(lines[0].contains(title), "{table:?}");
+    }
+    assert!(lines[1].starts_with("greeter-1 "), "{table:?}");
+    assert!(
+        lines[1].contains(&mesh.seed_addr().to_string()),
+        "{table:?}"
+    );
+    assert!(
+        lines[1].contains("alive") && lines[1].contains("greeter"),
+        "{table:?}"
+    );
+    assert!(
+        lines[2].starts_with("greeter-2 ") && lines[2].contains("canary"),
+        "{table:?}"
+    );
+
+    let json = mesh.meshctl(&["members", "--json"]).await;
+    json.assert_success();
+    let members = json.json();
+    let members = members.as_array().expect("an array");
+    assert_eq!(members.len(), 2, "{json:?}");
+    assert_eq!(members[0]["name"], "greeter-1");
+    assert_eq!(members[0]["addr"], mesh.seed_addr().to_string());
+    assert_eq!(members[0]["state"], "alive");
+    assert_eq!(members[0]["services"], serde_json::json!(["greeter"]));
+    assert_eq!(members[1]["name"], "greeter-2");
+    assert_eq!(members[1]["addr"], mesh.other.local_addr().to_string());
+    assert_eq!(members[1]["tags"], serde_json::json!(["canary"]));
+    assert!(members[1]["age_s"].is_u64(), "{json:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_lists_each_service_with_its_replicas_schema_and_methods() {
+    let mesh = Mesh::start().await;
+    let hash = format!("{:016x}", greeter::GREETER_SPEC.schema_hash);
+    let table = mesh.meshctl(&["services"]).await;
+    table.assert_success();
+    let row = table
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("greeter "))
+        .unwrap_or_else(|| panic!("a greeter row: {table:?}"));
+    assert!(row.contains("greeter-1, greeter-2"), "{table:?}");
+    assert!(row.contains(&hash), "{table:?}");
+    assert!(!row.contains("disagree"), "{table:?}");
+    assert!(row.contains("greet, send_postcard"), "{table:?}");
+
+    let json = mesh.meshctl(&["--json", "services"]).await;
+    json.assert_success();
+    let services = json.json();
+    let greeter = &services[0];
+    assert_eq!(greeter["service"], "greeter", "{json:?}");
+    assert_eq!(greeter["replicas"].as_array().map(Vec::len), Some(2));
+    assert_eq!(greeter["schema_hashes"], serde_json::json!([hash]));
+    assert_eq!(greeter["schemas_agree"], true);
+    assert_eq!(
+        greeter["methods"],
+        serde_json::json!(["greet", "send_postcard"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_prints_signatures_docs_flags_and_declared_types_from_the_manifest() {
+    let mesh = Mesh::start().await;
+    let text = mesh.meshctl(&["describe", "greeter"]).await;
+    text.assert_success();
+    let out = &text.stdout;
+    assert!(out.contains("service greeter (schema "), "{text:?}");
+    assert!(out.contains("2 replicas"), "{text:?}");
+    assert!(
+        out.contains("Greets people and sends postcards."),
+        "{text:?}"
+    );
+    assert!(
+        out.contains("greet(name: String) -> String    [idempotent]"),
+        "{text:?}"
+    );
+    assert!(out.contains("Says hello to `name`."), "{text:?}");
+    assert!(
+        out.contains("send_postcard(card: Postcard) -> Postcard\n"),
+        "not idempotent, so no flags: {text:?}"
+    );
+    assert!(out.contains("struct Postcard {"), "{text:?}");
+    assert!(out.contains("recipient: String,"), "{text:?}");
+    assert!(
+        out.contains("/// Who receives it; must not be empty."),
+        "{text:?}"
+    );
+
+    let json = mesh.meshctl(&["describe", "greeter", "--json"]).await;
+    json.assert_success();
+    let described = json.json();
+    assert_eq!(described["service"], "greeter");
+    assert_eq!(described["replicas"], 2);
+    let greet = &described["methods"][0];
+    assert_eq!(greet["name"], "greet");
+    assert_eq!(greet["signature"], "greet(name: String) -> String");
+    assert_eq!(greet["idempotent"], true);
+    assert_eq!(greet["timeout_ms"], Value::Null);
+    assert_eq!(greet["request"]["properties"]["name"]["type"], "string");
+    assert_eq!(described["declared_types"][0]["name"], "Postcard");
+    assert!(
+        described["types"]["greeter.Postcard"].is_object(),
+        "{json:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_services_and_methods_are_refused_with_what_exists() {
+    let mesh = Mesh::start().await;
+    let service = mesh.meshctl(&["describe", "billing"]).await;
+    assert_eq!(service.code, Some(3), "{service:?}");
+    assert!(
+        service
+            .stderr
+            .contains("no member publishes `billing`; services in the mesh: greeter"),
+        "{service:?}"
+    );
+    let method = mesh.meshctl(&["call", "greeter.wave", "{}"]).await;
+    assert_eq!(method.code, Some(3), "{method:?}");
+    assert!(
+        method.stderr.contains(
+            "service `greeter` has no method `wave`; its methods are: greet, send_postcard"
+        ),
+        "{method:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_answers_json_from_an_argument_a_file_or_stdin() {
+    let mesh = Mesh::start().await;
+    let answer = mesh
+        .meshctl(&["call", "greeter.greet", r#"{"name": "Max"}"#])
+        .await;
+    answer.assert_success();
+    assert_eq!(answer.json(), serde_json::json!({"message": "Hello, Max"}));
+
+    let file = write_file(mesh.state.path(), "request.json", r#"{"name": "Ada"}"#);
+    let from_file = mesh
+        .meshctl(&[
+            "call",
+            "greeter.greet",
+            "-d",
+            &format!("@{file}"),
+            "--sticky",
+            "user-7",
+            "--deadline",
+            "5s",
+            "--metadata",
+            "tenant=blue",
+        ])
+        .await;
+    from_file.assert_success();
+    assert_eq!(
+        from_file.json(),
+        serde_json::json!({"message": "Hello, Ada"})
+    );
+
+    let card =
+        r#"{"card": {"picture_url": "", "address": "World", "recipient": "Max", "message": "Hi"}}"#;
+    let from_stdin = mesh
+        .meshctl_with_stdin(
+            &["--json", "call", "greeter.send_postcard", "-d", "@-"],
+            Some(card),
+        )
+        .await;
+    from_stdin.assert_success();
+    assert_eq!(
+        from_stdin.json()["card"]["recipient"],
+        "Max",
+        "{from_stdin:?}"
+    );
+    assert_eq!(
+        from_stdin.stdout.lines().count(),
+        1,
+        "--json prints one line"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_answered_with_a_non_ok_status_exits_1_naming_the_code() {
+    let mesh = Mesh::start().await;
+    let card =
+        r#"{"card": {"picture_url": "", "address": "World", "recipient": "", "message": "Hi"}}"#;
+    let refused = mesh.meshctl(&["call", "greeter.send_postcard", card]).await;
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(refused.stdout.is_empty(), "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .starts_with("meshctl: greeter.send_postcard answered invalid_argument: "),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_match_the_schema_is_refused_naming_the_field() {
+    let mesh = Mesh::start().await;
+    let card =
+        r#"{"card": {"picture_url": "", "address": "World", "recipient": 5, "message": "Hi"}}"#;
+    let wrong = mesh.meshctl(&["call", "greeter.send_postcard", card]).await;
+    assert_eq!(wrong.code, Some(3), "{wrong:?}");
+    assert!(
+        wrong
+            .stderr
+            .starts_with("meshctl: bad request for greeter.send_postcard: "),
+        "{wrong:?}"
+    );
+    assert!(wrong.stderr.contains("card.recipient"), "{wrong:?}");
+
+    let not_json = mesh
+        .meshctl(&["call", "greeter.greet", "{name: Max}"])
+        .await;
+    assert_eq!(not_json.code, Some(3), "{not_json:?}");
+    assert!(not_json.stderr.contains("not valid JSON"), "{not_json:?}");
+
+    let missing = mesh
+        .meshctl(&["call", "greeter.greet", "-d", "@/nonexistent/request.json"])
+        .await;
+    assert_eq!(missing.code, Some(3), "{missing:?}");
+    assert!(
+        missing
+            .stderr
+            .contains("cannot read the request from `/nonexistent/request.json`"),
+        "{missing:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_reachable_seed_meshctl_names_the_seeds_and_the_flags() {
+    let state = tempfile::tempdir().expect("tempdir");
+    // A port nothing listens on: bound and dropped.
+    let free = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .expect("a free port");
+    let args: Vec<String> = [
+        "-N",
+        &free.to_string(),
+        "-T",
+        CLUSTER,
+        "--state-dir",
+        &state.path().display().to_string(),
+        "--timeout",
+        "1s",
+        "members",
+    ]
+    .iter()
+    .map(|arg| (*arg).to_owned())
+    .collect();
+    let unreachable = run(&args, None).await;
+    assert_eq!(unreachable.code, Some(4), "{unreachable:?}");
+    assert!(
+        unreachable
+            .stderr
+            .contains(&format!("no seed answered (tried {free} within 1s)")),
+        "{unreachable:?}"
+    );
+    assert!(unreachable.stderr.contains("-N/--nodes"), "{unreachable:?}");
+    assert!(
+        unreachable.stderr.contains("MESHRPC_CLUSTER_NODES"),
+        "{unreachable:?}"
+    );
+
+    let no_seeds = run(&["members".to_owned()], None).await;
+    assert_eq!(no_seeds.code, Some(4), "{no_seeds:?}");
+    assert!(
+        no_seeds.stderr.contains("no seed to ask: pass -N/--nodes"),
+        "{no_seeds:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_reports_round_trips_to_a_member_by_name_or_address() {
+    let mesh = Mesh::start().await;
+    let by_name = mesh.meshctl(&["ping", "greeter-2", "-c", "3"]).await;
+    by_name.assert_success();
+    let other = mesh.other.local_addr().to_string();
+    assert!(
+        by_name.stdout.contains(&format!(
+            "meshrpc.node/ping greeter-2 ({other}): seq=3 time="
+        )),
+        "{by_name:?}"
+    );
+    assert!(by_name.stdout.contains("3 pings: min "), "{by_name:?}");
+
+    let by_addr = mesh
+        .meshctl(&["ping", &other, "--count", "2", "--json"])
+        .await;
+    by_addr.assert_success();
+    let reply = by_addr.json();
+    assert_eq!(reply["name"], "greeter-2");
+    assert_eq!(reply["samples_ms"].as_array().map(Vec::len), Some(2));
+
+    let nobody = mesh.meshctl(&["ping", "greeter-9"]).await;
+    assert_eq!(nobody.code, Some(3), "{nobody:?}");
+    assert!(
+        nobody.stderr.contains("greeter-1 ("),
+        "lists the members: {nobody:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_once_shows_the_calls_just_made_per_method() {
+    let mesh = Mesh::start().await;
+    for name in ["Max", "Ada", "Eve"] {
+        mesh.meshctl(&["call", "greeter.greet", &format!(r#"{{"name": "{name}"}}"#)])
+            .await
+            .assert_success();
+    }
+    let card =
+        r#"{"card": {"picture_url": "", "address": "World", "recipient": "", "message": "Hi"}}"#;
+    let refused = mesh.meshctl(&["call", "greeter.send_postcard", card]).await;
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+
+    let top = mesh
+        .meshctl(&["top", "--once", "--json", "--interval", "200ms"])
+        .await;
+    top.assert_success();
+    let sample = top.json();
+    assert_eq!(sample["members"], 2, "{top:?}");
+    let methods = sample["methods"].as_array().expect("methods");
+    let row = |method: &str| {
+        methods
+            .iter()
+            .find(|row| row["service"] == "greeter" && row["method"] == method)
+            .unwrap_or_else(|| panic!("a row for greeter.{method}: {top:?}"))
+            .clone()
+    };
+    let greet = row("greet");
+    assert_eq!(greet["calls_total"], 3, "{top:?}");
+    assert_eq!(greet["errors_total"], 0, "{top:?}");
+    assert!(
+        greet["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{top:?}"
+    );
+    assert!(greet["p99_ms"].as_f64().is_some(), "{top:?}");
+    let postcard = row("send_postcard");
+    assert_eq!(postcard["calls_total"], 1, "{top:?}");
+    assert_eq!(postcard["errors_total"], 1, "{top:?}");
+    assert!(
+        methods.iter().all(|row| row["service"] != "meshrpc.node"),
+        "the mesh's own calls are left out without --all: {top:?}"
+    );
+
+    let table = mesh
+        .meshctl(&["top", "--once", "--interval", "100ms"])
+        .await;
+    table.assert_success();
+    assert!(table.stdout.contains("CALLS/S"), "{table:?}");
+    let greet_line = table
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("greeter") && line.contains(" greet "))
+        .unwrap_or_else(|| panic!("a greet row: {table:?}"));
+    assert!(
+        greet_line.split_whitespace().any(|cell| cell == "3"),
+        "{table:?}"
+    );
+}
