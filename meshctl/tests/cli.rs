@@ -508,3 +508,44 @@ async fn top_once_shows_the_calls_just_made_per_method() {
         "{table:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_cluster_or_ca_is_named_in_the_error() {
+    let mesh = Mesh::start().await;
+    let args = |cluster: &str, state: &Path| -> Vec<String> {
+        [
+            "-N",
+            &mesh.seed_addr().to_string(),
+            "-T",
+            cluster,
+            "--state-dir",
+            &state.display().to_string(),
+            "--timeout",
+            "2s",
+            "members",
+        ]
+        .iter()
+        .map(|arg| (*arg).to_owned())
+        .collect()
+    };
+    let wrong_cluster = run(&args("another", mesh.state.path()), None).await;
+    let other_ca = tempfile::tempdir().expect("tempdir");
+    let wrong_ca = run(&args(CLUSTER, other_ca.path()), None).await;
+    for (run, cluster) in [(&wrong_cluster, "another"), (&wrong_ca, CLUSTER)] {
+        assert_eq!(run.code, Some(4), "{run:?}");
+        assert!(run.stderr.contains("invalid peer certificate"), "{run:?}");
+        assert!(
+            run.stderr
+                .contains("The seeds refused meshctl's certificate, or it refused theirs."),
+            "{run:?}"
+        );
+        assert!(
+            run.stderr.contains(&format!(
+                "-T/--cluster, MESHRPC_CLUSTER_NAME; now `{cluster}`"
+            )),
+            "{run:?}"
+        );
+        assert!(run.stderr.contains("--state-dir"), "{run:?}");
+        assert!(run.stderr.contains("--ca/--cert/--key"), "{run:?}");
+    }
+}
