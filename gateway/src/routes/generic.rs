@@ -83,7 +83,15 @@ pub async fn call(
         .channel_with_schema(&descriptor.service, descriptor.hash())
         .call(call)
         .await
-        .map_err(|status| ApiError::from_call(status, &descriptor.service))?;
+        .map_err(|status| {
+            let refused_by_decoder = status.code() == Code::InvalidArgument;
+            let error = ApiError::from_call(status, &descriptor.service);
+            if refused_by_decoder {
+                name_unchecked_fields(error, descriptor.request_schema(method))
+            } else {
+                error
+            }
+        })?;
     let json = transcode::msgpack_to_json_envelope(&reply)
         .map_err(|error| ApiError::new(Code::Internal, error.to_string()))?;
     Ok((
@@ -91,6 +99,28 @@ pub async fn call(
         Bytes::from(json),
     )
         .into_response())
+}
+
+/// `error`, an `invalid_argument` the service answered, with the places of the request the
+/// gateway passed through unchecked (`use` types without a schema) named first: the service's
+/// decoder speaks of MessagePack markers, and the mistake is most likely in one of them.
+fn name_unchecked_fields(mut error: ApiError, schema: transcode::Schema<'_>) -> ApiError {
+    let unchecked = transcode::unchecked_fields(schema);
+    if unchecked.is_empty() {
+        return error;
+    }
+    let places = unchecked
+        .iter()
+        .map(|place| format!("`{}` ({})", place.path, place.rust_type))
+        .collect::<Vec<_>>()
+        .join(", ");
+    error.message = format!(
+        "the service could not decode the request; the gateway cannot check {places}, \
+         so look there first (the type has no schema: see MANIFEST.md, \"What the gateway can \
+         check\"). The service said: {}",
+        error.message
+    );
+    error
 }
 
 /// The JSON type of a scalar parameter: `string`, `integer`, `number` or `boolean`; `None`
@@ -171,5 +201,61 @@ pub async fn read_body(
         Err(error) => Err(ApiError::bad_request(format!(
             "could not read the request body: {error}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_refusal_names_the_places_the_gateway_could_not_check() {
+        let root = json!({
+            "type": "object",
+            "properties": {
+                "card": {"$ref": "#/components/schemas/post.Card"},
+                "count": {"type": "integer"}
+            }
+        });
+        let types = json!({
+            "post.Card": {
+                "type": "object",
+                "properties": {"mood": {"description": "Rust type crate::model::Mood"}}
+            }
+        });
+        let schema = transcode::Schema {
+            root: &root,
+            types: types.as_object().expect("an object"),
+        };
+        let refused = ApiError::new(Code::InvalidArgument, "wrong msgpack marker FixMap(1)");
+        let error = name_unchecked_fields(refused, schema);
+        assert_eq!(error.code, "invalid_argument");
+        assert!(
+            error
+                .message
+                .contains("cannot check `card.mood` (crate::model::Mood)"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error
+                .message
+                .ends_with("The service said: wrong msgpack marker FixMap(1)"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn a_refusal_of_a_fully_checked_request_is_left_as_the_service_said_it() {
+        let root = json!({"type": "object", "properties": {"count": {"type": "integer"}}});
+        let types = serde_json::Map::new();
+        let schema = transcode::Schema {
+            root: &root,
+            types: &types,
+        };
+        let refused = ApiError::new(Code::InvalidArgument, "count must be odd");
+        assert_eq!(name_unchecked_fields(refused.clone(), schema), refused);
     }
 }
