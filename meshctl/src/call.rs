@@ -229,7 +229,7 @@ fn print_reply(reply: &[u8], json: bool) -> Result<(), Failure> {
         serde_json::to_string_pretty(&value)
     }
     .map_err(|error| Failure::mesh(format!("cannot print the answer: {error}")))?;
-    println!("{text}");
+    crate::failure::outln!("{text}");
     Ok(())
 }
 

@@ -284,7 +284,7 @@ pub(crate) async fn run(mesh: &Mesh, service: &str, json: bool) -> Result<(), Fa
             out.push_str(&format!("  {name}: {schema}\n"));
         }
     }
-    print!("{out}");
+    crate::failure::out!("{out}");
     Ok(())
 }
 

@@ -51,10 +51,35 @@ impl fmt::Display for Failure {
     }
 }
 
+/// Writes `text` to stdout. A reader that went away (`meshctl members | head -1`) is not an
+/// error worth a panic: the rest of the output is dropped.
+pub(crate) fn emit(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
 /// Prints `value` as pretty JSON on stdout.
 pub(crate) fn print_json(value: &serde_json::Value) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|error| Failure::mesh(format!("cannot print JSON: {error}")))?;
-    println!("{text}");
+    emit(&format!("{text}\n"));
     Ok(())
 }
+
+/// `print!` that survives a closed stdout (see [`emit`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::failure::emit(&format!($($arg)*))
+    };
+}
+
+/// `println!` that survives a closed stdout (see [`emit`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::failure::emit(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+pub(crate) use {out, outln};

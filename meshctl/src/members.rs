@@ -81,6 +81,6 @@ pub(crate) fn run(mesh: &Mesh, json: bool) -> Result<(), Failure> {
             age(member).map_or_else(|| "-".to_owned(), short_age),
         ]);
     }
-    print!("{}", table.render());
+    crate::failure::out!("{}", table.render());
     Ok(())
 }

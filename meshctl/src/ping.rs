@@ -105,7 +105,7 @@ async fn ping(
         if round == 0 {
             first = Some(elapsed);
             if !json {
-                println!(
+                crate::failure::outln!(
                     "meshrpc.node/ping {name} ({addr}): connect + first ping {:.3} ms",
                     millis(elapsed)
                 );
@@ -114,7 +114,7 @@ async fn ping(
         }
         samples.push(elapsed);
         if !json {
-            println!(
+            crate::failure::outln!(
                 "meshrpc.node/ping {name} ({addr}): seq={round} time={:.3} ms",
                 millis(elapsed)
             );
@@ -134,7 +134,7 @@ async fn ping(
             "max_ms": millis(max),
         }));
     }
-    println!(
+    crate::failure::outln!(
         "{} pings: min {:.3} ms, avg {:.3} ms, max {:.3} ms",
         samples.len(),
         millis(min),

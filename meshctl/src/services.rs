@@ -101,21 +101,32 @@ pub(crate) async fn run(mesh: &Mesh, json: bool) -> Result<(), Failure> {
     }
 
     if services.is_empty() {
-        println!("{}", mesh.services_sentence());
+        crate::failure::outln!("{}", mesh.services_sentence());
         return Ok(());
     }
     let mut table = Table::new(&["SERVICE", "REPLICAS", "SCHEMA", "METHODS"]);
     let mut notes = Vec::new();
     for (service, schemas) in &services {
         for schema in schemas {
+            // Replicas that share a name (the same binary, several times) go by address.
+            let all_names: Vec<&String> = schemas
+                .iter()
+                .flat_map(|schema| schema.replicas.iter().map(|(name, _, _)| name))
+                .collect();
             let replicas: Vec<String> = schema
                 .replicas
                 .iter()
-                .map(|(name, _, state)| {
-                    if *state == "alive" {
-                        name.clone()
+                .map(|(name, addr, state)| {
+                    let shared = all_names.iter().filter(|other| **other == name).count() > 1;
+                    let who = if shared {
+                        format!("{name}@{addr}")
                     } else {
-                        format!("{name} ({state})")
+                        name.clone()
+                    };
+                    if *state == "alive" {
+                        who
+                    } else {
+                        format!("{who} ({state})")
                     }
                 })
                 .collect();
@@ -134,7 +145,7 @@ pub(crate) async fn run(mesh: &Mesh, json: bool) -> Result<(), Failure> {
             table.row(vec![service.clone(), replicas.join(", "), hash, methods]);
         }
     }
-    print!("{}", table.render());
+    crate::failure::out!("{}", table.render());
     for note in notes {
         eprintln!("meshctl: {note}");
     }

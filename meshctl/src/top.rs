@@ -315,7 +315,7 @@ pub(crate) async fn run(mesh: &Mesh, args: TopArgs, json: bool) -> Result<(), Fa
         }
         let text = render(&rows, &later, mesh, interval);
         if args.once {
-            print!("{text}");
+            crate::failure::out!("{text}");
             return Ok(());
         }
         // Home, clear the screen, draw.

@@ -549,3 +549,34 @@ async fn a_wrong_cluster_or_ca_is_named_in_the_error() {
         assert!(run.stderr.contains("--ca/--cert/--key"), "{run:?}");
     }
 }
+
+/// Calls of `greeter.greet` that `node` served, by its own metrics.
+fn greets_served(node: &Node) -> u64 {
+    node.metrics()
+        .snapshot()
+        .iter()
+        .filter(|s| s.side == "server" && s.service == "greeter" && s.method == "greet")
+        .map(|s| s.calls())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_with_the_same_sticky_key_land_on_the_same_replica() {
+    let mesh = Mesh::start().await;
+    for _ in 0..4 {
+        mesh.meshctl(&[
+            "call",
+            "greeter.greet",
+            r#"{"name": "Max"}"#,
+            "--sticky",
+            "cart-42",
+        ])
+        .await
+        .assert_success();
+    }
+    let served = (greets_served(&mesh.seed), greets_served(&mesh.other));
+    assert!(
+        served == (4, 0) || served == (0, 4),
+        "every call on one replica: {served:?}"
+    );
+}
