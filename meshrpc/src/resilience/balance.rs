@@ -9,11 +9,15 @@
 //!
 //! Draining members and members ejected by the [breaker](super::breaker) are skipped; so are
 //! members an earlier attempt of the same call already tried, while others remain.
+//!
+//! The per-member state (loads, breaker records) follows the view: when a member leaves it,
+//! its state is forgotten, so churn (every restart brings a new address in a container
+//! platform) does not grow it without bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,6 +62,7 @@ pub fn pick<'a>(
         })
         .filter(|member| member.accepts_calls())
         .collect();
+    state.forget_departed(view);
     if serving.is_empty() {
         return Err(no_member(view, service, schema_hash));
     }
@@ -210,6 +215,16 @@ impl Loads {
         }
     }
 
+    /// How many members have a load recorded.
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Keeps only the loads of members for which `keep` holds.
+    fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
+        self.lock().retain(|addr, _| keep(*addr));
+    }
+
     /// Marks a call to `addr` as started.
     pub fn start(&self, addr: SocketAddr) {
         let mut members = self.lock();
@@ -248,6 +263,32 @@ pub struct BalanceState {
     next_turn: AtomicUsize,
     loads: Loads,
     breakers: Breakers,
+    /// A digest of the member addresses of the view the state was last pruned for.
+    pruned_for: AtomicU64,
+}
+
+impl BalanceState {
+    /// How many members have some state here (a load or a breaker record).
+    pub fn tracked(&self) -> usize {
+        self.loads.len() + self.breakers.len()
+    }
+
+    /// Forgets the loads and breaker records of members that left `view`. Costs one pass over
+    /// the view; the maps are pruned only when the view's addresses changed since last time.
+    fn forget_departed(&self, view: &View) {
+        let digest = view.members().iter().fold(0u64, |sum, member| {
+            let mut hasher = Fnv64::default();
+            member.id.addr.hash(&mut hasher);
+            sum.wrapping_add(hasher.finish())
+        });
+        if self.pruned_for.swap(digest, Ordering::Relaxed) == digest {
+            return;
+        }
+        let present: HashSet<SocketAddr> =
+            view.members().iter().map(|member| member.id.addr).collect();
+        self.loads.retain(|addr| present.contains(&addr));
+        self.breakers.retain(|addr| present.contains(&addr));
+    }
 }
 
 /// A tower service that sends each call to a member chosen by [`pick`].
@@ -485,5 +526,41 @@ mod tests {
             })
             .count();
         assert_eq!(fast_picks, 100, "with two members p2c always compares both");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn state_of_members_that_left_is_forgotten() {
+        // Churn: every round three new replicas replace the previous three (new addresses, as
+        // restarted containers get), and each is called, timed and fails enough to be ejected.
+        let state = BalanceState::default();
+        for round in 0..100u16 {
+            let ports = [round * 3 + 1, round * 3 + 2, round * 3 + 3];
+            let view = View::new(ports.iter().map(|port| member(*port, false)).collect());
+            for _ in 0..3 {
+                let chosen = pick(
+                    &view,
+                    "greeter",
+                    Some(7),
+                    None,
+                    Strategy::PeakEwma,
+                    &state,
+                    &|_| false,
+                )
+                .expect("a member")
+                .id
+                .addr;
+                state.loads.start(chosen);
+                state.loads.finish(chosen, Duration::from_millis(1));
+                for _ in 0..5 {
+                    state.breakers.record_failure(chosen, 3);
+                }
+            }
+            assert!(
+                state.tracked() <= 2 * ports.len(),
+                "round {round}: state for {} members, the view has {}",
+                state.tracked(),
+                ports.len()
+            );
+        }
     }
 }

@@ -133,6 +133,21 @@ impl Breakers {
     pub fn forget(&self, addr: SocketAddr) {
         self.lock().remove(&addr);
     }
+
+    /// Forgets every replica for which `keep` does not hold (those that left the mesh).
+    pub fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
+        self.lock().retain(|addr, _| keep(*addr));
+    }
+
+    /// How many replicas have a record.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no replica has a record.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -204,5 +219,19 @@ mod tests {
             Code::Unavailable,
             "draining"
         )));
+    }
+
+    #[test]
+    fn retain_forgets_the_replicas_that_left() {
+        let breakers = Breakers::default();
+        for port in 1..=4 {
+            breakers.record_failure(addr(port), 4);
+        }
+        assert_eq!(breakers.len(), 4);
+        breakers.retain(|addr| addr.port() % 2 == 0);
+        assert_eq!(breakers.len(), 2);
+        breakers.forget(addr(2));
+        breakers.forget(addr(4));
+        assert!(breakers.is_empty());
     }
 }
