@@ -580,3 +580,101 @@ async fn calls_with_the_same_sticky_key_land_on_the_same_replica() {
         "every call on one replica: {served:?}"
     );
 }
+
+/// The next version of the greeter, as a rolling upgrade would start it: one more method, so
+/// another schema hash.
+static NEXT_GREETER: meshrpc::ServiceSpec = meshrpc::ServiceSpec {
+    name: "greeter",
+    doc: "Greets people and waves.",
+    methods: &[meshrpc::MethodSpec {
+        service: "greeter",
+        name: "wave",
+        doc: "Waves.",
+        idempotent: true,
+        timeout: None,
+        params: &[],
+        result_field: "result",
+        result_type: "()",
+    }],
+    schema_hash: 0x0123_4567_89ab_cdef,
+    manifest: "[greeter]\n[greeter.methods]\nwave = \"wave()\"\n",
+    descriptor: r#"{"service":"greeter","doc":"Greets people and waves.","schema_hash":"0123456789abcdef","methods":[{"name":"wave","doc":"Waves.","idempotent":true,"timeout_ms":null,"result_field":"result","request":{"type":"object","properties":{}},"response":{"type":"object","properties":{}}}],"types":{}}"#,
+    use_schemas: &[],
+};
+
+#[derive(Debug, Clone)]
+struct NextGreeter;
+
+impl meshrpc::Dispatch for NextGreeter {
+    fn spec(&self) -> &'static meshrpc::ServiceSpec {
+        &NEXT_GREETER
+    }
+
+    fn dispatch(
+        &self,
+        method: &str,
+        _request: bytes::Bytes,
+    ) -> meshrpc::BoxFuture<'static, Result<bytes::Bytes, meshrpc::Status>> {
+        let reply = match method {
+            "wave" => Ok(bytes::Bytes::from_static(b"\x80")),
+            other => Err(meshrpc::service::unknown_method(&NEXT_GREETER, other)),
+        };
+        Box::pin(std::future::ready(reply))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_says_when_replicas_disagree_on_the_schema() {
+    let mesh = Mesh::start().await;
+    let next = Node::builder("greeter-next")
+        .cluster(CLUSTER)
+        .state_dir(mesh.state.path())
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .seeds([mesh.seed_addr().to_string()])
+        .publish(NextGreeter)
+        .start()
+        .await
+        .expect("greeter-next starts");
+    for _ in 0..200 {
+        if mesh.seed.view().members().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mesh.seed.view().members().len(), 3, "greeter-next joined");
+
+    let table = mesh.meshctl(&["services"]).await;
+    table.assert_success();
+    let rows: Vec<&str> = table
+        .stdout
+        .lines()
+        .filter(|line| line.starts_with("greeter "))
+        .collect();
+    assert_eq!(rows.len(), 2, "one row per schema: {table:?}");
+    let old = format!("{:016x}", greeter::GREETER_SPEC.schema_hash);
+    assert!(
+        rows.iter().any(|row| row.contains("greeter-1, greeter-2")
+            && row.contains(&format!("{old} (replicas disagree)"))
+            && row.contains("greet, send_postcard")),
+        "{table:?}"
+    );
+    assert!(
+        rows.iter().any(|row| row.contains("greeter-next")
+            && row.contains("0123456789abcdef (replicas disagree)")
+            && row.ends_with("wave")),
+        "{table:?}"
+    );
+
+    let json = mesh.meshctl(&["services", "--json"]).await;
+    json.assert_success();
+    let greeter = &json.json()[0];
+    assert_eq!(greeter["schemas_agree"], false, "{json:?}");
+    assert_eq!(greeter["schema_hashes"].as_array().map(Vec::len), Some(2));
+    assert_eq!(greeter["replicas"].as_array().map(Vec::len), Some(3));
+
+    // describe and call follow the schema most replicas publish.
+    let described = mesh.meshctl(&["describe", "greeter", "--json"]).await;
+    described.assert_success();
+    assert_eq!(described.json()["schema_hash"], old.as_str());
+    next.shutdown().await;
+}
