@@ -247,6 +247,87 @@ impl MethodStats {
             .map(|(_, count)| count)
             .sum()
     }
+
+    /// What happened between `earlier` (a sample of the same method on the same node) and
+    /// `self`: every counter and bucket as a difference. A counter that went down (the node
+    /// restarted) counts from zero.
+    pub fn since(&self, earlier: &MethodStats) -> MethodStats {
+        let before = |le: f64| {
+            earlier
+                .buckets
+                .iter()
+                .find(|bucket| bucket.le.to_bits() == le.to_bits())
+                .map_or(0, |bucket| bucket.count)
+        };
+        MethodStats {
+            side: self.side.clone(),
+            service: self.service.clone(),
+            method: self.method.clone(),
+            codes: self
+                .codes
+                .iter()
+                .map(|(code, count)| {
+                    let was = earlier.codes.get(code).copied().unwrap_or(0);
+                    (code.clone(), count.saturating_sub(was))
+                })
+                .collect(),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|bucket| Bucket {
+                    le: bucket.le,
+                    count: bucket.count.saturating_sub(before(bucket.le)),
+                })
+                .collect(),
+            count: self.count.saturating_sub(earlier.count),
+            sum: (self.sum - earlier.sum).max(0.0),
+        }
+    }
+
+    /// Adds `other`'s counters and buckets to these (the same method on another node, to
+    /// total it over a mesh). Buckets are matched by bound (every reference node has the
+    /// same bounds); a bound only `other` has is inserted in order.
+    pub fn add(&mut self, other: &MethodStats) {
+        for (code, count) in &other.codes {
+            *self.codes.entry(code.clone()).or_default() += count;
+        }
+        for bucket in &other.buckets {
+            match self
+                .buckets
+                .binary_search_by(|mine| mine.le.total_cmp(&bucket.le))
+            {
+                Ok(at) => self.buckets[at].count += bucket.count,
+                Err(at) => self.buckets.insert(at, *bucket),
+            }
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+    }
+
+    /// The `q` quantile (0 to 1) of the latency histogram in seconds, interpolated linearly
+    /// inside its bucket as Prometheus' `histogram_quantile` does; `None` when nothing was
+    /// measured. Beyond the last bound the last bound is the answer.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let target = q.clamp(0.0, 1.0) * self.count as f64;
+        let mut lower = 0.0;
+        let mut below = 0u64;
+        for bucket in &self.buckets {
+            if bucket.count as f64 >= target {
+                let inside = bucket.count.saturating_sub(below);
+                if inside == 0 {
+                    return Some(bucket.le);
+                }
+                let fraction = (target - below as f64) / inside as f64;
+                return Some(lower + (bucket.le - lower) * fraction.clamp(0.0, 1.0));
+            }
+            lower = bucket.le;
+            below = bucket.count;
+        }
+        Some(lower)
+    }
 }
 
 /// A sample's labels, in the order written.
@@ -511,6 +592,53 @@ mod tests {
         assert_eq!(greet.buckets.last().map(|bucket| bucket.count), Some(3));
         let postcard = &snapshot[1];
         assert_eq!((postcard.side.as_str(), postcard.errors()), ("client", 1));
+    }
+
+    fn stats(buckets: &[(f64, u64)]) -> MethodStats {
+        let count = buckets.last().map_or(0, |(_, count)| *count);
+        MethodStats {
+            codes: BTreeMap::from([("ok".to_owned(), count)]),
+            buckets: buckets
+                .iter()
+                .map(|(le, count)| Bucket {
+                    le: *le,
+                    count: *count,
+                })
+                .collect(),
+            count,
+            ..MethodStats::default()
+        }
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_their_bucket() {
+        // 10 calls under 1 ms, 10 more between 1 and 2 ms.
+        let both = stats(&[(0.001, 10), (0.002, 20)]);
+        assert_eq!(both.quantile(0.5), Some(0.001));
+        let p75 = both.quantile(0.75).expect("measured");
+        assert!((p75 - 0.0015).abs() < 1e-12, "{p75}");
+        assert_eq!(stats(&[]).quantile(0.5), None);
+    }
+
+    #[test]
+    fn the_difference_of_two_samples_is_what_happened_between_them() {
+        let before = stats(&[(0.001, 5), (0.002, 5)]);
+        let after = stats(&[(0.001, 5), (0.002, 9)]);
+        let window = after.since(&before);
+        assert_eq!((window.calls(), window.count), (4, 4));
+        // All four were slower than 1 ms.
+        assert!(window.quantile(0.5).is_some_and(|s| s > 0.001));
+        // A restarted node counts from zero rather than going negative.
+        assert_eq!(before.since(&after).count, 0);
+    }
+
+    #[test]
+    fn samples_of_several_nodes_add_up_bucket_by_bucket() {
+        let mut total = stats(&[(0.001, 2), (0.002, 3)]);
+        total.add(&stats(&[(0.001, 1), (0.002, 4)]));
+        assert_eq!((total.calls(), total.count), (7, 7));
+        let bounds: Vec<(f64, u64)> = total.buckets.iter().map(|b| (b.le, b.count)).collect();
+        assert_eq!(bounds, vec![(0.001, 3), (0.002, 7)]);
     }
 
     #[test]
