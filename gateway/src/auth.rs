@@ -2,6 +2,11 @@
 //! wants `Authorization: Bearer <key>`; anything else is a 401
 //! `{"error":"missing or invalid API key","code":"unauthenticated"}`.
 //!
+//! The dashboard (`/dashboard`, `/dashboard/state`) is protected the same way, and also takes
+//! the key as the password of HTTP Basic authentication (any user name): a browser cannot send
+//! a bearer token when it opens a page, but it asks for a password when the 401 offers
+//! `Basic`, and sends it again with the page's own requests.
+//!
 //! Keys are compared in constant time (`subtle`), against every configured key without an
 //! early exit, so the answer's timing tells nothing about how much of a key was right.
 
@@ -17,6 +22,9 @@ use crate::error::ApiError;
 
 /// Paths that never need a key: probes must work without secrets.
 const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Paths a browser opens: they take the key as a Basic password too.
+const BROWSER_PATHS: [&str; 2] = ["/dashboard", "/dashboard/state"];
 
 /// The configured keys; empty means no authentication.
 #[derive(Clone, Default)]
@@ -67,6 +75,29 @@ impl ApiKeys {
         }
         matched.into()
     }
+
+    /// Whether an `Authorization` header value is HTTP Basic with one of the keys as its
+    /// password (the user name is not looked at).
+    pub fn accepts_basic(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(password) = authorization.and_then(basic_password) else {
+            return false;
+        };
+        self.accepts(Some(&[b"Bearer ", password.as_slice()].concat()))
+    }
+}
+
+/// The password of `Basic <base64 of user:password>` (scheme case-insensitive).
+fn basic_password(value: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let (scheme, encoded) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"basic ") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim_ascii())
+        .ok()?;
+    let colon = decoded.iter().position(|byte| *byte == b':')?;
+    Some(decoded[colon + 1..].to_vec())
 }
 
 /// The token of `Bearer <token>` (scheme case-insensitive).
@@ -88,15 +119,25 @@ pub async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Ne
         .headers()
         .get(http::header::AUTHORIZATION)
         .map(http::HeaderValue::as_bytes);
-    if keys.accepts(authorization) {
+    let browser = BROWSER_PATHS.contains(&request.uri().path());
+    if keys.accepts(authorization) || (browser && keys.accepts_basic(authorization)) {
         next.run(request).await
     } else {
         let mut response =
             ApiError::new(Code::Unauthenticated, "missing or invalid API key").into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             http::header::WWW_AUTHENTICATE,
             http::HeaderValue::from_static("Bearer"),
         );
+        if browser {
+            headers.append(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(
+                    r#"Basic realm="mesh-api dashboard: any user, the API key as password", charset="UTF-8""#,
+                ),
+            );
+        }
         response
     }
 }
@@ -121,6 +162,27 @@ mod tests {
         assert!(!keys.accepts(Some(b"Basic alpha")));
         assert!(!keys.accepts(Some(b"alpha")));
         assert!(!keys.accepts(Some(b"Bearer ")));
+    }
+
+    #[test]
+    fn a_key_is_accepted_as_a_basic_password_with_any_user() {
+        use base64::Engine as _;
+        let basic = |credentials: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(credentials)
+            )
+        };
+        let keys = ApiKeys::new(["alpha"]);
+        assert!(keys.accepts_basic(Some(basic("operator:alpha").as_bytes())));
+        assert!(keys.accepts_basic(Some(basic(":alpha").as_bytes())));
+        assert!(!keys.accepts_basic(Some(basic("alpha:").as_bytes())));
+        assert!(!keys.accepts_basic(Some(basic("operator:alph").as_bytes())));
+        assert!(!keys.accepts_basic(Some(basic("alpha").as_bytes())));
+        assert!(!keys.accepts_basic(Some(b"Basic !!!")));
+        assert!(!keys.accepts_basic(Some(b"Bearer alpha")));
+        // The bearer check does not take Basic.
+        assert!(!keys.accepts(Some(basic("operator:alpha").as_bytes())));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   `GET /{service}/{method}?param=...` when it is idempotent with scalar parameters);
 //! - the legacy HTTP handlers services publish, under `/{service}/...`;
 //! - `/healthz`, `/readyz`, `/metrics` and `/openapi.json`;
+//! - a live dashboard at `/dashboard` (members, services, calls/s, errors, p50/p99), fed by
+//!   `/dashboard/state` ([`dashboard`]);
 //!
 //! with optional API keys, one access-log line per request, bounds on what clients can make it
 //! hold ([`admission`]), and one JSON error shape for everything that fails ([`error`]). [`serve`] runs it on a started
@@ -29,6 +31,7 @@ pub mod access_log;
 pub mod admission;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod descriptors;
 pub mod error;
 pub mod metrics;
@@ -50,6 +53,7 @@ pub use config::{Config, GatewayArgs};
 
 use crate::admission::Admission;
 use crate::auth::ApiKeys;
+use crate::dashboard::Dashboard;
 use crate::descriptors::Descriptors;
 use crate::metrics::HttpMetrics;
 
@@ -76,6 +80,7 @@ pub struct Shared {
     metrics: Arc<HttpMetrics>,
     admission: Admission,
     greeter: greeter::GreeterClient,
+    dashboard: Arc<Dashboard>,
 }
 
 impl Shared {
@@ -94,6 +99,7 @@ impl Shared {
             descriptors,
             metrics: Arc::new(HttpMetrics::new()),
             greeter,
+            dashboard: Arc::new(Dashboard::default()),
         })
     }
 
@@ -105,6 +111,11 @@ impl Shared {
     /// The descriptor cache.
     pub fn descriptors(&self) -> &Arc<Descriptors> {
         &self.descriptors
+    }
+
+    /// The dashboard's stats history.
+    pub fn dashboard(&self) -> &Arc<Dashboard> {
+        &self.dashboard
     }
 }
 
@@ -125,6 +136,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))
+        .route("/dashboard", get(routes::dashboard::page))
+        .route("/dashboard/state", get(routes::dashboard::state))
         // After the routes it applies to: their other methods get 405, JSON, with `Allow`.
         .method_not_allowed_fallback(routes::method_not_allowed)
         .route("/{service}/{*rest}", any(routes::dispatch))
@@ -143,6 +156,7 @@ pub struct Gateway {
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
     refresher: JoinHandle<()>,
+    poller: JoinHandle<()>,
 }
 
 impl Gateway {
@@ -162,12 +176,14 @@ impl Gateway {
             Err(error) => tracing::warn!(%error, "HTTP server task failed"),
         }
         self.refresher.abort();
+        self.poller.abort();
     }
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.refresher.abort();
+        self.poller.abort();
         self.server.abort();
     }
 }
@@ -240,6 +256,7 @@ pub async fn serve(config: Config, node: Node) -> Result<Gateway, GatewayError> 
     })?;
     let shared = Shared::new(config, node);
     let refresher = shared.descriptors.spawn_refresher();
+    let poller = dashboard::poller::spawn(shared.node.clone(), shared.dashboard.clone());
     let app = router(shared);
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(serve_connections(listener, app, stopped));
@@ -249,5 +266,6 @@ pub async fn serve(config: Config, node: Node) -> Result<Gateway, GatewayError> 
         stop: Some(stop),
         server,
         refresher,
+        poller,
     })
 }

@@ -15,7 +15,7 @@
 //!
 //! Beside the methods, the document lists the gateway's own routes: the greeter's REST routes
 //! and its legacy `GET /greeter/check` (when the greeter is known), `/healthz`, `/readyz`,
-//! `/metrics` and `/openapi.json`.
+//! `/metrics`, `/openapi.json` and the dashboard's `/dashboard` and `/dashboard/state`.
 
 use meshrpc::Code;
 use serde_json::{Map, Value, json};
@@ -59,6 +59,7 @@ pub fn document(descriptors: &[impl AsRef<Descriptor>], secured: bool) -> Value 
         }
     }
     ops_routes(&mut paths, secured);
+    dashboard_routes(&mut paths, secured);
     let mut document = json!({
         "openapi": "3.0.3",
         "info": {
@@ -90,7 +91,10 @@ pub fn document(descriptors: &[impl AsRef<Descriptor>], secured: bool) -> Value 
     });
     if secured {
         document["components"]["securitySchemes"] = json!({
-            "apiKey": { "type": "http", "scheme": "bearer", "description": "An API key." }
+            "apiKey": { "type": "http", "scheme": "bearer", "description": "An API key." },
+            "dashboardBasic": { "type": "http", "scheme": "basic",
+                "description": "The dashboard only: an API key as the password, any user name \
+                    (what a browser sends when it opens the page)." }
         });
         document["security"] = json!([{ "apiKey": [] }]);
     }
@@ -355,6 +359,118 @@ fn ops_routes(paths: &mut Map<String, Value>, secured: bool) {
     );
 }
 
+/// `/dashboard` (the page) and `/dashboard/state` (its JSON). Both need a key when the
+/// gateway has keys, as a bearer token or as the password of HTTP Basic.
+fn dashboard_routes(paths: &mut Map<String, Value>, secured: bool) {
+    let guarded = |mut operation: Value| {
+        if secured {
+            operation["security"] = json!([{ "apiKey": [] }, { "dashboardBasic": [] }]);
+        }
+        operation
+    };
+    paths.insert(
+        "/dashboard".to_owned(),
+        json!({ "get": guarded(json!({
+            "operationId": "gateway.dashboard",
+            "tags": ["gateway"],
+            "summary": "The live dashboard: members, services, calls/s, errors, p50/p99.",
+            "description": "One HTML page with its style and script inline (it loads nothing \
+                else); it polls `/dashboard/state` every second.",
+            "responses": {
+                "200": { "description": "The page.",
+                         "content": { "text/html": { "schema": { "type": "string" } } } },
+                "default": { "$ref": "#/components/responses/Error" }
+            }
+        })) }),
+    );
+    let number = json!({ "type": "number", "nullable": true });
+    let member = json!({
+        "type": "object",
+        "properties": {
+            "name": { "type": "string" },
+            "addr": { "type": "string", "description": "`ip:port`" },
+            "state": { "type": "string", "enum": ["alive", "suspect", "draining"] },
+            "local": { "type": "boolean", "description": "The gateway itself." },
+            "services": { "type": "array", "items": { "type": "string" } },
+            "http": { "type": "array", "items": { "type": "string" },
+                      "description": "Services whose legacy HTTP handlers it serves." },
+            "stats": { "type": "string", "enum": ["ok", "pending", "failed"],
+                       "description": "How asking it for `meshrpc.node/stats` went." },
+            "stats_age_s": number,
+            "stats_error": { "type": "string", "nullable": true }
+        },
+        "required": ["name", "addr", "state", "local", "services", "http", "stats"]
+    });
+    let method = json!({
+        "type": "object",
+        "properties": {
+            "method": { "type": "string" },
+            "calls_per_s": { "type": "number", "description": "Over the last `recent_s` seconds." },
+            "calls_per_s_minute": { "type": "number", "description": "Over the last `window_s` seconds." },
+            "calls": { "type": "integer", "minimum": 0, "description": "Finished in the window." },
+            "errors": { "type": "integer", "minimum": 0, "description": "Of those, not `ok`." },
+            "error_rate": number,
+            "p50_ms": number,
+            "p99_ms": number,
+            "calls_total": { "type": "integer", "minimum": 0,
+                             "description": "Since the members started." }
+        },
+        "required": ["method", "calls_per_s", "calls_per_s_minute", "calls", "errors", "calls_total"]
+    });
+    let replica = json!({
+        "type": "object",
+        "properties": {
+            "name": { "type": "string" },
+            "addr": { "type": "string" },
+            "state": { "type": "string", "enum": ["alive", "suspect", "draining"] }
+        },
+        "required": ["name", "addr", "state"]
+    });
+    let state = json!({
+        "type": "object",
+        "properties": {
+            "gateway": { "type": "string" },
+            "generated_at_ms": { "type": "integer", "minimum": 0 },
+            "window_s": { "type": "integer", "minimum": 0 },
+            "recent_s": { "type": "integer", "minimum": 0 },
+            "members": { "type": "array", "items": member },
+            "services": { "type": "array", "items": {
+                "type": "object",
+                "properties": {
+                    "service": { "type": "string" },
+                    "replicas": { "type": "array", "items": replica },
+                    "methods": { "type": "array", "items": method }
+                },
+                "required": ["service", "replicas", "methods"]
+            } }
+        },
+        "required": ["gateway", "generated_at_ms", "window_s", "recent_s", "members", "services"]
+    });
+    paths.insert(
+        "/dashboard/state".to_owned(),
+        json!({ "get": guarded(json!({
+            "operationId": "gateway.dashboardState",
+            "tags": ["gateway"],
+            "summary": "What the dashboard shows, as JSON.",
+            "description": "The members in the gateway's view, and per service its replicas and \
+                per method the calls the serving members counted (side `server` of \
+                `meshrpc.node/stats`), summed over them: calls/s, error rate, p50 and p99 \
+                over the last minute. Asking for it makes the gateway poll every member's \
+                stats every second for the next 30 s (every 10 s otherwise).",
+            "parameters": [{
+                "name": "all", "in": "query", "required": false,
+                "description": "`1` includes `meshrpc.node`, the mesh's own calls.",
+                "schema": { "type": "string", "enum": ["", "1", "true"] }
+            }],
+            "responses": {
+                "200": { "description": "The state.",
+                         "content": { "application/json": { "schema": state } } },
+                "default": { "$ref": "#/components/responses/Error" }
+            }
+        })) }),
+    );
+}
+
 fn description(method: &MethodDescriptor) -> String {
     let mut text = String::new();
     if method.idempotent {
@@ -429,6 +545,8 @@ mod tests {
         assert_eq!(
             paths,
             [
+                "/dashboard",
+                "/dashboard/state",
                 "/greeter/check",
                 "/greeter/greet",
                 "/greeter/greet/{name}",
@@ -513,6 +631,24 @@ mod tests {
             );
         }
         assert!(document["components"]["securitySchemes"]["apiKey"].is_object());
+    }
+
+    #[test]
+    fn the_dashboard_is_documented_as_needing_a_key_where_the_probes_do_not() {
+        let document = document(&[std::sync::Arc::new(greeter())], true);
+        let parsed: openapiv3::OpenAPI =
+            serde_json::from_value(document.clone()).expect("a valid OpenAPI 3 document");
+        assert!(parsed.paths.paths.contains_key("/dashboard/state"));
+        for path in ["/dashboard", "/dashboard/state"] {
+            let security = &document["paths"][path]["get"]["security"];
+            assert_eq!(
+                security,
+                &json!([{ "apiKey": [] }, { "dashboardBasic": [] }]),
+                "{path}"
+            );
+        }
+        assert_eq!(document["paths"]["/healthz"]["get"]["security"], json!([]));
+        assert!(document["components"]["securitySchemes"]["dashboardBasic"].is_object());
     }
 
     #[test]

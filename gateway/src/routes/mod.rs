@@ -15,6 +15,7 @@
 //! Paths are normalised before routing: runs of `/` count as one (`/greeter//check` is
 //! `/greeter/check`, as `//greeter/check` is).
 
+pub mod dashboard;
 pub mod generic;
 pub mod greeter;
 pub mod legacy;

@@ -1,0 +1,186 @@
+//! The JSON of `GET /dashboard/state`: the members in the gateway's view with their state,
+//! address and services, and per service its replicas and per method calls/s, error rate and
+//! p50/p99 over the last minute. docs/OPERATIONS.md ("The dashboard") documents the shape.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use meshrpc::membership::{Liveness, MemberView, View};
+use meshrpc::node_service::NODE_SERVICE;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::history::{Answering, History, MethodRates, RECENT, WINDOW};
+
+/// The whole state.
+#[derive(Debug, Serialize)]
+pub struct State {
+    /// The gateway's node name.
+    pub gateway: String,
+    /// When this was computed, milliseconds since the Unix epoch.
+    pub generated_at_ms: u64,
+    /// How far back the method numbers reach, in seconds.
+    pub window_s: u64,
+    /// How far back `calls_per_s` reaches, in seconds.
+    pub recent_s: u64,
+    /// Every member in view, sorted by address.
+    pub members: Vec<Member>,
+    /// Every service some member publishes or served, sorted by name.
+    pub services: Vec<Service>,
+}
+
+/// One member.
+#[derive(Debug, Serialize)]
+pub struct Member {
+    /// Its node name.
+    pub name: String,
+    /// Its address, `ip:port`.
+    pub addr: String,
+    /// `alive`, `suspect` or `draining`.
+    pub state: &'static str,
+    /// Whether it is the gateway itself.
+    pub local: bool,
+    /// The RPC services it publishes.
+    pub services: Vec<String>,
+    /// The services whose legacy HTTP handlers it serves.
+    pub http: Vec<String>,
+    /// `ok`, `pending` (not asked yet) or `failed`: how asking it for stats went.
+    pub stats: &'static str,
+    /// Seconds since its last stats answer.
+    pub stats_age_s: Option<f64>,
+    /// Why its last stats ask failed.
+    pub stats_error: Option<String>,
+}
+
+/// One replica of a service.
+#[derive(Debug, Serialize)]
+pub struct Replica {
+    /// Its node name.
+    pub name: String,
+    /// Its address.
+    pub addr: String,
+    /// `alive`, `suspect` or `draining`.
+    pub state: &'static str,
+}
+
+/// One service.
+#[derive(Debug, Serialize)]
+pub struct Service {
+    /// Its name.
+    pub service: String,
+    /// The members that publish it.
+    pub replicas: Vec<Replica>,
+    /// Its methods that were served, sorted by name.
+    pub methods: Vec<Method>,
+}
+
+/// One method's numbers, totalled over the members that served it.
+#[derive(Debug, Serialize)]
+pub struct Method {
+    /// Its name.
+    pub method: String,
+    /// Calls per second over the last `recent_s` seconds.
+    pub calls_per_s: f64,
+    /// Calls per second over the last `window_s` seconds.
+    pub calls_per_s_minute: f64,
+    /// Calls finished in the window.
+    pub calls: u64,
+    /// Of those, the ones that did not end `ok`.
+    pub errors: u64,
+    /// `errors / calls`; absent without calls.
+    pub error_rate: Option<f64>,
+    /// Median latency in the window, milliseconds.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency in the window, milliseconds.
+    pub p99_ms: Option<f64>,
+    /// Calls served since the members started.
+    pub calls_total: u64,
+}
+
+/// A member's state as the dashboard names it.
+pub fn member_state(member: &MemberView) -> &'static str {
+    if member.id.draining {
+        "draining"
+    } else if member.liveness == Liveness::Suspect {
+        "suspect"
+    } else {
+        "alive"
+    }
+}
+
+/// The state of `view` and `history` as of `now`; `meshrpc.node` (the mesh's own calls,
+/// the dashboard's polls among them) only when `all`.
+pub fn build(gateway: &str, view: &View, history: &History, now: Instant, all: bool) -> State {
+    let members = view
+        .members()
+        .iter()
+        .map(|member| {
+            let (stats, stats_age_s, stats_error) = match history.answering(member.id.addr, now) {
+                Answering::Pending => ("pending", None, None),
+                Answering::Answered(age) => ("ok", Some(age.as_secs_f64()), None),
+                Answering::Failed(why) => ("failed", None, Some(why)),
+            };
+            Member {
+                name: member.id.name.clone(),
+                addr: member.id.addr.to_string(),
+                state: member_state(member),
+                local: member.local,
+                services: member.id.services.iter().map(|s| s.name.clone()).collect(),
+                http: member.id.http.clone(),
+                stats,
+                stats_age_s,
+                stats_error,
+            }
+        })
+        .collect();
+    let rates = history
+        .rates(|addr, service| (all || service != NODE_SERVICE) && view.member_at(*addr).is_some());
+    let mut by_service: BTreeMap<String, Vec<(String, MethodRates)>> = view
+        .services()
+        .into_iter()
+        .map(|service| (service, Vec::new()))
+        .collect();
+    for ((service, method), rates) in rates {
+        by_service.entry(service).or_default().push((method, rates));
+    }
+    let services = by_service
+        .into_iter()
+        .map(|(service, methods)| Service {
+            replicas: view
+                .publishing(&service)
+                .map(|member| Replica {
+                    name: member.id.name.clone(),
+                    addr: member.id.addr.to_string(),
+                    state: member_state(member),
+                })
+                .collect(),
+            methods: methods
+                .into_iter()
+                .map(|(method, rates)| Method {
+                    method,
+                    calls_per_s: rates.calls_per_s,
+                    calls_per_s_minute: rates.calls_per_s_minute,
+                    calls: rates.calls,
+                    errors: rates.errors,
+                    error_rate: rates.error_rate,
+                    p50_ms: rates.p50_ms,
+                    p99_ms: rates.p99_ms,
+                    calls_total: rates.calls_total,
+                })
+                .collect(),
+            service,
+        })
+        .collect();
+    State {
+        gateway: gateway.to_owned(),
+        generated_at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            }),
+        window_s: WINDOW.as_secs(),
+        recent_s: RECENT.as_secs(),
+        members,
+        services,
+    }
+}
