@@ -15,6 +15,77 @@ use serde::de::DeserializeOwned;
 
 use crate::failure::Failure;
 
+/// The node flags that matter to a caller that joins nothing: where the seeds are, which
+/// cluster, which certificates. Same names and environment variables as
+/// [`NodeArgs`](meshrpc::cli::NodeArgs), whose builder meshctl uses.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct MeshArgs {
+    /// Seed nodes to ask: comma-separated host or host:port entries (port 11999 by default).
+    #[arg(
+        short = 'N',
+        long = "nodes",
+        env = "MESHRPC_CLUSTER_NODES",
+        value_name = "HOST[:PORT],..."
+    )]
+    nodes: Option<String>,
+
+    /// The cluster to talk to.
+    #[arg(
+        short = 'T',
+        long,
+        env = "MESHRPC_CLUSTER_NAME",
+        default_value = "default"
+    )]
+    cluster: String,
+
+    /// The cluster CA certificate (PEM). With --cert and --key; without all three the
+    /// development CA of the state directory is used.
+    #[arg(long, env = "MESHRPC_CA", value_name = "PEM", requires_all = ["cert", "key"])]
+    ca: Option<std::path::PathBuf>,
+
+    /// meshctl's certificate chain (PEM), issued by the CA for `<cluster>.meshrpc`.
+    #[arg(long, env = "MESHRPC_CERT", value_name = "PEM", requires_all = ["ca", "key"])]
+    cert: Option<std::path::PathBuf>,
+
+    /// meshctl's private key (PEM).
+    #[arg(long, env = "MESHRPC_KEY", value_name = "PEM", requires_all = ["ca", "cert"])]
+    key: Option<std::path::PathBuf>,
+
+    /// Where the development CA lives (default: $XDG_STATE_HOME/meshrpc or
+    /// ~/.local/state/meshrpc).
+    #[arg(long, env = "MESHRPC_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
+}
+
+/// Only the node flags, to get [`NodeArgs`]' defaults.
+#[derive(Debug, clap::Parser)]
+struct Defaults {
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+impl MeshArgs {
+    /// The flags of a node that joins nothing: no seeds, any free port, no admin endpoint, no
+    /// tags; the cluster and certificates given here.
+    fn node_args(&self) -> Result<NodeArgs, Failure> {
+        use clap::Parser;
+        let mut node = Defaults::try_parse_from(["meshctl"])
+            .map_err(|error| Failure::input(format!("bad MESHRPC_* environment: {error}")))?
+            .node;
+        node.nodes = None;
+        node.cluster = self.cluster.clone();
+        node.listen = None;
+        node.advertise = None;
+        node.admin = None;
+        node.tags = Vec::new();
+        node.ca = self.ca.clone();
+        node.cert = self.cert.clone();
+        node.key = self.key.clone();
+        node.state_dir = self.state_dir.clone();
+        Ok(node)
+    }
+}
+
 /// The mesh as one seed sees it, and the node meshctl calls through.
 #[derive(Debug)]
 pub(crate) struct Mesh {
@@ -40,7 +111,7 @@ fn node_method(name: &str) -> &'static meshrpc::MethodSpec {
 impl Mesh {
     /// Starts meshctl's node from the usual flags and asks the seeds who is in the mesh; the
     /// first seed that answers wins. Each seed gets `timeout`, all at once.
-    pub(crate) async fn connect(args: &NodeArgs, timeout: Duration) -> Result<Mesh, Failure> {
+    pub(crate) async fn connect(args: &MeshArgs, timeout: Duration) -> Result<Mesh, Failure> {
         let entries = args
             .nodes
             .as_deref()
@@ -53,11 +124,8 @@ impl Mesh {
             ));
         }
         // Our node joins nothing and serves no admin endpoint: it only makes calls.
-        let mut own = args.clone();
-        own.nodes = None;
-        own.admin = None;
-        own.tags = Vec::new();
-        let node = own
+        let node = args
+            .node_args()?
             .builder("meshctl", ANY_PORT)
             .map_err(|error| {
                 Failure::mesh(format!(

@@ -31,7 +31,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use meshrpc::cli::NodeArgs;
 
 use crate::failure::Failure;
 
@@ -42,7 +41,7 @@ use crate::failure::Failure;
 #[command(name = "meshctl", version)]
 struct Cli {
     #[command(flatten)]
-    node: NodeArgs,
+    mesh: connect::MeshArgs,
 
     /// Print JSON instead of tables, for scripts.
     #[arg(long, global = true)]
@@ -106,7 +105,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Call(args) => Some(args.read_body()?),
         _ => None,
     };
-    let mesh = connect::Mesh::connect(&cli.node, cli.timeout).await?;
+    let mesh = connect::Mesh::connect(&cli.mesh, cli.timeout).await?;
     let result = match cli.command {
         Command::Members => members::run(&mesh, cli.json),
         Command::Services => services::run(&mesh, cli.json).await,
