@@ -37,78 +37,10 @@ pub(crate) struct TopArgs {
     all: bool,
 }
 
-/// One method's counters summed over the members.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Totals {
-    /// Finished calls.
-    pub(crate) calls: u64,
-    /// Calls that did not end `ok`.
-    pub(crate) errors: u64,
-    /// Cumulative histogram, by bucket bound (the bound's bits, to order and sum exactly).
-    pub(crate) buckets: BTreeMap<u64, u64>,
-    /// Calls the histogram measured.
-    pub(crate) measured: u64,
-}
-
-impl Totals {
-    fn add(&mut self, stats: &MethodStats) {
-        self.calls += stats.calls();
-        self.errors += stats.errors();
-        self.measured += stats.count;
-        for bucket in &stats.buckets {
-            *self.buckets.entry(bucket.le.to_bits()).or_default() += bucket.count;
-        }
-    }
-
-    /// What happened between `earlier` and `self` (counters of members that restarted count
-    /// from zero).
-    fn since(&self, earlier: &Totals) -> Totals {
-        Totals {
-            calls: self.calls.saturating_sub(earlier.calls),
-            errors: self.errors.saturating_sub(earlier.errors),
-            measured: self.measured.saturating_sub(earlier.measured),
-            buckets: self
-                .buckets
-                .iter()
-                .map(|(le, count)| {
-                    let before = earlier.buckets.get(le).copied().unwrap_or(0);
-                    (*le, count.saturating_sub(before))
-                })
-                .collect(),
-        }
-    }
-
-    /// The `q` quantile in seconds, interpolated inside its bucket as Prometheus'
-    /// `histogram_quantile` does; `None` without measurements.
-    pub(crate) fn quantile(&self, q: f64) -> Option<f64> {
-        if self.measured == 0 {
-            return None;
-        }
-        let target = q * self.measured as f64;
-        let mut lower = 0.0;
-        let mut below = 0u64;
-        for (bits, cumulative) in &self.buckets {
-            let le = f64::from_bits(*bits);
-            if *cumulative as f64 >= target {
-                let inside = cumulative.saturating_sub(below);
-                if inside == 0 {
-                    return Some(le);
-                }
-                let fraction = (target - below as f64) / inside as f64;
-                return Some(lower + (le - lower) * fraction.clamp(0.0, 1.0));
-            }
-            lower = le;
-            below = *cumulative;
-        }
-        // Beyond the last bound: the last bound is all we can say.
-        Some(lower)
-    }
-}
-
 /// The mesh's served calls per (service, method), and the members that did not answer.
 #[derive(Debug, Clone, Default)]
 struct Sample {
-    methods: BTreeMap<(String, String), Totals>,
+    methods: BTreeMap<(String, String), MethodStats>,
     silent: Vec<String>,
     members: usize,
 }
@@ -145,11 +77,13 @@ async fn sample(mesh: &Mesh, all: bool) -> Sample {
                     if !all && stats.service == meshrpc::node_service::NODE_SERVICE {
                         continue;
                     }
-                    sample
-                        .methods
-                        .entry((stats.service.clone(), stats.method.clone()))
-                        .or_default()
-                        .add(stats);
+                    let key = (stats.service.clone(), stats.method.clone());
+                    match sample.methods.get_mut(&key) {
+                        Some(total) => total.add(stats),
+                        None => {
+                            sample.methods.insert(key, stats.clone());
+                        }
+                    }
                 }
             }
             Err(status) => sample.silent.push(format!("{name} ({addr}): {status}")),
@@ -172,27 +106,28 @@ fn stats_method() -> &'static meshrpc::MethodSpec {
 struct Row {
     service: String,
     method: String,
-    total: Totals,
-    window: Totals,
+    total: MethodStats,
+    window: MethodStats,
     seconds: f64,
 }
 
 impl Row {
     fn rate(&self) -> f64 {
         if self.seconds > 0.0 {
-            self.window.calls as f64 / self.seconds
+            self.window.calls() as f64 / self.seconds
         } else {
             0.0
         }
     }
 
     fn error_rate(&self) -> Option<f64> {
-        (self.window.calls > 0).then(|| self.window.errors as f64 / self.window.calls as f64)
+        let calls = self.window.calls();
+        (calls > 0).then(|| self.window.errors() as f64 / calls as f64)
     }
 
     /// The histogram percentiles are read from: the interval's when it saw calls.
-    fn latency(&self) -> (&Totals, &'static str) {
-        if self.window.measured > 0 {
+    fn latency(&self) -> (&MethodStats, &'static str) {
+        if self.window.count > 0 {
             (&self.window, "interval")
         } else {
             (&self.total, "since_start")
@@ -205,15 +140,14 @@ fn rows(earlier: &Sample, later: &Sample, seconds: f64) -> Vec<Row> {
         .methods
         .iter()
         .map(|((service, method), total)| {
-            let before = earlier
-                .methods
-                .get(&(service.clone(), method.clone()))
-                .cloned()
-                .unwrap_or_default();
+            let window = match earlier.methods.get(&(service.clone(), method.clone())) {
+                Some(before) => total.since(before),
+                None => total.clone(),
+            };
             Row {
                 service: service.clone(),
                 method: method.clone(),
-                window: total.since(&before),
+                window,
                 total: total.clone(),
                 seconds,
             }
@@ -251,8 +185,8 @@ fn render(rows: &[Row], later: &Sample, mesh: &Mesh, interval: Duration) -> Stri
                 .map_or("-".to_owned(), |rate| format!("{:.1}", rate * 100.0)),
             show(0.5),
             show(0.99),
-            row.total.calls.to_string(),
-            row.total.errors.to_string(),
+            row.total.calls().to_string(),
+            row.total.errors().to_string(),
         ]);
     }
     if rows.is_empty() {
@@ -281,10 +215,10 @@ fn to_json(rows: &[Row], later: &Sample, interval: Duration) -> serde_json::Valu
                 "p50_ms": ms(latency.quantile(0.5)),
                 "p99_ms": ms(latency.quantile(0.99)),
                 "latency_over": over,
-                "calls_total": row.total.calls,
-                "errors_total": row.total.errors,
-                "calls_interval": row.window.calls,
-                "errors_interval": row.window.errors,
+                "calls_total": row.total.calls(),
+                "errors_total": row.total.errors(),
+                "calls_interval": row.window.calls(),
+                "errors_interval": row.window.errors(),
             })
         }).collect::<Vec<_>>(),
     })
@@ -324,38 +258,5 @@ pub(crate) async fn run(mesh: &Mesh, args: TopArgs, json: bool) -> Result<(), Fa
         let _ = stdout.flush();
         earlier = later;
         taken = now;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn totals(buckets: &[(f64, u64)], measured: u64) -> Totals {
-        Totals {
-            calls: measured,
-            errors: 0,
-            buckets: buckets.iter().map(|(le, n)| (le.to_bits(), *n)).collect(),
-            measured,
-        }
-    }
-
-    #[test]
-    fn quantiles_interpolate_inside_their_bucket() {
-        // 10 calls under 1 ms, 10 more under 2 ms.
-        let t = totals(&[(0.001, 10), (0.002, 20)], 20);
-        assert_eq!(t.quantile(0.5), Some(0.001));
-        let p75 = t.quantile(0.75).expect("measured");
-        assert!((p75 - 0.0015).abs() < 1e-12, "{p75}");
-        assert_eq!(totals(&[], 0).quantile(0.5), None);
-    }
-
-    #[test]
-    fn a_window_is_the_difference_of_two_samples() {
-        let before = totals(&[(0.001, 5), (0.002, 5)], 5);
-        let after = totals(&[(0.001, 5), (0.002, 9)], 9);
-        let window = after.since(&before);
-        assert_eq!((window.calls, window.measured), (4, 4));
-        assert_eq!(window.quantile(0.5).map(|s| s > 0.001), Some(true));
     }
 }
