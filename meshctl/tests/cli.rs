@@ -178,6 +178,10 @@ async fn members_lists_every_member_with_its_state_services_and_tags() {
     assert_eq!(members[1]["addr"], mesh.other.local_addr().to_string());
     assert_eq!(members[1]["tags"], serde_json::json!(["canary"]));
     assert!(members[1]["age_s"].is_u64(), "{json:?}");
+
+    // meshctl asked, but never joined: the mesh still has its two members.
+    assert_eq!(mesh.seed.view().members().len(), 2);
+    assert_eq!(mesh.other.view().members().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
