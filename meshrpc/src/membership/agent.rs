@@ -58,7 +58,7 @@ impl Membership {
     pub(crate) fn start(local: MemberId, connections: Connections) -> Membership {
         let (inputs, receiver) = mpsc::unbounded_channel();
         let (cluster, local_addr) = (local.cluster.as_str().into(), local.addr);
-        let core = Core::new(local, swim_config(), rand::make_rng());
+        let mut core = Core::new(local, swim_config(), rand::make_rng());
         let (view_sender, view) = watch::channel(core.view().clone());
         let membership = Membership {
             inputs,
@@ -268,8 +268,8 @@ impl Agent {
         for addr in effects.close {
             self.connections.close(addr);
         }
-        if let Some(view) = effects.view {
-            self.view.send_replace(view);
+        if effects.view_changed {
+            self.view.send_replace(self.core.view().clone());
         }
     }
 

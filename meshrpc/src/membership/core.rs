@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use foca::{Config, Foca, Member, NoCustomBroadcast, Notification, State, Timer};
 use rand::rngs::StdRng;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::codec::MsgPackCodec;
 use super::identity::MemberId;
@@ -28,11 +28,15 @@ pub(crate) const MAX_GOSSIP_PACKET: usize = 1100;
 /// The largest full-state sync message accepted.
 pub(crate) const MAX_SYNC_MESSAGE: usize = 1024 * 1024;
 
+/// How many known members a node announces itself to after foca renewed its identity.
+const REJOIN_ANNOUNCEMENTS: usize = 3;
+
 type Swim = Foca<MemberId, MsgPackCodec, StdRng, NoCustomBroadcast>;
 
 /// The SWIM timings used on a LAN: a dead member is noticed in about two seconds.
 pub(crate) fn swim_config() -> Config {
     let mut config = Config::new_lan(NonZeroU32::new(16).unwrap_or(NonZeroU32::MIN));
+    config.max_transmissions = transmissions_for(1);
     config.probe_period = Duration::from_millis(500);
     config.probe_rtt = Duration::from_millis(200);
     config.suspect_to_down_after = Duration::from_millis(1500);
@@ -50,11 +54,13 @@ pub(crate) fn swim_config() -> Config {
 }
 
 /// How many times an update rides outgoing messages for a mesh of `members`: memberlist's
-/// `4 × log10(n + 1)` (foca's `Config::new_lan` formula, rounded down as foca does), at least the
-/// value for 16 members that [`swim_config`] starts with.
+/// `retransmit_mult × ⌈log10(n + 1)⌉` with its multiplier 4. foca's `Config::new_lan` drops the
+/// ceiling (4 × log10(17) = 4.9, rounded down to 4 for 16 members), and an update sent 4 times
+/// per node misses a member of a 30-node mesh in some runs, which then learns of it only when
+/// probed, up to a probe round (`members × probe_period`) later.
 pub(crate) fn transmissions_for(members: usize) -> NonZeroU8 {
-    let members = members.max(16) as f64;
-    let count = (4.0 * (members + 1.0).log10()).min(f64::from(u8::MAX));
+    let digits = ((members as f64) + 1.0).log10().ceil().max(1.0);
+    let count = (4.0 * digits).min(f64::from(u8::MAX));
     NonZeroU8::new(count as u8).unwrap_or(NonZeroU8::MIN)
 }
 
@@ -74,8 +80,8 @@ pub(crate) struct Effects {
     pub(crate) ups: Vec<MemberId>,
     /// Members this node declared (or learnt to be) down.
     pub(crate) downs: Vec<MemberId>,
-    /// The new view, when it changed.
-    pub(crate) view: Option<Arc<View>>,
+    /// Whether the view changed: [`Core::view`] builds the new one.
+    pub(crate) view_changed: bool,
 }
 
 /// What foca asked for while handling one input.
@@ -85,6 +91,10 @@ struct Outbox {
     timers: Vec<(Timer<MemberId>, Duration)>,
     ups: Vec<MemberId>,
     downs: Vec<MemberId>,
+    /// Identities replaced by a newer one at the same address: (old, new).
+    renames: Vec<(MemberId, MemberId)>,
+    /// Foca renewed the local identity because the cluster declared it down.
+    rejoined: bool,
 }
 
 impl foca::Runtime<MemberId> for Outbox {
@@ -98,7 +108,15 @@ impl foca::Runtime<MemberId> for Outbox {
                 info!(member = %id.name, addr = %id.addr, "member down");
                 self.downs.push(id.clone());
             }
+            Notification::Rename(old, new) => self.renames.push((old.clone(), new.clone())),
             Notification::Defunct => debug!("declared down by the cluster"),
+            Notification::Rejoin(id) => {
+                info!(
+                    generation = id.generation,
+                    "declared down by the cluster; rejoining"
+                );
+                self.rejoined = true;
+            }
             _ => {}
         }
     }
@@ -120,6 +138,8 @@ pub(crate) struct Core {
     left: bool,
     outbox: Outbox,
     view: Arc<View>,
+    /// Whether `view` is out of date (it is built when asked for, not on every change).
+    stale: bool,
     /// A digest of what the view is built from, so the view is rebuilt only when it changed.
     digest: u64,
     /// The config foca runs with.
@@ -134,7 +154,7 @@ impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
             .field("identity", self.foca.identity())
-            .field("members", &self.view.members().len())
+            .field("members", &self.member_count())
             .field("left", &self.left)
             .finish_non_exhaustive()
     }
@@ -143,6 +163,14 @@ impl std::fmt::Debug for Core {
 impl Core {
     /// The membership of the node `local`, alone so far.
     pub(crate) fn new(local: MemberId, config: Config, rng: StdRng) -> Core {
+        if !fits_gossip(&local) {
+            error!(
+                services = local.services.len(),
+                "this node's identity is too large for a {MAX_GOSSIP_PACKET}-byte gossip \
+                 datagram: no probe can be sent, and the mesh will declare it down; publish \
+                 fewer services or shorter names"
+            );
+        }
         let cluster = local.cluster.clone();
         let view = Arc::new(local_view(&local, Vec::new()));
         let mut core = Core {
@@ -152,6 +180,7 @@ impl Core {
             left: false,
             outbox: Outbox::default(),
             view,
+            stale: false,
             digest: 0,
             adaptive: true,
             tuned_for: 0,
@@ -171,14 +200,26 @@ impl Core {
         self.foca.identity()
     }
 
-    /// The current view.
-    pub(crate) fn view(&self) -> &Arc<View> {
+    /// The current view, built now if the mesh changed since it was last asked for.
+    pub(crate) fn view(&mut self) -> &Arc<View> {
+        if self.stale {
+            self.view = Arc::new(self.build_view());
+            self.stale = false;
+        }
         &self.view
     }
 
-    /// Whether the node left the cluster.
-    pub(crate) fn has_left(&self) -> bool {
-        self.left
+    /// How many members the view holds (the local node included), without building it.
+    pub(crate) fn member_count(&self) -> usize {
+        self.foca.num_members() + 1
+    }
+
+    /// The active members (the local node excluded) and whether each is alive (else suspect),
+    /// without building the view.
+    pub(crate) fn active_members(&self) -> impl Iterator<Item = (&MemberId, bool)> {
+        self.foca
+            .iter_members()
+            .map(|member| (member.id(), member.state() == State::Alive))
     }
 
     /// How many members foca tracks, down ones included (its memory grows with this).
@@ -241,7 +282,11 @@ impl Core {
         self.effects()
     }
 
-    /// Applies a member list learnt from a full-state exchange.
+    /// Applies a member list learnt from a full-state exchange, and gossips what it teaches.
+    /// (A joining node gossips the seed's whole list on: `members × max_transmissions`
+    /// updates, mostly stale. Not gossiping it was tried in the simulation: updates then fade
+    /// out before reaching every member, and a 100-node mesh started at once took 47 s instead
+    /// of 12 s to converge.)
     pub(crate) fn apply(&mut self, members: Vec<Member<MemberId>>) -> Effects {
         if self.left {
             return Effects::default();
@@ -256,6 +301,18 @@ impl Core {
                 && member.state() != State::Down
         });
         if let Err(error) = self.foca.apply_many(members, true, &mut self.outbox) {
+            debug!(%error, "could not apply a member list");
+        }
+        self.effects()
+    }
+
+    /// Learns `members` as alive without gossiping them: the state a node reaches once a
+    /// mesh converged and the news died down. Only the simulation's warm start uses it, to
+    /// begin a large mesh's measurements without simulating its bootstrap.
+    pub(crate) fn know(&mut self, members: Vec<Member<MemberId>>) -> Effects {
+        let own = self.foca.identity().addr;
+        let members = members.into_iter().filter(|member| member.id().addr != own);
+        if let Err(error) = self.foca.apply_many(members, false, &mut self.outbox) {
             debug!(%error, "could not apply a member list");
         }
         self.effects()
@@ -308,6 +365,9 @@ impl Core {
 
     /// Collects what foca asked for, and the view if it changed.
     fn effects(&mut self) -> Effects {
+        if std::mem::take(&mut self.outbox.rejoined) {
+            self.announce_rejoin();
+        }
         let outbox = std::mem::take(&mut self.outbox);
         let mut effects = Effects {
             sends: outbox.sends,
@@ -316,28 +376,56 @@ impl Core {
             downs: outbox.downs,
             ..Effects::default()
         };
+        for (old, new) in outbox.renames {
+            // A generation more than one step on (a step is a draining or renewed identity of
+            // the same process) is a new process: a pooled connection established before it
+            // started leads to the dead one.
+            if new.generation > old.generation.saturating_add(1) {
+                let started = std::time::UNIX_EPOCH + Duration::from_micros(new.generation);
+                effects.close_if_older.push((new.addr, started));
+            }
+        }
         let digest = self.digest();
         if digest != self.digest {
             self.digest = digest;
-            let view = Arc::new(self.build_view());
-            self.restarted_members(&view, &mut effects.close_if_older);
-            self.view = view.clone();
-            effects.view = Some(view);
+            self.stale = true;
+            effects.view_changed = true;
             self.tune();
         }
         for down in &effects.downs {
             // A newer identity at the same address (a restart) keeps the connection.
-            if self.view.member_at(down.addr).is_none() {
+            if !self.active_members().any(|(id, _)| id.addr == down.addr) {
                 effects.close.push(down.addr);
             }
         }
         effects
     }
 
+    /// After foca renewed the identity, announces it to a few known members. A renewal leaves
+    /// foca disconnected, without timers, until some member sends it a message, and members
+    /// only message identities they know: the three members foca gossips the renewal to may
+    /// drop it (a message addressed to an identity they no longer hold is dropped) and the node
+    /// would then sit silent forever, its view frozen. An announcement is accepted by whatever
+    /// identity holds the address, and its answer reconnects foca.
+    fn announce_rejoin(&mut self) {
+        let addrs: Vec<SocketAddr> = self
+            .foca
+            .iter_members()
+            .take(REJOIN_ANNOUNCEMENTS)
+            .map(|member| member.id().addr)
+            .collect();
+        for addr in addrs {
+            let seed = MemberId::seed(addr, &self.cluster);
+            if let Err(error) = self.foca.announce(seed, &mut self.outbox) {
+                debug!(%error, "rejoin announce failed");
+            }
+        }
+    }
+
     /// Raises `max_transmissions` as the mesh grows (never lowers it), so updates reach every
     /// member: foca's value is fixed at start, for 16 members.
     fn tune(&mut self) {
-        let members = self.view.members().len();
+        let members = self.member_count();
         if !self.adaptive || members <= self.tuned_for {
             return;
         }
@@ -398,22 +486,27 @@ impl Core {
             .collect();
         local_view(self.foca.identity(), members)
     }
+}
 
-    /// A member that comes back at the same address with a generation that is not one step
-    /// on (a step is a draining or renewed identity of the same process) is a new process: a
-    /// pooled connection established before it started leads to the dead one.
-    fn restarted_members(&self, view: &View, close: &mut Vec<(SocketAddr, SystemTime)>) {
-        for member in view.members().iter().filter(|member| !member.local) {
-            let Some(before) = self.view.member_at(member.id.addr) else {
-                continue;
-            };
-            let (old, new) = (before.id.generation, member.id.generation);
-            if new > old.saturating_add(1) {
-                let started = std::time::UNIX_EPOCH + Duration::from_micros(new);
-                close.push((member.id.addr, started));
-            }
+/// Whether a probe of `id` to a member like it, with one update about such a member, fits a
+/// gossip datagram. If not, foca cannot probe at all: the identity (its service list) must
+/// shrink.
+pub(crate) fn fits_gossip(id: &MemberId) -> bool {
+    let header = foca::Header {
+        src: id.clone(),
+        src_incarnation: 0,
+        dst: id.clone(),
+        message: foca::Message::Ping(0),
+    };
+    let mut codec = MsgPackCodec;
+    let mut wire = Vec::with_capacity(MAX_GOSSIP_PACKET);
+    let member = Member::new(id.clone(), 0, State::Alive);
+    foca::Codec::encode_header(&mut codec, &header, &mut wire).is_ok()
+        && {
+            wire.extend_from_slice(&[0, 1]);
+            foca::Codec::encode_member(&mut codec, &member, &mut wire).is_ok()
         }
-    }
+        && wire.len() <= MAX_GOSSIP_PACKET
 }
 
 /// The view of a node that knows `members` besides itself.
@@ -467,11 +560,113 @@ mod tests {
 
     #[test]
     fn transmissions_grow_with_the_mesh() {
-        let start = swim_config().max_transmissions;
-        assert_eq!(transmissions_for(3), start);
-        assert_eq!(transmissions_for(16), start);
-        assert_eq!(start.get(), 4);
-        assert_eq!(transmissions_for(100).get(), 8);
-        assert_eq!(transmissions_for(1000).get(), 12);
+        // memberlist's figures: 4 × ⌈log10(n + 1)⌉.
+        assert_eq!(swim_config().max_transmissions.get(), 4);
+        assert_eq!(transmissions_for(3).get(), 4);
+        assert_eq!(transmissions_for(9).get(), 4);
+        assert_eq!(transmissions_for(10).get(), 8);
+        assert_eq!(transmissions_for(99).get(), 8);
+        assert_eq!(transmissions_for(100).get(), 12);
+        assert_eq!(transmissions_for(1000).get(), 16);
+    }
+}
+
+#[cfg(test)]
+mod bounds {
+    //! Message sizes at scale: what a full-state exchange and a gossip datagram carry when
+    //! identities hold realistic service lists.
+
+    use foca::{Codec, Header, Message, State};
+
+    use super::*;
+    use crate::membership::identity::Published;
+
+    /// A member as a Kubernetes deployment names it: a pod name, an IPv6 address (the longest
+    /// text form), `services` services with package-qualified names, two legacy HTTP services
+    /// and three tags.
+    fn realistic(index: usize, services: usize) -> MemberId {
+        MemberId {
+            addr: format!(
+                "[fd00:10:244:{:x}::{:x}]:7100",
+                index / 250,
+                index % 250 + 2
+            )
+            .parse()
+            .expect("addr"),
+            name: format!("checkout-api-7f9c8d6b5-{index:05}"),
+            cluster: "production-eu-west-1".to_owned(),
+            generation: 1_764_000_000_000_000 + index as u64,
+            draining: false,
+            services: (0..services)
+                .map(|service| Published {
+                    name: format!("acme.checkout.v2.Service{service:02}"),
+                    schema_hash: 0x9e37_79b9_7f4a_7c15 ^ service as u64,
+                })
+                .collect(),
+            http: vec!["legacy-orders".to_owned(), "legacy-invoices".to_owned()],
+            tags: vec![
+                "zone=eu-west-1a".to_owned(),
+                "version=2.14.3".to_owned(),
+                "tier=backend".to_owned(),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_full_state_exchange_of_1000_members_fits_the_sync_limit() {
+        let members: Vec<Member<MemberId>> = (0..1000)
+            .map(|index| Member::new(realistic(index, 8), 3, State::Alive))
+            .collect();
+        let frame = encode_members(&members).expect("fits");
+        // 535 KB: about half the limit, so about 1,900 such members fit (docs/SCALE.md).
+        assert!(frame.len() < MAX_SYNC_MESSAGE, "{} bytes", frame.len());
+        assert!(frame.len() > MAX_SYNC_MESSAGE / 2, "{} bytes", frame.len());
+        let back = decode_members_frame(&frame).expect("decodes");
+        assert_eq!(back, members);
+    }
+
+    #[test]
+    fn a_member_list_over_the_sync_limit_is_refused_when_encoded() {
+        let members: Vec<Member<MemberId>> = (0..2500)
+            .map(|index| Member::new(realistic(index, 16), 3, State::Alive))
+            .collect();
+        let error = encode_members(&members).expect_err("too large");
+        assert!(error.contains("exchange limit"), "{error}");
+    }
+
+    /// The bytes of the smallest useful gossip datagram: a header naming sender and receiver,
+    /// the update count and one member.
+    fn smallest_datagram(id: &MemberId) -> usize {
+        let header = Header {
+            src: id.clone(),
+            src_incarnation: 1,
+            dst: id.clone(),
+            message: Message::Ping(1),
+        };
+        let mut codec = MsgPackCodec;
+        let mut wire = Vec::new();
+        codec.encode_header(&header, &mut wire).expect("encodes");
+        wire.extend_from_slice(&[0, 1]);
+        codec
+            .encode_member(&Member::new(id.clone(), 1, State::Alive), &mut wire)
+            .expect("encodes");
+        wire.len()
+    }
+
+    #[test]
+    fn an_identity_fits_a_gossip_datagram_with_at_most_three_such_services() {
+        // A probe carries the sender's and the receiver's identity in its header; with one
+        // update, an identity is written three times. Past the limit foca cannot probe at all.
+        let sizes: Vec<usize> = (0..=8)
+            .map(|services| smallest_datagram(&realistic(999, services)))
+            .collect();
+        let most = sizes
+            .iter()
+            .rposition(|size| *size <= MAX_GOSSIP_PACKET)
+            .expect("an identity without services fits");
+        // 609 bytes without services, 123 more per service (41 per copy): 1,101 with four.
+        assert_eq!(most, 3, "smallest datagram by service count: {sizes:?}");
+        assert!(!fits_gossip(&realistic(999, 4)));
+        assert!(fits_gossip(&realistic(999, 3)));
     }
 }

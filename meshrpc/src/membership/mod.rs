@@ -11,6 +11,8 @@ pub(crate) mod agent;
 pub(crate) mod codec;
 pub(crate) mod core;
 pub mod identity;
+#[doc(hidden)]
+pub mod sim;
 pub mod view;
 
 pub use agent::Membership;

@@ -1,0 +1,162 @@
+//! The simulation in CI: small meshes, virtual time, exact figures.
+
+use std::time::Duration;
+
+use super::scenario::{Options, bootstrap, until_all_see};
+use super::{Network, Seen, Simulation, node_addr};
+
+fn mesh(nodes: usize, seed: u64) -> Simulation {
+    let options = Options {
+        seed,
+        ..Options::default()
+    };
+    let (sim, took) = bootstrap(nodes, &options);
+    assert!(took.is_some(), "{nodes} nodes did not converge");
+    sim
+}
+
+/// Everything a run did that the seed could change: traffic and every notification.
+fn fingerprint(seed: u64) -> (super::Traffic, Vec<super::Notice>) {
+    let mut sim = mesh(12, seed);
+    let mut log = sim.take_log();
+    sim.crash(5);
+    sim.network_mut().loss = 0.05;
+    sim.run_for(Duration::from_secs(10));
+    sim.restart(5);
+    sim.run_for(Duration::from_secs(5));
+    log.extend(sim.take_log());
+    (sim.traffic(), log)
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let (traffic, log) = fingerprint(7);
+    assert!(traffic.datagrams > 1000, "{traffic:?}");
+    assert_eq!(fingerprint(7), (traffic, log.clone()));
+    let (other, _) = fingerprint(8);
+    assert_ne!(other, traffic, "another seed, another run");
+}
+
+#[test]
+fn a_join_and_a_crash_are_seen_by_every_member_of_30_within_the_targets() {
+    let mut sim = mesh(30, 1);
+    sim.run_for(Duration::from_secs(10));
+    sim.take_log();
+    let newcomer = sim.add_node();
+    let join = until_all_see(
+        &mut sim,
+        node_addr(newcomer),
+        Seen::Up,
+        Duration::from_secs(30),
+    )
+    .expect("every member sees the newcomer");
+    assert!(
+        join <= Duration::from_secs(3),
+        "join seen by all in {join:?}"
+    );
+    sim.run_for(Duration::from_secs(5));
+    sim.take_log();
+    sim.crash(10);
+    let crash = until_all_see(&mut sim, node_addr(10), Seen::Down, Duration::from_secs(30))
+        .expect("every member sees the crash");
+    assert!(
+        crash <= Duration::from_secs(5),
+        "crash seen by all in {crash:?}"
+    );
+    // And the views say so: every node's published view lists the 30 running nodes, alive.
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.converged());
+    for node in 0..sim.len() {
+        let Some(view) = sim.view(node) else {
+            continue;
+        };
+        assert_eq!(view.members().len(), 30);
+        assert!(view.member_at(node_addr(10)).is_none());
+        assert!(view.member_at(node_addr(newcomer)).is_some());
+    }
+}
+
+#[test]
+fn five_percent_loss_kills_no_live_member_and_gossip_stays_under_10_kb_per_second() {
+    let mut sim = mesh(20, 3);
+    sim.run_for(Duration::from_secs(20));
+    sim.take_log();
+    let before = sim.traffic();
+    sim.network_mut().loss = 0.05;
+    sim.run_for(Duration::from_secs(30));
+    let downs: Vec<_> = sim
+        .take_log()
+        .into_iter()
+        .filter(|notice| notice.seen == Seen::Down)
+        .collect();
+    assert!(downs.is_empty(), "live members declared down: {downs:?}");
+    let sent = sim.traffic().datagram_bytes - before.datagram_bytes;
+    let per_node = sent as f64 / 20.0 / 30.0;
+    assert!(per_node < 10_000.0, "{per_node} B/s per node");
+}
+
+#[test]
+fn a_node_renewed_by_the_cluster_rejoins_after_a_partition() {
+    // In this run a node (13) is declared down by the far side of a partition and learns it
+    // after the heal; foca renews its identity and then waits, silent, for a message that
+    // nobody sends. Announcing the renewal to known members brings it back.
+    let mut sim = Simulation::new(1, Network::default(), Simulation::node_config());
+    sim.set_seeds((0..3).map(node_addr).collect());
+    for _ in 0..30 {
+        sim.add_node();
+        sim.run_for(Duration::from_millis(10));
+    }
+    sim.run_for(Duration::from_secs(10));
+    sim.add_node();
+    sim.run_for(Duration::from_secs(5));
+    sim.crash(15);
+    sim.run_for(Duration::from_secs(10));
+    sim.partition(|node| node < 15);
+    sim.run_for(Duration::from_secs(20));
+    sim.heal();
+    let healed = sim.run_until_true(Duration::from_secs(60), |sim| sim.converged());
+    let renewed = sim.identity(13).map(|id| id.generation % 1000);
+    assert!(
+        healed.is_some(),
+        "not healed; views: {:?}",
+        (0..sim.len())
+            .map(|node| sim.view_len(node))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        renewed,
+        Some(14),
+        "node 13 was renewed once (generation 13 + 1)"
+    );
+}
+
+#[test]
+fn a_partition_of_two_halves_heals() {
+    let mut sim = mesh(16, 4);
+    sim.run_for(Duration::from_secs(5));
+    sim.partition(|node| node % 2 == 0);
+    sim.run_for(Duration::from_secs(20));
+    assert!(!sim.converged(), "each side declared the other down");
+    assert!(sim.view_len(0) <= 9, "node 0 sees {}", sim.view_len(0));
+    sim.heal();
+    let healed = sim.run_until_true(Duration::from_secs(60), |sim| sim.converged());
+    assert!(
+        healed.is_some(),
+        "the halves did not reconverge within 60 s"
+    );
+}
+
+#[test]
+fn a_lossless_quiet_mesh_gossips_only_its_probes() {
+    let mut sim = Simulation::new(1, Network::default(), Simulation::node_config());
+    sim.set_seeds(vec![node_addr(0)]);
+    sim.add_converged(10);
+    sim.run_for(Duration::from_secs(10));
+    let before = sim.traffic();
+    sim.run_for(Duration::from_secs(10));
+    let after = sim.traffic();
+    // Two probes a second, each a ping and an ack, and every 10 s an announcement to one
+    // member and its feed back; nothing else once the news is out.
+    let datagrams = after.datagrams - before.datagrams;
+    assert_eq!(datagrams, 10 * 10 * 4 + 10 * 2, "{after:?}");
+}
