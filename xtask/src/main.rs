@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod faults;
 mod fuzz;
+mod sim;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -27,6 +28,8 @@ enum Task {
     Faults(faults::Args),
     /// Fuzz one target of fuzz/ (cargo-fuzz on nightly, else a replay on stable).
     Fuzz(fuzz::Args),
+    /// Simulate the membership of 10, 100 and 1,000 nodes; write target/sim/report.md.
+    Sim(sim::Args),
 }
 
 /// The workspace root: xtask's manifest sits one level below it.
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         Task::Demo(args) => demo::run(args),
         Task::Faults(args) => faults::run(args),
         Task::Fuzz(args) => fuzz::run(args),
+        Task::Sim(args) => sim::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
