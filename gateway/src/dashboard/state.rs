@@ -23,7 +23,7 @@ pub struct State {
     pub window_s: u64,
     /// How far back `calls_per_s` reaches, in seconds.
     pub recent_s: u64,
-    /// Every member in view, sorted by address.
+    /// Every member in view, sorted by name, then address.
     pub members: Vec<Member>,
     /// Every service some member publishes or served, sorted by name.
     pub services: Vec<Service>,
@@ -111,7 +111,7 @@ pub fn member_state(member: &MemberView) -> &'static str {
 /// The state of `view` and `history` as of `now`; `meshrpc.node` (the mesh's own calls,
 /// the dashboard's polls among them) only when `all`.
 pub fn build(gateway: &str, view: &View, history: &History, now: Instant, all: bool) -> State {
-    let members = view
+    let mut members: Vec<Member> = view
         .members()
         .iter()
         .map(|member| {
@@ -133,6 +133,7 @@ pub fn build(gateway: &str, view: &View, history: &History, now: Instant, all: b
             }
         })
         .collect();
+    members.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.addr.cmp(&b.addr)));
     let rates = history
         .rates(|addr, service| (all || service != NODE_SERVICE) && view.member_at(*addr).is_some());
     let mut by_service: BTreeMap<String, Vec<(String, MethodRates)>> = view
