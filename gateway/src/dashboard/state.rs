@@ -185,3 +185,83 @@ pub fn build(gateway: &str, view: &View, history: &History, now: Instant, all: b
         services,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use meshrpc::membership::{MemberId, Published};
+    use meshrpc::metrics::MethodStats;
+
+    use super::*;
+
+    fn member(port: u16, name: &str, liveness: Liveness, draining: bool) -> MemberView {
+        MemberView {
+            id: MemberId {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                name: name.to_owned(),
+                cluster: "test".to_owned(),
+                generation: 1,
+                draining,
+                services: vec![Published {
+                    name: "greeter".to_owned(),
+                    schema_hash: 7,
+                }],
+                http: Vec::new(),
+                tags: Vec::new(),
+            },
+            liveness,
+            local: false,
+        }
+    }
+
+    fn greet(calls: u64) -> Vec<MethodStats> {
+        vec![MethodStats {
+            side: "server".to_owned(),
+            service: "greeter".to_owned(),
+            method: "greet".to_owned(),
+            codes: BTreeMap::from([("ok".to_owned(), calls)]),
+            count: calls,
+            ..MethodStats::default()
+        }]
+    }
+
+    #[test]
+    fn members_carry_their_state_and_only_members_in_view_are_counted() {
+        let view = View::new(vec![
+            member(3, "greeter", Liveness::Alive, false),
+            member(1, "greeter", Liveness::Suspect, false),
+            member(2, "greeter", Liveness::Alive, true),
+        ]);
+        let start = Instant::now();
+        let later = start + Duration::from_secs(2);
+        let mut history = History::default();
+        for port in [1, 3, 9] {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            history.record(addr, start, greet(0));
+            history.record(addr, later, greet(10));
+        }
+        let state = build("mesh-api", &view, &history, later, false);
+        let states: Vec<(&str, &str)> = state
+            .members
+            .iter()
+            .map(|member| (member.addr.as_str(), member.state))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("127.0.0.1:1", "suspect"),
+                ("127.0.0.1:2", "draining"),
+                ("127.0.0.1:3", "alive")
+            ]
+        );
+        assert_eq!(state.members[1].stats, "pending");
+        assert_eq!(state.members[2].stats, "ok");
+        let greeter = &state.services[0];
+        assert_eq!(greeter.replicas.len(), 3);
+        // 127.0.0.1:9 is not in view: its calls are not counted.
+        assert_eq!(greeter.methods[0].calls, 20);
+        assert!((greeter.methods[0].calls_per_s_minute - 10.0).abs() < 1e-9);
+    }
+}
