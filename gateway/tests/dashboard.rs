@@ -362,6 +362,11 @@ fn artifact_dir() -> PathBuf {
     target.join("dashboard")
 }
 
+/// The start of an alive member's row in the members table, as the DOM dump shows it.
+fn member_row(addr: SocketAddr) -> String {
+    format!("<tr data-addr=\"{addr}\" data-state=\"alive\">")
+}
+
 /// `chromium`'s path, if it is installed.
 fn chromium() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -453,12 +458,12 @@ async fn headless_chromium_shows_each_member_and_loses_a_killed_one() {
     let dom = run_chromium(&chromium, profile.path(), &url, &["--dump-dom"]).await;
     for greeter in &mesh.greeters {
         assert!(
-            dom.contains(&format!("data-addr=\"{}\"", greeter.addr)),
-            "{} not on the page: {dom}",
+            dom.contains(&member_row(greeter.addr)),
+            "{} not in the members table: {dom}",
             greeter.addr
         );
     }
-    assert!(dom.contains(&mesh.gateway.mesh.to_string()), "{dom}");
+    assert!(dom.contains(&member_row(mesh.gateway.mesh)), "{dom}");
     assert!(dom.contains("data-method=\"greeter/greet\""), "{dom}");
     assert!(
         dom.contains("class=\"live\""),
@@ -496,8 +501,5 @@ async fn headless_chromium_shows_each_member_and_loses_a_killed_one() {
         "{} still on the page: {dom}",
         killed.addr
     );
-    assert!(
-        dom.contains(&format!("data-addr=\"{}\"", mesh.greeters[0].addr)),
-        "{dom}"
-    );
+    assert!(dom.contains(&member_row(mesh.greeters[0].addr)), "{dom}");
 }
