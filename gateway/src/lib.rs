@@ -37,6 +37,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod trace;
 pub mod transcode;
 
 use std::net::SocketAddr;
@@ -147,6 +148,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .layer(from_fn_with_state(admission, admission::admit))
         .layer(from_fn_with_state(metrics, metrics::record))
         .layer(from_fn(access_log::log))
+        .layer(trace::layer())
 }
 
 /// A running gateway.

@@ -8,7 +8,7 @@
 
 use clap::Parser;
 use gateway::GatewayArgs;
-use meshrpc::cli::{NodeArgs, SEED_PORT, init_logging};
+use meshrpc::cli::{NodeArgs, SEED_PORT, init_tracing};
 
 /// The HTTP API gateway of a meshrpc mesh.
 #[derive(Debug, Parser)]
@@ -22,7 +22,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    init_logging();
+    // Logs, and spans over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let telemetry = init_tracing("mesh-api")?;
     let args = Args::parse();
     let node = args.node.builder("mesh-api", SEED_PORT)?.start().await?;
     let gateway = gateway::serve(args.gateway.config(), node.clone()).await?;
@@ -34,5 +35,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     meshrpc::node::wait_for_signal().await;
     gateway.shutdown().await;
     node.shutdown().await;
+    telemetry.shutdown();
     Ok(())
 }

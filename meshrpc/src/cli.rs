@@ -154,12 +154,109 @@ impl NodeArgs {
 /// Installs a `tracing` subscriber that prints to stderr, filtered by `RUST_LOG` (default
 /// `info`).
 pub fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let _ = tracing_subscriber::registry().with(log_layer()).try_init();
+}
+
+/// The stderr log, filtered by `RUST_LOG` (default `info`).
+fn log_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    use std::io::IsTerminal;
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_filter(filter)
 }
+
+/// Installs logging as [`init_logging`] does and, when the environment asks for it, trace
+/// export: with `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set,
+/// every call this process makes or serves becomes a span sent over OTLP/HTTP (protobuf) to
+/// that collector, under `service.name` `OTEL_SERVICE_NAME`, else `node_name`. Without an
+/// endpoint nothing else is installed and calls make no spans.
+///
+/// Keep the returned guard until the process ends: dropping it sends the spans still buffered.
+/// Export needs meshrpc's `otel` feature; a build without it says so on stderr when an endpoint
+/// is set, and otherwise only logs.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let _telemetry = meshrpc::cli::init_tracing("greeter")?;
+/// # Ok(()) }
+/// ```
+pub fn init_tracing(node_name: &str) -> Result<Telemetry, TelemetryError> {
+    #[cfg(feature = "otel")]
+    {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        if let Some((exporter, layer)) = crate::telemetry::install(node_name)? {
+            // Spans at `info` and above of any target, whatever `RUST_LOG` lets the log show.
+            let spans = tracing_subscriber::filter::LevelFilter::INFO;
+            let installed = tracing_subscriber::registry()
+                .with(log_layer())
+                .with(layer.with_filter(spans))
+                .try_init()
+                .is_ok();
+            if installed {
+                crate::telemetry::activate();
+            }
+            return Ok(Telemetry {
+                exporter: Some(exporter),
+            });
+        }
+    }
+    #[cfg(not(feature = "otel"))]
+    if [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()))
+    {
+        eprintln!(
+            "{node_name}: an OTLP endpoint is set, but this build exports no traces \
+             (build meshrpc with feature `otel`)"
+        );
+    }
+    let _ = node_name;
+    init_logging();
+    Ok(Telemetry {
+        #[cfg(feature = "otel")]
+        exporter: None,
+    })
+}
+
+/// Trace export while it lives; see [`init_tracing`]. Dropping it sends the spans still
+/// buffered.
+#[derive(Debug)]
+#[must_use = "trace export stops when this is dropped"]
+pub struct Telemetry {
+    #[cfg(feature = "otel")]
+    exporter: Option<crate::telemetry::Exporter>,
+}
+
+impl Telemetry {
+    /// Sends the spans still buffered and stops exporting (as dropping it does).
+    pub fn shutdown(self) {
+        #[cfg(feature = "otel")]
+        if let Some(exporter) = self.exporter {
+            exporter.shutdown();
+        }
+    }
+}
+
+/// Why [`init_tracing`] could not set up trace export.
+#[cfg(feature = "otel")]
+pub type TelemetryError = crate::telemetry::TelemetryError;
+
+/// Why [`init_tracing`] could not set up trace export (never, without feature `otel`).
+#[cfg(not(feature = "otel"))]
+#[derive(Debug, thiserror::Error)]
+#[error("trace export is not built in")]
+pub struct TelemetryError(());

@@ -78,6 +78,12 @@ impl CallContext {
         &self.metadata
     }
 
+    /// The metadata, for the server to put its own trace context in before the handler runs.
+    #[cfg(feature = "otel")]
+    pub(crate) fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+
     /// The service being called.
     pub fn service(&self) -> &str {
         &self.service

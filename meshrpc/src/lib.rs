@@ -32,6 +32,8 @@ pub mod seeds;
 pub mod service;
 pub mod spec;
 pub mod status;
+#[cfg(feature = "otel")]
+pub mod telemetry;
 pub mod tls;
 pub mod transport;
 pub mod wire;

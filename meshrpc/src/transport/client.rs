@@ -19,7 +19,31 @@ use crate::wire::{CallHeader, FrameDecoder, FrameKind, StatusBody};
 
 /// Sends `call` to the peer at `addr` over a new stream of the pooled connection and waits for
 /// the reply. Dropping the returned future stops the stream, which cancels the handler.
+///
+/// With trace export on (feature `otel`), the attempt is a CLIENT span whose context the call
+/// carries as its `traceparent`.
 pub async fn call_peer(
+    connections: &Connections,
+    addr: SocketAddr,
+    call: Call,
+    max_message_size: usize,
+) -> Result<Bytes, Status> {
+    #[cfg(feature = "otel")]
+    let mut call = call;
+    #[cfg(feature = "otel")]
+    if let Some(span) = crate::telemetry::client_span(&mut call, addr) {
+        use tracing::Instrument as _;
+        let outcome = exchange(connections, addr, call, max_message_size)
+            .instrument(span.clone())
+            .await;
+        crate::telemetry::record_outcome(&span, &outcome);
+        return outcome;
+    }
+    exchange(connections, addr, call, max_message_size).await
+}
+
+/// The call itself: the request out, the reply in.
+async fn exchange(
     connections: &Connections,
     addr: SocketAddr,
     call: Call,

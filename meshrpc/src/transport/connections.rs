@@ -232,10 +232,14 @@ impl Connections {
 
     async fn connect(&self, addr: SocketAddr) -> Result<Pooled, Status> {
         let refused = |what: String| Status::refused(Code::Unavailable, what);
-        let connecting = self
-            .endpoint
-            .connect(addr, &self.server_name)
-            .map_err(|error| refused(format!("cannot connect to {addr}: {error}")))?;
+        let connect = || self.endpoint.connect(addr, &self.server_name);
+        // quinn runs the connection's driver in the span current when it connects: the span of
+        // the call that happened to open the connection would then stay open (and unexported)
+        // for as long as the connection lives.
+        #[cfg(feature = "otel")]
+        let connect = || crate::telemetry::outside_spans(connect);
+        let connecting =
+            connect().map_err(|error| refused(format!("cannot connect to {addr}: {error}")))?;
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(connection)) => {
                 if let Some(hook) = self.on_connect.get() {

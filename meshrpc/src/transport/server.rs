@@ -475,14 +475,26 @@ impl Server {
         let started = Instant::now();
         self.metrics.set_in_flight(self.calls_in_flight());
         let method = call.method;
+        #[cfg(feature = "otel")]
+        let span = crate::telemetry::server_span(
+            method.service,
+            method.name,
+            call.peer,
+            call.context.metadata_mut(),
+        );
         // In a block of its own, so the handler's state is gone while the reply is written.
         let outcome = {
             let deadline = call.context.deadline();
-            let handler = AssertUnwindSafe(
-                call.context
-                    .scope(call.service.dispatch(method.name, call.request)),
-            )
-            .catch_unwind();
+            let dispatch = call.service.dispatch(method.name, call.request);
+            #[cfg(feature = "otel")]
+            let dispatch = match &span {
+                Some(span) => futures_util::future::Either::Left(tracing::Instrument::instrument(
+                    dispatch,
+                    span.clone(),
+                )),
+                None => futures_util::future::Either::Right(dispatch),
+            };
+            let handler = AssertUnwindSafe(call.context.scope(dispatch)).catch_unwind();
             let mut handler = std::pin::pin!(run_until(deadline, handler));
             // Most handlers finish on their first poll: they need no cancellation watch (which
             // costs a registration with the connection) and no deadline timer.
@@ -501,6 +513,10 @@ impl Server {
                         Some(outcome) => outcome,
                         None => {
                             debug!(method = %method.name, "caller cancelled; handler dropped");
+                            #[cfg(feature = "otel")]
+                            if let Some(span) = &span {
+                                crate::telemetry::record_code(span, Code::Cancelled);
+                            }
                             return;
                         }
                     }
@@ -513,6 +529,10 @@ impl Server {
             Ok(Err(_)) => Code::Internal,
             Err(()) => Code::DeadlineExceeded,
         };
+        #[cfg(feature = "otel")]
+        if let Some(span) = &span {
+            crate::telemetry::record_code(span, code);
+        }
         let elapsed = started.elapsed();
         match self.method_metrics.get(&(method.service, method.name)) {
             Some(recorder) => recorder.record(&self.metrics, code, elapsed),

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use concierge::{ConciergeServer, ConciergeService, GreeterClient};
-use meshrpc::cli::{ANY_PORT, NodeArgs, init_logging};
+use meshrpc::cli::{ANY_PORT, NodeArgs, init_tracing};
 
 /// Welcomes groups of guests by calling the greeter, as a member of a meshrpc mesh.
 #[derive(Debug, Parser)]
@@ -14,7 +14,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    init_logging();
+    // Logs, and spans over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let telemetry = init_tracing("concierge")?;
     let args = Args::parse();
     let builder = args.node.builder("concierge", ANY_PORT)?;
     let greeter: GreeterClient = builder.client();
@@ -28,5 +29,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         node.advertised_addr()
     );
     node.run_until_signal().await;
+    telemetry.shutdown();
     Ok(())
 }

@@ -7,7 +7,7 @@
 
 use clap::Parser;
 use greeter::{GreeterServer, GreeterService, http_handlers};
-use meshrpc::cli::{ANY_PORT, NodeArgs, init_logging};
+use meshrpc::cli::{ANY_PORT, NodeArgs, init_tracing};
 
 /// Greets people and sends postcards, as a member of a meshrpc mesh.
 #[derive(Debug, Parser)]
@@ -19,7 +19,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    init_logging();
+    // Logs, and spans over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let telemetry = init_tracing("greeter")?;
     let args = Args::parse();
     let node = args
         .node
@@ -34,5 +35,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         node.advertised_addr()
     );
     node.run_until_signal().await;
+    telemetry.shutdown();
     Ok(())
 }

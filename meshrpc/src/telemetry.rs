@@ -1,0 +1,454 @@
+//! Trace export over OTLP/HTTP (feature `otel`): the spans every call makes on both sides, and
+//! the W3C trace context they carry in call metadata.
+//!
+//! [`install`] (through [`cli::init_tracing`](crate::cli::init_tracing)) reads the usual
+//! OpenTelemetry environment. Unless `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, nothing is installed and calls make no spans: the
+//! call paths ask [`enabled`], one relaxed atomic load, and go on as without the feature.
+//!
+//! Once installed, the caller makes one CLIENT span per attempt (in
+//! [`call_peer`](crate::transport::client::call_peer)), whose context replaces the call's
+//! `traceparent`; the callee makes a SERVER span whose parent is that `traceparent`, and puts
+//! its own context in the [`CallContext`](crate::context::CallContext) the handler runs in, so
+//! calls the handler makes are its children. Spans go out in batches (`OTEL_BSP_*`) as
+//! protobuf to `<endpoint>/v1/traces`, sent by a hyper client on a thread of its own.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Span;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::channel::Call;
+use crate::metadata::Metadata;
+use crate::status::{Code, Status};
+
+/// Whether spans are being exported; set once by [`install`].
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// How long one export may take before it is given up.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest collector reply read (its body is only ever a small status message).
+const MAX_REPLY: usize = 64 * 1024;
+
+/// The only protocol spoken; the OpenTelemetry default.
+const HTTP_PROTOBUF: &str = "http/protobuf";
+
+/// Whether this process exports spans. Call paths check it before making a span.
+#[inline]
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Why trace export could not be set up from the environment.
+#[derive(thiserror::Error)]
+pub enum TelemetryError {
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (or its `_TRACES_` form) names another protocol.
+    #[error(
+        "{variable}={value:?} is not supported: meshrpc exports traces over OTLP/HTTP with \
+         protobuf only; set {variable}=http/protobuf or unset it"
+    )]
+    Protocol {
+        /// The variable that was set.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The exporter could not be built (an endpoint that is not a URL, for one).
+    #[error("cannot export traces: {0}")]
+    Exporter(String),
+    /// The thread that sends spans could not be started.
+    #[error("cannot start the trace export thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// The message, as a binary whose `main` returns this error prints it with `Debug`.
+impl std::fmt::Debug for TelemetryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// The endpoint variables, most specific first; export is on when one is set.
+const ENDPOINT_VARIABLES: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+];
+
+/// The protocol variables, most specific first.
+const PROTOCOL_VARIABLES: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+];
+
+/// Whether the environment asks for trace export.
+pub fn configured() -> bool {
+    ENDPOINT_VARIABLES
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()))
+}
+
+/// The running exporter; [`Exporter::shutdown`] sends what is left.
+#[derive(Debug)]
+pub struct Exporter {
+    provider: SdkTracerProvider,
+    sender: Option<SenderThread>,
+}
+
+/// The thread whose runtime drives the HTTP requests of the export.
+#[derive(Debug)]
+struct SenderThread {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Exporter {
+    /// Exports the spans still buffered and stops exporting.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        ENABLED.store(false, Ordering::Relaxed);
+        if let Err(error) = self.provider.shutdown() {
+            tracing::debug!(%error, "trace exporter shutdown");
+        }
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.stop.send(());
+            let _ = sender.thread.join();
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        if self.sender.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// The protocol the environment asks for, refused unless it is `http/protobuf`.
+fn check_protocol() -> Result<(), TelemetryError> {
+    for variable in PROTOCOL_VARIABLES {
+        if let Ok(value) = std::env::var(variable) {
+            let value = value.trim();
+            if value.is_empty() {
+                continue;
+            }
+            if value.eq_ignore_ascii_case(HTTP_PROTOBUF) {
+                return Ok(());
+            }
+            return Err(TelemetryError::Protocol {
+                variable,
+                value: value.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The `service.name` of this process: `OTEL_SERVICE_NAME`, else `default`.
+fn service_name(default: &str) -> String {
+    std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|name| !name.trim().is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// Builds the OTLP/HTTP exporter from the environment and the layer that feeds it, or `None`
+/// when no endpoint is configured. `default_service` is the `service.name` unless
+/// `OTEL_SERVICE_NAME` says otherwise. Spans count as made only once the layer is part of the
+/// installed subscriber, so call [`activate`] after installing it.
+pub fn install<S>(
+    default_service: &str,
+) -> Result<Option<(Exporter, impl tracing_subscriber::Layer<S>)>, TelemetryError>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    if !configured() {
+        return Ok(None);
+    }
+    check_protocol()?;
+    let (sender, handle) = start_sender()?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_http_client(HyperSender::new(handle))
+        .build()
+        .map_err(|error| TelemetryError::Exporter(error.to_string()))?;
+    let resource = Resource::builder()
+        .with_service_name(service_name(default_service))
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer("meshrpc");
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        // No busy/idle times and thread ids: a clock read per poll for attributes no trace
+        // view needs.
+        .with_tracked_inactivity(false)
+        .with_threads(false);
+    Ok(Some((
+        Exporter {
+            provider,
+            sender: Some(sender),
+        },
+        layer,
+    )))
+}
+
+/// Turns span making on: the layer [`install`] returned is in the global subscriber.
+pub fn activate() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// Starts the thread whose single-threaded runtime sends the exports. The SDK's batch
+/// processor runs exports on a thread of its own, outside any runtime, and hyper needs one;
+/// this one is the process's only part that waits on the collector.
+fn start_sender() -> Result<(SenderThread, tokio::runtime::Handle), TelemetryError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("otlp-sender".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+        })?;
+    Ok((SenderThread { stop, thread }, handle))
+}
+
+/// Sends OTLP requests with hyper's HTTP/1 client on the sender thread's runtime.
+#[derive(Debug)]
+struct HyperSender {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    runtime: tokio::runtime::Handle,
+}
+
+impl HyperSender {
+    fn new(runtime: tokio::runtime::Handle) -> HyperSender {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        HyperSender { client, runtime }
+    }
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for HyperSender {
+    async fn send_bytes(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
+        let client = self.client.clone();
+        let exchange = async move {
+            let response = client.request(request.map(Full::new)).await?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_REPLY).collect().await?.to_bytes();
+            Ok::<_, opentelemetry_http::HttpError>(http::Response::from_parts(parts, body))
+        };
+        let task = self
+            .runtime
+            .spawn(async move { tokio::time::timeout(EXPORT_TIMEOUT, exchange).await });
+        match task.await? {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer from the collector in {EXPORT_TIMEOUT:?}").into()),
+        }
+    }
+}
+
+/// Runs `f` with no span current, so that whatever `f` spawns in "the current span" does not
+/// keep a call's span open. Without export on, it just runs `f`.
+pub(crate) fn outside_spans<T>(f: impl FnOnce() -> T) -> T {
+    if !enabled() {
+        return f();
+    }
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), f)
+}
+
+/// The `traceparent` and `tracestate` a carrier holds.
+struct Found<'a> {
+    traceparent: Option<&'a str>,
+    tracestate: Option<&'a str>,
+}
+
+impl Extractor for Found<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => self.traceparent,
+            "tracestate" => self.tracestate,
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+/// Writes `traceparent` and `tracestate` through a setter.
+struct Setter<F>(F);
+
+impl<F: FnMut(&str, String)> Injector for Setter<F> {
+    fn set(&mut self, key: &str, value: String) {
+        (self.0)(key, value)
+    }
+}
+
+/// Makes `span` a child of the remote span the `traceparent` (and `tracestate`) that `get`
+/// returns names; with no valid `traceparent`, `span` keeps its local parent.
+pub fn continue_trace<'a>(span: &Span, get: impl Fn(&str) -> Option<&'a str>) {
+    let found = Found {
+        traceparent: get("traceparent"),
+        tracestate: get("tracestate"),
+    };
+    if found.traceparent.is_none() {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(&found);
+    let _ = span.set_parent(parent);
+}
+
+/// Hands `set` the `traceparent` (and `tracestate`) that make a callee's spans children of
+/// `span`.
+pub fn propagate(span: &Span, set: impl FnMut(&str, String)) {
+    TraceContextPropagator::new().inject_context(&span.context(), &mut Setter(set));
+}
+
+/// Continues the trace of `metadata` in `span`, then makes `metadata` name `span`.
+fn relay(span: &Span, metadata: &mut Metadata) {
+    continue_trace(span, |key| metadata.get(key));
+    let mut context = Metadata::new();
+    propagate(span, |key, value| context.insert(key, value));
+    for (key, value) in context.iter() {
+        metadata.insert(key, value);
+    }
+}
+
+/// The CLIENT span of one attempt of `call` to `peer`, or `None` when export is off. The
+/// call's metadata then carries the span's context to the callee.
+pub(crate) fn client_span(call: &mut Call, peer: SocketAddr) -> Option<Span> {
+    if !enabled() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        target: "meshrpc::trace",
+        "meshrpc.call",
+        otel.name = %format_args!("{}/{}", call.service, call.method),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        rpc.system = "meshrpc",
+        rpc.service = %call.service,
+        rpc.method = %call.method,
+        rpc.response.status_code = Empty,
+        server.address = %peer.ip(),
+        server.port = peer.port(),
+        network.peer.address = %peer.ip(),
+        network.peer.port = peer.port(),
+    );
+    relay(&span, &mut call.metadata);
+    Some(span)
+}
+
+/// The SERVER span of a call to `service.method` from `peer`, a child of the caller's span
+/// named in `metadata`, or `None` when export is off. `metadata` then names this span, so
+/// calls the handler makes are its children.
+pub(crate) fn server_span(
+    service: &str,
+    method: &str,
+    peer: SocketAddr,
+    metadata: &mut Metadata,
+) -> Option<Span> {
+    if !enabled() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        target: "meshrpc::trace",
+        "meshrpc.serve",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        rpc.system = "meshrpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.response.status_code = Empty,
+        client.address = %peer.ip(),
+        client.port = peer.port(),
+        network.peer.address = %peer.ip(),
+        network.peer.port = peer.port(),
+    );
+    relay(&span, metadata);
+    Some(span)
+}
+
+/// Records a call's status code on its span; any code but `ok` marks the span an error.
+pub(crate) fn record_code(span: &Span, code: Code) {
+    span.record("rpc.response.status_code", code.as_str());
+    if code != Code::Ok {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// Records the outcome of a call on its span.
+pub(crate) fn record_outcome<T>(span: &Span, outcome: &Result<T, Status>) {
+    match outcome {
+        Ok(_) => record_code(span, Code::Ok),
+        Err(status) => {
+            record_code(span, status.code());
+            span.record("otel.status_description", status.message());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_protocol_other_than_http_protobuf_is_refused_with_the_variable_named() {
+        let error = TelemetryError::Protocol {
+            variable: "OTEL_EXPORTER_OTLP_PROTOCOL",
+            value: "grpc".into(),
+        };
+        let message = error.to_string();
+        assert!(
+            message.contains("OTEL_EXPORTER_OTLP_PROTOCOL=\"grpc\""),
+            "{message}"
+        );
+        assert!(message.contains("http/protobuf"), "{message}");
+    }
+
+    #[test]
+    fn without_an_installed_exporter_calls_make_no_spans() {
+        let mut call = Call::new("greeter", "greet", Bytes::new());
+        call.metadata.insert(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        let before = call.metadata.clone();
+        assert!(client_span(&mut call, ([127, 0, 0, 1], 1).into()).is_none());
+        assert_eq!(call.metadata, before);
+    }
+}
