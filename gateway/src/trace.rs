@@ -6,7 +6,7 @@
 //! metadata, make the mesh's spans its children; calls made from typed routes find it as the
 //! current span. Its attributes come from bounded sets whatever clients send: the method is a
 //! standard one or `_OTHER`, `http.route` the router pattern the request matched (the raw path
-//! never).
+//! never; a request no route matched has none).
 //!
 //! Without export the layer is not installed at all ([`layer`]), so requests pay nothing.
 
@@ -39,7 +39,7 @@ mod otel {
     use tracing::Instrument as _;
     use tracing::field::Empty;
 
-    use crate::metrics::{UNMATCHED, method_label};
+    use crate::metrics::method_label;
 
     /// Wraps each route in a [`RequestSpan`].
     #[derive(Debug, Clone, Copy)]
@@ -93,21 +93,31 @@ mod otel {
             "other" => "_OTHER",
             method => method,
         };
+        // A request no route matched has no `http.route`, and only its method as its name.
         let route = request
             .extensions()
             .get::<MatchedPath>()
-            .map_or(UNMATCHED, MatchedPath::as_str);
+            .map(MatchedPath::as_str);
         let span = tracing::info_span!(
             target: "mesh_api::trace",
             "http.request",
-            otel.name = %format_args!("{method} {route}"),
+            otel.name = Empty,
             otel.kind = "server",
             otel.status_code = Empty,
             http.request.method = method,
-            http.route = route,
+            http.route = Empty,
             http.response.status_code = Empty,
             url.scheme = "http",
         );
+        match route {
+            Some(route) => {
+                span.record("otel.name", format_args!("{method} {route}"));
+                span.record("http.route", route);
+            }
+            None => {
+                span.record("otel.name", method);
+            }
+        }
         let headers = request.headers_mut();
         meshrpc::telemetry::continue_trace(&span, |key| {
             headers.get(key).and_then(|value| value.to_str().ok())

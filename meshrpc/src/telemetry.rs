@@ -139,22 +139,24 @@ impl Drop for Exporter {
     }
 }
 
-/// The protocol the environment asks for, refused unless it is `http/protobuf`.
-fn check_protocol() -> Result<(), TelemetryError> {
+/// The protocol the environment (read through `var`) asks for, refused unless it is
+/// `http/protobuf`; the traces-only variable wins over the general one.
+fn check_protocol(var: impl Fn(&str) -> Option<String>) -> Result<(), TelemetryError> {
     for variable in PROTOCOL_VARIABLES {
-        if let Ok(value) = std::env::var(variable) {
-            let value = value.trim();
-            if value.is_empty() {
-                continue;
-            }
-            if value.eq_ignore_ascii_case(HTTP_PROTOBUF) {
-                return Ok(());
-            }
-            return Err(TelemetryError::Protocol {
-                variable,
-                value: value.to_owned(),
-            });
+        let Some(value) = var(variable) else {
+            continue;
+        };
+        let value = value.trim();
+        if value.is_empty() {
+            continue;
         }
+        if value.eq_ignore_ascii_case(HTTP_PROTOBUF) {
+            return Ok(());
+        }
+        return Err(TelemetryError::Protocol {
+            variable,
+            value: value.to_owned(),
+        });
     }
     Ok(())
 }
@@ -180,7 +182,7 @@ where
     if !configured() {
         return Ok(None);
     }
-    check_protocol()?;
+    check_protocol(|name| std::env::var(name).ok())?;
     let (sender, handle) = start_sender()?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -426,18 +428,50 @@ pub(crate) fn record_outcome<T>(span: &Span, outcome: &Result<T, Status>) {
 mod tests {
     use super::*;
 
+    fn env<'a>(pairs: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        }
+    }
+
     #[test]
-    fn a_protocol_other_than_http_protobuf_is_refused_with_the_variable_named() {
-        let error = TelemetryError::Protocol {
-            variable: "OTEL_EXPORTER_OTLP_PROTOCOL",
-            value: "grpc".into(),
-        };
+    fn http_protobuf_or_no_protocol_at_all_is_accepted() {
+        assert!(check_protocol(env(&[])).is_ok());
+        assert!(check_protocol(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])).is_ok());
+        assert!(check_protocol(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "HTTP/Protobuf")])).is_ok());
+    }
+
+    #[test]
+    fn another_protocol_is_refused_naming_the_variable_and_what_to_set() {
+        let error = check_protocol(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]))
+            .expect_err("grpc is refused");
         let message = error.to_string();
         assert!(
             message.contains("OTEL_EXPORTER_OTLP_PROTOCOL=\"grpc\""),
             "{message}"
         );
         assert!(message.contains("http/protobuf"), "{message}");
+        // The traces-only variable wins over the general one.
+        let error = check_protocol(env(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]))
+        .expect_err("http/json is refused");
+        assert!(
+            error
+                .to_string()
+                .contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        );
+        assert!(
+            check_protocol(env(&[
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ]))
+            .is_ok()
+        );
     }
 
     #[test]
