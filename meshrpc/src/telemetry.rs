@@ -92,11 +92,20 @@ const PROTOCOL_VARIABLES: [&str; 2] = [
     "OTEL_EXPORTER_OTLP_PROTOCOL",
 ];
 
-/// Whether the environment asks for trace export.
+/// Whether the environment asks for trace export: an endpoint is set, and
+/// `OTEL_SDK_DISABLED` is not `true`.
 pub fn configured() -> bool {
-    ENDPOINT_VARIABLES
-        .iter()
-        .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()))
+    configured_in(|name| std::env::var(name).ok())
+}
+
+/// [`configured`], reading the environment through `var`.
+fn configured_in(var: impl Fn(&str) -> Option<String>) -> bool {
+    let disabled =
+        var("OTEL_SDK_DISABLED").is_some_and(|value| value.trim().eq_ignore_ascii_case("true"));
+    !disabled
+        && ENDPOINT_VARIABLES
+            .iter()
+            .any(|name| var(name).is_some_and(|value| !value.trim().is_empty()))
 }
 
 /// The running exporter; [`Exporter::shutdown`] sends what is left.
@@ -435,6 +444,28 @@ mod tests {
                 .find(|(key, _)| *key == name)
                 .map(|(_, value)| (*value).to_owned())
         }
+    }
+
+    #[test]
+    fn export_is_on_only_with_an_endpoint_and_not_disabled() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+        let traces = (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://127.0.0.1:4318/v1/traces",
+        );
+        assert!(!configured_in(env(&[])));
+        assert!(!configured_in(env(&[("OTEL_SERVICE_NAME", "greeter")])));
+        assert!(!configured_in(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")])));
+        assert!(configured_in(env(&[endpoint])));
+        assert!(configured_in(env(&[traces])));
+        assert!(!configured_in(env(&[
+            endpoint,
+            ("OTEL_SDK_DISABLED", "true")
+        ])));
+        assert!(configured_in(env(&[
+            endpoint,
+            ("OTEL_SDK_DISABLED", "false")
+        ])));
     }
 
     #[test]
