@@ -389,15 +389,17 @@ fn dashboard_routes(paths: &mut Map<String, Value>, secured: bool) {
         "properties": {
             "name": { "type": "string" },
             "addr": { "type": "string", "description": "`ip:port`" },
-            "state": { "type": "string", "enum": ["alive", "suspect", "draining"] },
+            "state": { "type": "string", "enum": ["alive", "suspect", "draining", "down"],
+                       "description": "`down`: it left the view in the last minute." },
             "local": { "type": "boolean", "description": "The gateway itself." },
             "services": { "type": "array", "items": { "type": "string" } },
             "http": { "type": "array", "items": { "type": "string" },
                       "description": "Services whose legacy HTTP handlers it serves." },
-            "stats": { "type": "string", "enum": ["ok", "pending", "failed"],
+            "stats": { "type": "string", "enum": ["ok", "pending", "failed", "gone"],
                        "description": "How asking it for `meshrpc.node/stats` went." },
             "stats_age_s": number,
-            "stats_error": { "type": "string", "nullable": true }
+            "stats_error": { "type": "string", "nullable": true },
+            "left_s_ago": number
         },
         "required": ["name", "addr", "state", "local", "services", "http", "stats"]
     });

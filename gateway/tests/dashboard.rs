@@ -3,11 +3,12 @@
 //! their own; every child is killed when the test ends, failed or not.
 //!
 //! - `/dashboard/state` lists each greeter's address, counts the calls made through the
-//!   gateway, and stops listing a greeter killed with SIGKILL once the mesh notices;
+//!   gateway, and shows a greeter killed with SIGKILL as `down` (no longer a replica) once the
+//!   mesh notices; a new greeter appears;
 //! - both dashboard routes want the API key (bearer or Basic password) when there are keys;
 //! - a real headless Chromium (Debian's `chromium`, run as a subprocess with `--dump-dom` and
-//!   `--screenshot`, pointed at 127.0.0.1 only) shows each member's address, stops showing
-//!   the killed one, and leaves a screenshot at `target/dashboard/dashboard.png`. Without
+//!   `--screenshot`, pointed at 127.0.0.1 only) shows each member's address, then the killed
+//!   one as down and no longer among the replicas, and leaves a screenshot at `target/dashboard/dashboard.png`. Without
 //!   `chromium` on the `PATH` that test says so and passes, unless `MESHRPC_REQUIRE_CHROMIUM=1`.
 
 mod common;
@@ -188,7 +189,7 @@ async fn mesh_of_two(cluster: &str) -> Mesh {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_state_lists_each_greeter_counts_calls_and_forgets_a_killed_one() {
+async fn the_state_lists_each_greeter_counts_calls_and_shows_a_killed_one_down() {
     let cluster = format!("dashboard-state-{}", std::process::id());
     let mut mesh = mesh_of_two(&cluster).await;
     let gateway = &mesh.gateway;
@@ -241,21 +242,29 @@ async fn the_state_lists_each_greeter_counts_calls_and_forgets_a_killed_one() {
         "{all:#}"
     );
 
-    // SIGKILL one greeter: once the mesh notices, the dashboard stops listing it.
+    // SIGKILL one greeter: once the mesh notices, the dashboard shows it down and no longer
+    // as a replica.
     let killed = mesh.greeters.remove(0);
     let survivor = mesh.greeters[0].addr;
     drop(killed.process);
     let state = wait_for_state(
         gateway,
         Duration::from_secs(60),
-        "the killed greeter gone",
+        "the killed greeter down",
         |state| {
-            member(state, killed.addr).is_none()
+            member(state, killed.addr).is_some_and(|member| member["state"] == "down")
                 && !replicas(state, "greeter").contains(&killed.addr.to_string())
         },
     )
     .await;
-    assert!(member(&state, survivor).is_some(), "{state:#}");
+    assert_eq!(
+        member(&state, killed.addr).expect("listed")["stats"],
+        "gone"
+    );
+    assert!(
+        member(&state, survivor).is_some_and(|member| member["state"] == "alive"),
+        "{state:#}"
+    );
     assert_eq!(
         replicas(&state, "greeter"),
         vec![survivor.to_string()],
@@ -426,7 +435,7 @@ async fn run_chromium(chromium: &Path, profile: &Path, url: &str, mode: &[&str])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn headless_chromium_shows_each_member_and_loses_a_killed_one() {
+async fn headless_chromium_shows_each_member_and_a_killed_one_down() {
     let Some(chromium) = chromium() else {
         assert!(
             std::env::var("MESHRPC_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
@@ -491,14 +500,27 @@ async fn headless_chromium_shows_each_member_and_loses_a_killed_one() {
     wait_for_state(
         &mesh.gateway,
         Duration::from_secs(60),
-        "the killed greeter gone",
-        |state| member(state, killed.addr).is_none(),
+        "the killed greeter down",
+        |state| member(state, killed.addr).is_some_and(|member| member["state"] == "down"),
     )
     .await;
     let dom = run_chromium(&chromium, profile.path(), &url, &["--dump-dom"]).await;
     assert!(
-        !dom.contains(&killed.addr.to_string()),
-        "{} still on the page: {dom}",
+        dom.contains(&format!(
+            "<tr data-addr=\"{}\" data-state=\"down\">",
+            killed.addr
+        )),
+        "{} not shown down: {dom}",
+        killed.addr
+    );
+    assert!(!dom.contains(&member_row(killed.addr)), "{dom}");
+    let services = dom
+        .split_once("id=\"services\"")
+        .map(|(_, after)| after)
+        .expect("the services table");
+    assert!(
+        !services.contains(&killed.addr.to_string()),
+        "{} still a replica: {services}",
         killed.addr
     );
     assert!(dom.contains(&member_row(mesh.greeters[0].addr)), "{dom}");

@@ -1,5 +1,6 @@
 //! The live dashboard at `/dashboard`: who is in the mesh and how its methods are doing.
 //!
+//! - [`departed`] remembers, for a minute, the members that left the view (shown `down`);
 //! - [`history`] keeps the last minute of every member's `meshrpc.node/stats` answers and
 //!   turns them into calls/s, error rate and p50/p99 per method (no I/O);
 //! - [`poller`] asks every member in the gateway's view for its stats: every
@@ -13,6 +14,7 @@
 //! Members come from the gateway's own membership view; method numbers from the server side
 //! of each callee (what the member that served the calls counted), summed over the members.
 
+pub mod departed;
 pub mod history;
 pub mod poller;
 pub mod state;
@@ -20,9 +22,11 @@ pub mod state;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use meshrpc::membership::View;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+pub use departed::Departed;
 pub use history::History;
 
 /// The page served at `/dashboard`.
@@ -42,6 +46,7 @@ pub const WATCH_LINGER: Duration = Duration::from_secs(30);
 #[derive(Debug, Default)]
 pub struct Dashboard {
     history: Mutex<History>,
+    departed: Mutex<Departed>,
     watched: Mutex<Option<Instant>>,
     wake: Notify,
 }
@@ -78,6 +83,21 @@ impl Dashboard {
             .history
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Runs `f` on the departed members.
+    pub fn with_departed<T>(&self, f: impl FnOnce(&mut Departed) -> T) -> T {
+        f(&mut self
+            .departed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Takes `view` as the current one: forgets the stats of members no longer in it and
+    /// notes them as departed.
+    pub fn observe(&self, view: &View, now: Instant) {
+        self.with_history(|history| history.retain(|addr| view.member_at(*addr).is_some()));
+        self.with_departed(|departed| departed.observe(view, now));
     }
 
     /// Waits until [`Dashboard::watch`] wakes the poller.

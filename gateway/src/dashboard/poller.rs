@@ -28,7 +28,7 @@ fn stats_method() -> &'static MethodSpec {
 }
 
 /// Polls once: every member in view (the gateway's own node from its registry, without a
-/// call), then drops the members no longer in view.
+/// call), then drops the members no longer in view (and notes them as departed).
 pub async fn poll_once(node: &Node, dashboard: &Dashboard) {
     let view = node.view();
     let limit = Arc::new(Semaphore::new(CONCURRENCY));
@@ -59,10 +59,7 @@ pub async fn poll_once(node: &Node, dashboard: &Dashboard) {
             Err(status) => history.record_failure(addr, &status.to_string()),
         });
     }
-    let view = node.view();
-    dashboard.with_history(|history| {
-        history.retain(|addr| view.member_at(*addr).is_some());
-    });
+    dashboard.observe(&node.view(), Instant::now());
 }
 
 /// Polls in the background until the handle is aborted: every

@@ -10,6 +10,7 @@ use meshrpc::node_service::NODE_SERVICE;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::departed::Departed;
 use super::history::{Answering, History, MethodRates, RECENT, WINDOW};
 
 /// The whole state.
@@ -23,7 +24,8 @@ pub struct State {
     pub window_s: u64,
     /// How far back `calls_per_s` reaches, in seconds.
     pub recent_s: u64,
-    /// Every member in view, sorted by name, then address.
+    /// Every member in view and every member that left it in the last minute (`down`),
+    /// sorted by name, then address.
     pub members: Vec<Member>,
     /// Every service some member publishes or served, sorted by name.
     pub services: Vec<Service>,
@@ -36,7 +38,7 @@ pub struct Member {
     pub name: String,
     /// Its address, `ip:port`.
     pub addr: String,
-    /// `alive`, `suspect` or `draining`.
+    /// `alive`, `suspect`, `draining`, or `down` when it left the view.
     pub state: &'static str,
     /// Whether it is the gateway itself.
     pub local: bool,
@@ -44,12 +46,15 @@ pub struct Member {
     pub services: Vec<String>,
     /// The services whose legacy HTTP handlers it serves.
     pub http: Vec<String>,
-    /// `ok`, `pending` (not asked yet) or `failed`: how asking it for stats went.
+    /// `ok`, `pending` (not asked yet), `failed`, or `gone` (it left the view): how asking it
+    /// for stats went.
     pub stats: &'static str,
     /// Seconds since its last stats answer.
     pub stats_age_s: Option<f64>,
     /// Why its last stats ask failed.
     pub stats_error: Option<String>,
+    /// Seconds since the gateway noticed it left the view (`down` members only).
+    pub left_s_ago: Option<f64>,
 }
 
 /// One replica of a service.
@@ -108,9 +113,16 @@ pub fn member_state(member: &MemberView) -> &'static str {
     }
 }
 
-/// The state of `view` and `history` as of `now`; `meshrpc.node` (the mesh's own calls,
-/// the dashboard's polls among them) only when `all`.
-pub fn build(gateway: &str, view: &View, history: &History, now: Instant, all: bool) -> State {
+/// The state of `view`, `history` and `departed` as of `now`; `meshrpc.node` (the mesh's own
+/// calls, the dashboard's polls among them) only when `all`.
+pub fn build(
+    gateway: &str,
+    view: &View,
+    history: &History,
+    departed: &Departed,
+    now: Instant,
+    all: bool,
+) -> State {
     let mut members: Vec<Member> = view
         .members()
         .iter()
@@ -130,9 +142,22 @@ pub fn build(gateway: &str, view: &View, history: &History, now: Instant, all: b
                 stats,
                 stats_age_s,
                 stats_error,
+                left_s_ago: None,
             }
         })
         .collect();
+    members.extend(departed.recent(now).map(|(gone, ago)| Member {
+        name: gone.name.clone(),
+        addr: gone.addr.to_string(),
+        state: "down",
+        local: false,
+        services: gone.services.clone(),
+        http: Vec::new(),
+        stats: "gone",
+        stats_age_s: None,
+        stats_error: None,
+        left_s_ago: Some(ago.as_secs_f64()),
+    }));
     members.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.addr.cmp(&b.addr)));
     let rates = history
         .rates(|addr, service| (all || service != NODE_SERVICE) && view.member_at(*addr).is_some());
@@ -242,7 +267,9 @@ mod tests {
             history.record(addr, start, greet(0));
             history.record(addr, later, greet(10));
         }
-        let state = build("mesh-api", &view, &history, later, false);
+        let mut departed = Departed::default();
+        departed.observe(&view, start);
+        let state = build("mesh-api", &view, &history, &departed, later, false);
         let states: Vec<(&str, &str)> = state
             .members
             .iter()

@@ -45,8 +45,11 @@ pub async fn state(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery)
         .split('&')
         .any(|pair| matches!(pair, "all" | "all=" | "all=1" | "all=true"));
     let view = shared.node().view();
-    let body = dashboard.with_history(|history| {
-        state::build(shared.node().name(), &view, history, Instant::now(), all)
+    let now = Instant::now();
+    let body = dashboard.with_departed(|departed| {
+        dashboard.with_history(|history| {
+            state::build(shared.node().name(), &view, history, departed, now, all)
+        })
     });
     ([(http::header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
