@@ -474,6 +474,48 @@ async fn one_welcome_request_is_one_trace_across_gateway_concierge_and_greeter()
     let continued = welcome_trace(&collector, |span| hex(&span.trace_id) == trace_id).await;
     assert_eq!(hex(&continued.root.parent), parent_id);
 
+    // A typed route (it calls a generated client, forwarding no header) is traced as well.
+    let answer = get(mesh.http, "/greeter/greet/Max").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let spans = collector
+            .collected
+            .lock()
+            .expect("the collector's lock")
+            .spans
+            .clone();
+        let linked = spans
+            .iter()
+            .filter(|span| {
+                span.service == "mesh-api"
+                    && span.is(SpanKind::Server)
+                    && span.attribute("http.route") == Some("/greeter/greet/{name}")
+            })
+            .any(|root| {
+                spans
+                    .iter()
+                    .filter(|call| call.parent == root.span_id && call.is(SpanKind::Client))
+                    .any(|call| {
+                        call.name == "greeter/greet"
+                            && spans.iter().any(|served| {
+                                served.parent == call.span_id
+                                    && served.service == "greeter"
+                                    && served.is(SpanKind::Server)
+                                    && served.trace_id == root.trace_id
+                            })
+                    })
+            });
+        if linked {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET /greeter/greet/Max never arrived as request -> call -> greeter: {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let collected = collector.collected.lock().expect("the collector's lock");
     assert!(collected.refused.is_empty(), "{:?}", collected.refused);
 }
