@@ -196,8 +196,18 @@ pub fn init_tracing(node_name: &str) -> Result<Telemetry, TelemetryError> {
         use tracing_subscriber::layer::SubscriberExt as _;
         use tracing_subscriber::util::SubscriberInitExt as _;
         if let Some((exporter, layer)) = crate::telemetry::install(node_name)? {
-            // Spans at `info` and above of any target, whatever `RUST_LOG` lets the log show.
-            let spans = tracing_subscriber::filter::LevelFilter::INFO;
+            // Spans at `info` and above of any target, whatever `RUST_LOG` lets the log show;
+            // of events only warnings and errors (attached to the span they happen in), so the
+            // per-call access log stays off the call path when the log does not want it.
+            let spans = tracing_subscriber::filter::filter_fn(|metadata| {
+                let level = *metadata.level();
+                if metadata.is_span() {
+                    level <= tracing::Level::INFO
+                } else {
+                    level <= tracing::Level::WARN
+                }
+            })
+            .with_max_level_hint(tracing_subscriber::filter::LevelFilter::INFO);
             let installed = tracing_subscriber::registry()
                 .with(log_layer())
                 .with(layer.with_filter(spans))
