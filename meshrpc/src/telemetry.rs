@@ -322,7 +322,10 @@ struct Setter<F>(F);
 
 impl<F: FnMut(&str, String)> Injector for Setter<F> {
     fn set(&mut self, key: &str, value: String) {
-        (self.0)(key, value)
+        // An empty `tracestate` says nothing: it is not sent.
+        if !value.is_empty() {
+            (self.0)(key, value)
+        }
     }
 }
 
@@ -359,9 +362,10 @@ fn relay(span: &Span, metadata: &mut Metadata) {
 /// The CLIENT span of one attempt of `call` to `peer`, or `None` when export is off. The
 /// call's metadata then carries the span's context to the callee.
 pub(crate) fn client_span(call: &mut Call, peer: SocketAddr) -> Option<Span> {
-    if !enabled() {
-        return None;
-    }
+    enabled().then(|| make_client_span(call, peer))
+}
+
+fn make_client_span(call: &mut Call, peer: SocketAddr) -> Span {
     let span = tracing::info_span!(
         target: "meshrpc::trace",
         "meshrpc.call",
@@ -379,7 +383,7 @@ pub(crate) fn client_span(call: &mut Call, peer: SocketAddr) -> Option<Span> {
         network.peer.port = peer.port(),
     );
     relay(&span, &mut call.metadata);
-    Some(span)
+    span
 }
 
 /// The SERVER span of a call to `service.method` from `peer`, a child of the caller's span
@@ -391,9 +395,15 @@ pub(crate) fn server_span(
     peer: SocketAddr,
     metadata: &mut Metadata,
 ) -> Option<Span> {
-    if !enabled() {
-        return None;
-    }
+    enabled().then(|| make_server_span(service, method, peer, metadata))
+}
+
+fn make_server_span(
+    service: &str,
+    method: &str,
+    peer: SocketAddr,
+    metadata: &mut Metadata,
+) -> Span {
     let span = tracing::info_span!(
         target: "meshrpc::trace",
         "meshrpc.serve",
@@ -411,7 +421,7 @@ pub(crate) fn server_span(
         network.peer.port = peer.port(),
     );
     relay(&span, metadata);
-    Some(span)
+    span
 }
 
 /// Records a call's status code on its span; any code but `ok` marks the span an error.
@@ -515,5 +525,98 @@ mod tests {
         let before = call.metadata.clone();
         assert!(client_span(&mut call, ([127, 0, 0, 1], 1).into()).is_none());
         assert_eq!(call.metadata, before);
+    }
+
+    /// Keeps every finished span.
+    #[derive(Debug, Clone, Default)]
+    struct Kept(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+    impl opentelemetry_sdk::trace::SpanExporter for Kept {
+        async fn export(
+            &self,
+            batch: Vec<opentelemetry_sdk::trace::SpanData>,
+        ) -> opentelemetry_sdk::error::OTelSdkResult {
+            crate::lock(&self.0).extend(batch);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_served_call_continues_the_callers_trace_and_parents_the_calls_it_makes() {
+        use opentelemetry::trace::{SpanKind, TraceContextExt as _};
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        let kept = Kept::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(kept.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let caller = "00f067aa0ba902b7";
+        let peer: SocketAddr = ([127, 0, 0, 1], 4000).into();
+        let (served_id, nested_id) = tracing::subscriber::with_default(subscriber, || {
+            let mut metadata = Metadata::new();
+            metadata.insert("traceparent", format!("00-{trace_id}-{caller}-01"));
+            let served = make_server_span("concierge", "welcome", peer, &mut metadata);
+            let served_id = served.context().span().span_context().span_id();
+            // The handler's calls inherit the metadata, which now names the served span.
+            assert_eq!(
+                metadata.get("traceparent"),
+                Some(format!("00-{trace_id}-{served_id}-01").as_str())
+            );
+            let mut call = Call::new("greeter", "greet", Bytes::new());
+            call.metadata = metadata.clone();
+            let nested = make_client_span(&mut call, peer);
+            let nested_id = nested.context().span().span_context().span_id();
+            assert_eq!(
+                call.metadata.get("traceparent"),
+                Some(format!("00-{trace_id}-{nested_id}-01").as_str())
+            );
+            record_outcome::<()>(&nested, &Err(Status::unavailable("gone")));
+            drop(nested);
+            record_code(&served, Code::Ok);
+            drop(served);
+            (served_id, nested_id)
+        });
+        let spans = crate::lock(&kept.0).clone();
+        let find = |id| {
+            spans
+                .iter()
+                .find(|span| span.span_context.span_id() == id)
+                .unwrap_or_else(|| panic!("span {id} was not exported: {spans:#?}"))
+        };
+        let served = find(served_id);
+        assert_eq!(served.span_kind, SpanKind::Server);
+        assert_eq!(served.name, "concierge/welcome");
+        assert_eq!(served.span_context.trace_id().to_string(), trace_id);
+        assert_eq!(served.parent_span_id.to_string(), caller);
+        let nested = find(nested_id);
+        assert_eq!(nested.span_kind, SpanKind::Client);
+        assert_eq!(nested.name, "greeter/greet");
+        assert_eq!(nested.parent_span_id, served_id);
+        assert!(matches!(
+            nested.status,
+            opentelemetry::trace::Status::Error { .. }
+        ));
+        let attribute = |span: &opentelemetry_sdk::trace::SpanData, key: &str| {
+            span.attributes
+                .iter()
+                .find(|attribute| attribute.key.as_str() == key)
+                .map(|attribute| attribute.value.to_string())
+        };
+        assert_eq!(attribute(nested, "rpc.system").as_deref(), Some("meshrpc"));
+        assert_eq!(
+            attribute(nested, "rpc.response.status_code").as_deref(),
+            Some("unavailable")
+        );
+        assert_eq!(
+            attribute(nested, "server.address").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            attribute(served, "rpc.response.status_code").as_deref(),
+            Some("ok")
+        );
     }
 }
