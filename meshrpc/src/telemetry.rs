@@ -65,6 +65,17 @@ pub enum TelemetryError {
         /// Its value.
         value: String,
     },
+    /// The endpoint wants TLS, which the exporter does not speak.
+    #[error(
+        "{variable}={value:?}: traces are sent over plain HTTP only; point it at an \
+         http:// collector (one next to the node, which may forward over TLS)"
+    )]
+    Tls {
+        /// The variable that was set.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+    },
     /// The exporter could not be built (an endpoint that is not a URL, for one).
     #[error("cannot export traces: {0}")]
     Exporter(String),
@@ -170,6 +181,22 @@ fn check_protocol(var: impl Fn(&str) -> Option<String>) -> Result<(), TelemetryE
     Ok(())
 }
 
+/// Refuses an `https://` endpoint (the first one set, as the exporter reads them) up front,
+/// rather than failing every export later.
+fn check_endpoint(var: impl Fn(&str) -> Option<String>) -> Result<(), TelemetryError> {
+    for variable in ENDPOINT_VARIABLES {
+        let Some(value) = var(variable).filter(|value| !value.trim().is_empty()) else {
+            continue;
+        };
+        let scheme = value.trim().split_once("://").map(|(scheme, _)| scheme);
+        if scheme.is_some_and(|scheme| scheme.eq_ignore_ascii_case("https")) {
+            return Err(TelemetryError::Tls { variable, value });
+        }
+        return Ok(());
+    }
+    Ok(())
+}
+
 /// The `service.name` of this process: `OTEL_SERVICE_NAME`, else `default`.
 fn service_name(default: &str) -> String {
     std::env::var("OTEL_SERVICE_NAME")
@@ -192,6 +219,7 @@ where
         return Ok(None);
     }
     check_protocol(|name| std::env::var(name).ok())?;
+    check_endpoint(|name| std::env::var(name).ok())?;
     let (sender, handle) = start_sender()?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -476,6 +504,34 @@ mod tests {
             endpoint,
             ("OTEL_SDK_DISABLED", "false")
         ])));
+    }
+
+    #[test]
+    fn an_https_endpoint_is_refused_and_http_accepted() {
+        let error = check_endpoint(env(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://collector:4318",
+        )]))
+        .expect_err("https is refused");
+        assert!(error.to_string().contains("http://"), "{error}");
+        assert!(
+            check_endpoint(env(&[(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://collector:4318"
+            )]))
+            .is_ok()
+        );
+        // The traces endpoint is the one used when both are set.
+        assert!(
+            check_endpoint(env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://collector:4318/v1/traces"
+                ),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://elsewhere:4318"),
+            ]))
+            .is_ok()
+        );
     }
 
     #[test]
