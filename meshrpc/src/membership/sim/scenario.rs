@@ -28,8 +28,8 @@ pub struct Options {
     pub losses: Vec<f64>,
     /// How long each loss phase runs.
     pub loss_phase: Duration,
-    /// How long a partition lasts before it heals.
-    pub partition: Duration,
+    /// How long a partition lasts before it heals (`None`: no partition phase).
+    pub partition: Option<Duration>,
     /// Whether to start the mesh converged ([`Simulation::add_converged`]) instead of
     /// simulating its bootstrap; `bootstrap` is then not measured.
     pub warm_start: bool,
@@ -49,7 +49,7 @@ impl Default for Options {
             adaptive: true,
             losses: vec![0.01, 0.05, 0.20],
             loss_phase: Duration::from_secs(30),
-            partition: Duration::from_secs(20),
+            partition: Some(Duration::from_secs(20)),
             warm_start: false,
             steady: Duration::from_secs(10),
             progress: false,
@@ -91,8 +91,9 @@ pub struct Figures {
     pub churn_bytes_busiest: f64,
     /// False deaths per loss rate.
     pub false_deaths: Vec<FalseDeaths>,
-    /// From the end of a partition (half the mesh on each side) until every view is complete.
-    pub partition_heal: Option<Duration>,
+    /// From the end of a partition (half the mesh on each side) until every view is complete
+    /// (`None` if not run; `Some(None)` if not within the limit).
+    pub partition_heal: Option<Option<Duration>>,
     /// The largest full-state exchange message, bytes.
     pub largest_exchange: u64,
     /// The most members a node's foca tracked (down ones included) at the end.
@@ -238,12 +239,15 @@ pub fn measure(nodes: usize, options: &Options) -> Figures {
         progress(&sim, &format!("{:.0} % loss", loss * 100.0));
     }
 
-    let half = sim.len() / 2;
-    sim.partition(|node| node < half);
-    sim.run_for(options.partition);
-    sim.heal();
-    let partition_heal = sim.run_until_true(LIMIT, |sim| sim.converged());
-    progress(&sim, "partition");
+    let partition_heal = options.partition.map(|partition| {
+        let half = sim.len() / 2;
+        sim.partition(|node| node < half);
+        sim.run_for(partition);
+        sim.heal();
+        let healed = sim.run_until_true(LIMIT, |sim| sim.converged());
+        progress(&sim, "partition");
+        healed
+    });
 
     let most_tracked = (0..sim.len())
         .map(|node| sim.tracked(node))
@@ -293,15 +297,19 @@ fn seconds(duration: Option<Duration>) -> String {
 /// The figures as a Markdown table, one row per mesh size.
 pub fn table(rows: &[Figures]) -> String {
     let mut out = String::new();
-    let losses: Vec<String> = rows
-        .first()
-        .map(|row| {
-            row.false_deaths
-                .iter()
-                .map(|f| format!("false deaths at {:.0} % loss", f.loss * 100.0))
-                .collect()
-        })
-        .unwrap_or_default();
+    let rates: Vec<f64> = {
+        let mut rates: Vec<f64> = rows
+            .iter()
+            .flat_map(|row| row.false_deaths.iter().map(|f| f.loss))
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        rates.dedup();
+        rates
+    };
+    let losses: Vec<String> = rates
+        .iter()
+        .map(|loss| format!("false deaths at {:.0} % loss", loss * 100.0))
+        .collect();
     let _ = writeln!(
         out,
         "| nodes | bootstrap | join seen by all | crash seen by all | {} | gossip per node, steady | gossip per node, join + crash (busiest node) | partition (halves) heals in | largest exchange | foca entries (max) | bytes per member |",
@@ -309,10 +317,17 @@ pub fn table(rows: &[Figures]) -> String {
     );
     let _ = writeln!(out, "|{}", "---|".repeat(10 + losses.len()));
     for row in rows {
-        let deaths: Vec<String> = row
-            .false_deaths
+        let deaths: Vec<String> = rates
             .iter()
-            .map(|f| format!("{} ({} members)", f.notices, f.members))
+            .map(|loss| {
+                row.false_deaths
+                    .iter()
+                    .find(|f| f.loss == *loss)
+                    .map_or_else(
+                        || "not run".to_owned(),
+                        |f| format!("{} ({} members)", f.notices, f.members),
+                    )
+            })
             .collect();
         let _ = writeln!(
             out,
@@ -330,7 +345,8 @@ pub fn table(rows: &[Figures]) -> String {
             row.steady_datagrams_per_node,
             row.churn_bytes_per_node,
             row.churn_bytes_busiest,
-            seconds(row.partition_heal),
+            row.partition_heal
+                .map_or_else(|| "not run".to_owned(), seconds),
             row.largest_exchange,
             row.most_tracked,
             row.bytes_per_member,
