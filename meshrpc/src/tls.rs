@@ -226,18 +226,22 @@ impl TlsMaterial {
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
         config.alpn_protocols = vec![ALPN.to_vec()];
-        config.max_early_data_size = u32::MAX;
+        // No 0-RTT: early data can be replayed by whoever captured a client's first flight, and
+        // a replayed call may not be idempotent.
+        config.max_early_data_size = 0;
         Ok(config)
     }
 
     /// The rustls client configuration: TLS 1.3 only, ALPN `meshrpc/1`, this node's
-    /// certificate offered, the server verified against the cluster CA.
+    /// certificate offered, the server verified against the cluster CA. Early data stays off:
+    /// calls wait for the handshake to complete.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
         let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(self.root_store()?)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
         config.alpn_protocols = vec![ALPN.to_vec()];
+        config.enable_early_data = false;
         Ok(config)
     }
 
@@ -441,6 +445,16 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         first.server_config("test").expect("server config");
         first.client_config().expect("client config");
+    }
+
+    #[test]
+    fn neither_side_offers_or_accepts_early_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let material = TlsMaterial::dev(dir.path(), "test", "a").expect("mint");
+        let server = material.server_config("test").expect("server config");
+        assert_eq!(server.max_early_data_size, 0, "0-RTT data can be replayed");
+        let client = material.client_config().expect("client config");
+        assert!(!client.enable_early_data);
     }
 
     #[test]

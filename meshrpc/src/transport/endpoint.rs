@@ -133,3 +133,67 @@ fn bind_socket(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     socket.bind(&listen.into())?;
     Ok(socket.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that kept a session ticket from its first connection and offers 0-RTT on the
+    /// second: the node must not take early data, which a captured first flight could replay.
+    #[tokio::test]
+    async fn a_resuming_client_cannot_send_early_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let material = TlsMaterial::dev(dir.path(), "test", "node").expect("mint");
+        let node = build_endpoint(
+            "127.0.0.1:0".parse().expect("addr"),
+            &material,
+            "test",
+            &Limits::default(),
+        )
+        .expect("endpoint");
+        let addr = node.local_addr().expect("local addr");
+        let serve = tokio::spawn(async move {
+            while let Some(incoming) = node.accept().await {
+                let Ok(connection) = incoming.await else {
+                    continue;
+                };
+                // Some application data after the handshake, so the session ticket has
+                // reached the client by the time it reads it.
+                if let Ok(mut stream) = connection.open_uni().await {
+                    let _ = stream.write_all(b"hi").await;
+                    let _ = stream.finish();
+                }
+                connection.closed().await;
+            }
+        });
+
+        let client_material = TlsMaterial::dev(dir.path(), "test", "client").expect("mint");
+        let mut tls = client_material.client_config().expect("client config");
+        tls.enable_early_data = true;
+        let tls = QuicClientConfig::try_from(tls).expect("quic client config");
+        let mut client =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+        client.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls)));
+
+        let first = client
+            .connect(addr, "test.meshrpc")
+            .expect("connect")
+            .await
+            .expect("first handshake");
+        let mut stream = first.accept_uni().await.expect("stream");
+        stream.read_to_end(16).await.expect("read");
+        first.close(0u32.into(), b"done");
+
+        let second = client.connect(addr, "test.meshrpc").expect("connect");
+        match second.into_0rtt() {
+            Ok((connection, accepted)) => {
+                assert!(!accepted.await, "the node accepted 0-RTT data");
+                drop(connection);
+            }
+            Err(connecting) => {
+                connecting.await.expect("the full handshake still succeeds");
+            }
+        }
+        serve.abort();
+    }
+}
