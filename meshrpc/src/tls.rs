@@ -19,6 +19,7 @@ use rcgen::{
 };
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -180,13 +181,14 @@ impl TlsMaterial {
 
     /// Material from PEM text (see [`TlsMaterial::from_pem_files`]).
     pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<TlsMaterial, TlsError> {
+        let unreadable = |what: &str, error: pem::Error| TlsError::Pem {
+            path: PathBuf::from(what),
+            what: format!("unreadable PEM: {}", pem_problem(&error)),
+        };
         let certs = |pem: &[u8], what: &str| -> Result<Vec<CertificateDer<'static>>, TlsError> {
-            let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
                 .collect::<Result<_, _>>()
-                .map_err(|error| TlsError::Pem {
-                    path: PathBuf::from(what),
-                    what: format!("unreadable PEM: {error}"),
-                })?;
+                .map_err(|error| unreadable(what, error))?;
             if certs.is_empty() {
                 return Err(TlsError::Pem {
                     path: PathBuf::from(what),
@@ -197,15 +199,13 @@ impl TlsMaterial {
         };
         let roots = certs(ca, "ca")?;
         let chain = certs(cert, "cert")?;
-        let key = rustls_pemfile::private_key(&mut &key[..])
-            .map_err(|error| TlsError::Pem {
-                path: PathBuf::from("key"),
-                what: format!("unreadable PEM: {error}"),
-            })?
-            .ok_or_else(|| TlsError::Pem {
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|error| match error {
+            pem::Error::NoItemsFound => TlsError::Pem {
                 path: PathBuf::from("key"),
                 what: "no private key block found; give a PKCS#8, PKCS#1 or SEC1 PEM key".into(),
-            })?;
+            },
+            error => unreadable("key", error),
+        })?;
         Ok(TlsMaterial { roots, chain, key })
     }
 
@@ -251,6 +251,22 @@ impl TlsMaterial {
             store.add(root.clone())?;
         }
         Ok(store)
+    }
+}
+
+/// What is wrong with a PEM file, in words (the parser's own messages print markers as bytes).
+fn pem_problem(error: &pem::Error) -> String {
+    match error {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "a block has no `-----END {}-----` line; the file looks truncated",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        pem::Error::IllegalSectionStart { line } => format!(
+            "malformed `-----BEGIN` line `{}`",
+            String::from_utf8_lossy(line).trim()
+        ),
+        pem::Error::Base64Decode(error) => format!("a block's base64 body is damaged ({error})"),
+        other => other.to_string(),
     }
 }
 
@@ -321,7 +337,7 @@ fn load_or_mint_dev_ca(
     };
     let key = KeyPair::from_pem(&read(&key_path)?)?;
     let cert_pem = read(&cert_path)?;
-    let cert = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+    let cert = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .next()
         .and_then(Result::ok)
         .ok_or_else(|| TlsError::Pem {
@@ -464,6 +480,42 @@ mod tests {
             let error = cluster_server_name(bad).expect_err(bad);
             assert!(error.to_string().contains("lowercase letters"), "{error}");
         }
+    }
+
+    #[test]
+    fn a_truncated_pem_file_is_named_and_explained() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        TlsMaterial::dev(dir.path(), "test", "a").expect("mint");
+        let ca = dir.path().join("test/ca.pem");
+        let key = dir.path().join("test/ca.key");
+        let text = fs::read_to_string(&ca).expect("CA");
+        let truncated = dir.path().join("truncated.pem");
+        fs::write(&truncated, &text[..text.len() / 2]).expect("write");
+        let error = TlsMaterial::from_pem_files(&ca, &truncated, &key).expect_err("truncated");
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&truncated.display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains("unreadable PEM"), "{message}");
+        assert!(message.contains("-----END CERTIFICATE-----"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_or_keyless_pem_file_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        TlsMaterial::dev(dir.path(), "test", "a").expect("mint");
+        let ca = dir.path().join("test/ca.pem");
+        let missing = dir.path().join("missing.pem");
+        let error = TlsMaterial::from_pem_files(&ca, &ca, &missing).expect_err("missing");
+        assert!(
+            matches!(error, TlsError::Io { ref path, .. } if *path == missing),
+            "{error}"
+        );
+        let error = TlsMaterial::from_pem_files(&ca, &ca, &ca).expect_err("no key");
+        let message = error.to_string();
+        assert!(message.starts_with(&ca.display().to_string()), "{message}");
+        assert!(message.contains("no private key block found"), "{message}");
     }
 
     #[test]

@@ -24,6 +24,8 @@ use meshrpc::{CallOptions, Code, Limits, Metadata, Node, Status, TlsMaterial};
 use raw_peer::frame_check::{self, Outcome, XorShift};
 use raw_peer::*;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tempfile::TempDir;
 use tokio::time::Instant;
 
@@ -1196,7 +1198,7 @@ fn cluster_ca(state: &Path) -> Vec<u8> {
 
 fn root_store(ca_pem: &[u8]) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
         roots.add(cert.expect("PEM")).expect("a valid root");
     }
     roots
