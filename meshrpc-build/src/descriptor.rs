@@ -8,6 +8,8 @@ use crate::manifest::{Body, Declared, Field, Method, Service, VariantFields};
 use crate::types::Ty;
 
 /// 64-bit FNV-1a: tiny, stable across platforms and releases, good enough to tell schemas apart.
+// The runtime's `meshrpc::spec::Fnv1a` is the same function; this crate keeps its own few lines
+// because a code generator must not depend on the runtime (nor the runtime on it).
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;

@@ -5,7 +5,41 @@
 //! expose a service over HTTP without knowing its Rust types (the JSON [`ServiceSpec::descriptor`]).
 
 use std::borrow::Cow;
+use std::hash::Hasher;
 use std::time::Duration;
+
+/// 64-bit FNV-1a, the hash [`ServiceSpec::schema_hash`] is computed with (by `meshrpc-build`,
+/// over the service's canonical schema text) and the one meshrpc uses wherever a hash must be
+/// the same in every process and release, unlike the std hasher.
+///
+/// ```
+/// use std::hash::Hasher;
+/// let mut hash = meshrpc::spec::Fnv1a::default();
+/// hash.write(b"foobar");
+/// assert_eq!(hash.finish(), 0x8594_4171_f739_67e8);
+/// ```
+// meshrpc-build keeps its own copy of these few lines: it is a build dependency of service
+// crates and must not pull in the runtime, and the runtime must not depend on a code generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Fnv1a {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
 
 /// A service: its name, methods and schema fingerprint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,4 +149,22 @@ pub struct FieldSpec {
     pub name: &'static str,
     /// The Rust type, as written in the manifest.
     pub rust_type: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vectors meshrpc-build's schema hash is checked against: both must stay equal.
+    #[test]
+    fn fnv1a_matches_the_reference_vectors() {
+        let hash = |bytes: &[u8]| {
+            let mut hasher = Fnv1a::default();
+            hasher.write(bytes);
+            hasher.finish()
+        };
+        assert_eq!(hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(hash(b"foobar"), 0x8594_4171_f739_67e8);
+    }
 }

@@ -31,6 +31,7 @@ use super::breaker::{Breakers, is_replica_failure};
 use crate::channel::Call;
 use crate::membership::{Liveness, MemberView, Membership, View};
 use crate::service::BoxFuture;
+use crate::spec::Fnv1a;
 use crate::status::{Code, Status};
 use crate::transport::client::call_peer;
 use crate::transport::connections::Connections;
@@ -140,30 +141,21 @@ fn rendezvous<'a>(key: &str, candidates: &[&'a MemberView]) -> &'a MemberView {
         .unwrap_or(candidates[0])
 }
 
-/// FNV-1a: stable across processes and versions, unlike the std hasher.
-#[derive(Clone, Copy)]
-struct Fnv64(u64);
-
-impl Default for Fnv64 {
-    fn default() -> Fnv64 {
-        Fnv64(0xcbf2_9ce4_8422_2325)
-    }
-}
+/// [`Fnv1a`], stable across processes and versions, with a final avalanche.
+#[derive(Clone, Copy, Default)]
+struct Fnv64(Fnv1a);
 
 impl Hasher for Fnv64 {
     fn finish(&self) -> u64 {
         // A final avalanche (from splitmix64) so nearby inputs spread across replicas.
-        let mut z = self.0;
+        let mut z = self.0.finish();
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 ^= u64::from(*byte);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
+        self.0.write(bytes);
     }
 }
 

@@ -4,8 +4,11 @@
 //! but meshrpc and rmp-serde.
 #![allow(dead_code, unreachable_pub)]
 
+use std::hash::Hasher;
+
 use meshrpc::Code;
 use meshrpc::bytes::BytesMut;
+use meshrpc::spec::Fnv1a;
 use meshrpc::wire::{
     CallHeader, Frame, FrameDecoder, FrameError, FrameKind, StatusBody, encode_frame,
 };
@@ -93,10 +96,9 @@ pub fn check(input: &[u8], mut next_cut: impl FnMut() -> usize) -> Outcome {
 /// come from a hash of it, so the seeds are plain streams and every mutation also changes the
 /// chunking.
 pub fn check_fuzz_input(data: &[u8]) {
-    // FNV-1a.
-    let hash = data.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let mut hasher = Fnv1a::default();
+    hasher.write(data);
+    let hash = hasher.finish();
     let largest = (hash % 64) as usize + 1;
     let mut rng = XorShift::new(hash);
     check(data, || rng.below(largest) + 1);
