@@ -167,9 +167,7 @@ impl Descriptors {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        meshrpc::lock(&self.state)
     }
 
     /// Records the services of `view` as seen.

@@ -75,7 +75,9 @@ pub use serde_bytes;
 
 /// Locks `mutex`, carrying on if a thread panicked while holding it: every map and list the
 /// runtime guards this way stays sound between two operations, so the poison carries no news.
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Public so the gateway follows the same rule with the same code; not part of the API.
+#[doc(hidden)]
+pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
@@ -90,4 +92,21 @@ macro_rules! include_services {
     ($service:literal) => {
         include!(concat!(env!("OUT_DIR"), "/", $service, ".rs"));
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_mutex_poisoned_by_a_panicking_thread_still_locks_with_its_value() {
+        let mutex = std::sync::Arc::new(std::sync::Mutex::new(vec![1]));
+        let holder = mutex.clone();
+        let panicked = std::thread::spawn(move || {
+            let mut guard = holder.lock().expect("not yet poisoned");
+            guard.push(2);
+            panic!("poison the lock");
+        })
+        .join();
+        assert!(panicked.is_err() && mutex.is_poisoned());
+        assert_eq!(*crate::lock(&mutex), vec![1, 2]);
+    }
 }

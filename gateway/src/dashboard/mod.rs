@@ -55,11 +55,7 @@ impl Dashboard {
     /// Notes that someone fetched the state now; wakes the poller if it was idling.
     pub fn watch(&self) {
         let now = Instant::now();
-        let was = self
-            .watched
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .replace(now);
+        let was = meshrpc::lock(&self.watched).replace(now);
         if was.is_none_or(|at| now.duration_since(at) > WATCH_LINGER) {
             self.wake.notify_one();
         }
@@ -67,10 +63,7 @@ impl Dashboard {
 
     /// The time until the next poll, as of `now`.
     pub fn interval(&self, now: Instant) -> Duration {
-        let watched = *self
-            .watched
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let watched = *meshrpc::lock(&self.watched);
         match watched {
             Some(at) if now.saturating_duration_since(at) <= WATCH_LINGER => WATCHED_INTERVAL,
             _ => IDLE_INTERVAL,
@@ -79,18 +72,12 @@ impl Dashboard {
 
     /// Runs `f` on the history.
     pub fn with_history<T>(&self, f: impl FnOnce(&mut History) -> T) -> T {
-        f(&mut self
-            .history
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+        f(&mut meshrpc::lock(&self.history))
     }
 
     /// Runs `f` on the departed members.
     pub fn with_departed<T>(&self, f: impl FnOnce(&mut Departed) -> T) -> T {
-        f(&mut self
-            .departed
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+        f(&mut meshrpc::lock(&self.departed))
     }
 
     /// Takes `view` as the current one: forgets the stats of members no longer in it and
