@@ -36,15 +36,6 @@ pub const SEED_PORT: SocketAddr = SocketAddr::new(
     seeds::DEFAULT_PORT,
 );
 
-/// Balancing strategies as flag values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Balancing {
-    /// One replica after the other.
-    RoundRobin,
-    /// Power of two choices by peak-EWMA latency.
-    PeakEwma,
-}
-
 /// Flags for joining the mesh.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
@@ -105,8 +96,8 @@ pub struct NodeArgs {
     pub drain_timeout: f64,
 
     /// How to choose among replicas.
-    #[arg(long, env = "MESHRPC_BALANCING", value_enum, default_value_t = Balancing::RoundRobin)]
-    pub balancing: Balancing,
+    #[arg(long, env = "MESHRPC_BALANCING", value_enum, default_value_t = Strategy::RoundRobin)]
+    pub balancing: Strategy,
 
     /// Free-form tags gossiped with this node (comma-separated).
     #[arg(long, env = "MESHRPC_TAGS", value_delimiter = ',')]
@@ -128,10 +119,7 @@ impl NodeArgs {
             )
             .tags(self.tags.iter().cloned())
             .drain_timeout(Duration::from_secs_f64(self.drain_timeout.max(0.0)))
-            .balancing(match self.balancing {
-                Balancing::RoundRobin => Strategy::RoundRobin,
-                Balancing::PeakEwma => Strategy::PeakEwma,
-            });
+            .balancing(self.balancing);
         if let Some(addr) = self.advertise {
             builder = builder.advertise(addr);
         }
@@ -270,3 +258,51 @@ pub type TelemetryError = crate::telemetry::TelemetryError;
 #[derive(Debug, thiserror::Error)]
 #[error("trace export is not built in")]
 pub struct TelemetryError(());
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Args {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    fn parse(flags: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("node").chain(flags.iter().copied()))
+    }
+
+    #[test]
+    fn the_balancing_flag_names_a_strategy_in_kebab_case() {
+        let balancing = |flags: &[&str]| parse(flags).expect("valid flags").node.balancing;
+        assert_eq!(balancing(&[]), Strategy::RoundRobin);
+        assert_eq!(
+            balancing(&["--balancing", "round-robin"]),
+            Strategy::RoundRobin
+        );
+        assert_eq!(balancing(&["--balancing", "peak-ewma"]), Strategy::PeakEwma);
+        let error = parse(&["--balancing", "random"]).expect_err("unknown strategy");
+        assert!(
+            error
+                .to_string()
+                .contains("[possible values: round-robin, peak-ewma]"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_balancing_flag_explains_each_strategy() {
+        let help = Args::command().render_long_help().to_string();
+        assert!(
+            help.contains("- round-robin: One replica after the other\n"),
+            "{help}"
+        );
+        assert!(
+            help.contains("- peak-ewma:   Power of two choices by peak-EWMA latency\n"),
+            "{help}"
+        );
+    }
+}

@@ -36,13 +36,16 @@ use crate::status::{Code, Status};
 use crate::transport::client::call_peer;
 use crate::transport::connections::Connections;
 
-/// How a balancer chooses among the members that can serve a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How a balancer chooses among the members that can serve a call. Also the values of the
+/// `--balancing` flag ([`NodeArgs`](crate::cli::NodeArgs)): `round-robin` and `peak-ewma`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Strategy {
     /// One member after the other.
     #[default]
+    #[value(help = "One replica after the other")]
     RoundRobin,
     /// Power of two choices by peak-EWMA latency × outstanding calls.
+    #[value(help = "Power of two choices by peak-EWMA latency")]
     PeakEwma,
 }
 
