@@ -34,6 +34,7 @@ use crate::metrics::{Metrics, Readiness, bind_admin, serve_admin};
 use crate::node_service::{NODE_SPEC, NodeService};
 use crate::options::CallOptions;
 use crate::resilience::balance::{Balance, BalanceState, Strategy};
+use crate::resilience::breaker::BreakerConfig;
 use crate::resilience::retry::{RetryConfig, RetryPolicy};
 use crate::seeds;
 use crate::service::{Dispatch, ServiceClient};
@@ -114,6 +115,7 @@ pub struct NodeBuilder {
     limits: Limits,
     drain_timeout: Duration,
     strategy: Strategy,
+    breaker: BreakerConfig,
     retry: RetryConfig,
     admin: Option<SocketAddr>,
     services: Vec<Arc<dyn Dispatch>>,
@@ -147,6 +149,7 @@ impl NodeBuilder {
             limits: Limits::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             strategy: Strategy::RoundRobin,
+            breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
             admin: None,
             services: Vec::new(),
@@ -243,6 +246,25 @@ impl NodeBuilder {
     /// How clients of this node choose replicas (default round robin).
     pub fn balancing(mut self, strategy: Strategy) -> NodeBuilder {
         self.strategy = strategy;
+        self
+    }
+
+    /// When clients of this node eject a replica that keeps failing, and for how long
+    /// (default [`BreakerConfig::default`]: 5 failures in a row, 1 s doubling up to 30 s, at
+    /// most half of a service's replicas at once).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// use meshrpc::resilience::breaker::BreakerConfig;
+    ///
+    /// let builder = meshrpc::Node::builder("web").breaker(BreakerConfig {
+    ///     consecutive_failures: 3,
+    ///     max_ejection: Duration::from_secs(10),
+    ///     ..BreakerConfig::default()
+    /// });
+    /// ```
+    pub fn breaker(mut self, config: BreakerConfig) -> NodeBuilder {
+        self.breaker = config;
         self
     }
 
@@ -403,6 +425,7 @@ impl NodeBuilder {
             membership: membership.clone(),
             connections: connections.clone(),
             strategy: self.strategy,
+            breaker: self.breaker,
             retry: RetryPolicy::new(self.retry),
             max_message_size: self.limits.max_message_size,
             states: Mutex::default(),
@@ -584,6 +607,7 @@ struct ClientFactory {
     membership: Membership,
     connections: Connections,
     strategy: Strategy,
+    breaker: BreakerConfig,
     retry: RetryPolicy,
     max_message_size: usize,
     states: Mutex<HashMap<String, Arc<BalanceState>>>,
@@ -594,7 +618,7 @@ impl ClientFactory {
     fn state(&self, key: &str) -> Arc<BalanceState> {
         crate::lock(&self.states)
             .entry(key.to_owned())
-            .or_default()
+            .or_insert_with(|| Arc::new(BalanceState::new(self.breaker)))
             .clone()
     }
 

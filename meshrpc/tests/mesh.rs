@@ -5,11 +5,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use meshrpc::{CallOptions, Code, Node};
+use meshrpc::bytes::Bytes;
+use meshrpc::resilience::breaker::BreakerConfig;
+use meshrpc::{BoxFuture, CallOptions, Code, Dispatch, Node, ServiceSpec, Status};
 use tokio::time::Instant;
 
 /// A node of cluster `test` seeded to `seeds`, publishing `probe` if given.
@@ -376,6 +379,74 @@ async fn waiting_for_a_missing_service_names_it() {
         .expect_err("no replica");
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(status.message(), "no live member publishes `probe`");
+}
+
+/// A probe replica whose every call fails as a broken replica's would, counting the calls.
+#[derive(Clone, Default)]
+struct Broken {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Dispatch for Broken {
+    fn spec(&self) -> &'static ServiceSpec {
+        &PROBE_SPEC
+    }
+
+    fn dispatch(&self, _: &str, _: Bytes) -> BoxFuture<'static, Result<Bytes, Status>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Err(Status::new(Code::Unavailable, "this replica is broken")) })
+    }
+}
+
+/// How many of 20 calls from a client with breaker tuning `breaker` reach a broken replica
+/// that shares the probe service with a healthy one.
+async fn calls_reaching_a_broken_replica(breaker: BreakerConfig) -> usize {
+    let state = tempfile::tempdir().expect("tempdir");
+    let client = Node::builder("client")
+        .cluster("test")
+        .state_dir(state.path())
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .breaker(breaker)
+        .start()
+        .await
+        .expect("node starts");
+    let seeds = [client.local_addr()];
+    let _healthy = mesh_node(state.path(), &seeds, Some(Probe::new())).await;
+    let broken = Broken::default();
+    let _broken = Node::builder("broken")
+        .cluster("test")
+        .state_dir(state.path())
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .seeds(seeds.iter().map(ToString::to_string))
+        .publish(broken.clone())
+        .start()
+        .await
+        .expect("node starts");
+    wait_for_replicas(&client, 2).await;
+    for _ in 0..20 {
+        let _ = whoami(&client, &CallOptions::new()).await;
+    }
+    broken.calls.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_set_on_the_builder_ejects_a_failing_replica_at_its_own_threshold() {
+    let ejection = Duration::from_secs(60);
+    let after_one = calls_reaching_a_broken_replica(BreakerConfig {
+        consecutive_failures: 1,
+        base_ejection: ejection,
+        max_ejection: ejection,
+        ..BreakerConfig::default()
+    })
+    .await;
+    assert_eq!(after_one, 1, "ejected after its first failure");
+    let by_default = calls_reaching_a_broken_replica(BreakerConfig {
+        base_ejection: ejection,
+        max_ejection: ejection,
+        ..BreakerConfig::default()
+    })
+    .await;
+    assert_eq!(by_default, 5, "ejected after five failures in a row");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

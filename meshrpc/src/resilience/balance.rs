@@ -27,7 +27,7 @@ use rand::RngExt;
 use tokio::time::Instant;
 use tower::Service;
 
-use super::breaker::{Breakers, is_replica_failure};
+use super::breaker::{BreakerConfig, Breakers, is_replica_failure};
 use crate::channel::Call;
 use crate::membership::{Liveness, MemberView, Membership, View};
 use crate::service::BoxFuture;
@@ -263,6 +263,14 @@ pub struct BalanceState {
 }
 
 impl BalanceState {
+    /// Fresh state whose breakers eject replicas as `breaker` says.
+    pub fn new(breaker: BreakerConfig) -> BalanceState {
+        BalanceState {
+            breakers: Breakers::new(breaker),
+            ..BalanceState::default()
+        }
+    }
+
     /// How many members have some state here (a load or a breaker record).
     pub fn tracked(&self) -> usize {
         self.loads.len() + self.breakers.len()
