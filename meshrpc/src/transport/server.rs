@@ -541,14 +541,28 @@ impl Server {
                     .record_call(Side::Server, method.service, method.name, code, elapsed)
             }
         }
-        tracing::info!(
-            target: "meshrpc::access",
-            "{code} | {:>10.3?} | {} | {}.{}",
-            elapsed,
-            call.peer,
-            method.service,
-            method.name
-        );
+        // The built-in service answers the mesh's own questions (the gateway's dashboard asks
+        // every member for its stats every few seconds): at debug level, so the access log at
+        // info level shows the calls a user made.
+        if method.service == crate::node_service::NODE_SERVICE {
+            tracing::debug!(
+                target: "meshrpc::access",
+                "{code} | {:>10.3?} | {} | {}.{}",
+                elapsed,
+                call.peer,
+                method.service,
+                method.name
+            );
+        } else {
+            tracing::info!(
+                target: "meshrpc::access",
+                "{code} | {:>10.3?} | {} | {}.{}",
+                elapsed,
+                call.peer,
+                method.service,
+                method.name
+            );
+        }
         let reply = match outcome {
             Ok(Ok(Ok(payload))) => encode_reply(Some(&payload), &StatusBody::ok()),
             Ok(Ok(Err(status))) => encode_reply(None, &StatusBody::from(&status)),
