@@ -19,45 +19,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{Process, addr_after, get, send, workspace_binary};
+use common::{Gateway, Process, addr_after, get, send, start_gateway, workspace_binary};
 use serde_json::Value;
 use tokio::time::Instant;
-
-/// A running `mesh-api`.
-struct Gateway {
-    http: SocketAddr,
-    mesh: SocketAddr,
-    _process: Process,
-}
-
-fn start_gateway(state: &Path, cluster: &str, extra: &[&str]) -> Gateway {
-    let log = state.join(format!("mesh-api-{cluster}.log"));
-    let stderr = std::fs::File::create(&log).expect("a log file");
-    let mut args: Vec<String> = [
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--cluster",
-        cluster,
-        "--state-dir",
-    ]
-    .iter()
-    .map(|arg| (*arg).to_owned())
-    .collect();
-    args.push(state.display().to_string());
-    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
-    let (process, line) = Process::start(
-        Path::new(env!("CARGO_BIN_EXE_mesh-api")),
-        &args,
-        Stdio::from(stderr),
-    );
-    Gateway {
-        http: addr_after(&line, "serving HTTP on "),
-        mesh: addr_after(&line, "the mesh on "),
-        _process: process,
-    }
-}
 
 /// A running `greeter` and the address it advertises to the mesh.
 struct Greeter {

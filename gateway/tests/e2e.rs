@@ -9,50 +9,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Answer, Process, addr_after, get, post, send, workspace_binary};
+use common::{Answer, Gateway, Process, get, post, send, start_gateway, workspace_binary};
 use tokio::time::Instant;
-
-struct Gateway {
-    http: std::net::SocketAddr,
-    mesh: std::net::SocketAddr,
-    log: PathBuf,
-    _process: Process,
-}
-
-fn start_gateway(state: &Path, cluster: &str, extra: &[&str]) -> Gateway {
-    let log = state.join(format!("mesh-api-{cluster}.log"));
-    let stderr = std::fs::File::create(&log).expect("a log file");
-    let mut args: Vec<String> = [
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--cluster",
-        cluster,
-        "--state-dir",
-    ]
-    .iter()
-    .map(|arg| (*arg).to_owned())
-    .collect();
-    args.push(state.display().to_string());
-    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
-    let (process, line) = Process::start(
-        Path::new(env!("CARGO_BIN_EXE_mesh-api")),
-        &args,
-        Stdio::from(stderr),
-    );
-    // "mesh-api serving HTTP on 127.0.0.1:A and the mesh on 127.0.0.1:B"
-    Gateway {
-        http: addr_after(&line, "serving HTTP on "),
-        mesh: addr_after(&line, "the mesh on "),
-        log,
-        _process: process,
-    }
-}
 
 fn start_service(name: &str, gateway: &Gateway, state: &Path, cluster: &str) -> Option<Process> {
     let binary = workspace_binary(name)?;

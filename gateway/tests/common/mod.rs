@@ -161,3 +161,48 @@ pub fn workspace_binary(name: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// A running `mesh-api`, started by [`start_gateway`].
+#[derive(Debug)]
+pub struct Gateway {
+    /// Where it serves HTTP.
+    pub http: SocketAddr,
+    /// Its mesh address (a seed for the services).
+    pub mesh: SocketAddr,
+    /// Its stderr, for tests that read its log.
+    pub log: PathBuf,
+    _process: Process,
+}
+
+/// Starts the real `mesh-api` on loopback ports in `cluster`, with its dev CA under `state`,
+/// logging to `state/mesh-api-<cluster>.log`.
+pub fn start_gateway(state: &Path, cluster: &str, extra: &[&str]) -> Gateway {
+    let log = state.join(format!("mesh-api-{cluster}.log"));
+    let stderr = std::fs::File::create(&log).expect("a log file");
+    let mut args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--cluster",
+        cluster,
+        "--state-dir",
+    ]
+    .iter()
+    .map(|arg| (*arg).to_owned())
+    .collect();
+    args.push(state.display().to_string());
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    let (process, line) = Process::start(
+        Path::new(env!("CARGO_BIN_EXE_mesh-api")),
+        &args,
+        Stdio::from(stderr),
+    );
+    // "mesh-api serving HTTP on 127.0.0.1:A and the mesh on 127.0.0.1:B"
+    Gateway {
+        http: addr_after(&line, "serving HTTP on "),
+        mesh: addr_after(&line, "the mesh on "),
+        log,
+        _process: process,
+    }
+}
