@@ -106,7 +106,7 @@ pub struct History {
 }
 
 /// One method's numbers, totalled over the members.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct MethodRates {
     /// Calls per second over the last [`RECENT`] seconds (or what the samples cover).
     pub calls_per_s: f64,

@@ -79,27 +79,15 @@ pub struct Service {
     pub methods: Vec<Method>,
 }
 
-/// One method's numbers, totalled over the members that served it.
+/// One method's numbers, totalled over the members that served it: its name beside the
+/// [`MethodRates`] fields, in one JSON object.
 #[derive(Debug, Serialize)]
 pub struct Method {
     /// Its name.
     pub method: String,
-    /// Calls per second over the last `recent_s` seconds.
-    pub calls_per_s: f64,
-    /// Calls per second over the last `window_s` seconds.
-    pub calls_per_s_minute: f64,
-    /// Calls finished in the window.
-    pub calls: u64,
-    /// Of those, the ones that did not end `ok`.
-    pub errors: u64,
-    /// `errors / calls`; absent without calls.
-    pub error_rate: Option<f64>,
-    /// Median latency in the window, milliseconds.
-    pub p50_ms: Option<f64>,
-    /// 99th percentile latency in the window, milliseconds.
-    pub p99_ms: Option<f64>,
-    /// Calls served since the members started.
-    pub calls_total: u64,
+    /// Its numbers.
+    #[serde(flatten)]
+    pub rates: MethodRates,
 }
 
 /// A member's state as the dashboard names it.
@@ -182,17 +170,7 @@ pub fn build(
                 .collect(),
             methods: methods
                 .into_iter()
-                .map(|(method, rates)| Method {
-                    method,
-                    calls_per_s: rates.calls_per_s,
-                    calls_per_s_minute: rates.calls_per_s_minute,
-                    calls: rates.calls,
-                    errors: rates.errors,
-                    error_rate: rates.error_rate,
-                    p50_ms: rates.p50_ms,
-                    p99_ms: rates.p99_ms,
-                    calls_total: rates.calls_total,
-                })
+                .map(|(method, rates)| Method { method, rates })
                 .collect(),
             service,
         })
@@ -288,7 +266,7 @@ mod tests {
         let greeter = &state.services[0];
         assert_eq!(greeter.replicas.len(), 3);
         // 127.0.0.1:9 is not in view: its calls are not counted.
-        assert_eq!(greeter.methods[0].calls, 20);
-        assert!((greeter.methods[0].calls_per_s_minute - 10.0).abs() < 1e-9);
+        assert_eq!(greeter.methods[0].rates.calls, 20);
+        assert!((greeter.methods[0].rates.calls_per_s_minute - 10.0).abs() < 1e-9);
     }
 }
