@@ -330,6 +330,11 @@ impl Simulation {
     /// Adds a node and starts it now: it joins through the seeds (if it is not the only one).
     /// Returns its index.
     pub fn add_node(&mut self) -> usize {
+        self.push_node()
+    }
+
+    /// A new node at the next address, started now.
+    fn push_node(&mut self) -> usize {
         let index = self.nodes.len();
         let addr = node_addr(index);
         self.nodes.push(Node {
@@ -353,20 +358,7 @@ impl Simulation {
     pub fn add_converged(&mut self, count: usize) {
         let first = self.nodes.len();
         for _ in 0..count {
-            let index = self.nodes.len();
-            let addr = node_addr(index);
-            self.nodes.push(Node {
-                addr,
-                core: None,
-                life: 0,
-                group: 0,
-                pending_joins: 0,
-                join_pause: Duration::from_millis(200),
-                sent_bytes: 0,
-                complete: false,
-            });
-            self.by_addr.insert(addr, index);
-            self.start(index);
+            self.push_node();
         }
         let members: Vec<foca::Member<MemberId>> = (first..self.nodes.len())
             .filter_map(|node| self.identity(node).cloned())
