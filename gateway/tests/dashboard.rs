@@ -30,17 +30,7 @@ struct Greeter {
 }
 
 fn start_greeter(binary: &Path, gateway: &Gateway, state: &Path, cluster: &str) -> Greeter {
-    let args: Vec<String> = vec![
-        "-N".into(),
-        gateway.mesh.to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--cluster".into(),
-        cluster.into(),
-        "--state-dir".into(),
-        state.display().to_string(),
-    ];
-    let (process, line) = Process::start(binary, &args, Stdio::null());
+    let (process, line) = common::start_service(binary, gateway, state, cluster);
     Greeter {
         addr: addr_after(&line, "advertised as "),
         process,

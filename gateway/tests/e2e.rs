@@ -10,7 +10,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{Answer, Gateway, Process, get, post, send, start_gateway, workspace_binary};
@@ -18,17 +17,7 @@ use tokio::time::Instant;
 
 fn start_service(name: &str, gateway: &Gateway, state: &Path, cluster: &str) -> Option<Process> {
     let binary = workspace_binary(name)?;
-    let args: Vec<String> = vec![
-        "-N".into(),
-        gateway.mesh.to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--cluster".into(),
-        cluster.into(),
-        "--state-dir".into(),
-        state.display().to_string(),
-    ];
-    Some(Process::start(&binary, &args, Stdio::null()).0)
+    Some(common::start_service(&binary, gateway, state, cluster).0)
 }
 
 fn greeter_binary_is_there() -> bool {

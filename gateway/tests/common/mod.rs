@@ -206,3 +206,25 @@ pub fn start_gateway(state: &Path, cluster: &str, extra: &[&str]) -> Gateway {
         _process: process,
     }
 }
+
+/// Starts a service binary (`greeter`, `concierge`) on a loopback port in `cluster`, seeded
+/// with `gateway`'s mesh address and sharing its dev CA under `state`; returns it with the
+/// first line it prints (`... advertised as <addr>`).
+pub fn start_service(
+    binary: &Path,
+    gateway: &Gateway,
+    state: &Path,
+    cluster: &str,
+) -> (Process, String) {
+    let args: Vec<String> = vec![
+        "-N".into(),
+        gateway.mesh.to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--cluster".into(),
+        cluster.into(),
+        "--state-dir".into(),
+        state.display().to_string(),
+    ];
+    Process::start(binary, &args, Stdio::null())
+}
