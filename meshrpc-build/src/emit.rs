@@ -559,7 +559,8 @@ fn spec(service: &Service, names: &Names) -> TokenStream {
     let spec = &names.spec;
     let name = &service.name;
     let service_doc = &service.doc;
-    let methods = service.methods.iter().map(|method| {
+    let methods = service.methods.iter().enumerate().map(|(index, method)| {
+        let index = Literal::usize_unsuffixed(index);
         let method_name = &method.name;
         let method_doc = &method.doc;
         let idempotent = method.idempotent;
@@ -588,6 +589,8 @@ fn spec(service: &Service, names: &Names) -> TokenStream {
                 params: &[#(#params),*],
                 result_field: #result_field,
                 result_type: #result_type,
+                kind: ::meshrpc::MethodKind::Unary,
+                index: #index,
             }
         }
     });
@@ -641,7 +644,8 @@ fn server(service: &Service, names: &Names) -> TokenStream {
          and encodes its response. Publish it on a node, or wrap it in `::meshrpc::Channel::local` \
          to call it in-process."
     ));
-    let arms = service.methods.iter().map(|method| {
+    let arms = service.methods.iter().enumerate().map(|(index, method)| {
+        let index = Literal::usize_unsuffixed(index);
         let method_name = &method.name;
         let method_ident = format_ident!("{}", method.name);
         let request = request_ident(method);
@@ -677,9 +681,9 @@ fn server(service: &Service, names: &Names) -> TokenStream {
             }
         };
         quote! {
-            #method_name => ::std::boxed::Box::pin(async move {
+            #index => ::std::boxed::Box::pin(async move {
                 #decode
-                #respond
+                #respond.map(::meshrpc::Body::Message)
             }),
         }
     });
@@ -730,14 +734,15 @@ fn server(service: &Service, names: &Names) -> TokenStream {
 
             fn dispatch(
                 &self,
-                method: &str,
+                method: &'static ::meshrpc::MethodSpec,
                 request: ::meshrpc::bytes::Bytes,
-            ) -> ::meshrpc::BoxFuture<'static, ::core::result::Result<::meshrpc::bytes::Bytes, ::meshrpc::Status>> {
+                _stream: ::core::option::Option<::meshrpc::Streaming<::meshrpc::bytes::Bytes>>,
+            ) -> ::meshrpc::BoxFuture<'static, ::core::result::Result<::meshrpc::Body, ::meshrpc::Status>> {
                 let inner = ::std::sync::Arc::clone(&self.inner);
-                match method {
+                match method.index {
                     #(#arms)*
                     _ => {
-                        let status = ::meshrpc::service::unknown_method(&#spec, method);
+                        let status = ::meshrpc::service::unknown_method(&#spec, method.name);
                         ::std::boxed::Box::pin(::core::future::ready(::core::result::Result::Err(status)))
                     }
                 }

@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -19,8 +20,9 @@ use crate::codec;
 use crate::context::CallContext;
 use crate::metadata::Metadata;
 use crate::options::{CallOptions, DEFAULT_TIMEOUT};
-use crate::spec::MethodSpec;
+use crate::spec::{MethodKind, MethodSpec};
 use crate::status::Status;
+use crate::streaming::{Body, Streaming};
 
 /// One call on its way out: where it goes, by when, and its encoded request.
 #[derive(Debug, Clone)]
@@ -37,8 +39,13 @@ pub struct Call {
     pub sticky_key: Option<String>,
     /// Metadata sent in the call header.
     pub metadata: Metadata,
-    /// The MessagePack-encoded request map.
+    /// The MessagePack-encoded request map (for a method with a client stream: its other
+    /// parameters, the first message).
     pub payload: Bytes,
+    /// Whether requests, replies or both are streams.
+    pub kind: MethodKind,
+    /// The encoded items of a client stream, sent after `payload`.
+    pub stream: Option<OutgoingStream>,
     /// Replicas earlier attempts of this call went to (recorded by the retry policy).
     pub(crate) tried: Tried,
 }
@@ -72,8 +79,16 @@ impl Call {
             sticky_key: None,
             metadata: Metadata::new(),
             payload,
+            kind: MethodKind::Unary,
+            stream: None,
             tried: Tried::default(),
         }
+    }
+
+    /// Whether the call can still be sent again: it has no client stream, or none of the
+    /// stream's items has been taken yet.
+    pub fn is_replayable(&self) -> bool {
+        self.stream.as_ref().is_none_or(|stream| !stream.is_taken())
     }
 
     /// `service.method`, for messages.
@@ -82,8 +97,42 @@ impl Call {
     }
 }
 
+/// The encoded items of a client stream, shared by the attempts of one call: the attempt that
+/// sends them takes them, and from then on the call cannot be replayed.
+#[derive(Clone)]
+pub struct OutgoingStream {
+    items: Arc<Mutex<Option<Streaming<Bytes>>>>,
+}
+
+impl fmt::Debug for OutgoingStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutgoingStream")
+            .field("taken", &self.is_taken())
+            .finish()
+    }
+}
+
+impl OutgoingStream {
+    /// A handle on `items`.
+    pub fn new(items: Streaming<Bytes>) -> OutgoingStream {
+        OutgoingStream {
+            items: Arc::new(Mutex::new(Some(items))),
+        }
+    }
+
+    /// Takes the items, once; `None` if an attempt already took them.
+    pub fn take(&self) -> Option<Streaming<Bytes>> {
+        crate::lock(&self.items).take()
+    }
+
+    /// Whether an attempt took the items.
+    pub fn is_taken(&self) -> bool {
+        crate::lock(&self.items).is_none()
+    }
+}
+
 /// The tower service at the bottom of every channel.
-pub type CallService = BoxCloneSyncService<Call, Bytes, Status>;
+pub type CallService = BoxCloneSyncService<Call, Body, Status>;
 
 /// A handle that sends calls; cheap to clone and share between tasks.
 #[derive(Clone)]
@@ -102,7 +151,7 @@ impl Channel {
     /// middleware below the generated clients, or to serve calls in-process in tests.
     pub fn new<S>(service: S) -> Channel
     where
-        S: Service<Call, Response = Bytes, Error = Status> + Clone + Send + Sync + 'static,
+        S: Service<Call, Response = Body, Error = Status> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
     {
         Channel {
@@ -110,19 +159,40 @@ impl Channel {
         }
     }
 
-    /// Sends a prepared call and waits for its encoded response, at most until its deadline.
+    /// The tower service calls go through (no deadline applied).
+    pub(crate) fn service(&self) -> CallService {
+        self.service.clone()
+    }
+
+    /// Sends a prepared unary call and waits for its encoded response, at most until its
+    /// deadline.
     pub async fn call(&self, call: Call) -> Result<Bytes, Status> {
+        let target = (call.service.clone(), call.method.clone());
+        let body = self.send(call).await?;
+        body.into_message(&format!("{}.{}", target.0, target.1))
+    }
+
+    /// Sends a prepared call of any kind and waits for its reply: one encoded message, or
+    /// (for a method with a server stream) the stream of encoded items, returned once the
+    /// first item or the final status arrived. The deadline bounds the whole call, the
+    /// stream included.
+    pub async fn send(&self, call: Call) -> Result<Body, Status> {
         let deadline = call.deadline;
         // Cheap clones (borrowed names, almost always), kept for the timeout message.
         let (service_name, method_name) = (call.service.clone(), call.method.clone());
         let service = self.service.clone();
         let response = service.oneshot(call);
-        match deadline {
-            None => response.await,
-            Some(deadline) => match tokio::time::timeout_at(deadline, response).await {
-                Ok(result) => result,
-                Err(_) => Err(Status::deadline_passed(&service_name, &method_name)),
-            },
+        let Some(deadline) = deadline else {
+            return response.await;
+        };
+        match tokio::time::timeout_at(deadline, response).await {
+            Ok(Ok(Body::Stream(stream))) => Ok(Body::Stream(crate::streaming::until_deadline(
+                stream,
+                deadline,
+                Status::deadline_passed(&service_name, &method_name),
+            ))),
+            Ok(result) => result,
+            Err(_) => Err(Status::deadline_passed(&service_name, &method_name)),
         }
     }
 
@@ -144,19 +214,103 @@ impl Channel {
         let response = self.call(call).await?;
         codec::decode_response(method.name, &response)
     }
+
+    /// Calls a method with a server stream (`-> Stream<T>`): returns the stream of decoded
+    /// items once the first one (or the final status) arrived. Without a timeout in the options
+    /// or the manifest the call has no deadline (a watch may run for hours); it still ends when
+    /// the stream is dropped.
+    pub async fn server_streaming<Req, Item>(
+        &self,
+        method: &'static MethodSpec,
+        request: &Req,
+        options: &CallOptions,
+    ) -> Result<Streaming<Item>, Status>
+    where
+        Req: Serialize + ?Sized,
+        Item: DeserializeOwned + Send + 'static,
+    {
+        let payload = codec::encode(request)?;
+        let call = prepare_call(method, payload, options);
+        let body = self.send(call).await?;
+        Ok(decode_items(method, body))
+    }
+
+    /// Calls a method with a client stream and one reply (`(items: Stream<T>) -> R`): sends
+    /// the first message, then each item of `items` as it comes; an `Err` from `items` aborts
+    /// the call (the callee sees the error, never a clean end).
+    pub async fn client_streaming<Req, Item, Resp>(
+        &self,
+        method: &'static MethodSpec,
+        request: &Req,
+        items: Streaming<Item>,
+        options: &CallOptions,
+    ) -> Result<Resp, Status>
+    where
+        Req: Serialize + ?Sized,
+        Item: Serialize + Send + 'static,
+        Resp: DeserializeOwned,
+    {
+        let payload = codec::encode(request)?;
+        let mut call = prepare_call(method, payload, options);
+        call.stream = Some(OutgoingStream::new(encode_items(items)));
+        let response = self.call(call).await?;
+        codec::decode_response(method.name, &response)
+    }
+
+    /// Calls a method with streams both ways (`(items: Stream<T>) -> Stream<U>`): sends the
+    /// first message and then the items of `items` while the returned stream yields the
+    /// callee's items. Returns as soon as the call is under way.
+    pub async fn bidi_streaming<Req, In, Out>(
+        &self,
+        method: &'static MethodSpec,
+        request: &Req,
+        items: Streaming<In>,
+        options: &CallOptions,
+    ) -> Result<Streaming<Out>, Status>
+    where
+        Req: Serialize + ?Sized,
+        In: Serialize + Send + 'static,
+        Out: DeserializeOwned + Send + 'static,
+    {
+        let payload = codec::encode(request)?;
+        let mut call = prepare_call(method, payload, options);
+        call.stream = Some(OutgoingStream::new(encode_items(items)));
+        let body = self.send(call).await?;
+        Ok(decode_items(method, body))
+    }
+}
+
+/// Encodes each item of a client stream; an item that cannot be encoded aborts the stream.
+fn encode_items<Item: Serialize + Send + 'static>(items: Streaming<Item>) -> Streaming<Bytes> {
+    items.try_map(|item| codec::encode(&item))
+}
+
+/// Decodes each item of a server stream; an undecodable item ends the stream with its error.
+fn decode_items<Item: DeserializeOwned + Send + 'static>(
+    method: &'static MethodSpec,
+    body: Body,
+) -> Streaming<Item> {
+    body.into_stream()
+        .try_map(move |bytes| codec::decode_item(method.name, &bytes))
 }
 
 /// Builds the [`Call`] for a generated method: deadline, inherited trace, sticky key.
 fn prepare_call(method: &'static MethodSpec, payload: Bytes, options: &CallOptions) -> Call {
-    let timeout = options
-        .get_timeout()
-        .or(method.timeout)
-        .unwrap_or(DEFAULT_TIMEOUT);
-    let mut deadline = Instant::now() + timeout;
+    // Streaming calls have no default deadline: a watch may run for hours.
+    let timeout =
+        options
+            .get_timeout()
+            .or(method.timeout)
+            .or(if method.kind == MethodKind::Unary {
+                Some(DEFAULT_TIMEOUT)
+            } else {
+                None
+            });
+    let mut deadline = timeout.map(|timeout| Instant::now() + timeout);
     let mut metadata = options.get_metadata().clone();
     CallContext::with_current(|parent| {
         if let Some(inherited) = parent.deadline() {
-            deadline = deadline.min(inherited);
+            deadline = Some(deadline.map_or(inherited, |own| own.min(inherited)));
         }
         for (key, value) in parent.metadata().iter() {
             if metadata.get(key).is_none() && is_propagated(key) {
@@ -168,10 +322,12 @@ fn prepare_call(method: &'static MethodSpec, payload: Bytes, options: &CallOptio
         service: Cow::Borrowed(method.service),
         method: Cow::Borrowed(method.name),
         idempotent: method.idempotent,
-        deadline: Some(deadline),
+        deadline,
         sticky_key: options.get_sticky_key().map(str::to_owned),
         metadata,
         payload,
+        kind: method.kind,
+        stream: None,
         tried: Tried::default(),
     }
 }
@@ -196,9 +352,9 @@ impl Unroutable {
 }
 
 impl Service<Call> for Unroutable {
-    type Response = Bytes;
+    type Response = Body;
     type Error = Status;
-    type Future = std::future::Ready<Result<Bytes, Status>>;
+    type Future = std::future::Ready<Result<Body, Status>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
         Poll::Ready(Ok(()))
@@ -225,15 +381,17 @@ mod tests {
         params: &[],
         result_field: "result",
         result_type: "()",
+        kind: MethodKind::Unary,
+        index: 0,
     };
 
     #[derive(Clone)]
     struct Never;
 
     impl Service<Call> for Never {
-        type Response = Bytes;
+        type Response = Body;
         type Error = Status;
-        type Future = std::future::Pending<Result<Bytes, Status>>;
+        type Future = std::future::Pending<Result<Body, Status>>;
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
             Poll::Ready(Ok(()))
         }

@@ -131,6 +131,30 @@ pub fn decode_response<T: DeserializeOwned>(method: &str, payload: &Bytes) -> Re
     })
 }
 
+/// Decodes one item of a server stream (the callee's items); like [`decode_response`], a
+/// wrong shape means the two sides disagree on the schema (`internal`).
+pub fn decode_item<T: DeserializeOwned>(method: &str, payload: &Bytes) -> Result<T, Status> {
+    decode_shared(payload).map_err(|error| {
+        Status::internal(format!(
+            "an item of the stream of `{method}` does not match its signature \
+             (do caller and callee run the same services.toml?): {error}"
+        ))
+    })
+}
+
+/// Decodes one item of a client stream (the caller's items); like [`decode_request`], a wrong
+/// shape is the caller's fault (`invalid_argument`).
+pub fn decode_request_item<T: DeserializeOwned>(
+    method: &str,
+    payload: &Bytes,
+) -> Result<T, Status> {
+    decode_shared(payload).map_err(|error| {
+        Status::invalid_argument(format!(
+            "an item of the request stream of `{method}` does not match its signature: {error}"
+        ))
+    })
+}
+
 /// Serde for `Bytes` fields of generated messages (`#[serde(with = "...")]`): written as a
 /// MessagePack binary, and read without a copy when the binary lies inside the payload being
 /// decoded by [`decode_request`] or [`decode_response`] (anywhere else it is copied).

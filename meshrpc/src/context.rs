@@ -62,6 +62,20 @@ impl CallContext {
         CURRENT.scope(self, future)
     }
 
+    /// `stream` with this context as the current one while it is polled: a server stream's
+    /// items are produced after the handler returned, and calls made while producing them
+    /// inherit the call's deadline and trace like calls made by the handler.
+    pub fn scope_stream<T: Send + 'static>(
+        self,
+        stream: crate::streaming::Streaming<T>,
+    ) -> crate::streaming::Streaming<T> {
+        use futures_util::Stream;
+        let mut stream = Box::pin(stream);
+        crate::streaming::Streaming::new(futures_util::stream::poll_fn(move |cx| {
+            CURRENT.sync_scope(self.clone(), || stream.as_mut().poll_next(cx))
+        }))
+    }
+
     /// When the call must be answered by.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline

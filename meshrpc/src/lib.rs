@@ -32,6 +32,7 @@ pub mod seeds;
 pub mod service;
 pub mod spec;
 pub mod status;
+pub mod streaming;
 #[cfg(feature = "otel")]
 pub mod telemetry;
 pub mod tls;
@@ -46,8 +47,9 @@ pub use node::{Node, NodeBuilder, NodeError, WaitError};
 pub use options::CallOptions;
 pub use resilience::balance::Strategy;
 pub use service::{BoxFuture, Dispatch, ServiceClient};
-pub use spec::{FieldSpec, MethodSpec, ServiceSpec, UseSchema};
+pub use spec::{FieldSpec, MethodKind, MethodSpec, ServiceSpec, UseSchema};
 pub use status::{Code, Status};
+pub use streaming::{Body, StreamSender, Streaming};
 pub use tls::TlsMaterial;
 pub use transport::Limits;
 

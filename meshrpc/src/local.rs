@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use tower::Service;
 
-use crate::channel::{Call, Channel};
+use crate::channel::{Call, Channel, OutgoingStream};
 use crate::context::CallContext;
 use crate::service::{BoxFuture, Dispatch, unknown_method};
 use crate::status::{Code, Status};
+use crate::streaming::Body;
 
 /// A tower service that runs calls on an in-process [`Dispatch`] (see [`Channel::local`]).
 #[derive(Clone)]
@@ -29,9 +29,9 @@ impl std::fmt::Debug for LocalService {
 }
 
 impl Service<Call> for LocalService {
-    type Response = Bytes;
+    type Response = Body;
     type Error = Status;
-    type Future = BoxFuture<'static, Result<Bytes, Status>>;
+    type Future = BoxFuture<'static, Result<Body, Status>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
         Poll::Ready(Ok(()))
@@ -49,18 +49,20 @@ impl Service<Call> for LocalService {
             );
             return Box::pin(async move { Err(status) });
         }
-        if spec.method(&call.method).is_none() {
+        let Some(method) = spec.method(&call.method) else {
             let status = unknown_method(spec, &call.method);
             return Box::pin(async move { Err(status) });
-        }
-        let context = CallContext::new(
-            call.service.clone(),
-            call.method.clone(),
-            call.deadline,
-            call.metadata,
-        );
-        let response = self.server.dispatch(&call.method, call.payload);
-        Box::pin(context.scope(response))
+        };
+        let context = CallContext::new(method.service, method.name, call.deadline, call.metadata);
+        let stream = call.stream.as_ref().and_then(OutgoingStream::take);
+        let response = self.server.dispatch(method, call.payload, stream);
+        let stream_context = context.clone();
+        Box::pin(async move {
+            match context.scope(response).await? {
+                Body::Stream(stream) => Ok(Body::Stream(stream_context.scope_stream(stream))),
+                message => Ok(message),
+            }
+        })
     }
 }
 

@@ -646,9 +646,9 @@ struct LateChannel {
 }
 
 impl tower::Service<crate::channel::Call> for LateChannel {
-    type Response = bytes::Bytes;
+    type Response = crate::Body;
     type Error = crate::Status;
-    type Future = crate::BoxFuture<'static, Result<bytes::Bytes, crate::Status>>;
+    type Future = crate::BoxFuture<'static, Result<crate::Body, crate::Status>>;
 
     fn poll_ready(
         &mut self,
@@ -671,8 +671,8 @@ impl tower::Service<crate::channel::Call> for LateChannel {
         let channel = self
             .channel
             .get_or_init(|| clients.channel(self.service, Some(self.schema_hash)))
-            .clone();
-        Box::pin(async move { channel.call(call).await })
+            .service();
+        Box::pin(tower::ServiceExt::oneshot(channel, call))
     }
 }
 

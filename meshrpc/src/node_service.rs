@@ -14,8 +14,9 @@ use crate::codec;
 use crate::membership::{Liveness, Membership};
 use crate::metrics::{MethodStats, Metrics};
 use crate::service::{BoxFuture, Dispatch, unknown_method};
-use crate::spec::{MethodSpec, ServiceSpec};
+use crate::spec::{MethodKind, MethodSpec, ServiceSpec};
 use crate::status::Status;
+use crate::streaming::{Body, Streaming};
 
 /// The name of the built-in service.
 pub const NODE_SERVICE: &str = "meshrpc.node";
@@ -34,6 +35,8 @@ pub static NODE_SPEC: ServiceSpec = ServiceSpec {
             params: &[],
             result_field: "name",
             result_type: "String",
+            kind: MethodKind::Unary,
+            index: 0,
         },
         MethodSpec {
             service: NODE_SERVICE,
@@ -44,6 +47,8 @@ pub static NODE_SPEC: ServiceSpec = ServiceSpec {
             params: &[],
             result_field: "descriptors",
             result_type: "Vec<String>",
+            kind: MethodKind::Unary,
+            index: 1,
         },
         MethodSpec {
             service: NODE_SERVICE,
@@ -54,6 +59,8 @@ pub static NODE_SPEC: ServiceSpec = ServiceSpec {
             params: &[],
             result_field: "members",
             result_type: "Vec<MemberSummary>",
+            kind: MethodKind::Unary,
+            index: 2,
         },
         MethodSpec {
             service: NODE_SERVICE,
@@ -64,6 +71,8 @@ pub static NODE_SPEC: ServiceSpec = ServiceSpec {
             params: &[],
             result_field: "methods",
             result_type: "Vec<MethodStats>",
+            kind: MethodKind::Unary,
+            index: 3,
         },
     ],
     schema_hash: 0x6d65_7368_6e6f_6465,
@@ -163,8 +172,13 @@ impl Dispatch for NodeService {
         &NODE_SPEC
     }
 
-    fn dispatch(&self, method: &str, _request: Bytes) -> BoxFuture<'static, Result<Bytes, Status>> {
-        let reply = match method {
+    fn dispatch(
+        &self,
+        method: &'static MethodSpec,
+        _request: Bytes,
+        _stream: Option<Streaming<Bytes>>,
+    ) -> BoxFuture<'static, Result<Body, Status>> {
+        let reply = match method.name {
             "ping" => codec::encode(&PingReply {
                 name: self.name.clone(),
             }),
@@ -209,6 +223,6 @@ impl Dispatch for NodeService {
             }),
             other => Err(unknown_method(&NODE_SPEC, other)),
         };
-        Box::pin(std::future::ready(reply))
+        Box::pin(std::future::ready(reply.map(Body::Message)))
     }
 }

@@ -7,8 +7,9 @@ use std::pin::Pin;
 use bytes::Bytes;
 
 use crate::channel::Channel;
-use crate::spec::ServiceSpec;
+use crate::spec::{MethodSpec, ServiceSpec};
 use crate::status::Status;
+use crate::streaming::{Body, Streaming};
 
 /// A boxed, sendable future, as returned by [`Dispatch::dispatch`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -20,10 +21,17 @@ pub trait Dispatch: Send + Sync + 'static {
     /// The service's static description.
     fn spec(&self) -> &'static ServiceSpec;
 
-    /// Runs `method` on an encoded request. The runtime has already checked that the method
-    /// exists in [`Dispatch::spec`]; the call's deadline and metadata are available through
-    /// [`CallContext::current`](crate::CallContext::current).
-    fn dispatch(&self, method: &str, request: Bytes) -> BoxFuture<'static, Result<Bytes, Status>>;
+    /// Runs `method` (one of [`Dispatch::spec`]'s methods, resolved by the runtime) on an
+    /// encoded request: its first message and, for methods with a client stream, the stream of
+    /// encoded items that follows it. Answers with one encoded message, or with a stream of
+    /// encoded items for methods with a server stream. The call's deadline and metadata are
+    /// available through [`CallContext::current`](crate::CallContext::current).
+    fn dispatch(
+        &self,
+        method: &'static MethodSpec,
+        request: Bytes,
+        stream: Option<Streaming<Bytes>>,
+    ) -> BoxFuture<'static, Result<Body, Status>>;
 }
 
 /// A generated client type, constructible from a [`Channel`]; `Node::client` uses it.

@@ -138,8 +138,60 @@ pub struct MethodSpec {
     /// The name of the single field of the response map that carries the result
     /// (`returns = "message"` in the manifest; `result` by default).
     pub result_field: &'static str,
-    /// The Rust type of the result, as written in the manifest (`()` for none).
+    /// The Rust type of the result, as written in the manifest (`()` for none; the item
+    /// type for a `Stream<T>` result).
     pub result_type: &'static str,
+    /// Whether requests, replies or both are streams (`Stream<T>` in the manifest).
+    pub kind: MethodKind,
+    /// The method's position in [`ServiceSpec::methods`]: generated servers dispatch on it.
+    pub index: usize,
+}
+
+/// Whether a method's request, reply or both are streams of messages.
+///
+/// A client stream is the method's `Stream<T>` parameter: its items follow the first request
+/// message (the other parameters). A server stream is a `Stream<T>` result: zero or more items,
+/// then the call's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MethodKind {
+    /// One request message, one reply message.
+    #[default]
+    Unary,
+    /// One request message, a stream of replies (`-> Stream<T>`).
+    ServerStreaming,
+    /// A stream of requests after the first message, one reply (`(items: Stream<T>) -> R`).
+    ClientStreaming,
+    /// Streams both ways (`(items: Stream<T>) -> Stream<U>`).
+    Bidirectional,
+}
+
+impl MethodKind {
+    /// Whether the caller sends a stream of items after the first request message.
+    pub fn client_streams(self) -> bool {
+        matches!(
+            self,
+            MethodKind::ClientStreaming | MethodKind::Bidirectional
+        )
+    }
+
+    /// Whether the callee answers with a stream of items.
+    pub fn server_streams(self) -> bool {
+        matches!(
+            self,
+            MethodKind::ServerStreaming | MethodKind::Bidirectional
+        )
+    }
+
+    /// Lower-case name, as the service descriptor writes it: `unary`, `server_streaming`,
+    /// `client_streaming` or `bidirectional`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodKind::Unary => "unary",
+            MethodKind::ServerStreaming => "server_streaming",
+            MethodKind::ClientStreaming => "client_streaming",
+            MethodKind::Bidirectional => "bidirectional",
+        }
+    }
 }
 
 /// One named, typed field of a request.

@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use rand::RngExt;
 use tokio::time::Instant;
 use tower::Service;
@@ -33,6 +32,7 @@ use crate::membership::{Liveness, MemberView, Membership, View};
 use crate::service::BoxFuture;
 use crate::spec::Fnv1a;
 use crate::status::{Code, Status};
+use crate::streaming::Body;
 use crate::transport::client::call_peer;
 use crate::transport::connections::Connections;
 
@@ -328,9 +328,9 @@ impl Balance {
 }
 
 impl Service<Call> for Balance {
-    type Response = Bytes;
+    type Response = Body;
     type Error = Status;
-    type Future = BoxFuture<'static, Result<Bytes, Status>>;
+    type Future = BoxFuture<'static, Result<Body, Status>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
         Poll::Ready(Ok(()))

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::channel::Call;
 use crate::service::BoxFuture;
 use crate::status::{Code, Status};
+use crate::streaming::Body;
 
 /// Tuning for [`RetryPolicy`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,20 +75,24 @@ pub fn is_retryable(call: &Call, status: &Status) -> bool {
             ))
 }
 
-impl tower::retry::Policy<Call, Bytes, Status> for RetryPolicy {
+impl tower::retry::Policy<Call, Body, Status> for RetryPolicy {
     type Future = BoxFuture<'static, ()>;
 
     fn retry(
         &mut self,
         call: &mut Call,
-        result: &mut Result<Bytes, Status>,
+        result: &mut Result<Body, Status>,
     ) -> Option<Self::Future> {
         let status = result.as_ref().err()?;
         self.attempts += 1;
         if let Some(peer) = status.peer() {
             call.tried.push(peer);
         }
-        if self.attempts >= self.max_attempts || !is_retryable(call, status) {
+        // A client stream whose items an attempt took cannot be sent again.
+        if self.attempts >= self.max_attempts
+            || !is_retryable(call, status)
+            || !call.is_replayable()
+        {
             return None;
         }
         if call
@@ -119,6 +123,8 @@ impl tower::retry::Policy<Call, Bytes, Status> for RetryPolicy {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn call(idempotent: bool) -> Call {
@@ -144,7 +150,7 @@ mod tests {
         let mut policy = RetryPolicy::new(RetryConfig::default());
         let mut request = call(true);
         let _ = policy.clone_request(&request);
-        let mut failure: Result<Bytes, Status> = Err(Status::unavailable("down"));
+        let mut failure: Result<Body, Status> = Err(Status::unavailable("down"));
         assert!(policy.retry(&mut request, &mut failure).is_some());
         assert!(policy.retry(&mut request, &mut failure).is_some());
         assert!(

@@ -14,6 +14,7 @@ use super::io::{ReadFrameError, read_frame};
 use crate::channel::Call;
 use crate::service::BoxFuture;
 use crate::status::{Code, Status};
+use crate::streaming::Body;
 use crate::wire::frame::encode_frame_with;
 use crate::wire::{CallHeader, FrameDecoder, FrameKind, StatusBody};
 
@@ -27,7 +28,7 @@ pub async fn call_peer(
     addr: SocketAddr,
     call: Call,
     max_message_size: usize,
-) -> Result<Bytes, Status> {
+) -> Result<Body, Status> {
     #[cfg(feature = "otel")]
     let mut call = call;
     #[cfg(feature = "otel")]
@@ -48,7 +49,7 @@ async fn exchange(
     addr: SocketAddr,
     call: Call,
     max_message_size: usize,
-) -> Result<Bytes, Status> {
+) -> Result<Body, Status> {
     let mut request = encode_request(&call, max_message_size)?;
     let connection = connections.get(addr).await?;
     let (mut send, mut recv) = connection.open_bi().await.map_err(|error| {
@@ -102,7 +103,7 @@ async fn exchange(
                     let _ = recv.read_chunk(usize::MAX, true).await;
                 }
                 return if status.is_ok() {
-                    Ok(payload.unwrap_or_default())
+                    Ok(Body::Message(payload.unwrap_or_default()))
                 } else {
                     Err(status.into_status())
                 };
@@ -199,9 +200,9 @@ impl PeerService {
 }
 
 impl Service<Call> for PeerService {
-    type Response = Bytes;
+    type Response = Body;
     type Error = Status;
-    type Future = BoxFuture<'static, Result<Bytes, Status>>;
+    type Future = BoxFuture<'static, Result<Body, Status>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
         Poll::Ready(Ok(()))

@@ -26,6 +26,7 @@ use crate::metrics::{MethodMetrics, Metrics, Side};
 use crate::service::{Dispatch, unknown_method};
 use crate::spec::MethodSpec;
 use crate::status::{Code, Status};
+use crate::streaming::Body;
 use crate::wire::{CallHeader, Frame, FrameDecoder, FrameKind, StatusBody, encode_frame};
 
 /// Longest deadline a caller may ask for; longer ones are clamped (a day).
@@ -485,7 +486,7 @@ impl Server {
         // In a block of its own, so the handler's state is gone while the reply is written.
         let outcome = {
             let deadline = call.context.deadline();
-            let dispatch = call.service.dispatch(method.name, call.request);
+            let dispatch = call.service.dispatch(method, call.request, None);
             #[cfg(feature = "otel")]
             let dispatch = match &span {
                 Some(span) => futures_util::future::Either::Left(tracing::Instrument::instrument(
@@ -564,7 +565,11 @@ impl Server {
             );
         }
         let reply = match outcome {
-            Ok(Ok(Ok(payload))) => encode_reply(Some(&payload), &StatusBody::ok()),
+            Ok(Ok(Ok(Body::Message(payload)))) => encode_reply(Some(&payload), &StatusBody::ok()),
+            Ok(Ok(Ok(Body::Stream(_)))) => encode_reply(
+                None,
+                &StatusBody::from(&Status::unimplemented("streams are not served yet")),
+            ),
             Ok(Ok(Err(status))) => encode_reply(None, &StatusBody::from(&status)),
             Ok(Err(_panic)) => {
                 warn!(method = %method.name, "handler panicked");
