@@ -21,20 +21,30 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 /// The canonical text of everything that shapes the service's wire format: its name, each
 /// method's signature (types by canonical name, `use` types by full path) and response field,
 /// and the declared types. Docs, timeouts and flags are left out: they do not change the wire.
+/// Streams are written `Stream<T>`, so turning a `Stream<T>` into a `T` changes the hash (and
+/// the lines of methods without streams are what they always were).
 pub(crate) fn canonical_schema(service: &Service) -> String {
     let mut text = format!("service {}\n", service.name);
     for method in &service.methods {
-        let params: Vec<String> = method.params.iter().map(field_text).collect();
+        let mut params: Vec<String> = method.params.iter().map(field_text).collect();
+        if let Some(stream) = &method.stream {
+            params.push(format!(
+                "{}: Stream<{}>",
+                stream.name,
+                stream.ty.canonical()
+            ));
+        }
+        let (result, returns) = if method.result_streams {
+            (format!("Stream<{}>", method.result.canonical()), "")
+        } else if method.result == Ty::Unit {
+            (method.result.canonical(), "")
+        } else {
+            (method.result.canonical(), method.returns.as_str())
+        };
         text.push_str(&format!(
-            "method {}({}) -> {} returns {}\n",
+            "method {}({}) -> {result} returns {returns}\n",
             method.name,
             params.join(", "),
-            method.result.canonical(),
-            if method.result == Ty::Unit {
-                ""
-            } else {
-                &method.returns
-            },
         ));
     }
     for declared in &service.types {
@@ -169,26 +179,45 @@ fn key_primitives(service: &Service, schema: &mut Value) {
     }
 }
 
+/// One method: `request` is the schema of the first request message (the parameters other
+/// than a client stream), `request_stream` the schema of one client-stream item (only with a
+/// client stream), `response` the schema of the response map (only without a server stream)
+/// and `response_stream` the schema of one server-stream item (only with one).
 fn method_descriptor(service: &Service, method: &Method) -> Value {
-    let response_fields = if method.result == Ty::Unit {
-        Vec::new()
-    } else {
-        vec![Field {
-            name: method.returns.clone(),
-            doc: String::new(),
-            ty: method.result.clone(),
-            at: 0,
-        }]
-    };
-    json!({
+    let mut descriptor = json!({
         "name": method.name,
         "doc": method.doc,
+        "kind": method.kind().as_str(),
         "idempotent": method.idempotent,
         "timeout_ms": method.timeout.map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
         "result_field": method.returns,
         "request": object_schema(&service.name, &method.params),
-        "response": object_schema(&service.name, &response_fields),
-    })
+    });
+    if let Some(stream) = &method.stream {
+        descriptor["request_stream"] = item_schema(&service.name, &stream.ty);
+    }
+    if method.result_streams {
+        descriptor["response_stream"] = item_schema(&service.name, &method.result);
+    } else {
+        let response_fields = if method.result == Ty::Unit {
+            Vec::new()
+        } else {
+            vec![Field {
+                name: method.returns.clone(),
+                doc: String::new(),
+                ty: method.result.clone(),
+                at: 0,
+            }]
+        };
+        descriptor["response"] = object_schema(&service.name, &response_fields);
+    }
+    descriptor
+}
+
+/// The schema of one stream item: the value itself, not a map. Items of `Vec<u8>` and `Bytes`
+/// travel as binaries, as fields do, so they are strings of format `byte` in JSON.
+fn item_schema(service: &str, ty: &Ty) -> Value {
+    ty.schema(service, true)
 }
 
 /// The schema of a map with named fields; `Option` fields may be absent, the others are required.

@@ -8,7 +8,7 @@ use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
 
 use crate::descriptor;
-use crate::manifest::{Body, Declared, Field, Method, Service, VariantFields};
+use crate::manifest::{Body, Declared, Field, Kind, Method, Service, VariantFields};
 use crate::types::{Place, Ty};
 
 /// Which halves of the service to generate.
@@ -67,13 +67,13 @@ fn type_complexity_allowance(service: &Service) -> TokenStream {
         .methods
         .iter()
         .flat_map(|method| {
+            let streams = method.stream.is_some() || method.result_streams;
+            // `Streaming<T>` adds a level.
             method
-                .params
-                .iter()
-                .map(|param| &param.ty)
-                .chain([&method.result])
+                .types()
+                .map(move |(ty, _)| weight(ty) + usize::from(streams))
         })
-        .any(|ty| weight(ty) > 3);
+        .any(|weight| weight > 3);
     if heavy {
         quote!(#[allow(clippy::type_complexity)])
     } else {
@@ -83,7 +83,7 @@ fn type_complexity_allowance(service: &Service) -> TokenStream {
 
 /// A long parameter list is the manifest's choice, not something generated code can change.
 fn many_arguments_allowance(method: &Method) -> TokenStream {
-    if method.params.len() >= 7 {
+    if method.params.len() + usize::from(method.stream.is_some()) >= 7 {
         quote!(#[allow(clippy::too_many_arguments)])
     } else {
         TokenStream::new()
@@ -97,6 +97,7 @@ struct Names {
     client: syn::Ident,
     spec: syn::Ident,
     messages: syn::Ident,
+    methods: syn::Ident,
 }
 
 fn names(service: &Service) -> Names {
@@ -108,6 +109,34 @@ fn names(service: &Service) -> Names {
         client: format_ident!("{}Client", camel),
         spec: format_ident!("{}_SPEC", service.name.to_shouty_snake_case()),
         messages: format_ident!("{}_messages", service.name),
+        methods: format_ident!("{}_methods", service.name),
+    }
+}
+
+/// The name of a method's constant in the `<service>_methods` module (`GREET`).
+fn method_const(method: &Method) -> syn::Ident {
+    format_ident!("{}", method.name.to_shouty_snake_case())
+}
+
+/// The wrapper a stream item travels in when its type needs a serde attribute (`Vec<u8>` and
+/// `Bytes` items are binaries, as fields of those types are): `<Method>RequestItem` for a
+/// client stream, `<Method>ResponseItem` for a server stream. `None` when the item travels as
+/// itself.
+fn item_wrapper(method: &Method, ty: &Ty, client_stream: bool) -> Option<syn::Ident> {
+    ty.item_serde_attribute()?;
+    let side = if client_stream { "Request" } else { "Response" };
+    Some(format_ident!(
+        "{}{side}Item",
+        method.name.to_upper_camel_case()
+    ))
+}
+
+/// The type stream items of `ty` are encoded and decoded as, named from the top level.
+fn wire_item(names: &Names, method: &Method, ty: &Ty, client_stream: bool) -> TokenStream {
+    let messages = &names.messages;
+    match item_wrapper(method, ty, client_stream) {
+        Some(wrapper) => quote!(#messages::#wrapper),
+        None => ty.tokens(Place::TopLevel),
     }
 }
 
@@ -129,6 +158,7 @@ fn service_tokens(service: &Service, parts: Parts) -> TokenStream {
     let dyn_item = dyn_item(service, &names, parts);
     let messages = messages(service, &names);
     let spec = spec(service, &names);
+    let method_consts = method_consts(service, &names);
     let server = if parts.server {
         server(service, &names)
     } else {
@@ -145,6 +175,7 @@ fn service_tokens(service: &Service, parts: Parts) -> TokenStream {
         #dyn_item
         #messages
         #spec
+        #method_consts
         #server
         #client
     }
@@ -303,20 +334,43 @@ fn is_defaultable(service: &Service, name: &str, depth: usize) -> bool {
     })
 }
 
-fn result_tokens(ty: &Ty) -> TokenStream {
-    let ty = ty.tokens(Place::TopLevel);
+/// What a method answers: `T`, or `::meshrpc::Streaming<T>` for a server stream.
+fn answer_tokens(method: &Method, place: Place) -> TokenStream {
+    let ty = method.result.tokens(place);
+    if method.result_streams {
+        quote!(::meshrpc::Streaming<#ty>)
+    } else {
+        ty
+    }
+}
+
+fn result_tokens(method: &Method) -> TokenStream {
+    let ty = answer_tokens(method, Place::TopLevel);
     quote!(::core::result::Result<#ty, ::meshrpc::Status>)
 }
 
-fn params_tokens(method: &Method) -> Vec<TokenStream> {
+/// The parameters as the trait takes them: a client stream as `::meshrpc::Streaming<T>`, last.
+fn params_tokens(method: &Method, place: Place) -> Vec<TokenStream> {
+    let params = method.params.iter().map(|param| {
+        let name = format_ident!("{}", param.name);
+        let ty = param.ty.tokens(place);
+        quote!(#name: #ty)
+    });
+    let stream = method.stream.iter().map(|stream| {
+        let name = format_ident!("{}", stream.name);
+        let ty = stream.ty.tokens(place);
+        quote!(#name: ::meshrpc::Streaming<#ty>)
+    });
+    params.chain(stream).collect()
+}
+
+/// The names of all parameters, the client stream last.
+fn arg_names(method: &Method) -> Vec<syn::Ident> {
     method
         .params
         .iter()
-        .map(|param| {
-            let name = format_ident!("{}", param.name);
-            let ty = param.ty.tokens(Place::TopLevel);
-            quote!(#name: #ty)
-        })
+        .chain(&method.stream)
+        .map(|param| format_ident!("{}", param.name))
         .collect()
 }
 
@@ -350,8 +404,8 @@ fn trait_item(service: &Service, names: &Names, parts: Parts) -> TokenStream {
     let methods = service.methods.iter().map(|method| {
         let name = format_ident!("{}", method.name);
         let doc = method_doc(service, method);
-        let params = params_tokens(method);
-        let result = result_tokens(&method.result);
+        let params = params_tokens(method, Place::TopLevel);
+        let result = result_tokens(method);
         let many = many_arguments_allowance(method);
         quote! {
             #doc
@@ -404,12 +458,8 @@ fn dyn_item(service: &Service, names: &Names, parts: Parts) -> TokenStream {
     let complexity = type_complexity_allowance(service);
     let signature = |method: &Method| {
         let name = format_ident!("{}", method.name);
-        let params = method.params.iter().map(|param| {
-            let name = format_ident!("{}", param.name);
-            let ty = param.ty.tokens(Place::Messages);
-            quote!(#name: #ty)
-        });
-        let ty = method.result.tokens(Place::Messages);
+        let params = params_tokens(method, Place::Messages);
+        let ty = answer_tokens(method, Place::Messages);
         let many = many_arguments_allowance(method);
         quote! {
             #many
@@ -424,10 +474,7 @@ fn dyn_item(service: &Service, names: &Names, parts: Parts) -> TokenStream {
     });
     let boxing = service.methods.iter().map(|method| {
         let name = format_ident!("{}", method.name);
-        let args = method
-            .params
-            .iter()
-            .map(|param| format_ident!("{}", param.name));
+        let args = arg_names(method);
         let signature = signature(method);
         quote! {
             #signature {
@@ -438,12 +485,9 @@ fn dyn_item(service: &Service, names: &Names, parts: Parts) -> TokenStream {
     let forward = |target: TokenStream| {
         let methods = service.methods.iter().map(|method| {
             let name = format_ident!("{}", method.name);
-            let params = params_tokens(method);
-            let result = result_tokens(&method.result);
-            let args = method
-                .params
-                .iter()
-                .map(|param| format_ident!("{}", param.name));
+            let params = params_tokens(method, Place::TopLevel);
+            let result = result_tokens(method);
+            let args = arg_names(method);
             let many = many_arguments_allowance(method);
             let doc = method_doc(service, method);
             quote! {
@@ -521,7 +565,7 @@ fn messages(service: &Service, names: &Names) -> TokenStream {
                 &format!("The `{}` parameter.", param.name),
             )
         });
-        let result = if method.result == Ty::Unit {
+        let result = if method.result == Ty::Unit || method.result_streams {
             TokenStream::new()
         } else {
             let field = Field {
@@ -533,6 +577,41 @@ fn messages(service: &Service, names: &Names) -> TokenStream {
             let field = field_tokens(&field, Place::Messages, true, "");
             quote!(#field,)
         };
+        // A server stream has no response map: each item is sent as itself.
+        let response = if method.result_streams {
+            TokenStream::new()
+        } else {
+            quote! {
+                #response_doc
+                #derive
+                pub struct #response {
+                    #result
+                }
+            }
+        };
+        let streams = [
+            method.stream.as_ref().map(|stream| (&stream.ty, true)),
+            method.result_streams.then_some((&method.result, false)),
+        ];
+        let wrappers = streams
+            .into_iter()
+            .flatten()
+            .filter_map(|(ty, client_stream)| {
+                let wrapper = item_wrapper(method, ty, client_stream)?;
+                let attribute = ty.item_serde_attribute();
+                let ty = ty.tokens(Place::Messages);
+                let which = if client_stream { "request" } else { "response" };
+                let wrapper_doc = doc(&format!(
+                    "One item of the {which} stream of `{}.{}`, as it travels.",
+                    service.name, method.name
+                ));
+                Some(quote! {
+                    #wrapper_doc
+                    #derive
+                    #[serde(transparent)]
+                    pub struct #wrapper(#attribute pub #ty);
+                })
+            });
         quote! {
             #request_doc
             #derive
@@ -540,11 +619,8 @@ fn messages(service: &Service, names: &Names) -> TokenStream {
                 #(#params,)*
             }
 
-            #response_doc
-            #derive
-            pub struct #response {
-                #result
-            }
+            #response
+            #(#wrappers)*
         }
     });
     quote! {
@@ -579,6 +655,12 @@ fn spec(service: &Service, names: &Names) -> TokenStream {
         });
         let result_field = &method.returns;
         let result_type = method.result.canonical();
+        let kind = match method.kind() {
+            Kind::Unary => format_ident!("Unary"),
+            Kind::ServerStreaming => format_ident!("ServerStreaming"),
+            Kind::ClientStreaming => format_ident!("ClientStreaming"),
+            Kind::Bidirectional => format_ident!("Bidirectional"),
+        };
         quote! {
             ::meshrpc::MethodSpec {
                 service: #name,
@@ -589,7 +671,7 @@ fn spec(service: &Service, names: &Names) -> TokenStream {
                 params: &[#(#params),*],
                 result_field: #result_field,
                 result_type: #result_type,
-                kind: ::meshrpc::MethodKind::Unary,
+                kind: ::meshrpc::MethodKind::#kind,
                 index: #index,
             }
         }
@@ -630,12 +712,51 @@ fn spec(service: &Service, names: &Names) -> TokenStream {
     }
 }
 
+/// `<service>_methods`: one constant per method, so code names methods instead of counting
+/// positions in the spec.
+fn method_consts(service: &Service, names: &Names) -> TokenStream {
+    let Names { spec, methods, .. } = names;
+    let module_doc = doc(&format!(
+        "The methods of the `{}` service, by name: `{methods}::{}` is the spec of `{}.{}`.",
+        service.name,
+        service
+            .methods
+            .first()
+            .map(method_const)
+            .map_or_else(String::new, |name| name.to_string()),
+        service.name,
+        service
+            .methods
+            .first()
+            .map_or("", |method| method.name.as_str()),
+    ));
+    let consts = service.methods.iter().enumerate().map(|(index, method)| {
+        let name = method_const(method);
+        let index = Literal::usize_unsuffixed(index);
+        let const_doc = doc(&format!(
+            "The `{}.{}` method ({}).",
+            service.name,
+            method.name,
+            method.kind().as_str().replace('_', "-")
+        ));
+        quote! {
+            #const_doc
+            pub const #name: &::meshrpc::MethodSpec = &super::#spec.methods[#index];
+        }
+    });
+    quote! {
+        #module_doc
+        pub mod #methods {
+            #(#consts)*
+        }
+    }
+}
+
 fn server(service: &Service, names: &Names) -> TokenStream {
     let Names {
         trait_name,
         server,
         spec,
-        messages,
         ..
     } = names;
     let name = &service.name;
@@ -644,49 +765,16 @@ fn server(service: &Service, names: &Names) -> TokenStream {
          and encodes its response. Publish it on a node, or wrap it in `::meshrpc::Channel::local` \
          to call it in-process."
     ));
-    let arms = service.methods.iter().enumerate().map(|(index, method)| {
-        let index = Literal::usize_unsuffixed(index);
-        let method_name = &method.name;
-        let method_ident = format_ident!("{}", method.name);
-        let request = request_ident(method);
-        let response = response_ident(method);
-        // A `()` argument is passed as a literal: `request.unit` would trip `clippy::unit_arg`.
-        let args = method.params.iter().map(|param| {
-            let field = format_ident!("{}", param.name);
-            if param.ty == Ty::Unit {
-                quote!(())
-            } else {
-                quote!(request.#field)
-            }
-        });
-        let decode = quote!(::meshrpc::codec::decode_request(#method_name, &request)?);
-        let (decode, call_args) = if method.params.is_empty() {
-            (quote!(let _: #messages::#request = #decode;), quote!())
-        } else {
-            (
-                quote!(let request: #messages::#request = #decode;),
-                quote!(#(#args),*),
-            )
-        };
-        let respond = if method.result == Ty::Unit {
-            quote! {
-                inner.#method_ident(#call_args).await?;
-                ::meshrpc::codec::encode(&#messages::#response {})
-            }
-        } else {
-            let field = format_ident!("{}", method.returns);
-            quote! {
-                let #field = inner.#method_ident(#call_args).await?;
-                ::meshrpc::codec::encode(&#messages::#response { #field })
-            }
-        };
-        quote! {
-            #index => ::std::boxed::Box::pin(async move {
-                #decode
-                #respond.map(::meshrpc::Body::Message)
-            }),
-        }
-    });
+    let arms = service
+        .methods
+        .iter()
+        .enumerate()
+        .map(|(index, method)| server_arm(service, names, index, method));
+    let stream_arg = if service.methods.iter().any(|method| method.stream.is_some()) {
+        format_ident!("stream")
+    } else {
+        format_ident!("_stream")
+    };
     quote! {
         #server_doc
         pub struct #server<T> {
@@ -736,7 +824,7 @@ fn server(service: &Service, names: &Names) -> TokenStream {
                 &self,
                 method: &'static ::meshrpc::MethodSpec,
                 request: ::meshrpc::bytes::Bytes,
-                _stream: ::core::option::Option<::meshrpc::Streaming<::meshrpc::bytes::Bytes>>,
+                #stream_arg: ::core::option::Option<::meshrpc::Streaming<::meshrpc::bytes::Bytes>>,
             ) -> ::meshrpc::BoxFuture<'static, ::core::result::Result<::meshrpc::Body, ::meshrpc::Status>> {
                 let inner = ::std::sync::Arc::clone(&self.inner);
                 match method.index {
@@ -751,12 +839,94 @@ fn server(service: &Service, names: &Names) -> TokenStream {
     }
 }
 
+/// The `match` arm of a server's `dispatch` for one method: decode the first message (and the
+/// client stream's items), call the implementation, encode its answer.
+fn server_arm(service: &Service, names: &Names, index: usize, method: &Method) -> TokenStream {
+    let messages = &names.messages;
+    let index = Literal::usize_unsuffixed(index);
+    let method_name = &method.name;
+    let method_ident = format_ident!("{}", method.name);
+    let request = request_ident(method);
+    let response = response_ident(method);
+    // A `()` argument is passed as a literal: `request.unit` would trip `clippy::unit_arg`.
+    let mut args: Vec<TokenStream> = method
+        .params
+        .iter()
+        .map(|param| {
+            let field = format_ident!("{}", param.name);
+            if param.ty == Ty::Unit {
+                quote!(())
+            } else {
+                quote!(request.#field)
+            }
+        })
+        .collect();
+    let decode = quote!(::meshrpc::codec::decode_request(#method_name, &request)?);
+    let decode = if method.params.is_empty() {
+        quote!(let _: #messages::#request = #decode;)
+    } else {
+        quote!(let request: #messages::#request = #decode;)
+    };
+    let items = match &method.stream {
+        None => TokenStream::new(),
+        Some(stream) => {
+            args.push(quote!(stream));
+            let item = wire_item(names, method, &stream.ty, true);
+            let unwrap =
+                item_wrapper(method, &stream.ty, true).map(|_| quote!(.map(|item| item.0)));
+            let missing = format!(
+                "`{}.{}` reads a stream of `{}` items after its request, and the call carried \
+                 none: call it as a {} method",
+                service.name,
+                method.name,
+                stream.ty.canonical_written(),
+                method.kind().as_str().replace('_', "-")
+            );
+            quote! {
+                let ::core::option::Option::Some(stream) = stream else {
+                    return ::core::result::Result::Err(::meshrpc::Status::invalid_argument(#missing));
+                };
+                let stream = stream.try_map(|item| {
+                    ::meshrpc::codec::decode_request_item::<#item>(#method_name, &item)#unwrap
+                });
+            }
+        }
+    };
+    let respond = if method.result_streams {
+        let encode = match item_wrapper(method, &method.result, false) {
+            Some(wrapper) => quote!(::meshrpc::codec::encode(&#messages::#wrapper(item))),
+            None => quote!(::meshrpc::codec::encode(&item)),
+        };
+        quote! {
+            let items = inner.#method_ident(#(#args),*).await?;
+            ::core::result::Result::Ok(::meshrpc::Body::Stream(items.try_map(|item| #encode)))
+        }
+    } else if method.result == Ty::Unit {
+        quote! {
+            inner.#method_ident(#(#args),*).await?;
+            ::meshrpc::codec::encode(&#messages::#response {}).map(::meshrpc::Body::Message)
+        }
+    } else {
+        let field = format_ident!("{}", method.returns);
+        quote! {
+            let #field = inner.#method_ident(#(#args),*).await?;
+            ::meshrpc::codec::encode(&#messages::#response { #field }).map(::meshrpc::Body::Message)
+        }
+    };
+    quote! {
+        #index => ::std::boxed::Box::pin(async move {
+            #decode
+            #items
+            #respond
+        }),
+    }
+}
+
 fn client(service: &Service, names: &Names) -> TokenStream {
     let Names {
         trait_name,
         client,
         spec,
-        messages,
         ..
     } = names;
     let client_doc = doc(&format!(
@@ -765,36 +935,13 @@ fn client(service: &Service, names: &Names) -> TokenStream {
         service.name
     ));
     let complexity = type_complexity_allowance(service);
-    let methods = service.methods.iter().enumerate().map(|(index, method)| {
+    let methods = service.methods.iter().map(|method| {
         let method_ident = format_ident!("{}", method.name);
         let doc = method_doc(service, method);
-        let params = params_tokens(method);
-        let result = result_tokens(&method.result);
-        let request = request_ident(method);
-        let response = response_ident(method);
-        let fields = method
-            .params
-            .iter()
-            .map(|param| format_ident!("{}", param.name));
-        let index = Literal::usize_unsuffixed(index);
+        let params = params_tokens(method, Place::TopLevel);
+        let result = result_tokens(method);
         let many = many_arguments_allowance(method);
-        let call = quote! {
-            self.channel
-                .unary(&#spec.methods[#index], &#messages::#request { #(#fields),* }, &self.options)
-                .await?
-        };
-        let body = if method.result == Ty::Unit {
-            quote! {
-                let _: #messages::#response = #call;
-                ::core::result::Result::Ok(())
-            }
-        } else {
-            let field = format_ident!("{}", method.returns);
-            quote! {
-                let response: #messages::#response = #call;
-                ::core::result::Result::Ok(response.#field)
-            }
-        };
+        let body = client_body(names, method);
         quote! {
             #doc
             #many
@@ -844,6 +991,61 @@ fn client(service: &Service, names: &Names) -> TokenStream {
         #complexity
         impl #trait_name for #client {
             #(#methods)*
+        }
+    }
+}
+
+/// The body of a client method: build the first message, wrap the client stream's items if
+/// they travel wrapped, call through the channel and unwrap the answer.
+fn client_body(names: &Names, method: &Method) -> TokenStream {
+    let messages = &names.messages;
+    let methods = &names.methods;
+    let constant = method_const(method);
+    let request = request_ident(method);
+    let response = response_ident(method);
+    let fields = method
+        .params
+        .iter()
+        .map(|param| format_ident!("{}", param.name));
+    let spec = quote!(#methods::#constant);
+    let message = quote!(&#messages::#request { #(#fields),* });
+    let items = method.stream.as_ref().map(|stream| {
+        let name = format_ident!("{}", stream.name);
+        match item_wrapper(method, &stream.ty, true) {
+            Some(wrapper) => quote! {
+                #name.try_map(|item| ::core::result::Result::Ok(#messages::#wrapper(item)))
+            },
+            None => quote!(#name),
+        }
+    });
+    let call = match (&items, method.result_streams) {
+        (None, false) => quote!(self.channel.unary(#spec, #message, &self.options)),
+        (Some(items), false) => {
+            quote!(self.channel.client_streaming(#spec, #message, #items, &self.options))
+        }
+        (None, true) => quote!(self.channel.server_streaming(#spec, #message, &self.options)),
+        (Some(items), true) => {
+            quote!(self.channel.bidi_streaming(#spec, #message, #items, &self.options))
+        }
+    };
+    if method.result_streams {
+        let item = wire_item(names, method, &method.result, false);
+        let unwrap = item_wrapper(method, &method.result, false)
+            .map(|_| quote!(.try_map(|item| ::core::result::Result::Ok(item.0))));
+        quote! {
+            let items: ::meshrpc::Streaming<#item> = #call.await?;
+            ::core::result::Result::Ok(items #unwrap)
+        }
+    } else if method.result == Ty::Unit {
+        quote! {
+            let _: #messages::#response = #call.await?;
+            ::core::result::Result::Ok(())
+        }
+    } else {
+        let field = format_ident!("{}", method.returns);
+        quote! {
+            let response: #messages::#response = #call.await?;
+            ::core::result::Result::Ok(response.#field)
         }
     }
 }

@@ -254,3 +254,5 @@ impl Builder {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_streams;

@@ -43,11 +43,60 @@ pub(crate) struct Method {
     pub(crate) doc: String,
     pub(crate) idempotent: bool,
     pub(crate) timeout: Option<Duration>,
+    /// The parameters that travel in the first request message (all but a client stream).
     pub(crate) params: Vec<Field>,
+    /// The client stream: the last parameter, written `name: Stream<T>`, with `T` as its type.
+    pub(crate) stream: Option<Field>,
+    /// The result type; the type of one item when the result is a stream.
     pub(crate) result: Ty,
+    /// Whether the result is written `Stream<T>` (a server stream of `result` items).
+    pub(crate) result_streams: bool,
     /// Where the result type is written (a byte offset), for errors.
     pub(crate) result_at: usize,
     pub(crate) returns: String,
+}
+
+/// Whether a method's request, reply or both are streams (the runtime's `MethodKind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Unary,
+    ServerStreaming,
+    ClientStreaming,
+    Bidirectional,
+}
+
+impl Kind {
+    /// The name the descriptor writes, and the runtime's `MethodKind::as_str`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Unary => "unary",
+            Kind::ServerStreaming => "server_streaming",
+            Kind::ClientStreaming => "client_streaming",
+            Kind::Bidirectional => "bidirectional",
+        }
+    }
+}
+
+impl Method {
+    /// The method's kind, from where its signature writes `Stream<T>`.
+    pub(crate) fn kind(&self) -> Kind {
+        match (self.stream.is_some(), self.result_streams) {
+            (false, false) => Kind::Unary,
+            (false, true) => Kind::ServerStreaming,
+            (true, false) => Kind::ClientStreaming,
+            (true, true) => Kind::Bidirectional,
+        }
+    }
+
+    /// Every typed place of the signature: the parameters, the client stream's item type and
+    /// the result (or server stream item) type, each with where it is written.
+    pub(crate) fn types(&self) -> impl Iterator<Item = (&Ty, usize)> {
+        self.params
+            .iter()
+            .chain(&self.stream)
+            .map(|field| (&field.ty, field.at))
+            .chain([(&self.result, self.result_at)])
+    }
 }
 
 /// A named, typed field: a parameter, or a field of a declared struct or variant.
@@ -136,8 +185,9 @@ const KEYWORDS: &[&str] = &[
 
 /// Names that signatures use for built-in types; `use` and declared types may not shadow them.
 const BUILTIN_NAMES: &[&str] = &[
-    "String", "Vec", "Option", "HashMap", "BTreeMap", "Result", "Box", "bool", "char", "f32",
-    "f64", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
+    "String", "Vec", "Option", "HashMap", "BTreeMap", "Result", "Box", "Stream", "bool", "char",
+    "f32", "f64", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128",
+    "isize",
 ];
 
 /// Methods every generated client already has (inherent, or from `Clone` and `Debug`); a
@@ -582,6 +632,7 @@ fn parse_method(
     let mut signature = None;
     let mut returns = None;
     let mut idempotent = false;
+    let mut idempotent_at = 0;
     let mut doc = String::new();
     let mut timeout = None;
     match value.get_ref() {
@@ -598,6 +649,7 @@ fn parse_method(
                         ))
                     }
                     "idempotent" => {
+                        idempotent_at = value.span().start;
                         idempotent = value.get_ref().as_bool().ok_or_else(|| {
                             source.error(
                                 value.span().start,
@@ -643,9 +695,39 @@ fn parse_method(
         "fn",
         &format!("\"{name}(name: String) -> String\""),
     )?;
-    let (params, result, result_at) = parse_signature(source, scope, &name, signature, text)?;
+    let Signature {
+        params,
+        stream,
+        result,
+        result_streams,
+        result_at,
+    } = parse_signature(source, scope, &name, signature, text)?;
+    if let Some(stream) = stream.as_ref().filter(|_| idempotent) {
+        return Err(source.error(
+            idempotent_at,
+            format!(
+                "method `{name}` takes a client stream (`{}`), which cannot be replayed, so it \
+                 cannot be idempotent",
+                stream.name
+            ),
+            format!(
+                "remove `idempotent = true`, or take the items in one message as a `Vec<{}>`",
+                stream.ty.canonical_written()
+            ),
+        ));
+    }
     let returns = match returns {
         None => "result".to_owned(),
+        Some((value, _)) if result_streams => {
+            return Err(source.error(
+                value.span().start,
+                format!(
+                    "method `{name}` answers with a stream, whose items are sent as they are, \
+                     with no field to name"
+                ),
+                "remove `returns`: it names the response field of methods that answer one message",
+            ));
+        }
         Some((value, _)) if result == Ty::Unit => {
             return Err(source.error(
                 value.span().start,
@@ -670,7 +752,9 @@ fn parse_method(
         idempotent,
         timeout,
         params,
+        stream,
         result,
+        result_streams,
         result_at,
         returns,
     })
@@ -835,13 +919,22 @@ fn find_keyword_name(tokens: TokenStream) -> Option<(Span, String)> {
     None
 }
 
+/// A checked signature.
+struct Signature {
+    params: Vec<Field>,
+    stream: Option<Field>,
+    result: Ty,
+    result_streams: bool,
+    result_at: usize,
+}
+
 fn parse_signature(
     source: Source<'_>,
     scope: Scope<'_>,
     name: &str,
     value: &Value<'_>,
     text: &str,
-) -> Result<(Vec<Field>, Ty, usize), Error> {
+) -> Result<Signature, Error> {
     let map = StringMap::new(source, value);
     let trimmed = text.trim_start();
     let qualifiers = ["fn", "async", "const", "unsafe", "extern", "pub"];
@@ -942,6 +1035,7 @@ fn parse_signature(
         ));
     }
     let mut params: Vec<Field> = Vec::new();
+    let mut stream: Option<(Field, Span)> = None;
     for input in &signature.inputs {
         let typed = match input {
             syn::FnArg::Receiver(receiver) => {
@@ -982,33 +1076,86 @@ fn parse_signature(
                 &format!("write `{}`", param.to_snake_case()),
             ));
         }
-        if params.iter().any(|other| other.name == param) {
+        if params
+            .iter()
+            .chain(stream.as_ref().map(|(field, _)| field))
+            .any(|other| other.name == param)
+        {
             return Err(at(
                 ident.span(),
                 &format!("parameter `{param}` appears twice"),
                 "give each parameter its own name",
             ));
         }
-        let ty = scope
-            .resolve(&typed.ty)
-            .map_err(|error| map.span_error(error, &full, prefix.len()))?;
+        let at_type = map.offset(typed.ty.span(), &full, prefix.len());
+        let resolve_error = |error| map.span_error(error, &full, prefix.len());
+        if let Some(item) = scope.resolve_stream(&typed.ty).map_err(resolve_error)? {
+            if let Some((first, _)) = &stream {
+                return Err(at(
+                    typed.ty.span(),
+                    &format!(
+                        "method `{name}` takes two streams, `{}` and `{param}`: a call carries at \
+                         most one client stream",
+                        first.name
+                    ),
+                    "keep one `Stream<T>` parameter, the last; send the other values in the first \
+                     message (as a `Vec<T>`) or merge both streams into one of an enum",
+                ));
+            }
+            let field = Field {
+                name: param,
+                doc: String::new(),
+                ty: item,
+                at: at_type,
+            };
+            stream = Some((field, typed.ty.span()));
+            continue;
+        }
+        let ty = scope.resolve(&typed.ty).map_err(resolve_error)?;
+        if let Some((field, span)) = &stream {
+            return Err(at(
+                *span,
+                &format!(
+                    "the stream parameter `{}` must be the last parameter",
+                    field.name
+                ),
+                &format!(
+                    "move `{}: Stream<{}>` after `{param}`: the other parameters travel in the \
+                     first message, before the stream's items",
+                    field.name,
+                    field.ty.canonical()
+                ),
+            ));
+        }
         params.push(Field {
             name: param,
             doc: String::new(),
             ty,
-            at: map.offset(typed.ty.span(), &full, prefix.len()),
+            at: at_type,
         });
     }
-    let (result, result_at) = match &signature.output {
-        syn::ReturnType::Default => (Ty::Unit, map.offset(signature.span(), &full, prefix.len())),
-        syn::ReturnType::Type(_, ty) => (
-            scope
-                .resolve(ty)
-                .map_err(|error| map.span_error(error, &full, prefix.len()))?,
-            map.offset(ty.span(), &full, prefix.len()),
+    let resolve_error = |error| map.span_error(error, &full, prefix.len());
+    let (result, result_streams, result_at) = match &signature.output {
+        syn::ReturnType::Default => (
+            Ty::Unit,
+            false,
+            map.offset(signature.span(), &full, prefix.len()),
         ),
+        syn::ReturnType::Type(_, ty) => {
+            let at_type = map.offset(ty.span(), &full, prefix.len());
+            match scope.resolve_stream(ty).map_err(resolve_error)? {
+                Some(item) => (item, true, at_type),
+                None => (scope.resolve(ty).map_err(resolve_error)?, false, at_type),
+            }
+        }
     };
-    Ok((params, result, result_at))
+    Ok(Signature {
+        params,
+        stream: stream.map(|(field, _)| field),
+        result,
+        result_streams,
+        result_at,
+    })
 }
 
 fn parse_declared(
@@ -1422,8 +1569,7 @@ fn check_map_keys(
 ) -> Result<(), Error> {
     let mut places: Vec<(&Ty, usize)> = Vec::new();
     for method in methods {
-        places.extend(method.params.iter().map(|param| (&param.ty, param.at)));
-        places.push((&method.result, method.result_at));
+        places.extend(method.types());
     }
     for declared in types {
         places.extend(
@@ -1591,10 +1737,9 @@ fn unused(
     let mut reached: Vec<String> = Vec::new();
     let mut pending: Vec<String> = Vec::new();
     for method in methods {
-        for param in &method.params {
-            param.ty.named(&mut pending);
+        for (ty, _) in method.types() {
+            ty.named(&mut pending);
         }
-        method.result.named(&mut pending);
     }
     while let Some(name) = pending.pop() {
         if reached.contains(&name) {

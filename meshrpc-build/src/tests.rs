@@ -172,6 +172,7 @@ fn the_descriptor_has_the_documented_shape() {
                 {
                     "name": "greet",
                     "doc": "",
+                    "kind": "unary",
                     "idempotent": true,
                     "timeout_ms": 2000,
                     "result_field": "message",
@@ -189,6 +190,7 @@ fn the_descriptor_has_the_documented_shape() {
                 {
                     "name": "send_postcard",
                     "doc": "",
+                    "kind": "unary",
                     "idempotent": false,
                     "timeout_ms": null,
                     "result_field": "card",

@@ -132,6 +132,49 @@ impl Scope<'_> {
         }
     }
 
+    /// The item type if `ty` is written `Stream<T>` (a whole parameter or result that is a
+    /// stream), `None` for any other type. Streams of streams and of `()` are refused here;
+    /// a `Stream` anywhere else is refused by [`Scope::resolve`].
+    pub(crate) fn resolve_stream(&self, ty: &syn::Type) -> Result<Option<Ty>, SpanError> {
+        let Some(arguments) = stream_arguments(ty) else {
+            return Ok(None);
+        };
+        let items = match arguments {
+            syn::PathArguments::AngleBracketed(args) if args.args.len() == 1 => &args.args[0],
+            _ => {
+                return Err(SpanError::new(
+                    ty.span(),
+                    "`Stream` takes 1 type argument",
+                    "write `Stream<T>`, e.g. `Stream<u64>`",
+                ));
+            }
+        };
+        let syn::GenericArgument::Type(item) = items else {
+            return Err(SpanError::new(
+                items.span(),
+                "only a type argument is allowed here",
+                "write `Stream<T>`, e.g. `Stream<u64>`",
+            ));
+        };
+        if stream_arguments(item).is_some() {
+            return Err(SpanError::new(
+                item.span(),
+                "a stream of streams is not supported",
+                "stream the items themselves (`Stream<T>`), or send each group as one item \
+                 (`Stream<Vec<T>>`)",
+            ));
+        }
+        let item_ty = self.resolve(item)?;
+        if item_ty == Ty::Unit {
+            return Err(SpanError::new(
+                ty.span(),
+                "a `Stream<()>` carries no values",
+                "stream values, e.g. `Stream<u64>`, or remove the stream",
+            ));
+        }
+        Ok(Some(item_ty))
+    }
+
     fn resolve_path(&self, type_path: &syn::TypePath) -> Result<Ty, SpanError> {
         if let Some(qself) = &type_path.qself {
             return Err(SpanError::new(
@@ -175,6 +218,14 @@ impl Scope<'_> {
                 span,
                 "`Self` is not allowed in a signature",
                 "write the type's name",
+            ));
+        }
+        if written == "Stream" {
+            return Err(SpanError::new(
+                span,
+                "a `Stream` can only be a method's last parameter or its result",
+                "write `name: Stream<T>` as the last parameter (a client stream) or `-> Stream<T>` \
+                 (a server stream); for several values in one message write `Vec<T>`",
             ));
         }
         let args = self.generic_args(&last.arguments)?;
@@ -431,6 +482,23 @@ fn unknown_type(service: &str, name: &str, close: Option<&str>, span: Span) -> S
     )
 }
 
+/// The generic arguments of `ty` if it is written `Stream<..>` (or a bare `Stream`).
+fn stream_arguments(ty: &syn::Type) -> Option<&syn::PathArguments> {
+    match ty {
+        syn::Type::Paren(paren) => stream_arguments(&paren.elem),
+        syn::Type::Group(group) => stream_arguments(&group.elem),
+        syn::Type::Path(path)
+            if path.qself.is_none()
+                && path.path.leading_colon.is_none()
+                && path.path.segments.len() == 1
+                && path.path.segments[0].ident == "Stream" =>
+        {
+            Some(&path.path.segments[0].arguments)
+        }
+        _ => None,
+    }
+}
+
 /// `Bytes` is shared with the frame only where a serde field attribute can reach it (a field,
 /// or the `Some` of an optional field): anywhere else it is refused, so it never silently
 /// means a copy.
@@ -642,6 +710,25 @@ impl Ty {
         }
     }
 
+    /// The serde attribute the field of a transparent wrapper needs when a stream item of
+    /// this type travels in one (see [`Ty::serde_attribute`]; no `default`, as the value is
+    /// the whole item).
+    pub(crate) fn item_serde_attribute(&self) -> Option<TokenStream> {
+        if self.is_bytes() {
+            return Some(quote!(#[serde(with = "::meshrpc::serde_bytes")]));
+        }
+        match self {
+            Ty::Bytes => Some(quote!(#[serde(with = "::meshrpc::codec::shared_bytes")])),
+            Ty::Option(inner) if **inner == Ty::Bytes => {
+                Some(quote!(#[serde(with = "::meshrpc::codec::shared_bytes::option")]))
+            }
+            Ty::Option(inner) if inner.is_bytes() => {
+                Some(quote!(#[serde(with = "::meshrpc::serde_bytes")]))
+            }
+            _ => None,
+        }
+    }
+
     /// The declared and `use` types this type mentions, through any container.
     pub(crate) fn named(&self, out: &mut Vec<String>) {
         match self {
@@ -725,7 +812,7 @@ impl Ty {
     }
 
     /// The type as a user would write it, for messages (`Vec<u8>` for `Bytes` would mislead).
-    fn canonical_written(&self) -> String {
+    pub(crate) fn canonical_written(&self) -> String {
         match self {
             Ty::Bytes => "Bytes".to_owned(),
             Ty::Boxed(inner) => format!("Box<{}>", inner.canonical()),

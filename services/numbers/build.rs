@@ -1,0 +1,3 @@
+fn main() -> Result<(), meshrpc_build::Error> {
+    meshrpc_build::compile("services.toml")
+}
