@@ -14,7 +14,7 @@ use meshrpc::{Channel, Dispatch, Status};
 use meshrpc_scenario_manifest_example::model::{Mood, Stamp, StampKind};
 use meshrpc_scenario_manifest_example::{
     Address, DynGreeter, GREETER_SPEC, Greeter, GreeterClient, GreeterServer, Postcard, PostcardId,
-    Topic, Weather, greeter_messages,
+    Topic, Weather, greeter_messages, greeter_methods,
 };
 use serde_json::{Value, json};
 
@@ -259,14 +259,16 @@ async fn a_transcoded_json_body_with_a_newtype_id_reaches_the_handler() {
     let body = json!({ "card": serde_json::to_value(card()).expect("json") });
     let request = transcode("send_postcard", &body).expect("transcodes");
     server
-        .dispatch("send_postcard", Bytes::from(request))
+        .dispatch(greeter_methods::SEND_POSTCARD, Bytes::from(request), None)
         .await
         .expect("sent");
     let request = transcode("postcard", &json!({ "id": 1 })).expect("an id is a number");
     let reply = server
-        .dispatch("postcard", Bytes::from(request))
+        .dispatch(greeter_methods::POSTCARD, Bytes::from(request), None)
         .await
-        .expect("found");
+        .expect("found")
+        .into_message("reply")
+        .expect("one message");
     let reply: greeter_messages::PostcardResponse =
         meshrpc::codec::decode_response("postcard", &reply).expect("decodes");
     assert_eq!(reply.card, Some(card()));
@@ -285,15 +287,17 @@ async fn a_map_keyed_by_a_declared_id_crosses_the_gateway_and_the_wire() {
     let body = json!({ "card": serde_json::to_value(card()).expect("json") });
     let request = transcode("send_postcard", &body).expect("transcodes");
     server
-        .dispatch("send_postcard", Bytes::from(request))
+        .dispatch(greeter_methods::SEND_POSTCARD, Bytes::from(request), None)
         .await
         .expect("sent");
     // JSON object keys are strings; the gateway turns them into the id's integer.
     let request = transcode("resend", &json!({ "copies": { "1": 3 } })).expect("transcodes");
     let reply = server
-        .dispatch("resend", Bytes::from(request))
+        .dispatch(greeter_methods::RESEND, Bytes::from(request), None)
         .await
-        .expect("resent");
+        .expect("resent")
+        .into_message("reply")
+        .expect("one message");
     let reply: greeter_messages::ResendResponse =
         meshrpc::codec::decode_response("resend", &reply).expect("decodes");
     assert_eq!(reply.sent, 3);

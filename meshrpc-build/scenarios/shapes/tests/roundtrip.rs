@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use meshrpc::bytes::Bytes;
-use meshrpc::{Call, Channel, Code, Dispatch, ServiceClient, Status};
+use meshrpc::{Call, Channel, Code, Dispatch, MethodKind, MethodSpec, ServiceClient, Status};
 use meshrpc_scenario_shapes::model::Mood;
 use meshrpc_scenario_shapes::{
     Blob, COUNTER_SPEC, Card, Counter, CounterClient, CounterServer, Id, Integers, Pair, Parcel,
@@ -381,9 +381,21 @@ async fn an_unknown_method_is_unimplemented() {
         .expect_err("unknown");
     assert_eq!(error.code(), Code::Unimplemented, "{error}");
 
-    // The generated dispatcher says the same when asked directly.
+    // The generated dispatcher says the same when handed a method that is not one of its own.
+    static SHOUT: MethodSpec = MethodSpec {
+        service: "shapes",
+        name: "shout",
+        doc: "",
+        idempotent: false,
+        timeout: None,
+        params: &[],
+        result_field: "result",
+        result_type: "()",
+        kind: MethodKind::Unary,
+        index: 99,
+    };
     let error = ShapesServer::new(Echo)
-        .dispatch("shout", payload)
+        .dispatch(&SHOUT, payload, None)
         .await
         .expect_err("unknown");
     assert_eq!(error.code(), Code::Unimplemented, "{error}");

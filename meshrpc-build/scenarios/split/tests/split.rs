@@ -5,9 +5,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use meshrpc::bytes::Bytes;
-use meshrpc::{BoxFuture, Call, Channel, Code, Dispatch, ServiceSpec, Status};
+use meshrpc::{
+    Body, BoxFuture, Call, Channel, Code, Dispatch, MethodSpec, ServiceSpec, Status, Streaming,
+};
 use meshrpc_scenario_split::{
-    CALC_SPEC, Calc, CalcClient, STORE_SPEC, Store, StoreServer, calc_messages, store_messages,
+    CALC_SPEC, Calc, CalcClient, STORE_SPEC, Store, StoreServer, calc_messages, calc_methods,
+    store_messages,
 };
 
 const CALC_CODE: &str = include_str!(concat!(env!("OUT_DIR"), "/calc.rs"));
@@ -37,16 +40,23 @@ impl Dispatch for HandCalc {
         &CALC_SPEC
     }
 
-    fn dispatch(&self, method: &str, request: Bytes) -> BoxFuture<'static, Result<Bytes, Status>> {
-        let method = method.to_owned();
+    fn dispatch(
+        &self,
+        method: &'static MethodSpec,
+        request: Bytes,
+        _stream: Option<Streaming<Bytes>>,
+    ) -> BoxFuture<'static, Result<Body, Status>> {
         Box::pin(async move {
+            if method != calc_methods::ADD {
+                return Err(meshrpc::service::unknown_method(&CALC_SPEC, method.name));
+            }
             let request: calc_messages::AddRequest =
-                meshrpc::codec::decode_request(&method, &request)?;
+                meshrpc::codec::decode_request(method.name, &request)?;
             let sum = request
                 .a
                 .checked_add(request.b)
                 .ok_or_else(|| Status::out_of_range("overflow"))?;
-            meshrpc::codec::encode(&calc_messages::AddResponse { sum })
+            meshrpc::codec::encode(&calc_messages::AddResponse { sum }).map(Body::Message)
         })
     }
 }
