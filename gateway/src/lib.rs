@@ -1,9 +1,10 @@
 #![warn(missing_docs)]
 //! The meshrpc API gateway (binary `mesh-api`): an axum server that joins the mesh and serves
 //!
-//! - the original gateway's REST routes for the greeter (`GET /greeter/greet/{name}`,
-//!   `POST /greeter/sendPostcard/{recipient}/{address}/{message}`), answering as its README
-//!   shows;
+//! - the routes of the [`Extension`]s the binary mounts (`mesh-api` mounts the original
+//!   gateway's REST routes for the greeter, `GET /greeter/greet/{name}` and
+//!   `POST /greeter/sendPostcard/{recipient}/{address}/{message}`, from `greeter::rest`); the
+//!   library itself depends on no service;
 //! - every published method as `POST /{service}/{method}`, JSON in and out, transcoded to and
 //!   from MessagePack and checked against the service's descriptor (and as
 //!   `GET /{service}/{method}?param=...` when it is idempotent with scalar parameters);
@@ -34,6 +35,7 @@ pub mod config;
 pub mod dashboard;
 pub mod descriptors;
 pub mod error;
+pub mod extension;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -45,12 +47,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{any, get, post};
-use meshrpc::{CallOptions, Node};
+use axum::routing::{any, get};
+use meshrpc::Node;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use config::{Config, GatewayArgs};
+pub use extension::{Extension, ExtensionContext};
 
 use crate::admission::Admission;
 use crate::auth::ApiKeys;
@@ -80,17 +83,21 @@ pub struct Shared {
     descriptors: Arc<Descriptors>,
     metrics: Arc<HttpMetrics>,
     admission: Admission,
-    greeter: greeter::GreeterClient,
+    extensions: Vec<Extension>,
     dashboard: Arc<Dashboard>,
 }
 
 impl Shared {
-    /// State for a gateway on `node`.
+    /// State for a gateway on `node`, with no extensions.
     pub fn new(config: Config, node: Node) -> Arc<Shared> {
-        let descriptors = Descriptors::new(node.clone(), &[&greeter::GREETER_SPEC]);
-        let greeter = node
-            .client::<greeter::GreeterClient>()
-            .with_options(CallOptions::new().timeout(config.request_timeout));
+        Shared::with_extensions(config, node, Vec::new())
+    }
+
+    /// State for a gateway on `node` that mounts `extensions`: their services are known from
+    /// the start.
+    pub fn with_extensions(config: Config, node: Node, extensions: Vec<Extension>) -> Arc<Shared> {
+        let builtin: Vec<_> = extensions.iter().map(Extension::spec).collect();
+        let descriptors = Descriptors::new(node.clone(), &builtin);
         let admission = Admission::new(config.max_in_flight, config.max_buffered, config.max_body);
         Arc::new(Shared {
             keys: ApiKeys::new(&config.api_keys),
@@ -99,7 +106,7 @@ impl Shared {
             config,
             descriptors,
             metrics: Arc::new(HttpMetrics::new()),
-            greeter,
+            extensions,
             dashboard: Arc::new(Dashboard::default()),
         })
     }
@@ -125,15 +132,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let keys = shared.keys.clone();
     let metrics = shared.metrics.clone();
     let admission = shared.admission.clone();
-    Router::new()
-        .route("/greeter/greet/{name}", get(routes::greeter::greet))
-        // An empty name, as `POST /greeter/greet` takes `{"name": ""}`.
-        .route("/greeter/greet/", get(routes::greeter::greet_nobody))
-        .route(
-            "/greeter/sendPostcard/{recipient}/{address}/{message}",
-            post(routes::greeter::send_postcard),
-        )
-        .route("/healthz", get(routes::ops::healthz))
+    let context = ExtensionContext::new(shared.node.clone(), shared.config.request_timeout);
+    let mut app = Router::new();
+    for extension in &shared.extensions {
+        app = app.merge(extension.routes(&context).with_state(()));
+    }
+    app.route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))
@@ -246,6 +250,15 @@ async fn serve_connections(
 /// the socket listens: routes answer 503 for services no member serves yet, and start working
 /// the moment one joins.
 pub async fn serve(config: Config, node: Node) -> Result<Gateway, GatewayError> {
+    serve_with(config, node, Vec::new()).await
+}
+
+/// [`serve`], with the routes of `extensions` mounted beside the generic ones.
+pub async fn serve_with(
+    config: Config,
+    node: Node,
+    extensions: Vec<Extension>,
+) -> Result<Gateway, GatewayError> {
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .map_err(|source| GatewayError::Bind {
@@ -256,7 +269,7 @@ pub async fn serve(config: Config, node: Node) -> Result<Gateway, GatewayError> 
         addr: config.http,
         source,
     })?;
-    let shared = Shared::new(config, node);
+    let shared = Shared::with_extensions(config, node, extensions);
     let refresher = shared.descriptors.spawn_refresher();
     let poller = dashboard::poller::spawn(shared.node.clone(), shared.dashboard.clone());
     let app = router(shared);

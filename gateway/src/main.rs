@@ -20,13 +20,33 @@ struct Args {
     gateway: GatewayArgs,
 }
 
+/// The routes this binary mounts beside the generic ones: with the `greeter-rest` feature (a
+/// default), the original gateway's REST routes for the greeter.
+fn extensions() -> Vec<gateway::Extension> {
+    #[cfg(feature = "greeter-rest")]
+    {
+        vec![gateway::Extension::new(&greeter::GREETER_SPEC, |context| {
+            greeter::rest::router(
+                context
+                    .node()
+                    .client::<greeter::GreeterClient>()
+                    .with_options(context.call_options()),
+            )
+        })]
+    }
+    #[cfg(not(feature = "greeter-rest"))]
+    {
+        Vec::new()
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Logs, and spans over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
     let telemetry = init_tracing("mesh-api")?;
     let args = Args::parse();
     let node = args.node.builder("mesh-api", SEED_PORT)?.start().await?;
-    let gateway = gateway::serve(args.gateway.config(), node.clone()).await?;
+    let gateway = gateway::serve_with(args.gateway.config(), node.clone(), extensions()).await?;
     println!(
         "mesh-api serving HTTP on {} and the mesh on {}",
         gateway.local_addr(),

@@ -11,7 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{get, post, send};
 use meshrpc::codec::{decode_request, encode};
-use meshrpc::{BoxFuture, Dispatch, FieldSpec, MethodSpec, Node, ServiceSpec, Status};
+use meshrpc::{
+    Body, BoxFuture, Dispatch, FieldSpec, MethodKind, MethodSpec, Node, ServiceSpec, Status,
+    Streaming,
+};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -50,6 +53,8 @@ static VAULT_SPEC: ServiceSpec = ServiceSpec {
     methods: &[
         MethodSpec {
             service: "vault",
+            kind: MethodKind::Unary,
+            index: 0,
             name: "reverse",
             doc: "Reverses bytes.",
             idempotent: true,
@@ -63,6 +68,8 @@ static VAULT_SPEC: ServiceSpec = ServiceSpec {
         },
         MethodSpec {
             service: "vault",
+            kind: MethodKind::Unary,
+            index: 1,
             name: "sleep",
             doc: "Sleeps.",
             idempotent: false,
@@ -76,6 +83,8 @@ static VAULT_SPEC: ServiceSpec = ServiceSpec {
         },
         MethodSpec {
             service: "vault",
+            kind: MethodKind::Unary,
+            index: 2,
             name: "hold",
             doc: "Sleeps, with no timeout of its own.",
             idempotent: false,
@@ -89,6 +98,8 @@ static VAULT_SPEC: ServiceSpec = ServiceSpec {
         },
         MethodSpec {
             service: "vault",
+            kind: MethodKind::Unary,
+            index: 3,
             name: "forget",
             doc: "Forgets a key; returns nothing.",
             idempotent: false,
@@ -102,6 +113,8 @@ static VAULT_SPEC: ServiceSpec = ServiceSpec {
         },
         MethodSpec {
             service: "vault",
+            kind: MethodKind::Unary,
+            index: 4,
             name: "count",
             doc: "Counts up to a number.",
             idempotent: true,
@@ -187,12 +200,16 @@ impl Dispatch for Vault {
         &VAULT_SPEC
     }
 
-    fn dispatch(&self, method: &str, request: Bytes) -> BoxFuture<'static, Result<Bytes, Status>> {
+    fn dispatch(
+        &self,
+        method: &'static MethodSpec,
+        request: Bytes,
+        _stream: Option<Streaming<Bytes>>,
+    ) -> BoxFuture<'static, Result<Body, Status>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let method = method.to_owned();
         let holding = self.holding.clone();
         Box::pin(async move {
-            match method.as_str() {
+            let reply = match method.name {
                 "reverse" => {
                     let Data { mut data } = decode_request("reverse", &request)?;
                     data.reverse();
@@ -223,9 +240,22 @@ impl Dispatch for Vault {
                     encode(&Counted { count })
                 }
                 other => Err(Status::unimplemented(format!("no method {other}"))),
-            }
+            };
+            reply.map(Body::Message)
         })
     }
+}
+
+/// The greeter's REST routes, as the `mesh-api` binary mounts them.
+fn greeter_rest() -> gateway::Extension {
+    gateway::Extension::new(&greeter::GREETER_SPEC, |context| {
+        greeter::rest::router(
+            context
+                .node()
+                .client::<greeter::GreeterClient>()
+                .with_options(context.call_options()),
+        )
+    })
 }
 
 /// A gateway node with the gateway served on it, and a service node joined to it.
@@ -250,7 +280,7 @@ impl Mesh {
             http: "127.0.0.1:0".parse().expect("addr"),
             ..config
         };
-        let gateway = gateway::serve(config, gateway_node.clone())
+        let gateway = gateway::serve_with(config, gateway_node.clone(), vec![greeter_rest()])
             .await
             .expect("the gateway serves");
         let mut mesh = Mesh {

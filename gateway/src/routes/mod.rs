@@ -17,7 +17,6 @@
 
 pub mod dashboard;
 pub mod generic;
-pub mod greeter;
 pub mod legacy;
 pub mod ops;
 

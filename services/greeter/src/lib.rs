@@ -17,6 +17,8 @@ use meshrpc::Status;
 
 meshrpc::include_services!("greeter");
 
+pub mod rest;
+
 /// The greeter: says hello, and sends postcards that have a recipient.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GreeterService;

@@ -1,0 +1,118 @@
+//! Routes a gateway binary adds beside the generic ones: a service's hand-written REST routes,
+//! for instance (the `mesh-api` binary mounts the greeter's, `greeter::rest`). The gateway
+//! library knows no service; a binary passes its extensions to [`crate::serve_with`].
+//!
+//! An extension is a plain axum [`Router`] built from an [`ExtensionContext`] (the gateway's
+//! node and its request timeout), with the service's [`ServiceSpec`] so its routes answer 503,
+//! not 404, before any replica has joined. Its routes go through the gateway's middleware (API
+//! keys, admission, metrics, access log, tracing) and get the gateway's 405 answer for methods
+//! they do not serve. A handler answers a failed mesh call by putting the call's
+//! [`Status`] in its response's extensions: the gateway then answers with its own error shape
+//! for that status (`{"error":...,"code":...}`, mesh addresses left out).
+
+use std::fmt;
+use std::time::Duration;
+
+use axum::Router;
+use axum::response::{IntoResponse, Response};
+use meshrpc::{CallOptions, Node, ServiceSpec, Status};
+
+use crate::error::ApiError;
+
+/// Builds an extension's routes.
+type BuildRoutes = Box<dyn Fn(&ExtensionContext) -> Router + Send + Sync>;
+
+/// Routes for one service, mounted by [`crate::serve_with`].
+pub struct Extension {
+    spec: &'static ServiceSpec,
+    build: BuildRoutes,
+}
+
+impl fmt::Debug for Extension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Extension")
+            .field("service", &self.spec.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Extension {
+    /// Routes for the service `spec` describes, built by `routes` when the gateway starts.
+    pub fn new(
+        spec: &'static ServiceSpec,
+        routes: impl Fn(&ExtensionContext) -> Router + Send + Sync + 'static,
+    ) -> Extension {
+        Extension {
+            spec,
+            build: Box::new(routes),
+        }
+    }
+
+    /// The service the routes call.
+    pub fn spec(&self) -> &'static ServiceSpec {
+        self.spec
+    }
+
+    /// The routes, with failed calls answered in the gateway's error shape.
+    pub(crate) fn routes(&self, context: &ExtensionContext) -> Router {
+        let service = self.spec.name;
+        (self.build)(context).layer(axum::middleware::map_response(
+            move |response: Response| async move { render_failed_call(response, service) },
+        ))
+    }
+}
+
+/// What an extension's routes are built with.
+#[derive(Debug, Clone)]
+pub struct ExtensionContext {
+    node: Node,
+    request_timeout: Duration,
+}
+
+impl ExtensionContext {
+    pub(crate) fn new(node: Node, request_timeout: Duration) -> ExtensionContext {
+        ExtensionContext {
+            node,
+            request_timeout,
+        }
+    }
+
+    /// The node the gateway calls through: build clients with `node().client::<C>()`.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Options for the extension's calls: the gateway's request timeout.
+    pub fn call_options(&self) -> CallOptions {
+        CallOptions::new().timeout(self.request_timeout)
+    }
+}
+
+/// `response`, or the gateway's error for the [`Status`] it carries.
+fn render_failed_call(mut response: Response, service: &str) -> Response {
+    match response.extensions_mut().remove::<Status>() {
+        Some(status) => ApiError::from_call(status, service).into_response(),
+        None => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshrpc::Code;
+
+    #[test]
+    fn a_carried_status_is_answered_in_the_gateway_error_shape() {
+        let mut response = (http::StatusCode::IM_A_TEAPOT, "whatever").into_response();
+        response
+            .extensions_mut()
+            .insert(Status::new(Code::NotFound, "no such card"));
+        let rendered = render_failed_call(response, "greeter");
+        assert_eq!(rendered.status(), http::StatusCode::NOT_FOUND);
+        let plain = (http::StatusCode::OK, "fine").into_response();
+        assert_eq!(
+            render_failed_call(plain, "greeter").status(),
+            http::StatusCode::OK
+        );
+    }
+}
