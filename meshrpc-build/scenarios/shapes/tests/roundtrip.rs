@@ -5,11 +5,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use meshrpc::bytes::Bytes;
-use meshrpc::{Call, Channel, Code, Dispatch, MethodKind, MethodSpec, ServiceClient, Status};
+use meshrpc::{
+    Body, Call, Channel, Code, Dispatch, MethodKind, MethodSpec, ServiceClient, Status, Streaming,
+};
 use meshrpc_scenario_shapes::model::Mood;
 use meshrpc_scenario_shapes::{
     Blob, COUNTER_SPEC, Card, Counter, CounterClient, CounterServer, Id, Integers, Pair, Parcel,
-    SHAPES_SPEC, Shapes, ShapesClient, ShapesServer, Weather, shapes_messages,
+    SHAPES_SPEC, Shapes, ShapesClient, ShapesServer, Weather, shapes_messages, shapes_methods,
 };
 
 /// Answers each call from its arguments, so a test can tell what arrived.
@@ -130,6 +132,26 @@ impl Shapes for Echo {
 
     async fn wrapped(&self, blob: Blob, pair: Pair, id: Id) -> Result<(Blob, Pair, Id), Status> {
         Ok((blob, pair, Id(id.0 + 1)))
+    }
+
+    async fn chunks(
+        &self,
+        prefix: Vec<u8>,
+        parts: Streaming<Bytes>,
+    ) -> Result<Streaming<Vec<u8>>, Status> {
+        Ok(parts.try_map(move |part| {
+            let mut chunk = prefix.clone();
+            chunk.extend_from_slice(&part);
+            Ok(chunk)
+        }))
+    }
+
+    async fn kept(&self, mut cards: Streaming<Option<Card>>) -> Result<Vec<Card>, Status> {
+        let mut kept = Vec::new();
+        while let Some(card) = cards.message().await? {
+            kept.extend(card);
+        }
+        Ok(kept)
     }
 }
 
@@ -491,9 +513,19 @@ fn specs_describe_the_manifest() {
             "mood",
             "nested",
             "nothing",
-            "wrapped"
+            "wrapped",
+            "chunks",
+            "kept"
         ]
     );
+    // Each method's constant is its spec, with the kind its signature gives it.
+    assert_eq!(shapes_methods::WRAPPED, &SHAPES_SPEC.methods[11]);
+    assert_eq!(shapes_methods::SCALARS.kind, MethodKind::Unary);
+    assert_eq!(shapes_methods::CHUNKS.kind, MethodKind::Bidirectional);
+    assert_eq!(shapes_methods::CHUNKS.params.len(), 1, "the stream is no field");
+    assert_eq!(shapes_methods::CHUNKS.result_type, "Vec<u8>");
+    assert_eq!(shapes_methods::KEPT.kind, MethodKind::ClientStreaming);
+    assert_eq!(shapes_methods::KEPT.result_field, "cards");
     let scalars = SHAPES_SPEC.method("scalars").expect("exists");
     assert!(scalars.idempotent);
     assert_eq!(scalars.result_type, "(f32, f64, bool, char)");
@@ -588,4 +620,48 @@ async fn newtypes_and_tuple_structs_keep_their_binaries() {
     expected.extend_from_slice(b"id");
     expected.push(0x01);
     assert_eq!(request.as_ref(), expected.as_slice());
+}
+
+#[tokio::test]
+async fn streams_of_binaries_and_declared_types_cross_intact() {
+    let client = client();
+    let parts = Streaming::iter([
+        Bytes::from_static(b"ab"),
+        Bytes::new(),
+        Bytes::from(vec![0, 255]),
+    ]);
+    let mut chunks = client.chunks(vec![7], parts).await.expect("call");
+    let mut received = Vec::new();
+    while let Some(chunk) = chunks.message().await.expect("an item or the end") {
+        received.push(chunk);
+    }
+    assert_eq!(received, [vec![7, b'a', b'b'], vec![7], vec![7, 0, 255]]);
+
+    let cards = Streaming::iter([Some(card("Ada")), None, Some(card("Max"))]);
+    let kept = client.kept(cards).await.expect("call");
+    assert_eq!(kept, [card("Ada"), card("Max")]);
+}
+
+#[tokio::test]
+async fn binary_stream_items_travel_as_messagepack_binaries() {
+    let channel = Channel::local(ShapesServer::new(Echo));
+    let binary = |bytes: &[u8]| {
+        meshrpc::codec::encode(&meshrpc::serde_bytes::Bytes::new(bytes)).expect("encodes")
+    };
+    let request = shapes_messages::ChunksRequest { prefix: vec![1] };
+    let mut call = Call::new(
+        SHAPES_SPEC.name,
+        shapes_methods::CHUNKS.name,
+        meshrpc::codec::encode(&request).expect("encodes"),
+    );
+    call.kind = shapes_methods::CHUNKS.kind;
+    call.stream = Some(meshrpc::channel::OutgoingStream::new(Streaming::iter([
+        binary(b"xy"),
+    ])));
+    let Body::Stream(mut items) = channel.send(call).await.expect("call") else {
+        panic!("a server stream answers a stream");
+    };
+    let item = items.message().await.expect("an item").expect("one item");
+    assert_eq!(item, binary(&[1, b'x', b'y']));
+    assert_eq!(items.message().await.expect("a clean end"), None);
 }
