@@ -76,6 +76,12 @@ impl CallContext {
         }))
     }
 
+    /// The same context with another deadline (a layer may shorten a call's deadline).
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> CallContext {
+        self.deadline = deadline;
+        self
+    }
+
     /// When the call must be answered by.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
@@ -93,7 +99,7 @@ impl CallContext {
     }
 
     /// The metadata, for the server to put its own trace context in before the handler runs.
-    #[cfg(feature = "otel")]
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
     pub(crate) fn metadata_mut(&mut self) -> &mut Metadata {
         &mut self.metadata
     }

@@ -24,10 +24,10 @@ use tracing::debug;
 
 use crate::membership::Membership;
 use crate::resilience::balance::{BalanceState, Strategy, choose};
+use crate::server::Refusal;
 use crate::status::{Code, Status};
 use crate::transport::connections::Connections;
 use crate::transport::goaway;
-use crate::transport::server::Refusal;
 use crate::wire::{Frame, FrameKind, HttpHeader, encode_frame};
 
 /// Errors of user HTTP services and bodies.

@@ -29,6 +29,7 @@ pub mod options;
 pub mod resilience;
 pub mod schema;
 pub mod seeds;
+pub mod server;
 pub mod service;
 pub mod spec;
 pub mod status;

@@ -37,6 +37,7 @@ use crate::resilience::balance::{Balance, BalanceState, Strategy};
 use crate::resilience::breaker::BreakerConfig;
 use crate::resilience::retry::{RetryConfig, RetryPolicy};
 use crate::seeds;
+use crate::server::Server;
 use crate::service::{Dispatch, ServiceClient};
 use crate::spec::ServiceSpec;
 use crate::tls::{self, TlsError, TlsMaterial};
@@ -45,7 +46,6 @@ use crate::transport::client::PeerService;
 use crate::transport::connections::Connections;
 use crate::transport::endpoint::{EndpointError, build_endpoint};
 use crate::transport::error_code;
-use crate::transport::server::Server;
 use crate::wire::FrameKind;
 
 /// The cluster joined when none is named.
@@ -119,6 +119,7 @@ pub struct NodeBuilder {
     retry: RetryConfig,
     admin: Option<SocketAddr>,
     services: Vec<Arc<dyn Dispatch>>,
+    layers: Vec<crate::server::UserLayer>,
     http: HashMap<String, HttpService>,
     clients: Arc<OnceLock<Arc<ClientFactory>>>,
 }
@@ -153,6 +154,7 @@ impl NodeBuilder {
             retry: RetryConfig::default(),
             admin: None,
             services: Vec::new(),
+            layers: Vec::new(),
             http: HashMap::new(),
             clients: Arc::default(),
         }
@@ -280,6 +282,48 @@ impl NodeBuilder {
         self
     }
 
+    /// Adds a tower layer to every call this node serves, below the node's own layers
+    /// (admission, metrics, deadline, panic catching) and above the services. Its service
+    /// sees each call as an [`IncomingCall`](crate::server::IncomingCall) — the method, the
+    /// context (deadline, metadata) and the caller's verified identity — and answers a
+    /// [`Body`](crate::Body) or a [`Status`](crate::Status). Layers added first are outermost.
+    ///
+    /// ```no_run
+    /// use meshrpc::server::{BoxServerService, IncomingCall};
+    /// use meshrpc::{Code, Status};
+    ///
+    /// // Refuses calls that carry no `tenant` metadata.
+    /// let require_tenant = tower::layer::layer_fn(|inner: BoxServerService| {
+    ///     tower::service_fn(move |call: IncomingCall| {
+    ///         let mut inner = inner.clone();
+    ///         async move {
+    ///             if call.context.metadata().get("tenant").is_none() {
+    ///                 return Err(Status::new(Code::InvalidArgument, "send a `tenant`"));
+    ///             }
+    ///             tower::ServiceExt::ready(&mut inner).await?;
+    ///             tower::Service::call(&mut inner, call).await
+    ///         }
+    ///     })
+    /// });
+    /// let builder = meshrpc::Node::builder("billing").layer(require_tenant);
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> NodeBuilder
+    where
+        L: tower::Layer<crate::server::BoxServerService> + Send + Sync + 'static,
+        L::Service: tower::Service<
+                crate::server::IncomingCall,
+                Response = crate::Body,
+                Error = crate::Status,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<crate::server::IncomingCall>>::Future: Send + 'static,
+    {
+        self.layers.push(crate::server::user_layer(layer));
+        self
+    }
+
     /// Publishes a service (a generated server such as `GreeterServer::new(MyGreeter)`).
     pub fn publish(mut self, server: impl Dispatch) -> NodeBuilder {
         self.services.push(Arc::new(server));
@@ -371,7 +415,8 @@ impl NodeBuilder {
             NodeService::new(&self.name, &published, membership.clone(), metrics.clone());
         let mut services = self.services;
         services.push(Arc::new(node_service));
-        let mut server = Server::new(services, self.limits, metrics.clone());
+        let mut server = Server::new(services, self.limits, metrics.clone(), &self.layers);
+        server.set_cluster(&self.cluster);
         let http_services = Arc::new(self.http);
         {
             let http_services = http_services.clone();
@@ -876,8 +921,11 @@ impl Node {
         if !inner.server.wait_idle(inner.drain_timeout).await {
             warn!(
                 in_flight = inner.server.calls_in_flight(),
-                "drain timeout passed with calls in flight; closing anyway"
+                "drain timeout passed with calls in flight; ending them with `unavailable`"
             );
+            // Open streams end with an error their callers see, never with a clean end.
+            inner.server.end_calls();
+            let _ = inner.server.wait_idle(Duration::from_millis(500)).await;
         }
         inner.membership.leave().await;
         // Let the leave announcement reach the wire before the connections close.

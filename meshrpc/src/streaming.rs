@@ -293,7 +293,7 @@ mod tests {
         sender.send(2).await.expect("room");
         let third = sender.send(3);
         tokio::pin!(third);
-        assert!(futures_util::poll!(third.as_mut()).is_pending());
+        assert!(futures_util::FutureExt::now_or_never(third.as_mut()).is_none());
         assert_eq!(stream.message().await.expect("ok"), Some(1));
         third.await.expect("room again");
     }

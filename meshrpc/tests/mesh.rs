@@ -392,7 +392,12 @@ impl Dispatch for Broken {
         &PROBE_SPEC
     }
 
-    fn dispatch(&self, _: &str, _: Bytes) -> BoxFuture<'static, Result<Bytes, Status>> {
+    fn dispatch(
+        &self,
+        _: &'static meshrpc::MethodSpec,
+        _: Bytes,
+        _: Option<meshrpc::Streaming<Bytes>>,
+    ) -> BoxFuture<'static, Result<meshrpc::Body, Status>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { Err(Status::new(Code::Unavailable, "this replica is broken")) })
     }

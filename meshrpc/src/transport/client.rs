@@ -11,12 +11,18 @@ use tower::Service;
 
 use super::connections::Connections;
 use super::io::{ReadFrameError, read_frame};
+use super::streams::{
+    Direction, SendGuard, data_frame, first_reply_item, incoming_items, item_too_large,
+    status_frame,
+};
 use crate::channel::Call;
 use crate::service::BoxFuture;
+use crate::spec::MethodKind;
 use crate::status::{Code, Status};
-use crate::streaming::Body;
+use crate::streaming::{Body, Streaming};
 use crate::wire::frame::encode_frame_with;
 use crate::wire::{CallHeader, FrameDecoder, FrameKind, StatusBody};
+use futures_util::{FutureExt, StreamExt};
 
 /// Sends `call` to the peer at `addr` over a new stream of the pooled connection and waits for
 /// the reply. Dropping the returned future stops the stream, which cancels the handler.
@@ -50,6 +56,9 @@ async fn exchange(
     call: Call,
     max_message_size: usize,
 ) -> Result<Body, Status> {
+    if call.kind != MethodKind::Unary {
+        return exchange_streams(connections, addr, call, max_message_size).await;
+    }
     let mut request = encode_request(&call, max_message_size)?;
     let connection = connections.get(addr).await?;
     let (mut send, mut recv) = connection.open_bi().await.map_err(|error| {
@@ -119,6 +128,161 @@ async fn exchange(
                     "{addr} ended the call without a status"
                 )));
             }
+        }
+    }
+}
+
+/// A call with a stream either way: the first message out, then the caller's items (a
+/// separate task pumps them, so the caller may read replies while it still sends), and the
+/// reply — one message, or the callee's items once the first has arrived (a bidirectional
+/// call returns at once: its callee may wait for items before it answers).
+async fn exchange_streams(
+    connections: &Connections,
+    addr: SocketAddr,
+    call: Call,
+    max_message_size: usize,
+) -> Result<Body, Status> {
+    let mut request = encode_request(&call, max_message_size)?;
+    let connection = connections.get(addr).await?;
+    let (send, recv) = connection.open_bi().await.map_err(|error| {
+        Status::refused(
+            Code::Unavailable,
+            format!("cannot open a stream to {addr}: {error}"),
+        )
+    })?;
+    let stream = send.id();
+    let mut send = SendGuard::new(send);
+    match send.get().write_all_chunks(&mut request).await {
+        Ok(_) => {}
+        // The peer refused the call before reading all of it; its reply says why.
+        Err(quinn::WriteError::Stopped(_)) => {}
+        Err(quinn::WriteError::ConnectionLost(error)) => {
+            return Err(connection_lost(addr, stream, &error));
+        }
+        Err(error) => {
+            return Err(Status::unavailable(format!(
+                "sending to {addr} failed: {error}"
+            )));
+        }
+    }
+    let target = call.target();
+    let pump = match call.stream.as_ref() {
+        Some(items) if call.kind.client_streams() => {
+            let Some(items) = items.take() else {
+                return Err(Status::internal(format!(
+                    "the items of `{target}` were already sent by an earlier attempt"
+                )));
+            };
+            Some(PumpTask(tokio::spawn(pump_items(
+                send,
+                items,
+                max_message_size,
+                target.clone(),
+            ))))
+        }
+        _ => {
+            let _ = send.finish();
+            None
+        }
+    };
+    let decoder = FrameDecoder::new(max_message_size);
+    let who = addr.to_string();
+    if call.kind == MethodKind::Bidirectional {
+        let items = incoming_items(recv, decoder, BytesMut::new(), Direction::Reply, who);
+        return Ok(Body::Stream(hold_while(items, pump)));
+    }
+    if call.kind.server_streams() {
+        let items = first_reply_item(recv, decoder, who).await?;
+        return Ok(Body::Stream(hold_while(items, pump)));
+    }
+    // A client stream and one reply: the reply ends the call, pumped or not.
+    let mut reply = incoming_items(recv, decoder, BytesMut::new(), Direction::Reply, who);
+    let message = match reply.next().await {
+        Some(Ok(message)) => message,
+        Some(Err(status)) => return Err(status),
+        None => {
+            return Err(Status::internal(format!(
+                "{addr} answered `{target}` without its reply message"
+            )));
+        }
+    };
+    match reply.next().await {
+        None => Ok(Body::Message(message)),
+        Some(Err(status)) => Err(status),
+        Some(Ok(_)) => Err(Status::internal(format!(
+            "{addr} broke the protocol: more than one reply message for `{target}`"
+        ))),
+    }
+}
+
+/// The task sending a call's items; aborted (its stream reset) when the call is dropped.
+struct PumpTask(tokio::task::JoinHandle<()>);
+
+impl Drop for PumpTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `stream`, holding `guard` until it ends or is dropped.
+fn hold_while<G: Send + 'static>(stream: Streaming<Bytes>, guard: G) -> Streaming<Bytes> {
+    let mut guard = Some(guard);
+    let mut stream = stream;
+    Streaming::new(futures_util::stream::poll_fn(move |cx| {
+        let item = stream.poll_next_unpin(cx);
+        if let std::task::Poll::Ready(None | Some(Err(_))) = &item {
+            guard.take();
+        }
+        item
+    }))
+}
+
+/// Sends each of the caller's items as a `DATA` frame, then `FIN`; an `Err` item is sent as a
+/// `STATUS` frame (the callee sees that error, never a clean end), a panicking producer resets
+/// the stream with [`error_code::PANICKED`](super::error_code::PANICKED). Stops as soon as
+/// the callee stops reading (it answered, or refused the call).
+async fn pump_items(mut send: SendGuard, mut items: Streaming<Bytes>, max: usize, target: String) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = send.get().stopped() => return,
+            next = std::panic::AssertUnwindSafe(items.next()).catch_unwind() => next,
+        };
+        let item = match next {
+            Err(_panic) => {
+                tracing::warn!(%target, "the stream of items of a call panicked");
+                send.reset(super::error_code::PANICKED);
+                return;
+            }
+            Ok(None) => {
+                send.finish();
+                return;
+            }
+            Ok(Some(Err(status))) => {
+                let status = if status.code() == Code::Ok {
+                    Status::new(Code::Unknown, status.message().to_owned())
+                } else {
+                    status
+                };
+                let frame = status_frame(&StatusBody::from(&status));
+                if send.get().write_chunk(frame).await.is_ok() {
+                    send.finish();
+                }
+                return;
+            }
+            Ok(Some(Ok(item))) => item,
+        };
+        if item.len() > max {
+            let status = item_too_large(item.len(), max, &target);
+            let frame = status_frame(&StatusBody::from(&status));
+            if send.get().write_chunk(frame).await.is_ok() {
+                send.finish();
+            }
+            return;
+        }
+        let mut chunks = data_frame(item);
+        if send.get().write_all_chunks(&mut chunks).await.is_err() {
+            return;
         }
     }
 }

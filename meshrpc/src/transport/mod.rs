@@ -2,14 +2,15 @@
 //! persistent connection per peer, one bidirectional stream per call.
 //!
 //! [`endpoint`] builds the quinn endpoint tuned for a mesh, [`connections`] pools outgoing
-//! connections, [`client`] runs a call on a stream and [`server`] serves incoming streams.
+//! connections, [`client`] runs a call on a stream and [`streams`] carries streams of items;
+//! the callee's half is [`crate::server`].
 
 pub mod client;
 pub mod connections;
 pub mod endpoint;
 pub(crate) mod goaway;
 pub(crate) mod io;
-pub mod server;
+pub(crate) mod streams;
 
 use std::time::Duration;
 
@@ -56,4 +57,8 @@ pub mod error_code {
     pub const SHUTDOWN: VarInt = VarInt::from_u32(0x04);
     /// The node is serving its limit of calls (load shedding).
     pub const OVERLOADED: VarInt = VarInt::from_u32(0x05);
+    /// The sender failed (panicked) while producing a stream of items.
+    pub const PANICKED: VarInt = VarInt::from_u32(0x06);
+    /// The sender's deadline passed before it finished a stream of items.
+    pub const DEADLINE: VarInt = VarInt::from_u32(0x07);
 }

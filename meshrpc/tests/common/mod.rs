@@ -14,7 +14,7 @@ use meshrpc::{
 use serde::{Deserialize, Serialize};
 
 macro_rules! method {
-    ($name:literal, $idempotent:expr) => {
+    ($name:literal, $idempotent:expr, $index:literal) => {
         MethodSpec {
             service: "probe",
             name: $name,
@@ -27,6 +27,8 @@ macro_rules! method {
             }],
             result_field: "result",
             result_type: "u64",
+            kind: meshrpc::MethodKind::Unary,
+            index: $index,
         }
     };
 }
@@ -35,13 +37,13 @@ pub static PROBE_SPEC: ServiceSpec = ServiceSpec {
     name: "probe",
     doc: "A service for testing the runtime.",
     methods: &[
-        method!("add", true),
-        method!("sleep", false),
-        method!("remaining", true),
-        method!("nested", false),
-        method!("panic", false),
-        method!("echo", true),
-        method!("whoami", true),
+        method!("add", true, 0),
+        method!("sleep", false, 1),
+        method!("remaining", true, 2),
+        method!("nested", false, 3),
+        method!("panic", false, 4),
+        method!("echo", true, 5),
+        method!("whoami", true, 6),
     ],
     schema_hash: 1,
     manifest: "",
@@ -121,16 +123,21 @@ impl Dispatch for Probe {
         &PROBE_SPEC
     }
 
-    fn dispatch(&self, method: &str, request: Bytes) -> BoxFuture<'static, Result<Bytes, Status>> {
+    fn dispatch(
+        &self,
+        method: &'static MethodSpec,
+        request: Bytes,
+        _stream: Option<meshrpc::Streaming<Bytes>>,
+    ) -> BoxFuture<'static, Result<meshrpc::Body, Status>> {
         let probe = self.clone();
-        let method = method.to_owned();
+        let method = method.name;
         Box::pin(async move {
             probe.counters.started.fetch_add(1, Ordering::SeqCst);
             let mut guard = DropCounter {
                 counters: probe.counters.clone(),
                 done: false,
             };
-            let result = match method.as_str() {
+            let result = match method {
                 "add" => {
                     let r: AddRequest = decode_request("add", &request)?;
                     encode(&Reply { result: r.a + r.b })
@@ -174,7 +181,7 @@ impl Dispatch for Probe {
             };
             guard.done = true;
             probe.counters.completed.fetch_add(1, Ordering::SeqCst);
-            result
+            result.map(meshrpc::Body::Message)
         })
     }
 }

@@ -292,7 +292,7 @@ pub const EXAMPLES: [&str; 5] = [
 ];
 
 macro_rules! greeter_method {
-    ($name:literal, $param:literal, $param_type:literal, $field:literal, $result:literal) => {
+    ($name:literal, $param:literal, $param_type:literal, $field:literal, $result:literal, $index:literal) => {
         MethodSpec {
             service: "greeter",
             name: $name,
@@ -305,6 +305,8 @@ macro_rules! greeter_method {
             }],
             result_field: $field,
             result_type: $result,
+            kind: meshrpc::MethodKind::Unary,
+            index: $index,
         }
     };
 }
@@ -315,8 +317,8 @@ pub static GREETER_SPEC: ServiceSpec = ServiceSpec {
     name: "greeter",
     doc: "Greets people and sends postcards.",
     methods: &[
-        greeter_method!("greet", "name", "String", "message", "String"),
-        greeter_method!("send_postcard", "card", "Postcard", "result", "Postcard"),
+        greeter_method!("greet", "name", "String", "message", "String", 0),
+        greeter_method!("send_postcard", "card", "Postcard", "result", "Postcard", 1),
     ],
     schema_hash: 2,
     manifest: "",
@@ -345,15 +347,21 @@ impl Dispatch for Greeter {
         &GREETER_SPEC
     }
 
-    fn dispatch(&self, method: &str, request: Bytes) -> BoxFuture<'static, Result<Bytes, Status>> {
-        let method = method.to_owned();
+    fn dispatch(
+        &self,
+        method: &'static meshrpc::MethodSpec,
+        request: Bytes,
+        _stream: Option<meshrpc::Streaming<Bytes>>,
+    ) -> BoxFuture<'static, Result<meshrpc::Body, Status>> {
+        let method = method.name;
         Box::pin(async move {
-            match method.as_str() {
+            match method {
                 "greet" => {
                     let request: GreetRequest = decode_request("greet", &request)?;
                     encode(&GreetResponse {
                         message: format!("Hello, {}", request.name),
                     })
+                    .map(meshrpc::Body::Message)
                 }
                 other => Err(meshrpc::service::unknown_method(&GREETER_SPEC, other)),
             }

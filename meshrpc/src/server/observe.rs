@@ -1,0 +1,304 @@
+//! [`Observe`]: every call the node serves is counted and timed in its metrics, written to the
+//! access log (`meshrpc::access`) and, with trace export on, recorded as a SERVER span. A
+//! server stream is observed when it ends: its duration is the whole stream's, its code the
+//! one it ended with (`cancelled` when the caller went away first).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::IncomingCall;
+use crate::metrics::{MethodMetrics, Metrics, Side};
+use crate::spec::{MethodSpec, ServiceSpec};
+use crate::status::{Code, Status};
+use crate::streaming::{Body, Streaming};
+
+/// Observes calls: see [`Observe`].
+#[derive(Clone)]
+pub struct ObserveLayer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    metrics: Arc<Metrics>,
+    /// Pre-resolved recorders of the published methods, so a call costs no label lookup.
+    methods: HashMap<(&'static str, &'static str), MethodMetrics>,
+}
+
+impl std::fmt::Debug for ObserveLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObserveLayer").finish_non_exhaustive()
+    }
+}
+
+impl ObserveLayer {
+    /// Observes the calls of `services` into `metrics`.
+    pub fn new(services: &[&'static ServiceSpec], metrics: Arc<Metrics>) -> ObserveLayer {
+        let methods = services
+            .iter()
+            .flat_map(|service| service.methods.iter())
+            .map(|method| {
+                (
+                    (method.service, method.name),
+                    metrics.method(Side::Server, method.service, method.name),
+                )
+            })
+            .collect();
+        ObserveLayer {
+            shared: Arc::new(Shared { metrics, methods }),
+        }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Records every call's code and duration (metrics, access log, trace span).
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> std::fmt::Debug for Observe<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observe").finish_non_exhaustive()
+    }
+}
+
+impl<S> Service<IncomingCall> for Observe<S>
+where
+    S: Service<IncomingCall, Response = Body, Error = Status>,
+{
+    type Response = Body;
+    type Error = Status;
+    type Future = Observed<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[allow(unused_mut)]
+    fn call(&mut self, mut call: IncomingCall) -> Self::Future {
+        let record = Record {
+            shared: self.shared.clone(),
+            method: call.method,
+            peer: call.caller.addr,
+            started: Instant::now(),
+            #[cfg(feature = "otel")]
+            span: crate::telemetry::server_span(
+                call.method.service,
+                call.method.name,
+                call.caller.addr,
+                call.context.metadata_mut(),
+            ),
+        };
+        #[cfg(feature = "otel")]
+        let inner = match &record.span {
+            Some(span) => futures_util::future::Either::Left(tracing::Instrument::instrument(
+                self.inner.call(call),
+                span.clone(),
+            )),
+            None => futures_util::future::Either::Right(self.inner.call(call)),
+        };
+        #[cfg(not(feature = "otel"))]
+        let inner = self.inner.call(call);
+        Observed {
+            inner,
+            record: Some(record),
+        }
+    }
+}
+
+#[cfg(feature = "otel")]
+type Instrumented<F> = futures_util::future::Either<tracing::instrument::Instrumented<F>, F>;
+#[cfg(not(feature = "otel"))]
+type Instrumented<F> = F;
+
+pin_project_lite::pin_project! {
+    /// The future of an [`Observe`]d call.
+    pub struct Observed<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        record: Option<Record>,
+    }
+}
+
+impl<F> Future for Observed<F>
+where
+    F: Future<Output = Result<Body, Status>>,
+{
+    type Output = Result<Body, Status>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let outcome = std::task::ready!(this.inner.poll(cx));
+        let Some(record) = this.record.take() else {
+            return Poll::Ready(outcome);
+        };
+        Poll::Ready(match outcome {
+            Ok(Body::Stream(stream)) => Ok(Body::Stream(record.on_end_of(stream))),
+            Ok(message) => {
+                record.finish(Code::Ok);
+                Ok(message)
+            }
+            Err(status) => {
+                record.finish(status.code());
+                Err(status)
+            }
+        })
+    }
+}
+
+/// What one observed call records when it ends.
+struct Record {
+    shared: Arc<Shared>,
+    method: &'static MethodSpec,
+    peer: SocketAddr,
+    started: Instant,
+    #[cfg(feature = "otel")]
+    span: Option<tracing::Span>,
+}
+
+impl Record {
+    /// Records the call's end with `code`.
+    fn finish(self, code: Code) {
+        let elapsed = self.started.elapsed();
+        let method = self.method;
+        #[cfg(feature = "otel")]
+        if let Some(span) = &self.span {
+            crate::telemetry::record_code(span, code);
+        }
+        match self.shared.methods.get(&(method.service, method.name)) {
+            Some(recorder) => recorder.record(&self.shared.metrics, code, elapsed),
+            None => self.shared.metrics.record_call(
+                Side::Server,
+                method.service,
+                method.name,
+                code,
+                elapsed,
+            ),
+        }
+        // The built-in service answers the mesh's own questions (the gateway's dashboard asks
+        // every member for its stats every few seconds): at debug level, so the access log at
+        // info level shows the calls a user made.
+        if method.service == crate::node_service::NODE_SERVICE {
+            tracing::debug!(
+                target: "meshrpc::access",
+                "{code} | {:>10.3?} | {} | {}.{}",
+                elapsed,
+                self.peer,
+                method.service,
+                method.name
+            );
+        } else {
+            tracing::info!(
+                target: "meshrpc::access",
+                "{code} | {:>10.3?} | {} | {}.{}",
+                elapsed,
+                self.peer,
+                method.service,
+                method.name
+            );
+        }
+    }
+
+    /// `stream`, recording the call when it ends: `ok` at a clean end, the error's code, or
+    /// `cancelled` if it is dropped first.
+    fn on_end_of(self, stream: Streaming<bytes::Bytes>) -> Streaming<bytes::Bytes> {
+        struct Pending(Option<Record>);
+        impl Drop for Pending {
+            fn drop(&mut self) {
+                if let Some(record) = self.0.take() {
+                    record.finish(Code::Cancelled);
+                }
+            }
+        }
+        let mut pending = Pending(Some(self));
+        let mut stream = stream;
+        Streaming::new(futures_util::stream::poll_fn(move |cx| {
+            let item = stream.poll_next_unpin(cx);
+            match &item {
+                Poll::Ready(None) => {
+                    if let Some(record) = pending.0.take() {
+                        record.finish(Code::Ok);
+                    }
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    if let Some(record) = pending.0.take() {
+                        record.finish(status.code());
+                    }
+                }
+                _ => {}
+            }
+            item
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::tests::{TEST_SPEC, call_to, echo_service};
+
+    fn counted(metrics: &Metrics, method: &str, code: &str) -> bool {
+        metrics.render().lines().any(|line| {
+            line.starts_with("meshrpc_calls_total")
+                && line.contains(&format!("method=\"{method}\""))
+                && line.contains(&format!("code=\"{code}\""))
+                && line.ends_with(" 1")
+        })
+    }
+
+    #[tokio::test]
+    async fn calls_are_counted_by_method_and_code() {
+        let metrics = Arc::new(Metrics::new());
+        let layer = ObserveLayer::new(&[&TEST_SPEC], metrics.clone());
+        let mut service = layer.layer(echo_service());
+        service.call(call_to("echo")).await.expect("ok");
+        let _ = service.call(call_to("fail")).await;
+        assert!(counted(&metrics, "echo", "ok"), "{}", metrics.render());
+        assert!(
+            counted(&metrics, "fail", "not_found"),
+            "{}",
+            metrics.render()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_counted_when_it_ends_and_a_dropped_one_as_cancelled() {
+        let metrics = Arc::new(Metrics::new());
+        let layer = ObserveLayer::new(&[&TEST_SPEC], metrics.clone());
+        let mut service = layer.layer(echo_service());
+        let Ok(Body::Stream(mut items)) = service.call(call_to("stream")).await else {
+            panic!("a stream");
+        };
+        assert!(!counted(&metrics, "stream", "ok"), "not before its end");
+        while items.next().await.is_some() {}
+        assert!(counted(&metrics, "stream", "ok"), "{}", metrics.render());
+        let Ok(Body::Stream(items)) = service.call(call_to("forever")).await else {
+            panic!("a stream");
+        };
+        drop(items);
+        assert!(
+            counted(&metrics, "forever", "cancelled"),
+            "{}",
+            metrics.render()
+        );
+    }
+}

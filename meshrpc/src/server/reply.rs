@@ -1,0 +1,148 @@
+//! Writing a call's reply: one `DATA` frame and `STATUS` for a message, a `DATA` frame per item
+//! and then `STATUS` for a stream, `STATUS` alone for a failure. A stream is pulled one item at
+//! a time, only once the previous one was handed to QUIC, so a slow reader suspends the
+//! producer (QUIC flow control bounds what is buffered), and a reader that goes away stops it.
+
+use std::future::Future;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use quinn::SendStream;
+use tracing::debug;
+
+use crate::status::{Code, Status};
+use crate::streaming::{Body, Streaming};
+use crate::transport::streams::{SendGuard, data_frame, item_too_large, status_frame};
+use crate::wire::{FrameKind, StatusBody};
+
+/// The `STATUS` frame of every successful reply.
+pub(crate) const OK_STATUS_FRAME: &[u8] = b"\x03\x00\x00\x00\x07\x81\xa4code\x00";
+
+/// How a reply ended, for the caller of [`write_reply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Every frame was handed to QUIC and the stream finished.
+    Finished,
+    /// The caller went away (stopped the stream, or the connection closed) first.
+    Abandoned,
+}
+
+/// The chunks of a reply: `[DATA prefix, payload, STATUS frame]`, or `[STATUS frame]` alone;
+/// the payload is sent as is, never copied.
+pub(crate) fn encode_reply(payload: Option<&Bytes>, status: &StatusBody) -> Vec<Bytes> {
+    let status_frame = if status.is_ok() {
+        Bytes::from_static(OK_STATUS_FRAME)
+    } else {
+        status_frame(status)
+    };
+    match payload {
+        Some(payload) => {
+            let mut prefix = BytesMut::with_capacity(5);
+            prefix.put_u8(FrameKind::Data as u8);
+            prefix.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
+            vec![prefix.freeze(), payload.clone(), status_frame]
+        }
+        None => vec![status_frame],
+    }
+}
+
+/// Writes the reply `outcome` on `send` and finishes it. A stream is written item by item
+/// until it ends, the caller stops reading, or `ending` resolves (the node shuts down: the
+/// stream then ends with `unavailable`, never cleanly). Items over `max_message` end the
+/// stream with `resource_exhausted` instead of being sent.
+pub(crate) async fn write_reply(
+    send: SendStream,
+    outcome: Result<Body, Status>,
+    max_message: usize,
+    target: &str,
+    ending: impl Future<Output = ()>,
+) -> (Written, Option<SendStream>) {
+    let mut send = SendGuard::new(send);
+    let mut chunks = match outcome {
+        Ok(Body::Message(payload)) => encode_reply(Some(&payload), &StatusBody::ok()),
+        Err(status) => encode_reply(None, &StatusBody::from(&status)),
+        Ok(Body::Stream(stream)) => {
+            match write_items(&mut send, stream, max_message, target, ending).await {
+                Ok(last) => vec![last],
+                Err(()) => return (Written::Abandoned, None),
+            }
+        }
+    };
+    if send.get().write_all_chunks(&mut chunks).await.is_err() {
+        return (Written::Abandoned, None);
+    }
+    (Written::Finished, send.finish())
+}
+
+/// Writes each item of `stream`; returns the `STATUS` frame that ends it, or `Err` if the
+/// caller went away.
+async fn write_items(
+    send: &mut SendGuard,
+    mut stream: Streaming<Bytes>,
+    max_message: usize,
+    target: &str,
+    ending: impl Future<Output = ()>,
+) -> Result<Bytes, ()> {
+    let mut ending = std::pin::pin!(ending);
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = &mut ending => {
+                let status = Status::unavailable(format!(
+                    "this node shut down before the stream of `{target}` finished"
+                ));
+                return Ok(status_frame(&StatusBody::from(&status)));
+            }
+            _ = send.get().stopped() => {
+                debug!(%target, "the caller stopped reading the stream; producer dropped");
+                return Err(());
+            }
+            next = stream.next() => next,
+        };
+        let item = match next {
+            None => return Ok(Bytes::from_static(OK_STATUS_FRAME)),
+            Some(Err(status)) => {
+                // An error is never sent as `ok`, whatever the producer put in it.
+                let status = if status.code() == Code::Ok {
+                    Status::new(Code::Unknown, status.message().to_owned())
+                } else {
+                    status
+                };
+                return Ok(status_frame(&StatusBody::from(&status)));
+            }
+            Some(Ok(item)) => item,
+        };
+        if item.len() > max_message {
+            let status = item_too_large(item.len(), max_message, target);
+            return Ok(status_frame(&StatusBody::from(&status)));
+        }
+        let mut chunks = data_frame(item);
+        let write = send.get().write_all_chunks(&mut chunks);
+        let written = tokio::select! {
+            biased;
+            written = write => written.is_ok(),
+            () = &mut ending => {
+                // Part of the frame may be out: a status cannot follow it, a reset can.
+                send.reset_in_place(crate::transport::error_code::SHUTDOWN);
+                return Err(());
+            }
+        };
+        if !written {
+            return Err(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::encode_frame;
+
+    #[test]
+    fn the_precomputed_ok_status_frame_is_the_encoded_ok_status() {
+        let body = rmp_serde::to_vec_named(&StatusBody::ok()).expect("encodes");
+        let mut frame = BytesMut::new();
+        encode_frame(FrameKind::Status, &body, &mut frame);
+        assert_eq!(&frame[..], OK_STATUS_FRAME);
+    }
+}

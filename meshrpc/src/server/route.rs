@@ -1,0 +1,159 @@
+//! The bottom of the server stack: [`Route`] hands a call to the published service its method
+//! belongs to, inside the call's [`CallContext`](crate::CallContext), and [`Handlers`] puts the
+//! layers a user added (`NodeBuilder::layer`) above it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::Service;
+use tower::util::BoxCloneSyncService;
+
+use super::IncomingCall;
+use crate::context::CallContext;
+use crate::service::{BoxFuture, Dispatch};
+use crate::status::{Code, Status};
+use crate::streaming::Body;
+
+/// The server stack below the layers a user added, boxed: what `NodeBuilder::layer` wraps.
+pub type BoxServerService = BoxCloneSyncService<IncomingCall, Body, Status>;
+
+/// Runs each call on the published service its method belongs to.
+#[derive(Clone)]
+pub struct Route {
+    services: Arc<HashMap<&'static str, Arc<dyn Dispatch>>>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("services", &self.services.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Route {
+    /// Routes to `services`.
+    pub fn new(services: &[Arc<dyn Dispatch>]) -> Route {
+        Route {
+            services: Arc::new(
+                services
+                    .iter()
+                    .map(|service| (service.spec().name, service.clone()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl Service<IncomingCall> for Route {
+    type Response = Body;
+    type Error = Status;
+    type Future = Routed;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: IncomingCall) -> Routed {
+        let method = call.method;
+        // The connection resolved the method against these services; a layer may have
+        // changed it since, to a method of a service this node does not publish.
+        let Some(service) = self.services.get(method.service) else {
+            return Routed {
+                inner: None,
+                context: None,
+                refused: Some(Status::refused(
+                    Code::Unimplemented,
+                    format!("no service `{}` on this node", method.service),
+                )),
+            };
+        };
+        let dispatch = service.dispatch(method, call.request, call.stream);
+        let context = call.context;
+        Routed {
+            inner: Some(Box::pin(context.clone().scope(dispatch))),
+            context: Some(context),
+            refused: None,
+        }
+    }
+}
+
+/// The future of a [`Route`]d call.
+pub struct Routed {
+    inner: Option<BoxFuture<'static, Result<Body, Status>>>,
+    context: Option<CallContext>,
+    refused: Option<Status>,
+}
+
+impl std::fmt::Debug for Routed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routed")
+            .field("running", &self.inner.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for Routed {
+    type Output = Result<Body, Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(inner) = self.inner.as_mut() else {
+            let status = self.refused.take();
+            return Poll::Ready(Err(
+                status.unwrap_or_else(|| Status::internal("a routed call was polled twice"))
+            ));
+        };
+        let outcome = std::task::ready!(inner.as_mut().poll(cx));
+        self.inner = None;
+        Poll::Ready(match (outcome, self.context.take()) {
+            // Items are produced after the handler returned: they see the call's context too.
+            (Ok(Body::Stream(stream)), Some(context)) => {
+                Ok(Body::Stream(context.scope_stream(stream)))
+            }
+            (outcome, _) => outcome,
+        })
+    }
+}
+
+/// The services below the node's own layers: the routes alone, or the routes under the
+/// layers a user added.
+#[derive(Clone)]
+pub enum Handlers {
+    /// No user layer: calls go straight to their route (nothing boxed per call).
+    Direct(Route),
+    /// The routes under the user's layers.
+    Layered(BoxServerService),
+}
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handlers::Direct(route) => f.debug_tuple("Direct").field(route).finish(),
+            Handlers::Layered(_) => f.debug_tuple("Layered").finish_non_exhaustive(),
+        }
+    }
+}
+
+impl Service<IncomingCall> for Handlers {
+    type Response = Body;
+    type Error = Status;
+    type Future =
+        futures_util::future::Either<Routed, <BoxServerService as Service<IncomingCall>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        match self {
+            Handlers::Direct(route) => route.poll_ready(cx),
+            Handlers::Layered(service) => service.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, call: IncomingCall) -> Self::Future {
+        match self {
+            Handlers::Direct(route) => futures_util::future::Either::Left(route.call(call)),
+            Handlers::Layered(service) => futures_util::future::Either::Right(service.call(call)),
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! A fake published service for the unit tests of the server stack's layers.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::IncomingCall;
+use super::call::Caller;
+use super::route::Route;
+use crate::context::CallContext;
+use crate::metadata::Metadata;
+use crate::service::{BoxFuture, Dispatch};
+use crate::spec::{MethodKind, MethodSpec, ServiceSpec};
+use crate::status::Status;
+use crate::streaming::{Body, Streaming};
+
+const fn method(name: &'static str, kind: MethodKind, index: usize) -> MethodSpec {
+    MethodSpec {
+        service: "test",
+        name,
+        doc: "",
+        idempotent: false,
+        timeout: None,
+        params: &[],
+        result_field: "result",
+        result_type: "()",
+        kind,
+        index,
+    }
+}
+
+/// The fake service: `echo` answers its request, `fail` answers `not_found`, `sleep` never
+/// answers, `panic` panics, `stream` streams three items, `forever` streams until dropped and
+/// `panic_stream` panics after one item.
+pub(crate) static TEST_SPEC: ServiceSpec = ServiceSpec {
+    name: "test",
+    doc: "",
+    methods: &[
+        method("echo", MethodKind::Unary, 0),
+        method("fail", MethodKind::Unary, 1),
+        method("sleep", MethodKind::Unary, 2),
+        method("panic", MethodKind::Unary, 3),
+        method("stream", MethodKind::ServerStreaming, 4),
+        method("forever", MethodKind::ServerStreaming, 5),
+        method("panic_stream", MethodKind::ServerStreaming, 6),
+    ],
+    schema_hash: 1,
+    manifest: "",
+    descriptor: "{}",
+    use_schemas: &[],
+};
+
+struct Fake;
+
+impl Dispatch for Fake {
+    fn spec(&self) -> &'static ServiceSpec {
+        &TEST_SPEC
+    }
+
+    fn dispatch(
+        &self,
+        method: &'static MethodSpec,
+        request: Bytes,
+        _stream: Option<Streaming<Bytes>>,
+    ) -> BoxFuture<'static, Result<Body, Status>> {
+        Box::pin(async move {
+            match method.name {
+                "echo" => Ok(Body::Message(request)),
+                "fail" => Err(Status::not_found("nothing here")),
+                "sleep" => std::future::pending().await,
+                "panic" => panic!("the handler panics"),
+                "stream" => Ok(Body::Stream(Streaming::iter([
+                    Bytes::from_static(b"1"),
+                    Bytes::from_static(b"2"),
+                    Bytes::from_static(b"3"),
+                ]))),
+                "forever" => Ok(Body::Stream(Streaming::new(futures_util::stream::unfold(
+                    (),
+                    |()| async {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        Some((Ok(Bytes::from_static(b"tick")), ()))
+                    },
+                )))),
+                "panic_stream" => {
+                    let mut sent = false;
+                    Ok(Body::Stream(Streaming::new(futures_util::stream::poll_fn(
+                        move |_| {
+                            assert!(!sent, "the producer panics on its second item");
+                            sent = true;
+                            std::task::Poll::Ready(Some(Ok(Bytes::from_static(b"one"))))
+                        },
+                    ))))
+                }
+                other => Err(Status::unimplemented(other.to_owned())),
+            }
+        })
+    }
+}
+
+/// The bottom of a stack serving the fake service.
+pub(crate) fn echo_service() -> Route {
+    Route::new(&[std::sync::Arc::new(Fake)])
+}
+
+/// A call to `test.<name>` with no deadline.
+pub(crate) fn call_to(name: &str) -> IncomingCall {
+    let method = TEST_SPEC
+        .method(name)
+        .expect("a method of the fake service");
+    IncomingCall {
+        method,
+        context: CallContext::new("test", method.name, None, Metadata::new()),
+        caller: Caller {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+            identity: None,
+        },
+        request: Bytes::from_static(b"\x80"),
+        stream: None,
+    }
+}

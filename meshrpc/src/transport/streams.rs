@@ -1,0 +1,298 @@
+//! The streaming half of the wire, shared by both sides: reading a run of `DATA` frames as a
+//! [`Streaming`] of items, writing one, and the guard that makes an abandoned sending half end
+//! with a reset, never with a clean `FIN`.
+//!
+//! How each way of ending reads on the other side (docs/PROTOCOL.md, section 6):
+//!
+//! | the sender…                               | wire                        | the receiver sees |
+//! |-------------------------------------------|-----------------------------|-------------------|
+//! | finished its items (request direction)    | `FIN`                       | the end           |
+//! | finished its items (reply direction)      | `STATUS` ok, `FIN`          | the end           |
+//! | failed with a status                      | `STATUS` error, `FIN`       | that status       |
+//! | was dropped / cancelled                   | `RESET_STREAM` 0x01         | `cancelled`       |
+//! | panicked                                  | `RESET_STREAM` 0x06         | `internal`        |
+//! | ran out of time                           | `RESET_STREAM` 0x07         | `deadline_exceeded` |
+//! | died (its process or connection)          | connection lost             | `unavailable`     |
+//! | sent a reply without `STATUS`             | `FIN`                       | `unavailable`     |
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use quinn::{RecvStream, SendStream, VarInt};
+
+use super::error_code;
+use super::io::{ReadFrameError, read_frame};
+use crate::status::{Code, Status};
+use crate::streaming::Streaming;
+use crate::wire::{FrameDecoder, FrameKind, StatusBody, encode_frame};
+
+/// Which half of a call a stream of items travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// The caller's items (a client stream): a bare `FIN` ends them cleanly.
+    Request,
+    /// The callee's items (a server stream): only `STATUS` ok ends them cleanly.
+    Reply,
+}
+
+/// The status a reset with `code` stands for.
+pub(crate) fn reset_status(code: VarInt, who: &str) -> Status {
+    match code {
+        error_code::CANCELLED => Status::cancelled(format!("{who} cancelled the stream")),
+        error_code::PANICKED => {
+            Status::internal(format!("{who} failed while producing the stream"))
+        }
+        error_code::DEADLINE => Status::deadline_exceeded(format!(
+            "{who} ran out of time before it finished the stream"
+        )),
+        error_code::SHUTDOWN => Status::unavailable(format!("{who} shut down mid-stream")),
+        error_code::TOO_LARGE => Status::new(
+            Code::ResourceExhausted,
+            format!("{who} refused an item over its message limit"),
+        ),
+        error_code::OVERLOADED => Status::refused(
+            Code::ResourceExhausted,
+            format!("{who} is serving its limit of calls"),
+        ),
+        other => Status::unavailable(format!("{who} reset the stream (code {other})")),
+    }
+}
+
+/// The items arriving on `recv` (after the frames already read into `buffer`), as a stream
+/// that ends only when the sender ended cleanly; any other end is an error. Dropping it stops
+/// the sender (`STOP_SENDING` 0x01).
+pub(crate) fn incoming_items(
+    recv: RecvStream,
+    decoder: FrameDecoder,
+    buffer: BytesMut,
+    direction: Direction,
+    who: String,
+) -> Streaming<Bytes> {
+    let reader = ItemReader {
+        recv,
+        decoder,
+        buffer,
+        direction,
+        who,
+        ended: false,
+    };
+    items_of(reader)
+}
+
+fn items_of(reader: ItemReader) -> Streaming<Bytes> {
+    Streaming::new(futures_util::stream::unfold(
+        reader,
+        |mut reader| async move {
+            if reader.ended {
+                return None;
+            }
+            let item = reader.next().await;
+            match item {
+                Some(Ok(bytes)) => Some((Ok(bytes), reader)),
+                Some(Err(status)) => {
+                    reader.ended = true;
+                    Some((Err(status), reader))
+                }
+                None => None,
+            }
+        },
+    ))
+}
+
+struct ItemReader {
+    recv: RecvStream,
+    decoder: FrameDecoder,
+    buffer: BytesMut,
+    direction: Direction,
+    who: String,
+    ended: bool,
+}
+
+impl ItemReader {
+    async fn next(&mut self) -> Option<Result<Bytes, Status>> {
+        let frame = match read_frame(&mut self.recv, &self.decoder, &mut self.buffer).await {
+            Ok(frame) => frame,
+            Err(ReadFrameError::Stream(quinn::ReadError::Reset(code))) => {
+                return Some(Err(reset_status(code, &self.who)));
+            }
+            Err(ReadFrameError::Stream(quinn::ReadError::ConnectionLost(error))) => {
+                // A peer that closed the connection saying it never read this stream never
+                // ran the call: a refusal, retried elsewhere (docs/PROTOCOL.md, section 8.5).
+                if super::goaway::never_read(&error, self.recv.id()) {
+                    return Some(Err(Status::refused(
+                        Code::Unavailable,
+                        format!("{} shut down before it read this call", self.who),
+                    )));
+                }
+                return Some(Err(Status::unavailable(format!(
+                    "the connection to {} was lost mid-stream: {error}",
+                    self.who
+                ))));
+            }
+            Err(error) => {
+                let status = error.to_status();
+                let code = if status.code() == Code::ResourceExhausted {
+                    error_code::TOO_LARGE
+                } else {
+                    error_code::PROTOCOL
+                };
+                let _ = self.recv.stop(code);
+                return Some(Err(status));
+            }
+        };
+        let Some(frame) = frame else {
+            self.ended = true;
+            return match self.direction {
+                Direction::Request => None,
+                Direction::Reply => Some(Err(Status::unavailable(format!(
+                    "{} ended the stream without a status",
+                    self.who
+                )))),
+            };
+        };
+        match frame.kind {
+            FrameKind::Data => Some(Ok(frame.body)),
+            FrameKind::Status => {
+                self.ended = true;
+                let status: StatusBody = match crate::codec::from_slice_bounded(
+                    &frame.body,
+                    crate::codec::MAX_HEADER_DEPTH,
+                ) {
+                    Ok(status) => status,
+                    Err(error) => {
+                        let _ = self.recv.stop(error_code::PROTOCOL);
+                        return Some(Err(Status::internal(format!(
+                            "{} sent an undecodable status: {error}",
+                            self.who
+                        ))));
+                    }
+                };
+                // Read the FIN that follows, so the stream is not stopped for nothing.
+                if self.buffer.is_empty() {
+                    let _ = self.recv.read_chunk(usize::MAX, true).await;
+                }
+                match (status.is_ok(), self.direction) {
+                    (true, Direction::Reply) => None,
+                    (true, Direction::Request) => Some(Err(Status::invalid_argument(
+                        "a request stream ends with FIN, or with a STATUS that carries an error",
+                    ))),
+                    (false, _) => Some(Err(status.into_status())),
+                }
+            }
+            kind => {
+                self.ended = true;
+                let _ = self.recv.stop(error_code::PROTOCOL);
+                Some(Err(Status::invalid_argument(format!(
+                    "{} broke the protocol: a {kind:?} frame inside a stream of items",
+                    self.who
+                ))))
+            }
+        }
+    }
+}
+
+impl Drop for ItemReader {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self.recv.stop(error_code::CANCELLED);
+        }
+    }
+}
+
+/// Reads the reply of a call whose callee streams: waits for the first item (or the final
+/// status) so that a failure before any item is the call's error — which the retry policy may
+/// retry — and returns the stream of items, the first one included.
+pub(crate) async fn first_reply_item(
+    recv: RecvStream,
+    decoder: FrameDecoder,
+    who: String,
+) -> Result<Streaming<Bytes>, Status> {
+    let mut reader = ItemReader {
+        recv,
+        decoder,
+        buffer: BytesMut::new(),
+        direction: Direction::Reply,
+        who,
+        ended: false,
+    };
+    match reader.next().await {
+        None => Ok(Streaming::empty()),
+        Some(Err(status)) => Err(status),
+        Some(Ok(first)) => {
+            let rest = items_of(reader);
+            Ok(Streaming::new(
+                futures_util::stream::iter([Ok(first)]).chain(rest),
+            ))
+        }
+    }
+}
+
+/// A sending half that resets with [`error_code::CANCELLED`] when dropped before it finished
+/// (quinn would otherwise finish it, and an abandoned stream would look complete).
+#[derive(Debug)]
+pub(crate) struct SendGuard {
+    send: Option<SendStream>,
+}
+
+impl SendGuard {
+    pub(crate) fn new(send: SendStream) -> SendGuard {
+        SendGuard { send: Some(send) }
+    }
+
+    /// The stream.
+    pub(crate) fn get(&mut self) -> &mut SendStream {
+        self.send.as_mut().expect("present until finished or reset")
+    }
+
+    /// Ends the stream cleanly (`FIN`); the guard then does nothing.
+    pub(crate) fn finish(mut self) -> Option<SendStream> {
+        let mut send = self.send.take()?;
+        let _ = send.finish();
+        Some(send)
+    }
+
+    /// Resets the stream with `code`.
+    pub(crate) fn reset(mut self, code: VarInt) {
+        self.reset_in_place(code);
+    }
+
+    /// Resets the stream with `code`, leaving the guard empty.
+    pub(crate) fn reset_in_place(&mut self, code: VarInt) {
+        if let Some(mut send) = self.send.take() {
+            let _ = send.reset(code);
+        }
+    }
+}
+
+impl Drop for SendGuard {
+    fn drop(&mut self) {
+        if let Some(mut send) = self.send.take() {
+            let _ = send.reset(error_code::CANCELLED);
+        }
+    }
+}
+
+/// The chunks of one `DATA` frame carrying `item`: its prefix and the item itself (not copied).
+pub(crate) fn data_frame(item: Bytes) -> [Bytes; 2] {
+    let mut prefix = BytesMut::with_capacity(5);
+    prefix.put_u8(FrameKind::Data as u8);
+    prefix.put_u32(u32::try_from(item.len()).unwrap_or(u32::MAX));
+    [prefix.freeze(), item]
+}
+
+/// One encoded `STATUS` frame.
+pub(crate) fn status_frame(status: &StatusBody) -> Bytes {
+    let body = rmp_serde::to_vec_named(status).unwrap_or_else(|_| b"\x81\xa4code\x0d".to_vec());
+    let mut frame = BytesMut::with_capacity(body.len() + 5);
+    encode_frame(FrameKind::Status, &body, &mut frame);
+    frame.freeze()
+}
+
+/// The status for an item over the message limit, before it is sent.
+pub(crate) fn item_too_large(len: usize, max: usize, target: &str) -> Status {
+    Status::new(
+        Code::ResourceExhausted,
+        format!(
+            "an item of the stream of `{target}` is {len} bytes, over the limit of {max} bytes"
+        ),
+    )
+}
