@@ -1123,7 +1123,7 @@ fn parse_signature(
                     "move `{}: Stream<{}>` after `{param}`: the other parameters travel in the \
                      first message, before the stream's items",
                     field.name,
-                    field.ty.canonical()
+                    field.ty.canonical_written()
                 ),
             ));
         }

@@ -507,7 +507,7 @@ fn not_inside(args: &[Ty], container: &str, span: Span) -> Result<(), SpanError>
         return Err(SpanError::new(
             span,
             format!("`Bytes` cannot be inside {container}"),
-            "use `Bytes` as a parameter, a result or a field (or `Option<Bytes>`), \
+            "use `Bytes` as a parameter, a result, a stream item or a field (or `Option<Bytes>`), \
              or write `Vec<u8>` here",
         ));
     }

@@ -422,3 +422,85 @@ fn a_std_type_by_its_short_name() {
         "wait = { fn = \"wait(how_long: Duration)\" }"
     )));
 }
+
+#[test]
+fn a_stream_inside_a_vector() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "put = \"put(batches: Vec<Stream<u8>>)\""
+    )));
+}
+
+#[test]
+fn an_optional_stream_result() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "watch = \"watch(key: String) -> Option<Stream<String>>\""
+    )));
+}
+
+#[test]
+fn a_stream_in_a_declared_type() {
+    insta::assert_snapshot!(error_of(&format!(
+        "{}\n[greeter.types.Batch]\nstruct = \"items: Stream<u8>\"\n",
+        with_method("put = \"put(batch: Batch)\"")
+    )));
+}
+
+#[test]
+fn two_stream_parameters() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "merge = \"merge(left: Stream<u8>, right: Stream<u8>) -> u32\""
+    )));
+}
+
+#[test]
+fn a_stream_parameter_that_is_not_last() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "upload = \"upload(chunks: Stream<Bytes>, name: String)\""
+    )));
+}
+
+#[test]
+fn a_stream_of_streams() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "watch = \"watch() -> Stream<Stream<u64>>\""
+    )));
+}
+
+#[test]
+fn a_stream_of_nothing() {
+    insta::assert_snapshot!(error_of(&with_method("ticks = \"ticks() -> Stream<()>\"")));
+}
+
+#[test]
+fn a_stream_without_its_item_type() {
+    insta::assert_snapshot!(error_of(&with_method("ticks = \"ticks() -> Stream\"")));
+}
+
+#[test]
+fn bytes_inside_a_stream_item() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "put = \"put(blobs: Stream<Vec<Bytes>>)\""
+    )));
+}
+
+#[test]
+fn an_idempotent_client_stream() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "sum = { fn = \"sum(numbers: Stream<i64>) -> i64\", idempotent = true }"
+    )));
+}
+
+#[test]
+fn returns_on_a_server_stream() {
+    insta::assert_snapshot!(error_of(&with_method(
+        "count = { fn = \"count(to: u64) -> Stream<u64>\", returns = \"number\" }"
+    )));
+}
+
+#[test]
+fn a_type_named_stream() {
+    insta::assert_snapshot!(error_of(&format!(
+        "{}\n[greeter.types.Stream]\nstruct = \"items: Vec<u8>\"\n",
+        with_method("put = \"put()\"")
+    )));
+}
