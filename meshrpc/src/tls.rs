@@ -6,6 +6,9 @@
 //! even when both share a CA. With no material configured, [`TlsMaterial::dev`] mints a
 //! development CA into a state directory once and signs a fresh node certificate with it at each
 //! start, so every local process of one cluster trusts the others with no setup.
+//!
+//! A node certificate also names the node itself, as the URI `meshrpc://<cluster>/<name>`
+//! (see [`identity`]): the identity a node's authorization policy decides on.
 
 use std::fmt;
 use std::fs;
@@ -15,7 +18,7 @@ use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
@@ -24,6 +27,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName as TlsName, RootCertStore, SignatureScheme};
+
+pub mod identity;
+
+pub use identity::{certificate_identity, identity_uri, is_identity_name, peer_identity};
 
 /// The ALPN protocol of meshrpc's wire format, version 1.
 pub const ALPN: &[u8] = b"meshrpc/1";
@@ -130,7 +137,12 @@ pub fn default_state_dir() -> PathBuf {
 
 impl TlsMaterial {
     /// Development material for `node` in `cluster`: the cluster's dev CA under `state_dir`
-    /// (minted on first use, key written with mode 0600) and a node certificate signed by it.
+    /// (minted on first use, key written with mode 0600) and a node certificate signed by it,
+    /// naming `<cluster>.meshrpc` and the node's identity `meshrpc://<cluster>/<node>`.
+    ///
+    /// A node name that cannot be an identity (see [`is_identity_name`]) gets a certificate
+    /// without the URI, and a warning: the node still joins, but policies that name callers
+    /// refuse its calls.
     pub fn dev(state_dir: &Path, cluster: &str, node: &str) -> Result<TlsMaterial, TlsError> {
         check_cluster_name(cluster)?;
         let dir = state_dir.join(cluster);
@@ -301,6 +313,20 @@ pub fn dev_ca_params(cluster: &str) -> Result<CertificateParams, TlsError> {
 
 fn node_params(cluster: &str, node: &str) -> Result<CertificateParams, TlsError> {
     let mut params = CertificateParams::new(vec![format!("{cluster}.meshrpc")])?;
+    if is_identity_name(node) {
+        let uri = identity_uri(cluster, node);
+        params
+            .subject_alt_names
+            .push(SanType::URI(uri.as_str().try_into()?));
+    } else {
+        tracing::warn!(
+            node,
+            "this node's name cannot be an identity (use 1 to {} ASCII letters, digits, `-`, `_` \
+             and `.`); its certificate names no `meshrpc://{cluster}/<name>`, so policies that \
+             name callers will refuse its calls",
+            identity::MAX_IDENTITY_NAME
+        );
+    }
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "meshrpc");
     name.push(DnType::CommonName, node);
@@ -461,6 +487,25 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         first.server_config("test").expect("server config");
         first.client_config().expect("client config");
+    }
+
+    #[test]
+    fn a_dev_certificate_names_its_node_as_an_identity_of_the_cluster() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let material = TlsMaterial::dev(dir.path(), "test", "concierge").expect("mint");
+        let identity = certificate_identity(&material.chain[0], "test").expect("identity");
+        assert_eq!(identity.to_string(), "meshrpc://test/concierge");
+        assert_eq!(certificate_identity(&material.chain[0], "other"), None);
+    }
+
+    #[test]
+    fn a_node_name_that_cannot_be_an_identity_gets_a_certificate_without_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let material = TlsMaterial::dev(dir.path(), "test", "my node").expect("mint");
+        assert_eq!(certificate_identity(&material.chain[0], "test"), None);
+        material
+            .server_config("test")
+            .expect("still a usable node certificate");
     }
 
     #[test]
