@@ -1,0 +1,506 @@
+//! Streaming calls between real nodes on loopback: all three kinds end to end, cancellation
+//! each way, and an aborted stream never looking finished — whatever aborted it.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use meshrpc::bytes::Bytes;
+use meshrpc::codec::{decode_request, decode_request_item, encode};
+use meshrpc::{
+    Body, BoxFuture, CallOptions, Code, Dispatch, MethodKind, MethodSpec, Node, ServiceSpec,
+    Status, Streaming,
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use common::{eventually, start_client_node};
+
+const fn method(
+    name: &'static str,
+    kind: MethodKind,
+    index: usize,
+    idempotent: bool,
+) -> MethodSpec {
+    MethodSpec {
+        service: "streams",
+        name,
+        doc: "",
+        idempotent,
+        timeout: None,
+        params: &[],
+        result_field: "sum",
+        result_type: "i64",
+        kind,
+        index,
+    }
+}
+
+static STREAMS_SPEC: ServiceSpec = ServiceSpec {
+    name: "streams",
+    doc: "Streams for testing the runtime.",
+    methods: &[
+        method("count", MethodKind::ServerStreaming, 0, true),
+        method("sum", MethodKind::ClientStreaming, 1, false),
+        method("echo", MethodKind::Bidirectional, 2, false),
+        method("panic_after", MethodKind::ServerStreaming, 3, false),
+        method("endless", MethodKind::ServerStreaming, 4, true),
+    ],
+    schema_hash: 7,
+    manifest: "",
+    descriptor: "{}",
+    use_schemas: &[],
+};
+
+fn spec(name: &str) -> &'static MethodSpec {
+    STREAMS_SPEC.method(name).expect("a streams method")
+}
+
+#[derive(Serialize, Deserialize)]
+struct CountRequest {
+    n: u64,
+    every_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct SumReply {
+    sum: i64,
+}
+
+/// What the handlers saw, for the tests to check.
+#[derive(Default)]
+struct Seen {
+    /// How each `sum` input stream ended: `Ok(count)` cleanly, or the error's code.
+    sum_inputs: Mutex<Vec<Result<u64, Code>>>,
+    /// Items `endless` produced.
+    produced: AtomicU64,
+    /// When `endless`'s producer was dropped.
+    producer_dropped: Mutex<Option<Instant>>,
+    /// Whether `echo`'s input ended with an error.
+    echo_aborted: AtomicBool,
+}
+
+#[derive(Clone, Default)]
+struct Streams {
+    seen: Arc<Seen>,
+}
+
+/// Marks a `sum` handler dropped before its input ended (as `Err(Code::Aborted)`).
+struct SumPending(Option<Arc<Seen>>);
+
+impl Drop for SumPending {
+    fn drop(&mut self) {
+        if let Some(seen) = self.0.take() {
+            seen.sum_inputs
+                .lock()
+                .expect("lock")
+                .push(Err(Code::Aborted));
+        }
+    }
+}
+
+struct DropMark(Arc<Seen>);
+
+impl Drop for DropMark {
+    fn drop(&mut self) {
+        *self.0.producer_dropped.lock().expect("lock") = Some(Instant::now());
+    }
+}
+
+impl Dispatch for Streams {
+    fn spec(&self) -> &'static ServiceSpec {
+        &STREAMS_SPEC
+    }
+
+    fn dispatch(
+        &self,
+        method: &'static MethodSpec,
+        request: Bytes,
+        stream: Option<Streaming<Bytes>>,
+    ) -> BoxFuture<'static, Result<Body, Status>> {
+        let seen = self.seen.clone();
+        Box::pin(async move {
+            match method.name {
+                "count" | "panic_after" => {
+                    let request: CountRequest = decode_request(method.name, &request)?;
+                    let panics = method.name == "panic_after";
+                    let items = futures_util::stream::unfold(0, move |next| async move {
+                        if next == request.n {
+                            assert!(!panics, "the producer panics after its items");
+                            return None;
+                        }
+                        if request.every_ms > 0 {
+                            tokio::time::sleep(Duration::from_millis(request.every_ms)).await;
+                        }
+                        Some((encode(&next), next + 1))
+                    });
+                    Ok(Body::Stream(Streaming::new(items)))
+                }
+                "sum" => {
+                    let mut items = stream.ok_or_else(|| Status::invalid_argument("no stream"))?;
+                    // Records `dropped` if the handler is dropped before its input ended.
+                    let mut pending = SumPending(Some(seen.clone()));
+                    let (mut sum, mut count) = (0i64, 0u64);
+                    let ended = loop {
+                        match items.next().await {
+                            Some(Ok(item)) => {
+                                sum += decode_request_item::<i64>("sum", &item)?;
+                                count += 1;
+                            }
+                            Some(Err(status)) => break Err(status),
+                            None => break Ok(count),
+                        }
+                    };
+                    pending.0 = None;
+                    seen.sum_inputs
+                        .lock()
+                        .expect("lock")
+                        .push(ended.as_ref().map(|c| *c).map_err(Status::code));
+                    ended?;
+                    encode(&SumReply { sum }).map(Body::Message)
+                }
+                "echo" => {
+                    let items = stream.ok_or_else(|| Status::invalid_argument("no stream"))?;
+                    let seen = seen.clone();
+                    Ok(Body::Stream(Streaming::new(items.map(move |item| {
+                        if item.is_err() {
+                            seen.echo_aborted.store(true, Ordering::SeqCst);
+                        }
+                        item
+                    }))))
+                }
+                "endless" => {
+                    let mark = DropMark(seen.clone());
+                    let items = futures_util::stream::unfold(mark, |mark| async move {
+                        tokio::task::yield_now().await;
+                        mark.0.produced.fetch_add(1, Ordering::SeqCst);
+                        Some((encode(&serde_bytes::ByteBuf::from(vec![7u8; 1024])), mark))
+                    });
+                    Ok(Body::Stream(Streaming::new(items)))
+                }
+                other => Err(meshrpc::service::unknown_method(&STREAMS_SPEC, other)),
+            }
+        })
+    }
+}
+
+async fn pair(state: &std::path::Path, streams: Streams, drain: Duration) -> (Node, Node) {
+    let server = Node::builder("streams")
+        .cluster("test")
+        .state_dir(state)
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .drain_timeout(drain)
+        .publish(streams)
+        .start()
+        .await
+        .expect("server starts");
+    let client = start_client_node(state).await;
+    (server, client)
+}
+
+async fn collect(stream: Streaming<u64>) -> (Vec<u64>, Option<Status>) {
+    let mut stream = stream;
+    let mut items = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(item)) => items.push(item),
+            Ok(None) => return (items, None),
+            Err(status) => return (items, Some(status)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stream_delivers_every_item_then_ends_cleanly() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let (server, client) = pair(state.path(), Streams::default(), Duration::from_secs(1)).await;
+    let channel = client.channel_to(server.local_addr());
+    let stream: Streaming<u64> = channel
+        .server_streaming(
+            spec("count"),
+            &CountRequest {
+                n: 500,
+                every_ms: 0,
+            },
+            &CallOptions::new(),
+        )
+        .await
+        .expect("the call starts");
+    let (items, end) = collect(stream).await;
+    assert_eq!(items, (0..500).collect::<Vec<_>>());
+    assert!(end.is_none(), "a clean end: {end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stream_is_summed_and_an_aborted_one_reaches_the_handler_as_an_error() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let streams = Streams::default();
+    let (server, client) = pair(state.path(), streams.clone(), Duration::from_secs(1)).await;
+    let channel = client.channel_to(server.local_addr());
+    let reply: SumReply = channel
+        .client_streaming(
+            spec("sum"),
+            &(),
+            Streaming::iter(1..=100i64),
+            &CallOptions::new(),
+        )
+        .await
+        .expect("summed");
+    assert_eq!(reply, SumReply { sum: 5050 });
+
+    // A producer that fails mid-way: the handler sees its error, never a clean end.
+    let items = Streaming::new(futures_util::stream::iter([
+        Ok(1i64),
+        Ok(2),
+        Err(Status::new(Code::DataLoss, "the upload broke")),
+    ]));
+    let error = channel
+        .client_streaming::<_, _, SumReply>(spec("sum"), &(), items, &CallOptions::new())
+        .await
+        .expect_err("the handler refuses a broken upload");
+    assert_eq!(error.code(), Code::DataLoss, "{error}");
+    assert_eq!(error.message(), "the upload broke");
+
+    // A producer dropped without finishing (its sender gone): `cancelled`, not the end.
+    let (sender, items) = Streaming::channel(4);
+    sender.send(5i64).await.expect("room");
+    drop(sender);
+    let error = channel
+        .client_streaming::<_, _, SumReply>(spec("sum"), &(), items, &CallOptions::new())
+        .await
+        .expect_err("a dropped producer is no upload");
+    assert_eq!(error.code(), Code::Cancelled, "{error}");
+
+    let inputs = streams.seen.sum_inputs.lock().expect("lock").clone();
+    assert_eq!(
+        inputs,
+        vec![Ok(100), Err(Code::DataLoss), Err(Code::Cancelled)],
+        "how each input ended, as the handler saw it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_mid_upload_never_looks_finished_to_the_handler() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let streams = Streams::default();
+    let (server, client) = pair(state.path(), streams.clone(), Duration::from_secs(1)).await;
+    let channel = client.channel_to(server.local_addr());
+    let (sender, items) = Streaming::channel(4);
+    let call = tokio::spawn(async move {
+        channel
+            .client_streaming::<_, _, SumReply>(spec("sum"), &(), items, &CallOptions::new())
+            .await
+    });
+    for value in 0..10i64 {
+        sender.send(value).await.expect("room");
+    }
+    // The caller's task is dropped mid-upload, its sender still open.
+    call.abort();
+    let _ = call.await;
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            !streams.seen.sum_inputs.lock().expect("lock").is_empty()
+        })
+        .await,
+        "the handler heard of the abort"
+    );
+    let inputs = streams.seen.sum_inputs.lock().expect("lock").clone();
+    assert_eq!(inputs.len(), 1);
+    // Either the handler read the abort, or it was dropped (the caller is gone, so nobody
+    // waits for its answer); never a clean end.
+    assert!(
+        matches!(inputs[0], Err(Code::Cancelled | Code::Aborted)),
+        "the handler saw {:?}, which must not be a clean end",
+        inputs[0]
+    );
+    drop(sender);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bidirectional_call_echoes_items_as_they_come() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let (server, client) = pair(state.path(), Streams::default(), Duration::from_secs(1)).await;
+    let channel = client.channel_to(server.local_addr());
+    let (sender, items) = Streaming::channel(2);
+    let mut replies: Streaming<u64> = channel
+        .bidi_streaming(spec("echo"), &(), items, &CallOptions::new())
+        .await
+        .expect("the call starts");
+    // One at a time: each item comes back before the next is sent.
+    for value in [3u64, 1, 4, 1, 5] {
+        sender.send(value).await.expect("room");
+        let echoed = tokio::time::timeout(Duration::from_secs(2), replies.message())
+            .await
+            .expect("echoed in time")
+            .expect("ok");
+        assert_eq!(echoed, Some(value));
+    }
+    sender.finish();
+    assert_eq!(replies.message().await.expect("clean end"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_drops_a_stream_stops_its_producer_within_a_round_trip() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let streams = Streams::default();
+    let (server, client) = pair(state.path(), streams.clone(), Duration::from_secs(1)).await;
+    let channel = client.channel_to(server.local_addr());
+    let mut stream: Streaming<serde_bytes::ByteBuf> = channel
+        .server_streaming(spec("endless"), &(), &CallOptions::new())
+        .await
+        .expect("the call starts");
+    for _ in 0..100 {
+        stream.message().await.expect("ok").expect("an item");
+    }
+    let dropped_at = Instant::now();
+    drop(stream);
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            streams
+                .seen
+                .producer_dropped
+                .lock()
+                .expect("lock")
+                .is_some()
+        })
+        .await,
+        "the producer was dropped"
+    );
+    let stopped = streams
+        .seen
+        .producer_dropped
+        .lock()
+        .expect("lock")
+        .expect("set");
+    let took = stopped.saturating_duration_since(dropped_at);
+    assert!(
+        took < Duration::from_millis(500),
+        "the producer ran on for {took:?} after its consumer left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_suspends_its_producer() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let streams = Streams::default();
+    let (server, client) = pair(state.path(), streams.clone(), Duration::from_secs(1)).await;
+    let channel = client.channel_to(server.local_addr());
+    let mut stream: Streaming<serde_bytes::ByteBuf> = channel
+        .server_streaming(spec("endless"), &(), &CallOptions::new())
+        .await
+        .expect("the call starts");
+    let mut read = 0u64;
+    for _ in 0..10 {
+        stream.message().await.expect("ok").expect("an item");
+        read += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The producer runs ahead by at most what QUIC's flow control lets through (the stream
+    // window: the message limit plus 64 KiB), then waits for the consumer.
+    let window_items = (meshrpc::Limits::default().max_message_size as u64 + 64 * 1024) / 1024;
+    let mut produced = streams.seen.produced.load(Ordering::SeqCst);
+    let plateau = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = streams.seen.produced.load(Ordering::SeqCst);
+        if now == produced {
+            break true;
+        }
+        assert!(
+            now - read <= window_items + 64,
+            "the producer ran {} items (of 1 KiB) ahead of a consumer that read {read}",
+            now - read
+        );
+        produced = now;
+        if produced - read > window_items + 64 {
+            break false;
+        }
+    };
+    assert!(plateau, "the producer never waited for its consumer");
+    // Reading again lets it go on (QUIC grants more credit once a good part of the window
+    // was read).
+    for _ in 0..window_items / 2 {
+        stream.message().await.expect("ok").expect("an item");
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            streams.seen.produced.load(Ordering::SeqCst) > produced
+        })
+        .await,
+        "the producer resumed once the consumer read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_panics_ends_the_stream_with_internal_not_a_finish() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let (server, client) = pair(state.path(), Streams::default(), Duration::from_secs(1)).await;
+    let channel = client.channel_to(server.local_addr());
+    let stream: Streaming<u64> = channel
+        .server_streaming(
+            spec("panic_after"),
+            &CountRequest { n: 3, every_ms: 0 },
+            &CallOptions::new(),
+        )
+        .await
+        .expect("the call starts");
+    let (items, end) = collect(stream).await;
+    assert_eq!(items, vec![0, 1, 2]);
+    let end = end.expect("an error, not a clean end");
+    assert_eq!(end.code(), Code::Internal, "{end}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_past_its_deadline_ends_with_deadline_exceeded() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let (server, client) = pair(state.path(), Streams::default(), Duration::from_secs(1)).await;
+    let channel = client.channel_to(server.local_addr());
+    let options = CallOptions::new().timeout(Duration::from_millis(300));
+    let stream: Streaming<u64> = channel
+        .server_streaming(
+            spec("count"),
+            &CountRequest {
+                n: 1000,
+                every_ms: 20,
+            },
+            &options,
+        )
+        .await
+        .expect("the call starts");
+    let started = Instant::now();
+    let (items, end) = collect(stream).await;
+    let end = end.expect("cut off, not finished");
+    assert_eq!(end.code(), Code::DeadlineExceeded, "{end}");
+    assert!(
+        items.len() > 3 && items.len() < 1000,
+        "{} items",
+        items.len()
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_ends_its_open_streams_with_unavailable_after_the_drain_timeout() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let (server, client) = pair(state.path(), Streams::default(), Duration::from_millis(300)).await;
+    let channel = client.channel_to(server.local_addr());
+    let stream: Streaming<u64> = channel
+        .server_streaming(
+            spec("count"),
+            &CountRequest {
+                n: 10_000,
+                every_ms: 10,
+            },
+            &CallOptions::new(),
+        )
+        .await
+        .expect("the call starts");
+    let shutdown = tokio::spawn(async move { server.shutdown().await });
+    let (items, end) = collect(stream).await;
+    let end = end.expect("a drained stream ends with an error, not cleanly");
+    assert_eq!(end.code(), Code::Unavailable, "{end}");
+    assert!(!items.is_empty());
+    shutdown.await.expect("shut down");
+}
