@@ -3,8 +3,10 @@
 //! channel, and from the generated client over QUIC between two nodes. An aborted client
 //! stream reaches the handler as an error on all three, never as a clean end.
 
+use std::sync::Arc;
+
 use meshrpc::{Channel, Code, Node, Status, Streaming};
-use numbers::{Numbers, NumbersClient, NumbersServer, NumbersService};
+use numbers::{DynNumbers, Numbers, NumbersClient, NumbersServer, NumbersService};
 
 /// What the business logic below observed.
 #[derive(Debug, PartialEq)]
@@ -114,6 +116,11 @@ async fn the_same_code_gives_the_same_results_locally_and_through_a_local_channe
     assert_eq!(local, expected());
     let client = NumbersClient::new(Channel::local(NumbersServer::new(NumbersService)));
     assert_eq!(exercise(&client).await, local);
+    // An implementation chosen at run time, as a trait object, and served from one.
+    let chosen: Arc<DynNumbers> = Arc::new(NumbersService);
+    assert_eq!(exercise(&chosen).await, local);
+    let served = NumbersClient::new(Channel::local(NumbersServer::new(chosen)));
+    assert_eq!(exercise(&served).await, local);
 }
 
 #[tokio::test]
