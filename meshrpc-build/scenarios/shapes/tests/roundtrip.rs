@@ -522,7 +522,11 @@ fn specs_describe_the_manifest() {
     assert_eq!(shapes_methods::WRAPPED, &SHAPES_SPEC.methods[11]);
     assert_eq!(shapes_methods::SCALARS.kind, MethodKind::Unary);
     assert_eq!(shapes_methods::CHUNKS.kind, MethodKind::Bidirectional);
-    assert_eq!(shapes_methods::CHUNKS.params.len(), 1, "the stream is no field");
+    assert_eq!(
+        shapes_methods::CHUNKS.params.len(),
+        1,
+        "the stream is no field"
+    );
     assert_eq!(shapes_methods::CHUNKS.result_type, "Vec<u8>");
     assert_eq!(shapes_methods::KEPT.kind, MethodKind::ClientStreaming);
     assert_eq!(shapes_methods::KEPT.result_field, "cards");
