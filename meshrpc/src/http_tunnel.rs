@@ -75,6 +75,25 @@ fn text_response(status: u16, text: &str) -> Response<HttpBody> {
 }
 
 /// Refuses a tunnel stream unread: the caller may send the request to another member.
+/// The handler of streams that open with an `HTTP` frame: each tunnel takes a permit from
+/// `admission` (tunnels count against the call limit and drain like calls) and is served by the
+/// published handlers it names.
+pub(crate) fn tunnel_handler(
+    services: Arc<HashMap<String, HttpService>>,
+    admission: crate::server::Admission,
+) -> crate::server::StreamHandler {
+    Arc::new(move |_connection, frame, send, recv, read_ahead| {
+        let services = services.clone();
+        let admission = admission.clone();
+        Box::pin(async move {
+            match admission.admit() {
+                Ok(_permit) => serve_tunnel(&services, frame, send, recv, read_ahead).await,
+                Err(refusal) => refuse_tunnel(send, recv, refusal),
+            }
+        })
+    })
+}
+
 pub(crate) fn refuse_tunnel(mut send: SendStream, mut recv: RecvStream, refusal: Refusal) {
     debug!(?refusal, "refused an HTTP tunnel");
     let _ = recv.stop(refusal.error_code());

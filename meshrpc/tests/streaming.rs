@@ -79,6 +79,8 @@ struct Seen {
     produced: AtomicU64,
     /// When `endless`'s producer was dropped.
     producer_dropped: Mutex<Option<Instant>>,
+    /// `sum` handlers started.
+    sum_started: AtomicU64,
     /// Whether `echo`'s input ended with an error.
     echo_aborted: AtomicBool,
 }
@@ -141,6 +143,7 @@ impl Dispatch for Streams {
                 }
                 "sum" => {
                     let mut items = stream.ok_or_else(|| Status::invalid_argument("no stream"))?;
+                    seen.sum_started.fetch_add(1, Ordering::SeqCst);
                     // Records `dropped` if the handler is dropped before its input ended.
                     let mut pending = SumPending(Some(seen.clone()));
                     let (mut sum, mut count) = (0i64, 0u64);
@@ -297,6 +300,13 @@ async fn a_caller_that_goes_away_mid_upload_never_looks_finished_to_the_handler(
     for value in 0..10i64 {
         sender.send(value).await.expect("room");
     }
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            streams.seen.sum_started.load(Ordering::SeqCst) == 1
+        })
+        .await,
+        "the handler started"
+    );
     // The caller's task is dropped mid-upload, its sender still open.
     call.abort();
     let _ = call.await;

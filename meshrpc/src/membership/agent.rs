@@ -154,6 +154,16 @@ impl Membership {
         Ok(count)
     }
 
+    /// The handler of streams that open with a `GOSSIP` frame: full-state exchanges opened by
+    /// joining peers.
+    pub(crate) fn exchange_handler(&self) -> crate::server::StreamHandler {
+        let membership = self.clone();
+        std::sync::Arc::new(move |_connection, frame, send, recv, _read_ahead| {
+            let membership = membership.clone();
+            Box::pin(async move { membership.serve_exchange(frame, send, recv).await })
+        })
+    }
+
     /// Serves a full-state exchange opened by a joining peer.
     pub(crate) async fn serve_exchange(
         &self,

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use super::call::{Caller, PeerIdentity};
 use super::reply::{Written, encode_reply, write_reply};
-use super::request::read_call;
+use super::request::{Opened, Rules, read_call};
 use super::{IncomingCall, Server};
 use crate::status::{Code, Status};
 use crate::transport::error_code;
@@ -66,7 +66,7 @@ impl Server {
     pub async fn serve_connection(self: Arc<Self>, connection: Connection) {
         self.connections.send_modify(|open| *open += 1);
         let _served = ServedConnection(&self.connections);
-        let identity: Option<Arc<PeerIdentity>> = None;
+        let identity = crate::tls::peer_identity(&connection, &self.cluster).map(Arc::new);
         // The stream limit starts small (quinn reserves state for each allowed stream, so an
         // idle or hostile connection costs little) and doubles whenever the peer keeps half of
         // it busy, up to `Limits::max_concurrent_streams`.
@@ -157,17 +157,17 @@ impl Server {
                     addr: connection.remote_address(),
                     identity,
                 };
-                let read = read_call(
-                    &self.services,
-                    &frame.body,
-                    caller,
+                let rules = Rules {
+                    services: &self.services,
+                    request_read_timeout: self.limits.request_read_timeout,
+                    draining: self.is_draining(),
+                };
+                let opened = Opened {
                     recv,
                     decoder,
                     buffer,
-                    self.limits.request_read_timeout,
-                    self.is_draining(),
-                )
-                .await;
+                };
+                let read = read_call(rules, &frame.body, caller, opened).await;
                 match read {
                     Ok(call) => Some((call, send)),
                     Err((status, recv)) => {

@@ -25,18 +25,39 @@ const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
 /// The published services by name, as calls are routed to them.
 pub(crate) type Services = HashMap<String, Arc<dyn Dispatch>>;
 
-/// Decodes a `CALL` header, resolves its method and reads the request. `recv` is positioned
-/// after the header; `buffer` holds any bytes already read past it.
+/// The rest of a stream whose opening frame was read: the receiving half, its decoder, and
+/// any bytes already read past the opening frame.
+pub(crate) struct Opened {
+    pub(crate) recv: RecvStream,
+    pub(crate) decoder: FrameDecoder,
+    pub(crate) buffer: BytesMut,
+}
+
+/// What the server's state says about a new call.
+pub(crate) struct Rules<'a> {
+    pub(crate) services: &'a Services,
+    pub(crate) request_read_timeout: Duration,
+    pub(crate) draining: bool,
+}
+
+/// Decodes a `CALL` header, resolves its method and reads the request that follows it on
+/// `opened`.
 pub(crate) async fn read_call(
-    services: &Services,
+    rules: Rules<'_>,
     header: &Bytes,
     caller: Caller,
-    mut recv: RecvStream,
-    decoder: FrameDecoder,
-    mut buffer: BytesMut,
-    request_read_timeout: Duration,
-    draining: bool,
+    opened: Opened,
 ) -> Result<IncomingCall, (Status, RecvStream)> {
+    let Opened {
+        mut recv,
+        decoder,
+        mut buffer,
+    } = opened;
+    let Rules {
+        services,
+        request_read_timeout,
+        draining,
+    } = rules;
     let header: CallHeader<'_> =
         match crate::codec::from_slice_bounded(header, crate::codec::MAX_HEADER_DEPTH) {
             Ok(header) => header,
