@@ -24,6 +24,7 @@ use std::time::Duration;
 use crate::node::{Node, NodeBuilder};
 use crate::resilience::balance::Strategy;
 use crate::seeds;
+use crate::server::authorize::Policy;
 use crate::tls::{TlsError, TlsMaterial};
 
 /// Listen on any free port of every interface: the default for service replicas.
@@ -102,6 +103,14 @@ pub struct NodeArgs {
     /// Free-form tags gossiped with this node (comma-separated).
     #[arg(long, env = "MESHRPC_TAGS", value_delimiter = ',')]
     pub tags: Vec<String>,
+
+    /// Which callers may call this node: rules `<service>[.<method>]=<caller>[,<caller>...]`
+    /// separated by `;`, e.g. `billing=payments; greeter.greet=*`. A caller is the name in its
+    /// certificate's `meshrpc://<cluster>/<name>` URI; `*` is any member. A service without a
+    /// rule stays open to every member (`*=<callers>` covers them all); `meshrpc.node` only
+    /// closes to a rule that names it.
+    #[arg(long, env = "MESHRPC_ALLOW", value_name = "RULES")]
+    pub allow: Option<Policy>,
 }
 
 impl NodeArgs {
@@ -125,6 +134,9 @@ impl NodeArgs {
         }
         if let Some(addr) = self.admin {
             builder = builder.admin(addr);
+        }
+        if let Some(policy) = &self.allow {
+            builder = builder.authorize(policy.clone());
         }
         builder = match (&self.ca, &self.cert, &self.key) {
             (Some(ca), Some(cert), Some(key)) => {
@@ -289,6 +301,32 @@ mod tests {
             error
                 .to_string()
                 .contains("[possible values: round-robin, peak-ewma]"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_allow_flag_parses_a_policy_and_names_a_bad_rule() {
+        assert_eq!(parse(&[]).expect("no flags").node.allow, None);
+        let policy = parse(&[
+            "--allow",
+            "greeter=concierge,mesh-api; billing.charge=payments",
+        ])
+        .expect("valid rules")
+        .node
+        .allow
+        .expect("a policy");
+        assert_eq!(
+            policy.to_string(),
+            "billing.charge=payments; greeter=concierge,mesh-api"
+        );
+        let error = parse(&["--allow", "greeter=concierge; billing payments"])
+            .expect_err("a rule without `=`");
+        assert!(
+            error.to_string().contains(
+                "invalid value 'greeter=concierge; billing payments' for '--allow <RULES>': \
+                 rule `billing payments` has no `=`"
+            ),
             "{error}"
         );
     }

@@ -47,6 +47,7 @@ pub use metadata::Metadata;
 pub use node::{Node, NodeBuilder, NodeError, WaitError};
 pub use options::CallOptions;
 pub use resilience::balance::Strategy;
+pub use server::authorize::Policy;
 pub use service::{BoxFuture, Dispatch, ServiceClient};
 pub use spec::{FieldSpec, MethodKind, MethodSpec, ServiceSpec, UseSchema};
 pub use status::{Code, Status};

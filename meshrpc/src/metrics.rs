@@ -52,6 +52,7 @@ pub struct Metrics {
     latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     members: Gauge,
     in_flight: Gauge,
+    refusals: crate::server::authorize::Refusals,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -85,6 +86,11 @@ impl Side {
 }
 
 impl Metrics {
+    /// The counter of calls the authorization policy refused.
+    pub fn authorization_refusals(&self) -> &crate::server::authorize::Refusals {
+        &self.refusals
+    }
+
     /// Fresh metrics, registered under the `meshrpc_` prefix.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("meshrpc");
@@ -114,7 +120,9 @@ impl Metrics {
             "Calls this node is serving",
             in_flight.clone(),
         );
+        let refusals = crate::server::authorize::Refusals::register(&mut registry);
         Metrics {
+            refusals,
             registry,
             calls,
             latency,

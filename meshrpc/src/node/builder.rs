@@ -58,6 +58,7 @@ pub struct NodeBuilder {
     admin: Option<SocketAddr>,
     services: Vec<Arc<dyn Dispatch>>,
     layers: Vec<crate::server::UserLayer>,
+    policy: crate::server::authorize::Policy,
     http: HashMap<String, HttpService>,
     clients: Arc<OnceLock<Arc<ClientFactory>>>,
 }
@@ -93,6 +94,7 @@ impl NodeBuilder {
             admin: None,
             services: Vec::new(),
             layers: Vec::new(),
+            policy: crate::server::authorize::Policy::new(),
             http: HashMap::new(),
             clients: Arc::default(),
         }
@@ -220,6 +222,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Lets only the callers `policy` names call this node's services (see
+    /// [`Policy`](crate::server::authorize::Policy)); the default allows every member.
+    pub fn authorize(mut self, policy: crate::server::authorize::Policy) -> NodeBuilder {
+        self.policy = policy;
+        self
+    }
+
     /// Adds a tower layer to every call this node serves, below the node's own layers
     /// (admission, metrics, deadline, panic catching) and above the services. Its service
     /// sees each call as an [`IncomingCall`](crate::server::IncomingCall) — the method, the
@@ -294,6 +303,8 @@ impl NodeBuilder {
         if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
             return Err(NodeError::DuplicateService(pair[0].to_owned()));
         }
+        self.policy
+            .check(self.services.iter().map(|service| service.spec()))?;
         let server_name = tls::cluster_server_name(&self.cluster)?;
         let material = match self.tls {
             TlsSource::Material(material) => material,
@@ -353,7 +364,13 @@ impl NodeBuilder {
             NodeService::new(&self.name, &published, membership.clone(), metrics.clone());
         let mut services = self.services;
         services.push(Arc::new(node_service));
-        let mut server = Server::new(services, self.limits, metrics.clone(), &self.layers);
+        let mut server = Server::new(
+            services,
+            self.limits,
+            metrics.clone(),
+            &self.layers,
+            self.policy,
+        );
         server.set_cluster(&self.cluster);
         // Streams that are not calls, by the kind of their opening frame.
         server.set_stream_handler(

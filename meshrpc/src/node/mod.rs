@@ -69,6 +69,9 @@ pub enum NodeError {
     /// Two published services share a name.
     #[error("service `{0}` is published twice; publish each service once per node")]
     DuplicateService(String),
+    /// The authorization policy names a service or method this node does not serve.
+    #[error(transparent)]
+    Policy(#[from] crate::server::authorize::PolicyError),
     /// The admin endpoint could not listen.
     #[error("could not listen for admin HTTP on {addr}: {source}")]
     Admin {

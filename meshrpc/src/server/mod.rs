@@ -17,6 +17,7 @@
 //! [`Admission`].
 
 pub mod admission;
+pub mod authorize;
 pub mod call;
 pub mod catch_panic;
 mod connection;
@@ -87,7 +88,9 @@ where
 
 /// The server stack every call goes through (see the [module documentation](self)).
 pub(crate) type ServerStack = admission::Admit<
-    observe::Observe<deadline::Deadline<catch_panic::CatchPanic<route::Handlers>>>,
+    observe::Observe<
+        authorize::Authorize<deadline::Deadline<catch_panic::CatchPanic<route::Handlers>>>,
+    >,
 >;
 
 /// What a node serves: its published services, stream handlers, limits and server stack.
@@ -128,6 +131,7 @@ impl Server {
         limits: Limits,
         metrics: Arc<Metrics>,
         layers: &[UserLayer],
+        policy: authorize::Policy,
     ) -> Server {
         let admission = Admission::new(limits.max_concurrent_calls).reporting_to(metrics.clone());
         let specs: Vec<&'static ServiceSpec> =
@@ -144,7 +148,11 @@ impl Server {
         };
         let stack = tower::ServiceBuilder::new()
             .layer(admission::AdmitLayer::new(admission.clone()))
-            .layer(observe::ObserveLayer::new(&specs, metrics))
+            .layer(observe::ObserveLayer::new(&specs, metrics.clone()))
+            .layer(authorize::AuthorizeLayer::new(
+                policy,
+                metrics.authorization_refusals().clone(),
+            ))
             .layer(deadline::DeadlineLayer)
             .layer(catch_panic::CatchPanicLayer)
             .service(handlers);
