@@ -4,8 +4,10 @@
 //! [GATEWAY] 200 |     2.24422ms |       127.0.0.1 | GET      /greeter/greet/Max
 //! ```
 //!
-//! Emitted through `tracing` (target `mesh_api::access`) when the response head is ready, so
-//! `RUST_LOG=mesh_api::access=off` silences it and JSON subscribers can pick it up.
+//! Emitted through `tracing` (target `mesh_api::access`) when the response head is ready, or,
+//! for a streamed answer ([`crate::stream_end`]), when the stream ends (the latency is then the
+//! stream's whole life), so `RUST_LOG=mesh_api::access=off` silences it and JSON subscribers
+//! can pick it up.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -13,6 +15,8 @@ use std::time::Instant;
 use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::Response;
+
+use crate::stream_end::StreamEnd;
 
 /// The middleware.
 pub async fn log(request: Request, next: Next) -> Response {
@@ -23,12 +27,21 @@ pub async fn log(request: Request, next: Next) -> Response {
         .map_or_else(|| "-".to_owned(), |info| info.0.ip().to_string());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let response = next.run(request).await;
-    tracing::info!(
-        target: "mesh_api::access",
-        "{}",
-        line(response.status().as_u16(), started.elapsed(), &client, method.as_str(), &path)
-    );
+    let mut response = next.run(request).await;
+    let status = response.status().as_u16();
+    let emit = move || {
+        tracing::info!(
+            target: "mesh_api::access",
+            "{}",
+            line(status, started.elapsed(), &client, method.as_str(), &path)
+        );
+    };
+    // The outermost middleware that waits for the end: the response no longer carries it, so
+    // the end comes with the stream's last holder.
+    match response.extensions_mut().remove::<StreamEnd>() {
+        Some(end) => end.defer(emit),
+        None => emit(),
+    }
     response
 }
 

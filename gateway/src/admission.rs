@@ -7,6 +7,10 @@
 //! - **body bytes** (`--max-buffered`): a request with a body reserves its `Content-Length`
 //!   (or `--max-body` when it sends no length), capped at `--max-body`.
 //!
+//! A streamed answer ([`crate::stream_end`]: a server stream, a client stream, a WebSocket)
+//! holds its request until the stream ends, and its reservation too; a client stream's body is
+//! read line by line, so it holds at most one line of it at a time.
+//!
 //! A request past either is answered at once with 503 `unavailable` and `Retry-After: 1`,
 //! without reading its body. Memory then scales with the budgets, not with clients: a generic
 //! call holds its JSON body, the MessagePack request, the reply and the JSON answer (about four
@@ -21,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
+use crate::stream_end::StreamEnd;
 
 /// Paths never shed: probes must answer under load, and `/metrics` shows the load.
 const EXEMPT_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -115,7 +120,12 @@ pub async fn admit(State(admission): State<Admission>, request: Request, next: N
             }
         }
     };
-    next.run(request).await
+    let response = next.run(request).await;
+    if let Some(end) = response.extensions().get::<StreamEnd>() {
+        // A stream holds its budgets until it ends.
+        end.defer(move || drop((_request, _bytes)));
+    }
+    response
 }
 
 #[cfg(test)]

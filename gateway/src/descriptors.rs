@@ -4,9 +4,10 @@
 //! publishes (format in `docs/MANIFEST.md`, "The service descriptor"), and gossips each
 //! service's schema hash. The gateway keeps one descriptor per `(service, schema hash)`: a
 //! background task fetches the descriptor of every hash that appears in the view, and a request
-//! for a hash not fetched yet fetches it on the spot. Services compiled into the gateway
-//! (greeter) are known from the start, so their routes answer 503, not 404, before any replica
-//! has joined. A request never waits for a member to appear.
+//! for a hash not fetched yet fetches it on the spot. Services the gateway binary mounts
+//! extensions for ([`crate::Extension`]: the greeter in `mesh-api`) are known from the start,
+//! so their routes answer 503, not 404, before any replica has joined. A request never waits
+//! for a member to appear.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use meshrpc::membership::{Liveness, MemberView, View};
 use meshrpc::node_service::{DescribeReply, NODE_SPEC};
-use meshrpc::{CallOptions, Node, ServiceSpec, Status};
+use meshrpc::{CallOptions, MethodKind, Node, ServiceSpec, Status};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::task::JoinHandle;
@@ -52,6 +53,9 @@ pub struct MethodDescriptor {
     /// The manifest's doc string.
     #[serde(default)]
     pub doc: String,
+    /// Whether requests, replies or both are streams (`"kind"`; absent means unary).
+    #[serde(default, deserialize_with = "method_kind")]
+    pub kind: MethodKind,
     /// Whether calls may be retried.
     #[serde(default)]
     pub idempotent: bool,
@@ -60,10 +64,38 @@ pub struct MethodDescriptor {
     pub timeout_ms: Option<u64>,
     /// The response map's single field.
     pub result_field: String,
-    /// JSON Schema of the request map.
+    /// JSON Schema of the request map (for a method with a client stream: of its first
+    /// message, the other parameters).
     pub request: Value,
-    /// JSON Schema of the response map.
+    /// JSON Schema of the response map (`null` for a method with a server stream).
+    #[serde(default)]
     pub response: Value,
+    /// JSON Schema of one client-stream item (the value itself, not a map).
+    #[serde(default)]
+    pub request_stream: Option<Value>,
+    /// JSON Schema of one server-stream item (the value itself, not a map).
+    #[serde(default)]
+    pub response_stream: Option<Value>,
+}
+
+/// A descriptor's `"kind"`: `unary`, `server_streaming`, `client_streaming` or
+/// `bidirectional`.
+fn method_kind<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<MethodKind, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    [
+        MethodKind::Unary,
+        MethodKind::ServerStreaming,
+        MethodKind::ClientStreaming,
+        MethodKind::Bidirectional,
+    ]
+    .into_iter()
+    .find(|kind| kind.as_str() == name)
+    .ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown method kind `{name}` (expected unary, server_streaming, \
+             client_streaming or bidirectional)"
+        ))
+    })
 }
 
 impl Descriptor {
@@ -82,11 +114,19 @@ impl Descriptor {
         self.methods.iter().find(|method| method.name == name)
     }
 
-    /// `POST /svc/a, POST /svc/b`, for messages.
+    /// `POST /svc/a, POST /svc/b`, for messages (`GET` for a bidirectional method, a
+    /// WebSocket).
     pub fn routes(&self) -> String {
         self.methods
             .iter()
-            .map(|method| format!("POST /{}/{}", self.service, method.name))
+            .map(|method| {
+                let verb = if method.kind == MethodKind::Bidirectional {
+                    "GET"
+                } else {
+                    "POST"
+                };
+                format!("{verb} /{}/{}", self.service, method.name)
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -97,6 +137,14 @@ impl Descriptor {
             root: &method.request,
             types: &self.types,
         }
+    }
+
+    /// The schema to check `method`'s client-stream items against, if it has a client stream.
+    pub fn request_item_schema<'a>(&'a self, method: &'a MethodDescriptor) -> Option<Schema<'a>> {
+        method.request_stream.as_ref().map(|root| Schema {
+            root,
+            types: &self.types,
+        })
     }
 }
 
@@ -350,5 +398,41 @@ mod tests {
             descriptor.routes(),
             "POST /greeter/greet, POST /greeter/send_postcard"
         );
+        assert_eq!(greet.kind, MethodKind::Unary);
+    }
+
+    #[test]
+    fn streaming_methods_parse_with_their_kind_and_item_schemas() {
+        let descriptor = Descriptor::parse(
+            r#"{"service": "numbers", "schema_hash": "0000000000000001", "methods": [
+                {"name": "count", "kind": "server_streaming", "result_field": "result",
+                 "request": {"type": "object", "properties": {}},
+                 "response_stream": {"type": "integer"}},
+                {"name": "echo", "kind": "bidirectional", "result_field": "result",
+                 "request": {"type": "object", "properties": {}},
+                 "request_stream": {"type": "string"}, "response_stream": {"type": "string"}}
+            ]}"#,
+        )
+        .expect("parses");
+        let count = descriptor.method("count").expect("count");
+        assert_eq!(count.kind, MethodKind::ServerStreaming);
+        assert_eq!(count.response, Value::Null);
+        assert_eq!(
+            count.response_stream,
+            Some(serde_json::json!({"type": "integer"}))
+        );
+        assert!(descriptor.request_item_schema(count).is_none());
+        let echo = descriptor.method("echo").expect("echo");
+        assert!(descriptor.request_item_schema(echo).is_some());
+        assert_eq!(
+            descriptor.routes(),
+            "POST /numbers/count, GET /numbers/echo"
+        );
+        let unknown = Descriptor::parse(
+            r#"{"service": "x", "schema_hash": "1", "methods": [{"name": "m", "kind": "sideways",
+                "result_field": "r", "request": {}}]}"#,
+        )
+        .expect_err("an unknown kind");
+        assert!(unknown.contains("sideways"), "{unknown}");
     }
 }

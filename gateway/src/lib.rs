@@ -36,9 +36,11 @@ pub mod dashboard;
 pub mod descriptors;
 pub mod error;
 pub mod extension;
+pub mod framing;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod stream_end;
 pub mod trace;
 pub mod transcode;
 
@@ -206,7 +208,8 @@ async fn serve_connections(
     mut stopped: oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Raised to stop the connections gracefully; closed once every connection is done.
+    let (stop_all, _) = tokio::sync::watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
@@ -233,16 +236,30 @@ async fn serve_connections(
                 routes::normalize_path(&mut request);
                 tower::ServiceExt::oneshot(app.clone(), request)
             });
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        // Upgrades: the WebSocket routes of bidirectional methods. A WebSocket runs on in its
+        // own task once upgraded; a graceful stop waits for the HTTP connections only.
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stop = stop_all.subscribe();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = stop.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%error, "HTTP connection ended with an error");
             }
+            drop(stop);
         });
     }
     drop(listener);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), graceful.shutdown()).await;
+    let _ = stop_all.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), stop_all.closed()).await;
     Ok(())
 }
 

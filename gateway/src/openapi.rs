@@ -13,11 +13,17 @@
 //! its parameters in the query. Objects the gateway checks are closed
 //! (`additionalProperties: false`): it refuses unknown fields with 400.
 //!
+//! A streaming method's operation describes its line format: a server stream answers
+//! `application/x-ndjson` (`{"item": ...}` lines, then one `{"status": ...}` line) or
+//! `text/event-stream`; a client stream takes an `application/x-ndjson` body of `{"item": ...}`
+//! lines, its other parameters in the query; a bidirectional method is a `GET` whose
+//! description tells how to speak to its WebSocket.
+//!
 //! Beside the methods, the document lists the gateway's own routes: the greeter's REST routes
 //! and its legacy `GET /greeter/check` (when the greeter is known), `/healthz`, `/readyz`,
 //! `/metrics`, `/openapi.json` and the dashboard's `/dashboard` and `/dashboard/state`.
 
-use meshrpc::Code;
+use meshrpc::{Code, MethodKind};
 use serde_json::{Map, Value, json};
 
 use crate::descriptors::{Descriptor, MethodDescriptor};
@@ -42,10 +48,14 @@ pub fn document(descriptors: &[impl AsRef<Descriptor>], secured: bool) -> Value 
         }
         for method in &descriptor.methods {
             let mut item = Map::new();
-            item.insert(
-                "post".to_owned(),
-                method_operation(descriptor, method, false),
-            );
+            if method.kind == MethodKind::Bidirectional {
+                item.insert("get".to_owned(), websocket_operation(descriptor, method));
+            } else {
+                item.insert(
+                    "post".to_owned(),
+                    method_operation(descriptor, method, false),
+                );
+            }
             if has_get_form(method) {
                 item.insert("get".to_owned(), method_operation(descriptor, method, true));
             }
@@ -103,6 +113,9 @@ pub fn document(descriptors: &[impl AsRef<Descriptor>], secured: bool) -> Value 
 
 /// The `POST` operation of a method, or its `GET` form.
 fn method_operation(descriptor: &Descriptor, method: &MethodDescriptor, get: bool) -> Value {
+    if method.kind != MethodKind::Unary {
+        return stream_operation(descriptor, method, get);
+    }
     let mut summary = method.doc.clone();
     if summary.is_empty() {
         summary = format!("Calls `{}.{}`.", descriptor.service, method.name);
@@ -471,6 +484,186 @@ fn dashboard_routes(paths: &mut Map<String, Value>, secured: bool) {
             }
         })) }),
     );
+}
+
+/// The query parameters of a method's request map (for `GET` forms and the streaming routes,
+/// which take their non-stream parameters in the query).
+fn query_parameters(method: &MethodDescriptor) -> Value {
+    let mut request = method.request.clone();
+    close_objects(&mut request);
+    let required: Vec<&str> = request
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|names| names.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let parameters: Vec<Value> = request
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|fields| {
+            fields
+                .iter()
+                .map(|(name, schema)| {
+                    json!({
+                        "name": name,
+                        "in": "query",
+                        "required": required.contains(&name.as_str()),
+                        "schema": schema,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Value::Array(parameters)
+}
+
+/// `{"item": <value>}`, one message of a stream.
+fn item_line(item: Option<&Value>) -> Value {
+    let mut item = item.cloned().unwrap_or_else(|| json!({}));
+    close_objects(&mut item);
+    json!({
+        "type": "object",
+        "properties": { "item": item },
+        "required": ["item"],
+        "additionalProperties": false
+    })
+}
+
+/// The final message of a stream: `{"status":"ok"}` or the error that ended it.
+fn status_line() -> Value {
+    let codes: Vec<&str> = Code::ALL.iter().map(|code| code.as_str()).collect();
+    json!({
+        "type": "object",
+        "description": "The stream's last message: `{\"status\":\"ok\"}` when it ended \
+            cleanly, else the status name and message of the error that ended it. A stream \
+            without this message was cut off.",
+        "properties": {
+            "status": { "type": "string", "enum": codes },
+            "error": { "type": "string", "description": "What went wrong." },
+            "details": { "type": "string", "format": "byte",
+                         "description": "The service's details, base64." }
+        },
+        "required": ["status"],
+        "additionalProperties": false
+    })
+}
+
+/// The items of a server stream then its status, as the body of a 200 answer.
+fn stream_body(method: &MethodDescriptor) -> Value {
+    let lines = json!({ "oneOf": [item_line(method.response_stream.as_ref()), status_line()] });
+    json!({
+        "application/x-ndjson": {
+            "schema": lines,
+            "example": "{\"item\":1}\n{\"item\":2}\n{\"status\":\"ok\"}\n"
+        },
+        "text/event-stream": {
+            "schema": { "type": "string", "description": "Server-Sent Events: `event: item` \
+                with `data: {\"item\": ...}` per item, then `event: end` with \
+                `data: {\"status\": ...}`." },
+            "example": "event: item\ndata: {\"item\":1}\n\nevent: end\ndata: {\"status\":\"ok\"}\n\n"
+        }
+    })
+}
+
+/// The operation of a server- or client-streaming method (or a server stream's `GET` form).
+fn stream_operation(descriptor: &Descriptor, method: &MethodDescriptor, get: bool) -> Value {
+    let mut summary = method.doc.clone();
+    if summary.is_empty() {
+        summary = format!("Calls `{}.{}`.", descriptor.service, method.name);
+    }
+    let mut text = description(method);
+    let mut operation = json!({
+        "operationId": format!(
+            "{}.{}{}", descriptor.service, method.name, if get { ".get" } else { "" }
+        ),
+        "tags": [descriptor.service],
+        "summary": summary,
+    });
+    if method.kind.server_streams() {
+        text.push_str(
+            " Streams its answer: NDJSON (`application/x-ndjson`, the default), one \
+             `{\"item\": ...}` line per item, then exactly one final line, \
+             `{\"status\":\"ok\"}` or `{\"status\":\"<code>\",\"error\":\"<message>\"}`; \
+             or Server-Sent Events with `Accept: text/event-stream` (`event: item` per item, \
+             `event: end` last). A failure before the first item is an ordinary error answer. \
+             The gateway's request timeout bounds the wait for the first item only.",
+        );
+        operation["responses"] = json!({
+            "200": { "description": "The stream's items, then its status.",
+                     "content": stream_body(method) },
+            "default": { "$ref": "#/components/responses/Error" }
+        });
+    } else {
+        operation["responses"] = json!({
+            "200": {
+                "description": format!(
+                    "Done: the result is in the `{}` field, after `\"error\": \"\"`.",
+                    method.result_field
+                ),
+                "content": { "application/json": { "schema": envelope(&method.response) } }
+            },
+            "default": { "$ref": "#/components/responses/Error" }
+        });
+    }
+    if method.kind.client_streams() {
+        text.push_str(
+            " Takes a stream: the body is NDJSON, one `{\"item\": ...}` line per item; the end \
+             of a complete body ends the stream, a body cut off or a bad line aborts the call \
+             (a 400 names the line). The other parameters go in the query string.",
+        );
+        operation["parameters"] = query_parameters(method);
+        operation["requestBody"] = json!({
+            "required": true,
+            "content": { "application/x-ndjson": {
+                "schema": item_line(method.request_stream.as_ref()),
+                "example": "{\"item\":1}\n{\"item\":2}\n"
+            } }
+        });
+    } else if get {
+        operation["parameters"] = query_parameters(method);
+    } else {
+        let mut request = method.request.clone();
+        close_objects(&mut request);
+        operation["requestBody"] = json!({
+            "required": true,
+            "content": { "application/json": { "schema": request } }
+        });
+    }
+    operation["description"] = Value::from(text.trim().to_owned());
+    operation
+}
+
+/// The `GET` operation of a bidirectional method: a WebSocket.
+fn websocket_operation(descriptor: &Descriptor, method: &MethodDescriptor) -> Value {
+    let mut summary = method.doc.clone();
+    if summary.is_empty() {
+        summary = format!("Calls `{}.{}`.", descriptor.service, method.name);
+    }
+    let request_item =
+        serde_json::to_string(&item_line(method.request_stream.as_ref())).unwrap_or_default();
+    let response_item =
+        serde_json::to_string(&item_line(method.response_stream.as_ref())).unwrap_or_default();
+    let text = format!(
+        "{} Streams both ways over a WebSocket: open this path with `GET` and \
+         `Upgrade: websocket` (the other parameters in the query string). Send one text message \
+         `{{\"item\": ...}}` per item (schema: {request_item}) and `{{\"status\":\"ok\"}}` to \
+         end your input; closing the socket before that aborts the call. The gateway sends \
+         `{{\"item\": ...}}` per item of the answer (schema: {response_item}), then one final \
+         `{{\"status\":\"ok\"}}` or `{{\"status\":\"<code>\",\"error\":\"<message>\"}}`, \
+         and closes the socket. A message that is not a valid item aborts the call, and the \
+         final status names it.",
+        description(method)
+    );
+    json!({
+        "operationId": format!("{}.{}", descriptor.service, method.name),
+        "tags": [descriptor.service],
+        "summary": summary,
+        "description": text.trim(),
+        "parameters": query_parameters(method),
+        "responses": {
+            "101": { "description": "Switched to the WebSocket protocol." },
+            "default": { "$ref": "#/components/responses/Error" }
+        }
+    })
 }
 
 fn description(method: &MethodDescriptor) -> String {

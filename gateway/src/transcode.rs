@@ -93,6 +93,57 @@ pub fn msgpack_to_json_envelope(payload: &[u8]) -> Result<Vec<u8>, ResponseError
     Ok(out)
 }
 
+/// The MessagePack prefix of the one-entry map `{"item": ...}`.
+const ITEM_PREFIX: [u8; 6] = [0x81, 0xa4, b'i', b't', b'e', b'm'];
+
+/// The schema of one stream line, `{"item": <value>}`, for items of schema `item`: what
+/// [`json_item_to_msgpack`] checks a line against.
+pub fn item_line_schema(item: &Value) -> Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": { "item": item },
+        "required": ["item"],
+        "additionalProperties": false
+    })
+}
+
+/// Transcodes one client-stream line, the JSON object `{"item": <value>}`, into the MessagePack
+/// encoding of the value alone (what a stream item is on the wire), checking the value against
+/// `line` (from [`item_line_schema`]). Errors name the field as `item` or `item.<field>`.
+pub fn json_item_to_msgpack(line: &[u8], schema: Schema<'_>) -> Result<Vec<u8>, RequestError> {
+    let map = json_to_msgpack(line, schema)?;
+    map.strip_prefix(&ITEM_PREFIX[..])
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| {
+            RequestError::Invalid("a stream line must be the object {\"item\": <value>}".to_owned())
+        })
+}
+
+/// Transcodes the MessagePack encoding of one server-stream item into the JSON line object
+/// `{"item": <value>}` (binaries as base64 strings).
+pub fn msgpack_item_to_json(payload: &[u8]) -> Result<Vec<u8>, ResponseError> {
+    let mut rest = payload;
+    let mut out = Vec::with_capacity(payload.len() * 2 + 16);
+    {
+        let mut msgpack = rmp_serde::Deserializer::new(&mut rest);
+        msgpack.set_max_depth(meshrpc::codec::MAX_PAYLOAD_DEPTH);
+        let mut json = serde_json::Serializer::new(&mut out);
+        let mut map = json
+            .serialize_map(Some(1))
+            .map_err(|error| ResponseError(error.to_string()))?;
+        map.serialize_entry("item", &Plain(RefCell::new(Some(&mut msgpack))))
+            .map_err(|error| ResponseError(error.to_string()))?;
+        SerializeMap::end(map).map_err(|error| ResponseError(error.to_string()))?;
+    }
+    if !rest.is_empty() {
+        return Err(ResponseError(format!(
+            "{} bytes after the stream item",
+            rest.len()
+        )));
+    }
+    Ok(out)
+}
+
 /// A place in a request the gateway passes through unchecked: a `use` type without a schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unchecked {

@@ -18,7 +18,7 @@ use axum::extract::{Query, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use meshrpc::{Call, Code};
+use meshrpc::{Call, Code, MethodKind};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
@@ -30,7 +30,9 @@ use crate::transcode;
 /// Headers carried into the call's metadata, so traces continue through the mesh.
 const PROPAGATED: [&str; 2] = ["traceparent", "tracestate"];
 
-/// Calls `descriptor.service`'s `method` with the request's JSON body.
+/// Calls `descriptor.service`'s `method` with the request's JSON body; a streaming method is
+/// answered by [`server_stream`](super::server_stream), [`client_stream`](super::client_stream)
+/// or [`bidi`](super::bidi).
 pub async fn call(
     shared: &Arc<Shared>,
     descriptor: Arc<Descriptor>,
@@ -44,7 +46,46 @@ pub async fn call(
             descriptor.routes()
         )));
     };
+    match method.kind {
+        MethodKind::Unary => {}
+        MethodKind::ServerStreaming => {
+            return super::server_stream::call(shared, &descriptor, method, request).await;
+        }
+        MethodKind::ClientStreaming => {
+            return super::client_stream::call(shared, &descriptor, method, request).await;
+        }
+        MethodKind::Bidirectional => {
+            return super::bidi::call(shared, &descriptor, method, request).await;
+        }
+    }
     let (parts, body) = request.into_parts();
+    let payload = request_payload(shared, &descriptor, method, &parts, body).await?;
+    let call = prepare_call(shared, &descriptor, method, &parts.headers, payload);
+    // Only members of the schema the body was checked against may serve it.
+    let reply = shared
+        .node
+        .channel_with_schema(&descriptor.service, descriptor.hash())
+        .call(call)
+        .await
+        .map_err(|status| call_error(status, &descriptor, method))?;
+    let json = transcode::msgpack_to_json_envelope(&reply)
+        .map_err(|error| ApiError::new(Code::Internal, error.to_string()))?;
+    Ok((
+        [(http::header::CONTENT_TYPE, "application/json")],
+        Bytes::from(json),
+    )
+        .into_response())
+}
+
+/// The MessagePack request map of a call: the JSON body of a `POST`, the query parameters of a
+/// `GET`, checked against the method's request schema.
+pub(crate) async fn request_payload(
+    shared: &Shared,
+    descriptor: &Descriptor,
+    method: &MethodDescriptor,
+    parts: &http::request::Parts,
+    body: axum::body::Body,
+) -> Result<Bytes, ApiError> {
     let body = if parts.method == http::Method::POST {
         read_body(
             &parts.headers,
@@ -56,49 +97,65 @@ pub async fn call(
     } else {
         query_to_json(&parts.uri, method)?
     };
-    let payload = transcode::json_to_msgpack(&body, descriptor.request_schema(method))
-        .map_err(|error| ApiError::bad_request(error.to_string()))?;
+    query_or_body_to_msgpack(&body, descriptor, method)
+}
 
-    let mut call = Call::new(
-        descriptor.service.clone(),
-        method.name.clone(),
-        Bytes::from(payload),
-    );
+/// The MessagePack request map for the JSON object `json`.
+pub(crate) fn query_or_body_to_msgpack(
+    json: &[u8],
+    descriptor: &Descriptor,
+    method: &MethodDescriptor,
+) -> Result<Bytes, ApiError> {
+    transcode::json_to_msgpack(json, descriptor.request_schema(method))
+        .map(Bytes::from)
+        .map_err(|error| ApiError::bad_request(error.to_string()))
+}
+
+/// The call for `method` with this request map: retried only when idempotent, the request's
+/// trace headers in its metadata, and its deadline. A unary call's deadline is the gateway's
+/// request timeout or the method's own shorter one; a streaming call's is the method's own
+/// timeout only, so a stream runs until it ends (the gateway bounds the wait for its first
+/// message itself).
+pub(crate) fn prepare_call(
+    shared: &Shared,
+    descriptor: &Descriptor,
+    method: &MethodDescriptor,
+    headers: &http::HeaderMap,
+    payload: Bytes,
+) -> Call {
+    let mut call = Call::new(descriptor.service.clone(), method.name.clone(), payload);
     call.idempotent = method.idempotent;
-    let timeout = method
-        .timeout_ms
-        .map(Duration::from_millis)
-        .map_or(shared.config.request_timeout, |own| {
+    call.kind = method.kind;
+    let own = method.timeout_ms.map(Duration::from_millis);
+    let timeout = if method.kind == MethodKind::Unary {
+        Some(own.map_or(shared.config.request_timeout, |own| {
             own.min(shared.config.request_timeout)
-        });
-    call.deadline = Some(Instant::now() + timeout);
+        }))
+    } else {
+        own
+    };
+    call.deadline = timeout.map(|timeout| Instant::now() + timeout);
     for name in PROPAGATED {
-        if let Some(value) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
             call.metadata.insert(name, value);
         }
     }
-    // Only members of the schema the body was checked against may serve it.
-    let reply = shared
-        .node
-        .channel_with_schema(&descriptor.service, descriptor.hash())
-        .call(call)
-        .await
-        .map_err(|status| {
-            let refused_by_decoder = status.code() == Code::InvalidArgument;
-            let error = ApiError::from_call(status, &descriptor.service);
-            if refused_by_decoder {
-                name_unchecked_fields(error, descriptor.request_schema(method))
-            } else {
-                error
-            }
-        })?;
-    let json = transcode::msgpack_to_json_envelope(&reply)
-        .map_err(|error| ApiError::new(Code::Internal, error.to_string()))?;
-    Ok((
-        [(http::header::CONTENT_TYPE, "application/json")],
-        Bytes::from(json),
-    )
-        .into_response())
+    call
+}
+
+/// The answer for a status a call to `method` ended with.
+pub(crate) fn call_error(
+    status: meshrpc::Status,
+    descriptor: &Descriptor,
+    method: &MethodDescriptor,
+) -> ApiError {
+    let refused_by_decoder = status.code() == Code::InvalidArgument;
+    let error = ApiError::from_call(status, &descriptor.service);
+    if refused_by_decoder {
+        name_unchecked_fields(error, descriptor.request_schema(method))
+    } else {
+        error
+    }
 }
 
 /// `error`, an `invalid_argument` the service answered, with the places of the request the
@@ -132,10 +189,12 @@ fn scalar_type(schema: &Value) -> Option<&str> {
     }
 }
 
-/// Whether `method` can be called with `GET` and query parameters: it is idempotent and
-/// every parameter is a scalar.
+/// Whether `method` can be called with `GET` and query parameters: it is idempotent, answers
+/// one message or a server stream (an `EventSource` opens streams with `GET`), and every
+/// parameter is a scalar.
 pub fn has_get_form(method: &MethodDescriptor) -> bool {
-    method.idempotent
+    !method.kind.client_streams()
+        && method.idempotent
         && method
             .request
             .get("properties")
@@ -143,8 +202,8 @@ pub fn has_get_form(method: &MethodDescriptor) -> bool {
             .is_none_or(|fields| fields.values().all(|field| scalar_type(field).is_some()))
 }
 
-/// The JSON object a `GET` call's query parameters stand for.
-fn query_to_json(uri: &http::Uri, method: &MethodDescriptor) -> Result<Bytes, ApiError> {
+/// The JSON object a `GET` call's query parameters stand for (a streaming call's too).
+pub(crate) fn query_to_json(uri: &http::Uri, method: &MethodDescriptor) -> Result<Bytes, ApiError> {
     let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map_err(|error| ApiError::bad_request(format!("bad query string: {error}")))?;
     let fields = method.request.get("properties").and_then(Value::as_object);

@@ -15,16 +15,20 @@
 //! Paths are normalised before routing: runs of `/` count as one (`/greeter//check` is
 //! `/greeter/check`, as `//greeter/check` is).
 
+pub mod bidi;
+pub mod client_stream;
 pub mod dashboard;
 pub mod generic;
 pub mod legacy;
 pub mod ops;
+pub mod server_stream;
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::Method;
+use meshrpc::MethodKind;
 
 use crate::Shared;
 use crate::descriptors::serves_http_live;
@@ -72,15 +76,27 @@ async fn route(
                 Ok(Some(found)) => {
                     if let Some(method) = found.method(name) {
                         let get_form = generic::has_get_form(method);
+                        let websocket = method.kind == MethodKind::Bidirectional;
                         return match *request.method() {
-                            Method::POST => generic::call(shared, found, name, request).await,
+                            Method::POST if !websocket => {
+                                generic::call(shared, found, name, request).await
+                            }
+                            Method::GET if websocket => {
+                                generic::call(shared, found, name, request).await
+                            }
                             Method::GET | Method::HEAD if get_form => {
                                 generic::call(shared, found, name, request).await
                             }
                             _ => Ok(method_not_allowed_here(
                                 request.method(),
                                 &format!("/{service}/{name}"),
-                                if get_form { "GET, HEAD, POST" } else { "POST" },
+                                if websocket {
+                                    "GET"
+                                } else if get_form {
+                                    "GET, HEAD, POST"
+                                } else {
+                                    "POST"
+                                },
                             )),
                         };
                     }

@@ -547,3 +547,41 @@ fn the_places_a_schema_cannot_check_are_named_with_their_rust_type() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_stream_line_becomes_the_item_alone_checked_against_the_item_schema() {
+    let types = Map::new();
+    let line = item_line_schema(&serde_json::json!({"type": "integer", "format": "int64"}));
+    let schema = Schema {
+        root: &line,
+        types: &types,
+    };
+    assert_eq!(
+        json_item_to_msgpack(br#"{"item": 7}"#, schema).expect("an item"),
+        rmp_serde::to_vec(&7u64).expect("encodes")
+    );
+    assert_eq!(
+        json_item_to_msgpack(br#"{"item": "seven"}"#, schema),
+        Err(RequestError::Invalid(
+            "field `item`: expected an integer, found a string".to_owned()
+        ))
+    );
+    let extra = json_item_to_msgpack(br#"{"item": 7, "more": 1}"#, schema).expect_err("refused");
+    assert!(extra.to_string().contains("more"), "{extra}");
+    let missing = json_item_to_msgpack(b"{}", schema).expect_err("refused");
+    assert!(missing.to_string().contains("item"), "{missing}");
+}
+
+#[test]
+fn a_server_stream_item_becomes_a_json_line_object() {
+    let item = rmp_serde::to_vec(&serde_json::json!({"n": 3, "tags": ["a"]})).expect("encodes");
+    assert_eq!(
+        String::from_utf8(msgpack_item_to_json(&item).expect("transcodes")).expect("utf-8"),
+        r#"{"item":{"n":3,"tags":["a"]}}"#
+    );
+    assert_eq!(
+        msgpack_item_to_json(&rmp_serde::to_vec(&5u8).expect("encodes")).expect("transcodes"),
+        br#"{"item":5}"#
+    );
+    assert!(msgpack_item_to_json(&[0xc1]).is_err(), "a reserved marker");
+}
