@@ -4,7 +4,8 @@
 //!
 //! An extension is a plain axum [`Router`] built from an [`ExtensionContext`] (the gateway's
 //! node and its request timeout), with the service's [`ServiceSpec`] so its routes answer 503,
-//! not 404, before any replica has joined. Its routes go through the gateway's middleware (API
+//! not 404, before any replica has joined, and optionally their OpenAPI description
+//! ([`Extension::with_openapi`]). Its routes go through the gateway's middleware (API
 //! keys, admission, metrics, access log, tracing) and get the gateway's 405 answer for methods
 //! they do not serve. A handler answers a failed mesh call by putting the call's
 //! [`Status`] in its response's extensions: the gateway then answers with its own error shape
@@ -16,16 +17,22 @@ use std::time::Duration;
 use axum::Router;
 use axum::response::{IntoResponse, Response};
 use meshrpc::{CallOptions, Node, ServiceSpec, Status};
+use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
 /// Builds an extension's routes.
 type BuildRoutes = Box<dyn Fn(&ExtensionContext) -> Router + Send + Sync>;
 
+/// Adds an extension's routes to the OpenAPI document's `paths` (and may refine the
+/// `components/schemas` that its service's descriptor brought).
+type DocumentRoutes = Box<dyn Fn(&mut Map<String, Value>, &mut Map<String, Value>) + Send + Sync>;
+
 /// Routes for one service, mounted by [`crate::serve_with`].
 pub struct Extension {
     spec: &'static ServiceSpec,
     build: BuildRoutes,
+    document: Option<DocumentRoutes>,
 }
 
 impl fmt::Debug for Extension {
@@ -45,6 +52,29 @@ impl Extension {
         Extension {
             spec,
             build: Box::new(routes),
+            document: None,
+        }
+    }
+
+    /// The same extension, with `document` adding its routes to `/openapi.json`: it gets the
+    /// document's `paths` and `components/schemas` (the service's types among them), and is
+    /// called while the service is known.
+    pub fn with_openapi(
+        mut self,
+        document: impl Fn(&mut Map<String, Value>, &mut Map<String, Value>) + Send + Sync + 'static,
+    ) -> Extension {
+        self.document = Some(Box::new(document));
+        self
+    }
+
+    /// Adds the routes to an OpenAPI document's `paths` and `schemas`.
+    pub(crate) fn document(
+        &self,
+        paths: &mut Map<String, Value>,
+        schemas: &mut Map<String, Value>,
+    ) {
+        if let Some(document) = &self.document {
+            document(paths, schemas);
         }
     }
 

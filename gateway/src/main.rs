@@ -25,14 +25,17 @@ struct Args {
 fn extensions() -> Vec<gateway::Extension> {
     #[cfg(feature = "greeter-rest")]
     {
-        vec![gateway::Extension::new(&greeter::GREETER_SPEC, |context| {
-            greeter::rest::router(
-                context
-                    .node()
-                    .client::<greeter::GreeterClient>()
-                    .with_options(context.call_options()),
-            )
-        })]
+        vec![
+            gateway::Extension::new(&greeter::GREETER_SPEC, |context| {
+                greeter::rest::router(
+                    context
+                        .node()
+                        .client::<greeter::GreeterClient>()
+                        .with_options(context.call_options()),
+                )
+            })
+            .with_openapi(greeter::rest::document),
+        ]
     }
     #[cfg(not(feature = "greeter-rest"))]
     {

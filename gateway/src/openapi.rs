@@ -19,21 +19,28 @@
 //! lines, its other parameters in the query; a bidirectional method is a `GET` whose
 //! description tells how to speak to its WebSocket.
 //!
-//! Beside the methods, the document lists the gateway's own routes: the greeter's REST routes
-//! and its legacy `GET /greeter/check` (when the greeter is known), `/healthz`, `/readyz`,
+//! Beside the methods, the document lists the routes of the binary's extensions whose service
+//! is known (each documents its own: `mesh-api`'s greeter extension adds the greeter's REST
+//! routes and its legacy `GET /greeter/check`), and the gateway's own routes: `/healthz`, `/readyz`,
 //! `/metrics`, `/openapi.json` and the dashboard's `/dashboard` and `/dashboard/state`.
 
 use meshrpc::{Code, MethodKind};
 use serde_json::{Map, Value, json};
 
 use crate::descriptors::{Descriptor, MethodDescriptor};
+use crate::extension::Extension;
 use crate::routes::generic::has_get_form;
 
 /// The name of the error body's schema under `components/schemas`.
 pub const ERROR_SCHEMA: &str = "meshrpc.Error";
 
-/// Builds the document for these descriptors; `secured` adds the bearer API-key scheme.
-pub fn document(descriptors: &[impl AsRef<Descriptor>], secured: bool) -> Value {
+/// Builds the document for these descriptors, with the routes of the `extensions` whose
+/// service is among them; `secured` adds the bearer API-key scheme.
+pub fn document(
+    descriptors: &[impl AsRef<Descriptor>],
+    secured: bool,
+    extensions: &[Extension],
+) -> Value {
     let mut paths = Map::new();
     let mut schemas = Map::new();
     let mut tags = Vec::new();
@@ -64,8 +71,10 @@ pub fn document(descriptors: &[impl AsRef<Descriptor>], secured: bool) -> Value 
                 Value::Object(item),
             );
         }
-        if descriptor.service == "greeter" {
-            greeter_routes(&mut paths, &mut schemas);
+        for extension in extensions {
+            if extension.spec().name == descriptor.service {
+                extension.document(&mut paths, &mut schemas);
+            }
         }
     }
     ops_routes(&mut paths, secured);
@@ -77,8 +86,8 @@ pub fn document(descriptors: &[impl AsRef<Descriptor>], secured: bool) -> Value 
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Every method published in the mesh, as `POST /{service}/{method}` \
                 with JSON in and out (and `GET /{service}/{method}?param=...` for idempotent \
-                methods with scalar parameters), the greeter's REST routes and the gateway's \
-                own routes. Generated from the services' descriptors. Every error is \
+                methods with scalar parameters), the routes of the binary's extensions (the \
+                greeter's REST routes in mesh-api) and the gateway's own routes. Generated from the services' descriptors. Every error is \
                 `{\"error\", \"code\"}` JSON (with `details`, base64, when the service \
                 attached some); 503s the gateway sheds carry `Retry-After`."
         },
@@ -206,85 +215,6 @@ fn close_objects(schema: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(close_objects),
         _ => {}
     }
-}
-
-/// A string with a character that is not white space (Rust's `char::is_whitespace`): what the
-/// greeter demands of a recipient.
-const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
-
-/// The greeter's REST routes and legacy check, and the greeter's own rule for postcards
-/// (a recipient that is not blank), which its manifest cannot state.
-fn greeter_routes(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>) {
-    if let Some(recipient) = schemas
-        .get_mut("greeter.Postcard")
-        .and_then(|postcard| postcard.pointer_mut("/properties/recipient"))
-    {
-        recipient["pattern"] = Value::from(NOT_BLANK);
-    }
-    let text = |name: &str, doc: &str| {
-        json!({ "name": name, "in": "path", "required": true, "description": doc,
-                "schema": { "type": "string", "minLength": 1 } })
-    };
-    let mut recipient = text("recipient", "Who receives it; must not be blank.");
-    recipient["schema"]["pattern"] = Value::from(NOT_BLANK);
-    paths.insert(
-        "/greeter/greet/{name}".to_owned(),
-        json!({ "get": {
-            "operationId": "greeter.greet.rest",
-            "tags": ["greeter"],
-            "summary": "Says hello to `name`, as the original gateway did.",
-            "parameters": [{ "name": "name", "in": "path", "required": true,
-                             "description": "Who to greet (may be empty: `/greeter/greet/`).",
-                             "schema": { "type": "string" } }],
-            "responses": {
-                "200": { "description": "The greeting, a JSON string.",
-                         "content": { "application/json": { "schema": { "type": "string" } } } },
-                "default": { "$ref": "#/components/responses/Error" }
-            }
-        }}),
-    );
-    paths.insert(
-        "/greeter/sendPostcard/{recipient}/{address}/{message}".to_owned(),
-        json!({ "post": {
-            "operationId": "greeter.send_postcard.rest",
-            "tags": ["greeter"],
-            "summary": "Sends a postcard without a picture, as the original gateway did.",
-            "parameters": [
-                recipient,
-                text("address", "The postal address."),
-                text("message", "The text on the back."),
-            ],
-            "responses": {
-                "200": { "description": "The postcard as sent, with Go's field names.",
-                         "content": { "application/json": { "schema": {
-                             "type": "object",
-                             "properties": {
-                                 "PictureURL": { "type": "string" },
-                                 "Address": { "type": "string" },
-                                 "Recipient": { "type": "string" },
-                                 "Message": { "type": "string" }
-                             },
-                             "required": ["PictureURL", "Address", "Recipient", "Message"],
-                             "additionalProperties": false
-                         } } } },
-                "default": { "$ref": "#/components/responses/Error" }
-            }
-        }}),
-    );
-    paths.insert(
-        "/greeter/check".to_owned(),
-        json!({ "get": {
-            "operationId": "greeter.check",
-            "tags": ["greeter"],
-            "summary": "The greeter's legacy health check, forwarded to one replica.",
-            "responses": {
-                "200": { "description": "`All ok! <RFC 3339 time>`.",
-                         "content": { "text/plain": { "schema": {
-                             "type": "string", "pattern": "^All ok! " } } } },
-                "default": { "$ref": "#/components/responses/Error" }
-            }
-        }}),
-    );
 }
 
 /// `/healthz`, `/readyz`, `/metrics`, `/openapi.json`. The probes need no key.
@@ -731,8 +661,29 @@ mod tests {
     }
 
     #[test]
+    fn extension_routes_are_documented_only_with_the_extension() {
+        let bare = document(&[std::sync::Arc::new(greeter())], false, &[]);
+        assert!(bare["paths"]["/greeter/greet"].is_object());
+        assert!(bare["paths"]["/greeter/greet/{name}"].is_null(), "{bare}");
+        assert!(bare["paths"]["/greeter/check"].is_null());
+        let mounted = document(&[std::sync::Arc::new(greeter())], false, &extensions());
+        assert!(mounted["paths"]["/greeter/greet/{name}"]["get"].is_object());
+        // Not for a service nobody publishes.
+        let other = document(&[] as &[std::sync::Arc<Descriptor>], false, &extensions());
+        assert!(other["paths"]["/greeter/greet/{name}"].is_null());
+    }
+
+    /// The greeter's extension as `mesh-api` mounts it (its routes are not served here).
+    fn extensions() -> Vec<Extension> {
+        vec![
+            Extension::new(&greeter::GREETER_SPEC, |_| axum::Router::new())
+                .with_openapi(greeter::rest::document),
+        ]
+    }
+
+    #[test]
     fn the_document_is_openapi_3_with_every_route_of_the_gateway() {
-        let document = document(&[std::sync::Arc::new(greeter())], false);
+        let document = document(&[std::sync::Arc::new(greeter())], false, &extensions());
         let parsed: openapiv3::OpenAPI =
             serde_json::from_value(document.clone()).expect("a valid OpenAPI 3 document");
         assert!(parsed.openapi.starts_with("3.0"));
@@ -770,7 +721,7 @@ mod tests {
 
     #[test]
     fn objects_the_gateway_checks_are_closed() {
-        let document = document(&[std::sync::Arc::new(greeter())], false);
+        let document = document(&[std::sync::Arc::new(greeter())], false, &extensions());
         let request = &document["paths"]["/greeter/greet"]["post"]["requestBody"]["content"]["application/json"]
             ["schema"];
         assert_eq!(request["additionalProperties"], json!(false));
@@ -794,7 +745,7 @@ mod tests {
         descriptor.methods[1].response =
             json!({"type": "object", "properties": {}, "required": []});
         descriptor.methods[1].result_field = "result".to_owned();
-        let document = document(&[std::sync::Arc::new(descriptor)], false);
+        let document = document(&[std::sync::Arc::new(descriptor)], false, &[]);
         let success = &document["paths"]["/greeter/send_postcard"]["post"]["responses"]["200"];
         assert!(
             success["description"]
@@ -815,7 +766,7 @@ mod tests {
 
     #[test]
     fn every_reference_resolves_to_a_component() {
-        let document = document(&[std::sync::Arc::new(greeter())], true);
+        let document = document(&[std::sync::Arc::new(greeter())], true, &extensions());
         let text = document.to_string();
         for reference in text.split("\"$ref\":\"").skip(1) {
             let target = &reference[..reference.find('"').expect("closing quote")];
@@ -830,7 +781,7 @@ mod tests {
 
     #[test]
     fn the_dashboard_is_documented_as_needing_a_key_where_the_probes_do_not() {
-        let document = document(&[std::sync::Arc::new(greeter())], true);
+        let document = document(&[std::sync::Arc::new(greeter())], true, &extensions());
         let parsed: openapiv3::OpenAPI =
             serde_json::from_value(document.clone()).expect("a valid OpenAPI 3 document");
         assert!(parsed.paths.paths.contains_key("/dashboard/state"));
@@ -848,7 +799,7 @@ mod tests {
 
     #[test]
     fn the_success_schema_wraps_the_result_in_the_envelope() {
-        let document = document(&[std::sync::Arc::new(greeter())], false);
+        let document = document(&[std::sync::Arc::new(greeter())], false, &extensions());
         let schema = &document["paths"]["/greeter/greet"]["post"]["responses"]["200"]["content"]["application/json"]
             ["schema"];
         let keys: Vec<&String> = schema["properties"]

@@ -256,6 +256,7 @@ fn greeter_rest() -> gateway::Extension {
                 .with_options(context.call_options()),
         )
     })
+    .with_openapi(greeter::rest::document)
 }
 
 /// A gateway node with the gateway served on it, and a service node joined to it.

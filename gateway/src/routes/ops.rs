@@ -105,5 +105,10 @@ pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// `GET /openapi.json`: the document of every method known now.
 pub async fn openapi(State(shared): State<Arc<Shared>>) -> Response {
     let descriptors = shared.descriptors.all().await;
-    Json(openapi::document(&descriptors, shared.keys.enabled())).into_response()
+    Json(openapi::document(
+        &descriptors,
+        shared.keys.enabled(),
+        &shared.extensions,
+    ))
+    .into_response()
 }

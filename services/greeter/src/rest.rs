@@ -12,6 +12,9 @@
 //! extension (`gateway::Extension`). `POST /greeter/greet` and `GET /greeter/check` need no
 //! route of their own: the gateway's generic call and legacy proxy answer them.
 //!
+//! [`document`] describes them (and the legacy `GET /greeter/check`) for the gateway's OpenAPI
+//! document.
+//!
 //! A failed call is answered with [`CallFailed`]: the status's HTTP code and
 //! `{"error":"<message>","code":"<status name>"}`, with the [`Status`] itself in the response's
 //! extensions, so a gateway can render it in its own error shape (and keep mesh addresses out
@@ -26,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use meshrpc::Status;
 use serde::Serialize;
+use serde_json::{Map, Value, json};
 
 use crate::{Greeter, GreeterClient, Postcard};
 
@@ -140,6 +144,87 @@ async fn send_postcard(
     Ok(Json(sent.into()))
 }
 
+/// A string with a character that is not white space (Rust's `char::is_whitespace`): what the
+/// greeter demands of a recipient.
+const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+
+/// Adds the REST routes and the legacy `GET /greeter/check` to an OpenAPI document's `paths`,
+/// and the greeter's own rule for postcards (a recipient that is not blank), which its
+/// manifest cannot state, to the `greeter.Postcard` schema among its `schemas`: what the
+/// gateway's `/openapi.json` shows with the routes mounted (`Extension::with_openapi`).
+pub fn document(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>) {
+    if let Some(recipient) = schemas
+        .get_mut("greeter.Postcard")
+        .and_then(|postcard| postcard.pointer_mut("/properties/recipient"))
+    {
+        recipient["pattern"] = Value::from(NOT_BLANK);
+    }
+    let text = |name: &str, doc: &str| {
+        json!({ "name": name, "in": "path", "required": true, "description": doc,
+                "schema": { "type": "string", "minLength": 1 } })
+    };
+    let mut recipient = text("recipient", "Who receives it; must not be blank.");
+    recipient["schema"]["pattern"] = Value::from(NOT_BLANK);
+    paths.insert(
+        "/greeter/greet/{name}".to_owned(),
+        json!({ "get": {
+            "operationId": "greeter.greet.rest",
+            "tags": ["greeter"],
+            "summary": "Says hello to `name`, as the original gateway did.",
+            "parameters": [{ "name": "name", "in": "path", "required": true,
+                             "description": "Who to greet (may be empty: `/greeter/greet/`).",
+                             "schema": { "type": "string" } }],
+            "responses": {
+                "200": { "description": "The greeting, a JSON string.",
+                         "content": { "application/json": { "schema": { "type": "string" } } } },
+                "default": { "$ref": "#/components/responses/Error" }
+            }
+        }}),
+    );
+    paths.insert(
+        "/greeter/sendPostcard/{recipient}/{address}/{message}".to_owned(),
+        json!({ "post": {
+            "operationId": "greeter.send_postcard.rest",
+            "tags": ["greeter"],
+            "summary": "Sends a postcard without a picture, as the original gateway did.",
+            "parameters": [
+                recipient,
+                text("address", "The postal address."),
+                text("message", "The text on the back."),
+            ],
+            "responses": {
+                "200": { "description": "The postcard as sent, with Go's field names.",
+                         "content": { "application/json": { "schema": {
+                             "type": "object",
+                             "properties": {
+                                 "PictureURL": { "type": "string" },
+                                 "Address": { "type": "string" },
+                                 "Recipient": { "type": "string" },
+                                 "Message": { "type": "string" }
+                             },
+                             "required": ["PictureURL", "Address", "Recipient", "Message"],
+                             "additionalProperties": false
+                         } } } },
+                "default": { "$ref": "#/components/responses/Error" }
+            }
+        }}),
+    );
+    paths.insert(
+        "/greeter/check".to_owned(),
+        json!({ "get": {
+            "operationId": "greeter.check",
+            "tags": ["greeter"],
+            "summary": "The greeter's legacy health check, forwarded to one replica.",
+            "responses": {
+                "200": { "description": "`All ok! <RFC 3339 time>`.",
+                         "content": { "text/plain": { "schema": {
+                             "type": "string", "pattern": "^All ok! " } } } },
+                "default": { "$ref": "#/components/responses/Error" }
+            }
+        }}),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +297,31 @@ mod tests {
             r#"{"error":"a postcard needs a recipient","code":"invalid_argument"}"#
         );
         assert_eq!(carried.expect("the status").code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn the_document_adds_the_routes_and_the_recipient_rule() {
+        let mut paths = Map::new();
+        let mut schemas = Map::new();
+        schemas.insert(
+            "greeter.Postcard".to_owned(),
+            json!({"type": "object", "properties": {"recipient": {"type": "string"}}}),
+        );
+        document(&mut paths, &mut schemas);
+        let mut routes: Vec<&String> = paths.keys().collect();
+        routes.sort();
+        assert_eq!(
+            routes,
+            [
+                "/greeter/check",
+                "/greeter/greet/{name}",
+                "/greeter/sendPostcard/{recipient}/{address}/{message}"
+            ]
+        );
+        assert_eq!(
+            schemas["greeter.Postcard"]["properties"]["recipient"]["pattern"],
+            NOT_BLANK
+        );
     }
 
     #[tokio::test]
