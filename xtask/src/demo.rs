@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: builds the binaries, then starts the demo mesh on loopback as separate
-//! processes — the `mesh-api` gateway, three `greeter` replicas and a `concierge` — with the
-//! development CA minted under `target/demo/`, prints the curl lines to try, and drains
-//! everything on Ctrl-C. `--smoke` runs those requests itself and stops (used by the tests).
+//! processes — the `mesh-api` gateway, three `greeter` replicas, a `concierge` and two `numbers`
+//! replicas (the streaming example) — with the development CA minted under `target/demo/`,
+//! prints the curl lines to try, and drains everything on Ctrl-C. `--smoke` runs those requests
+//! itself and stops (used by the tests).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -23,6 +24,9 @@ pub(crate) struct Args {
     /// Greeter replicas to start.
     #[arg(long, default_value_t = 3)]
     greeters: usize,
+    /// `numbers` replicas (the streaming example) to start.
+    #[arg(long, default_value_t = 2)]
+    numbers: usize,
     /// Build and run the release profile.
     #[arg(long)]
     release: bool,
@@ -85,6 +89,8 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
                 "greeter",
                 "-p",
                 "concierge",
+                "-p",
+                "numbers",
                 "--bins",
             ],
             args.release,
@@ -130,6 +136,9 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
     gateway
         .args(["--listen", &mesh.to_string(), "--http", &http.to_string()])
         .args(["--require", "greeter", "--require", "concierge"]);
+    if args.numbers > 0 {
+        gateway.args(["--require", "numbers"]);
+    }
     common(&mut gateway);
     processes.push(spawn("mesh-api", &mut gateway)?);
     for index in 1..=args.greeters {
@@ -142,14 +151,20 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
     concierge.args(["-N", &mesh.to_string(), "--listen", "127.0.0.1:0"]);
     common(&mut concierge);
     processes.push(spawn("concierge", &mut concierge)?);
+    for index in 1..=args.numbers {
+        let mut numbers = Command::new(bin("numbers"));
+        numbers.args(["-N", &mesh.to_string(), "--listen", "127.0.0.1:0"]);
+        common(&mut numbers);
+        processes.push(spawn(&format!("numbers-{index}"), &mut numbers)?);
+    }
 
     let ready = wait_ready(http, Duration::from_secs(60), &interrupted, &mut processes);
     let outcome = match ready {
         Err(error) => Err(error),
         Ok(()) => {
-            print_curl_lines(http);
+            print_curl_lines(http, args.numbers > 0);
             if args.smoke {
-                smoke(http)
+                smoke(http, args.numbers > 0)
             } else {
                 print_processes(&processes);
                 println!("\nThe mesh is up. Press Ctrl-C to drain and stop it.");
@@ -266,10 +281,23 @@ fn print_processes(processes: &[Process]) {
     }
 }
 
-fn print_curl_lines(http: SocketAddr) {
+fn print_curl_lines(http: SocketAddr, streaming: bool) {
     let base = format!("http://localhost:{}", http.port());
     println!("\nTry:");
-    for line in [
+    let streams = [
+        format!("curl -N -d '{{\"from\":1,\"to\":5,\"every_ms\":200}}' {base}/numbers/count"),
+        format!(
+            "printf '{{\"item\":1}}\\n{{\"item\":2}}\\n{{\"item\":3}}\\n' | \
+             curl -H 'content-type: application/x-ndjson' --data-binary @- {base}/numbers/sum"
+        ),
+        format!(
+            "websocat ws://localhost:{}/numbers/running_total   \
+             # then type {{\"item\":5}}, {{\"item\":2}}, …, {{\"status\":\"ok\"}}",
+            http.port()
+        ),
+    ];
+    let streams = if streaming { &streams[..] } else { &[] };
+    for line in streams.iter().cloned().chain([
         format!("curl {base}/greeter/greet/Max"),
         format!("curl -d'{{\"name\": \"Max\"}}' {base}/greeter/greet"),
         format!("curl {base}/greeter/check"),
@@ -278,7 +306,7 @@ fn print_curl_lines(http: SocketAddr) {
         format!("curl {base}/readyz"),
         format!("curl {base}/openapi.json"),
         format!("curl {base}/metrics"),
-    ] {
+    ]) {
         println!("  {line}");
     }
 }
@@ -286,8 +314,28 @@ fn print_curl_lines(http: SocketAddr) {
 /// One request of the smoke test: method, path, body, and a check of the answer's body.
 type Check<'a> = (&'a str, &'a str, Option<&'a str>, &'a dyn Fn(&str) -> bool);
 
-/// Makes the demo's requests and checks the answers.
-fn smoke(http: SocketAddr) -> Result<(), String> {
+/// The streaming requests of the smoke test: a server stream (NDJSON lines, then the status
+/// line) and a client stream (an NDJSON body).
+fn streaming_checks() -> [(&'static str, &'static str, &'static str, &'static str); 2] {
+    [
+        (
+            "/numbers/count",
+            "application/json",
+            r#"{"from":1,"to":5,"every_ms":200}"#,
+            "{\"item\":1}\n{\"item\":2}\n{\"item\":3}\n{\"item\":4}\n{\"item\":5}\n\
+             {\"status\":\"ok\"}\n",
+        ),
+        (
+            "/numbers/sum",
+            "application/x-ndjson",
+            "{\"item\":1}\n{\"item\":2}\n{\"item\":3}\n",
+            r#"{"error":"","sum":6}"#,
+        ),
+    ]
+}
+
+/// Makes the demo's requests and checks the answers (the streaming ones when `streaming`).
+fn smoke(http: SocketAddr, streaming: bool) -> Result<(), String> {
     let checks: [Check<'_>; 5] = [
         ("GET", "/greeter/greet/Max", None, &|b| {
             b == "\"Hello, Max\""
@@ -323,6 +371,22 @@ fn smoke(http: SocketAddr) -> Result<(), String> {
             Err(error) => failures.push(format!("{method} {path}: {error}")),
         }
     }
+    let streams = if streaming {
+        &streaming_checks()[..]
+    } else {
+        &[]
+    };
+    for (path, content_type, body, expected) in streams {
+        match request_as(http, "POST", path, content_type, Some(body)) {
+            Ok((status, answer)) => {
+                println!("POST {path} -> {status} {}", answer.trim_end());
+                if status != 200 || answer != *expected {
+                    failures.push(format!("POST {path} answered {status} {answer:?}"));
+                }
+            }
+            Err(error) => failures.push(format!("POST {path}: {error}")),
+        }
+    }
     if failures.is_empty() {
         println!("smoke test passed");
         Ok(())
@@ -350,11 +414,22 @@ fn drain(processes: &mut [Process]) {
     }
 }
 
-/// A minimal HTTP/1.1 request over a fresh connection: (status, body).
+/// A minimal HTTP/1.1 request with a JSON body over a fresh connection: (status, body).
 fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
+    request_as(addr, method, path, "application/json", body)
+}
+
+/// [`request`] with a body of `content_type`.
+fn request_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
     body: Option<&str>,
 ) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
@@ -365,7 +440,7 @@ fn request(
     let body = body.unwrap_or("");
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     stream
