@@ -59,6 +59,8 @@ static VAULT_SPEC: ServiceSpec = ServiceSpec {
             doc: "Reverses bytes.",
             idempotent: true,
             timeout: None,
+            attempt_timeout: None,
+            hedge_after: None,
             params: &[FieldSpec {
                 name: "data",
                 rust_type: "Vec<u8>",
@@ -74,6 +76,8 @@ static VAULT_SPEC: ServiceSpec = ServiceSpec {
             doc: "Sleeps.",
             idempotent: false,
             timeout: Some(Duration::from_millis(100)),
+            attempt_timeout: None,
+            hedge_after: None,
             params: &[FieldSpec {
                 name: "ms",
                 rust_type: "u64",
@@ -89,6 +93,8 @@ static VAULT_SPEC: ServiceSpec = ServiceSpec {
             doc: "Sleeps, with no timeout of its own.",
             idempotent: false,
             timeout: None,
+            attempt_timeout: None,
+            hedge_after: None,
             params: &[FieldSpec {
                 name: "ms",
                 rust_type: "u64",
@@ -104,6 +110,8 @@ static VAULT_SPEC: ServiceSpec = ServiceSpec {
             doc: "Forgets a key; returns nothing.",
             idempotent: false,
             timeout: None,
+            attempt_timeout: None,
+            hedge_after: None,
             params: &[FieldSpec {
                 name: "key",
                 rust_type: "String",
@@ -119,6 +127,8 @@ static VAULT_SPEC: ServiceSpec = ServiceSpec {
             doc: "Counts up to a number.",
             idempotent: true,
             timeout: None,
+            attempt_timeout: None,
+            hedge_after: None,
             params: &[
                 FieldSpec {
                     name: "upto",

@@ -60,6 +60,8 @@ static PROBE_SPEC: ServiceSpec = ServiceSpec {
             doc: "1, 2, ... upto; then fails if asked to.",
             idempotent: true,
             timeout: None,
+            attempt_timeout: None,
+            hedge_after: None,
             params: &[
                 FieldSpec {
                     name: "upto",
@@ -81,6 +83,8 @@ static PROBE_SPEC: ServiceSpec = ServiceSpec {
             doc: "`upto` strings of 1 KiB, produced as they are read.",
             idempotent: true,
             timeout: None,
+            attempt_timeout: None,
+            hedge_after: None,
             params: &[FieldSpec {
                 name: "upto",
                 rust_type: "u64",
@@ -96,6 +100,8 @@ static PROBE_SPEC: ServiceSpec = ServiceSpec {
             doc: "Adds up numbers.",
             idempotent: false,
             timeout: None,
+            attempt_timeout: None,
+            hedge_after: None,
             params: &[FieldSpec {
                 name: "start",
                 rust_type: "u64",
@@ -111,6 +117,8 @@ static PROBE_SPEC: ServiceSpec = ServiceSpec {
             doc: "Answers each word in capitals.",
             idempotent: false,
             timeout: None,
+            attempt_timeout: None,
+            hedge_after: None,
             params: &[],
             result_field: "result",
             result_type: "String",

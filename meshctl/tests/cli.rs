@@ -596,6 +596,8 @@ static NEXT_GREETER: meshrpc::ServiceSpec = meshrpc::ServiceSpec {
         doc: "Waves.",
         idempotent: true,
         timeout: None,
+        attempt_timeout: None,
+        hedge_after: None,
         params: &[],
         result_field: "result",
         result_type: "()",

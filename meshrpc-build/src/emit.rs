@@ -640,14 +640,18 @@ fn spec(service: &Service, names: &Names) -> TokenStream {
         let method_name = &method.name;
         let method_doc = &method.doc;
         let idempotent = method.idempotent;
-        let timeout = match method.timeout {
-            Some(timeout) => {
-                let millis =
-                    Literal::u64_unsuffixed(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let optional_duration = |duration: Option<std::time::Duration>| match duration {
+            Some(duration) => {
+                let millis = Literal::u64_unsuffixed(
+                    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                );
                 quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#millis)))
             }
             None => quote!(::core::option::Option::None),
         };
+        let timeout = optional_duration(method.timeout);
+        let attempt_timeout = optional_duration(method.attempt_timeout);
+        let hedge_after = optional_duration(method.hedge_after);
         let params = method.params.iter().map(|param| {
             let param_name = &param.name;
             let rust_type = param.ty.canonical();
@@ -668,6 +672,8 @@ fn spec(service: &Service, names: &Names) -> TokenStream {
                 doc: #method_doc,
                 idempotent: #idempotent,
                 timeout: #timeout,
+                attempt_timeout: #attempt_timeout,
+                hedge_after: #hedge_after,
                 params: &[#(#params),*],
                 result_field: #result_field,
                 result_type: #result_type,

@@ -43,6 +43,12 @@ pub(crate) struct Method {
     pub(crate) doc: String,
     pub(crate) idempotent: bool,
     pub(crate) timeout: Option<Duration>,
+    /// `attempt_timeout = "50ms"`: how long one attempt of an idempotent unary call may take
+    /// before it is abandoned and retried on another replica (adaptive when absent).
+    pub(crate) attempt_timeout: Option<Duration>,
+    /// `hedge_after = "20ms"`: when a second attempt of an idempotent unary call goes to
+    /// another replica (the service's observed p95 when absent).
+    pub(crate) hedge_after: Option<Duration>,
     /// The parameters that travel in the first request message (all but a client stream).
     pub(crate) params: Vec<Field>,
     /// The client stream: the last parameter, written `name: Stream<T>`, with `T` as its type.
@@ -172,7 +178,15 @@ pub(crate) enum VariantFields {
 
 const SERVICE_KEYS: &[&str] = &["doc", "use", "methods", "types"];
 const USE_KEYS: &[&str] = &["path", "json_schema"];
-const METHOD_KEYS: &[&str] = &["fn", "returns", "idempotent", "doc", "timeout"];
+const METHOD_KEYS: &[&str] = &[
+    "fn",
+    "returns",
+    "idempotent",
+    "doc",
+    "timeout",
+    "attempt_timeout",
+    "hedge_after",
+];
 const TYPE_KEYS: &[&str] = &["doc", "struct", "newtype", "tuple", "enum", "derive"];
 
 const KEYWORDS: &[&str] = &[
@@ -635,6 +649,10 @@ fn parse_method(
     let mut idempotent_at = 0;
     let mut doc = String::new();
     let mut timeout = None;
+    let mut attempt_timeout = None;
+    let mut hedge_after = None;
+    // Where the first of `attempt_timeout` / `hedge_after` is written, for errors.
+    let mut tail_key_at = None;
     match value.get_ref() {
         // Shorthand: `greet = "greet(name: String) -> String"`.
         DeValue::String(_) => signature = Some(value),
@@ -662,7 +680,15 @@ fn parse_method(
                         doc = expect_string(source, value, "doc", "\"What the method does.\"")?
                             .to_owned()
                     }
-                    "timeout" => timeout = Some(parse_timeout(source, value)?),
+                    "timeout" => timeout = Some(parse_timeout(source, value, "timeout")?),
+                    "attempt_timeout" => {
+                        tail_key_at.get_or_insert((key.span().start, "attempt_timeout"));
+                        attempt_timeout = Some(parse_timeout(source, value, "attempt_timeout")?)
+                    }
+                    "hedge_after" => {
+                        tail_key_at.get_or_insert((key.span().start, "hedge_after"));
+                        hedge_after = Some(parse_timeout(source, value, "hedge_after")?)
+                    }
                     _ => {
                         return Err(unknown_key(
                             source,
@@ -716,6 +742,21 @@ fn parse_method(
             ),
         ));
     }
+    if let Some((at, key)) = tail_key_at {
+        if !idempotent || stream.is_some() || result_streams {
+            return Err(source.error(
+                at,
+                format!(
+                    "`{key}` on method `{name}`: only idempotent unary methods are retried \
+                     after a slow attempt or hedged"
+                ),
+                format!(
+                    "remove `{key}`, or mark the method idempotent = true if running it twice \
+                     is safe (a streaming method is never hedged)"
+                ),
+            ));
+        }
+    }
     let returns = match returns {
         None => "result".to_owned(),
         Some((value, _)) if result_streams => {
@@ -751,6 +792,8 @@ fn parse_method(
         doc,
         idempotent,
         timeout,
+        attempt_timeout,
+        hedge_after,
         params,
         stream,
         result,
@@ -775,17 +818,20 @@ fn with_article(noun: &str) -> String {
     }
 }
 
-fn parse_timeout(source: Source<'_>, value: &Value<'_>) -> Result<Duration, Error> {
-    let fix =
-        "write a whole number followed by ms, s or m, e.g. timeout = \"250ms\", \"2s\" or \"1m\"";
+/// Parses a duration key (`timeout`, `attempt_timeout`, `hedge_after`): a whole number and a
+/// unit, `ms`, `s` or `m`, never zero.
+fn parse_timeout(source: Source<'_>, value: &Value<'_>, key: &str) -> Result<Duration, Error> {
+    let fix = format!(
+        "write a whole number followed by ms, s or m, e.g. {key} = \"250ms\", \"2s\" or \"1m\""
+    );
     let Some(text) = value.get_ref().as_str() else {
         return Err(source.error(
             value.span().start,
             format!(
-                "`timeout` must be a string with a unit, not {}",
+                "`{key}` must be a string with a unit, not {}",
                 describe(value)
             ),
-            fix,
+            &fix,
         ));
     };
     let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
@@ -798,15 +844,20 @@ fn parse_timeout(source: Source<'_>, value: &Value<'_>) -> Result<Duration, Erro
     });
     match duration {
         Some(duration) if !duration.is_zero() => Ok(duration),
-        Some(_) => Err(source.error(
+        Some(_) if key == "timeout" => Err(source.error(
             value.span().start,
             "a timeout of zero would fail every call",
-            fix,
+            &fix,
+        )),
+        Some(_) => Err(source.error(
+            value.span().start,
+            format!("an `{key}` of zero would send every call twice"),
+            &fix,
         )),
         None => Err(source.error(
             value.span().start,
             format!("`{text}` is not a duration"),
-            fix,
+            &fix,
         )),
     }
 }

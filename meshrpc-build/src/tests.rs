@@ -69,6 +69,48 @@ fn timeouts_accept_milliseconds_seconds_and_minutes() {
 }
 
 #[test]
+fn attempt_timeout_and_hedge_after_are_read_on_idempotent_unary_methods() {
+    let manifest = parse(
+        "[s.methods]\na = { fn = \"a()\", idempotent = true, attempt_timeout = \"50ms\", hedge_after = \"20ms\" }\nb = { fn = \"b()\", idempotent = true }\n",
+    );
+    let methods = &manifest.services[0].methods;
+    assert_eq!(methods[0].attempt_timeout, Some(Duration::from_millis(50)));
+    assert_eq!(methods[0].hedge_after, Some(Duration::from_millis(20)));
+    assert_eq!(
+        (methods[1].attempt_timeout, methods[1].hedge_after),
+        (None, None)
+    );
+}
+
+#[test]
+fn hedging_a_method_that_may_not_run_twice_is_refused_where_it_is_written() {
+    let refuse = |text: &str| {
+        manifest::parse(Source {
+            path: "services.toml",
+            text,
+        })
+        .expect_err("refused")
+        .to_string()
+    };
+    let error = refuse("[s.methods]\na = { fn = \"a()\", hedge_after = \"20ms\" }\n");
+    assert!(error.starts_with("services.toml:2:"), "{error}");
+    assert!(error.contains("`hedge_after` on method `a`"), "{error}");
+    assert!(error.contains("idempotent = true"), "{error}");
+    let error = refuse(
+        "[s.methods]\na = { fn = \"a(n: u32) -> Stream<u32>\", idempotent = true, attempt_timeout = \"5ms\" }\n",
+    );
+    assert!(error.contains("`attempt_timeout` on method `a`"), "{error}");
+    let error =
+        refuse("[s.methods]\na = { fn = \"a()\", idempotent = true, attempt_timeout = \"0ms\" }\n");
+    assert!(error.contains("an `attempt_timeout` of zero"), "{error}");
+    let error = refuse("[s.methods]\na = { fn = \"a()\", idempotent = true, hedge_after = 20 }\n");
+    assert!(
+        error.contains("`hedge_after` must be a string with a unit"),
+        "{error}"
+    );
+}
+
+#[test]
 fn the_signature_may_leave_out_the_name_or_spell_out_fn() {
     let manifest =
         parse("[s.methods]\na = \"(x: String) -> bool\"\nb = \"fn b(x: String) -> bool\"\n");

@@ -378,6 +378,8 @@ mod tests {
         doc: "",
         idempotent: false,
         timeout: Some(Duration::from_millis(50)),
+        attempt_timeout: None,
+        hedge_after: None,
         params: &[],
         result_field: "result",
         result_type: "()",

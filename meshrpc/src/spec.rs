@@ -133,6 +133,14 @@ pub struct MethodSpec {
     pub idempotent: bool,
     /// The default timeout of a call, if the manifest sets one (`timeout = "2s"`).
     pub timeout: Option<Duration>,
+    /// How long one attempt of an idempotent unary call may go unanswered before it is
+    /// abandoned and retried on another replica (`attempt_timeout = "50ms"` in the manifest);
+    /// `None`: adaptive, from the service's observed latency.
+    pub attempt_timeout: Option<Duration>,
+    /// When an idempotent unary call that has not been answered yet is sent to a second
+    /// replica as well (`hedge_after = "20ms"` in the manifest); `None`: the service's
+    /// observed p95 latency.
+    pub hedge_after: Option<Duration>,
     /// The parameters: the fields of the request map, in signature order.
     pub params: &'static [FieldSpec],
     /// The name of the single field of the response map that carries the result

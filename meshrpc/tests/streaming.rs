@@ -31,6 +31,8 @@ const fn method(
         doc: "",
         idempotent,
         timeout: None,
+        attempt_timeout: None,
+        hedge_after: None,
         params: &[],
         result_field: "sum",
         result_type: "i64",

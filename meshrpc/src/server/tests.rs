@@ -21,6 +21,8 @@ const fn method(name: &'static str, kind: MethodKind, index: usize) -> MethodSpe
         doc: "",
         idempotent: false,
         timeout: None,
+        attempt_timeout: None,
+        hedge_after: None,
         params: &[],
         result_field: "result",
         result_type: "()",

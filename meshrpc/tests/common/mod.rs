@@ -21,6 +21,8 @@ macro_rules! method {
             doc: "",
             idempotent: $idempotent,
             timeout: None,
+            attempt_timeout: None,
+            hedge_after: None,
             params: &[FieldSpec {
                 name: "x",
                 rust_type: "u64",

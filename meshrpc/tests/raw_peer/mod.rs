@@ -299,6 +299,8 @@ macro_rules! greeter_method {
             doc: "",
             idempotent: true,
             timeout: None,
+            attempt_timeout: None,
+            hedge_after: None,
             params: &[FieldSpec {
                 name: $param,
                 rust_type: $param_type,

@@ -410,6 +410,8 @@ async fn an_unknown_method_is_unimplemented() {
         doc: "",
         idempotent: false,
         timeout: None,
+        attempt_timeout: None,
+        hedge_after: None,
         params: &[],
         result_field: "result",
         result_type: "()",

@@ -401,6 +401,8 @@ mod tests {
             doc: "",
             idempotent: false,
             timeout: None,
+            attempt_timeout: None,
+            hedge_after: None,
             params: &[],
             result_field: "value",
             result_type: "u64",

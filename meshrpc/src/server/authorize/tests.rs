@@ -16,6 +16,8 @@ static CHARGE: MethodSpec = MethodSpec {
     doc: "",
     idempotent: false,
     timeout: None,
+    attempt_timeout: None,
+    hedge_after: None,
     params: &[],
     result_field: "value",
     result_type: "u64",
