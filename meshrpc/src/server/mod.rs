@@ -5,6 +5,7 @@
 //! connection   read CALL header, route to a method, read the first message  (request.rs)
 //!   Admit        limit of calls in flight, refusals while draining            (admission.rs)
 //!   Observe      metrics, access log, trace span                               (observe.rs)
+//!   Authorize    the node's caller policy (`--allow`)                          (authorize.rs)
 //!   Deadline     cut the handler (and its stream) off at the deadline          (deadline.rs)
 //!   CatchPanic   a panicking handler answers `internal`                        (catch_panic.rs)
 //!   [layers added with NodeBuilder::layer]

@@ -12,7 +12,7 @@ use tracing::debug;
 
 use crate::status::{Code, Status};
 use crate::streaming::{Body, Streaming};
-use crate::transport::streams::{SendGuard, data_frame, item_too_large, status_frame};
+use crate::transport::streams::{End, SendGuard, batch_ready, status_frame};
 use crate::wire::{FrameKind, StatusBody};
 
 /// The `STATUS` frame of every successful reply.
@@ -74,8 +74,8 @@ pub(crate) async fn write_reply(
     (Written::Finished, send.finish())
 }
 
-/// Writes each item of `stream`; returns the `STATUS` frame that ends it, or `Err` if the
-/// caller went away.
+/// Writes each item of `stream` (the items ready together in one write); returns the `STATUS`
+/// frame that ends it, or `Err` if the caller went away.
 async fn write_items(
     send: &mut SendGuard,
     mut stream: Streaming<Bytes>,
@@ -84,45 +84,34 @@ async fn write_items(
     ending: impl Future<Output = ()>,
 ) -> Result<Bytes, ()> {
     let mut ending = std::pin::pin!(ending);
+    let shut_down = || {
+        let status = Status::unavailable(format!(
+            "this node shut down before the stream of `{target}` finished"
+        ));
+        status_frame(&StatusBody::from(&status))
+    };
     loop {
         let next = tokio::select! {
             biased;
-            () = &mut ending => {
-                let status = Status::unavailable(format!(
-                    "this node shut down before the stream of `{target}` finished"
-                ));
-                return Ok(status_frame(&StatusBody::from(&status)));
-            }
+            () = &mut ending => return Ok(shut_down()),
             _ = send.get().stopped() => {
                 debug!(%target, "the caller stopped reading the stream; producer dropped");
                 return Err(());
             }
             next = stream.next() => next,
         };
-        let item = match next {
+        let first = match next {
             None => return Ok(Bytes::from_static(OK_STATUS_FRAME)),
-            Some(Err(status)) => {
-                // An error is never sent as `ok`, whatever the producer put in it.
-                let status = if status.code() == Code::Ok {
-                    Status::new(Code::Unknown, status.message().to_owned())
-                } else {
-                    status
-                };
-                return Ok(status_frame(&StatusBody::from(&status)));
-            }
+            Some(Err(status)) => return Ok(end_frame(status)),
             Some(Ok(item)) => item,
         };
-        if item.len() > max_message {
-            let status = item_too_large(item.len(), max_message, target);
-            return Ok(status_frame(&StatusBody::from(&status)));
-        }
-        let mut chunks = data_frame(item);
+        let (mut chunks, end) = batch_ready(first, &mut stream, max_message, target);
         let write = send.get().write_all_chunks(&mut chunks);
         let written = tokio::select! {
             biased;
             written = write => written.is_ok(),
             () = &mut ending => {
-                // Part of the frame may be out: a status cannot follow it, a reset can.
+                // Part of a frame may be out: a status cannot follow it, a reset can.
                 send.reset_in_place(crate::transport::error_code::SHUTDOWN);
                 return Err(());
             }
@@ -130,7 +119,23 @@ async fn write_items(
         if !written {
             return Err(());
         }
+        match end {
+            None => {}
+            Some(End::Finished) => return Ok(Bytes::from_static(OK_STATUS_FRAME)),
+            Some(End::Failed(status)) => return Ok(end_frame(status)),
+        }
     }
+}
+
+/// The `STATUS` frame that ends a stream with `status`: an error is never sent as `ok`,
+/// whatever the producer put in it.
+fn end_frame(status: Status) -> Bytes {
+    let status = if status.code() == Code::Ok {
+        Status::new(Code::Unknown, status.message().to_owned())
+    } else {
+        status
+    };
+    status_frame(&StatusBody::from(&status))
 }
 
 #[cfg(test)]

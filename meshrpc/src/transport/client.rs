@@ -12,8 +12,7 @@ use tower::Service;
 use super::connections::Connections;
 use super::io::{ReadFrameError, read_frame};
 use super::streams::{
-    Direction, SendGuard, data_frame, first_reply_item, incoming_items, item_too_large,
-    status_frame,
+    Direction, End, SendGuard, batch_ready, first_reply_item, incoming_items, status_frame,
 };
 use crate::channel::Call;
 use crate::service::BoxFuture;
@@ -248,7 +247,7 @@ async fn pump_items(mut send: SendGuard, mut items: Streaming<Bytes>, max: usize
             _ = send.get().stopped() => return,
             next = std::panic::AssertUnwindSafe(items.next()).catch_unwind() => next,
         };
-        let item = match next {
+        let first = match next {
             Err(_panic) => {
                 tracing::warn!(%target, "the stream of items of a call panicked");
                 send.reset(super::error_code::PANICKED);
@@ -258,32 +257,42 @@ async fn pump_items(mut send: SendGuard, mut items: Streaming<Bytes>, max: usize
                 send.finish();
                 return;
             }
-            Ok(Some(Err(status))) => {
-                let status = if status.code() == Code::Ok {
-                    Status::new(Code::Unknown, status.message().to_owned())
-                } else {
-                    status
-                };
-                let frame = status_frame(&StatusBody::from(&status));
-                if send.get().write_chunk(frame).await.is_ok() {
-                    send.finish();
-                }
-                return;
-            }
+            Ok(Some(Err(status))) => return abort_items(send, status).await,
             Ok(Some(Ok(item))) => item,
         };
-        if item.len() > max {
-            let status = item_too_large(item.len(), max, &target);
-            let frame = status_frame(&StatusBody::from(&status));
-            if send.get().write_chunk(frame).await.is_ok() {
-                send.finish();
-            }
+        let batched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            batch_ready(first, &mut items, max, &target)
+        }));
+        let Ok((mut chunks, end)) = batched else {
+            tracing::warn!(%target, "the stream of items of a call panicked");
+            send.reset(super::error_code::PANICKED);
             return;
-        }
-        let mut chunks = data_frame(item);
+        };
         if send.get().write_all_chunks(&mut chunks).await.is_err() {
             return;
         }
+        match end {
+            None => {}
+            Some(End::Finished) => {
+                send.finish();
+                return;
+            }
+            Some(End::Failed(status)) => return abort_items(send, status).await,
+        }
+    }
+}
+
+/// Ends the caller's items with `status` in a `STATUS` frame: the callee sees that error,
+/// never a clean end.
+async fn abort_items(mut send: SendGuard, status: Status) {
+    let status = if status.code() == Code::Ok {
+        Status::new(Code::Unknown, status.message().to_owned())
+    } else {
+        status
+    };
+    let frame = status_frame(&StatusBody::from(&status));
+    if send.get().write_chunk(frame).await.is_ok() {
+        send.finish();
     }
 }
 

@@ -16,7 +16,7 @@
 //! | sent a reply without `STATUS`             | `FIN`                       | `unavailable`     |
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use quinn::{RecvStream, SendStream, VarInt};
 
 use super::error_code;
@@ -285,6 +285,69 @@ pub(crate) fn status_frame(status: &StatusBody) -> Bytes {
     let mut frame = BytesMut::with_capacity(body.len() + 5);
     encode_frame(FrameKind::Status, &body, &mut frame);
     frame.freeze()
+}
+
+/// Items smaller than this are copied into a batch with the items ready after them, so a
+/// stream of small items costs one write (and one buffer in QUIC) per batch, not per item.
+const COALESCE_BELOW: usize = 4 * 1024;
+
+/// The most bytes one batch gathers.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// How a stream of items ended, once its producer said so.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The producer finished.
+    Finished,
+    /// The producer failed, or produced an item over the limit.
+    Failed(Status),
+}
+
+/// The chunks that carry `first` and every item the producer has ready right after it (up to
+/// [`BATCH_BYTES`]), and how the stream ended if the producer ended it meanwhile. Small items
+/// are copied together into one chunk; a large one goes out as is, never copied.
+pub(crate) fn batch_ready(
+    first: Bytes,
+    items: &mut Streaming<Bytes>,
+    max: usize,
+    target: &str,
+) -> (Vec<Bytes>, Option<End>) {
+    let mut chunks = Vec::new();
+    let mut small = BytesMut::new();
+    let mut size = 0;
+    let mut next = Some(first);
+    let end = loop {
+        let Some(item) = next.take() else {
+            break None;
+        };
+        if item.len() > max {
+            break Some(End::Failed(item_too_large(item.len(), max, target)));
+        }
+        size += item.len() + 5;
+        if item.len() < COALESCE_BELOW {
+            small.put_u8(FrameKind::Data as u8);
+            small.put_u32(item.len() as u32);
+            small.put_slice(&item);
+        } else {
+            if !small.is_empty() {
+                chunks.push(small.split().freeze());
+            }
+            chunks.extend(data_frame(item));
+        }
+        if size >= BATCH_BYTES {
+            break None;
+        }
+        match items.next().now_or_never() {
+            Some(Some(Ok(item))) => next = Some(item),
+            Some(Some(Err(status))) => break Some(End::Failed(status)),
+            Some(None) => break Some(End::Finished),
+            None => break None,
+        }
+    };
+    if !small.is_empty() {
+        chunks.push(small.freeze());
+    }
+    (chunks, end)
 }
 
 /// The status for an item over the message limit, before it is sent.
