@@ -209,7 +209,8 @@ impl HttpMetrics {
 #[derive(Debug, Clone)]
 pub struct KnownService(pub String);
 
-/// The middleware: times every request and counts its answer.
+/// The middleware: times every request and counts its answer, when the answer's head is ready
+/// (for a streamed answer, the time to its head: a stream is counted as it starts).
 pub async fn record(
     State(metrics): State<std::sync::Arc<HttpMetrics>>,
     request: Request,

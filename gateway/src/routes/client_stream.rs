@@ -27,7 +27,6 @@ use crate::Shared;
 use crate::descriptors::{Descriptor, MethodDescriptor};
 use crate::error::ApiError;
 use crate::routes::generic::{call_error, prepare_call, query_or_body_to_msgpack, query_to_json};
-use crate::stream_end::StreamEnd;
 use crate::transcode::{self, Schema};
 
 /// Items read ahead of the call: the runtime's own buffer size.
@@ -96,14 +95,12 @@ pub async fn call(
     let reply = reply.map_err(|status| call_error(status, descriptor, method))?;
     let json = transcode::msgpack_to_json_envelope(&reply)
         .map_err(|error| ApiError::new(Code::Internal, error.to_string()))?;
-    let mut response = (
+    // The body was read by now: the request ends with this answer, as a unary one does.
+    Ok((
         [(http::header::CONTENT_TYPE, "application/json")],
         Bytes::from(json),
     )
-        .into_response();
-    // Counted and logged as the streamed request it was (its answer is whole by now).
-    response.extensions_mut().insert(StreamEnd::new());
-    Ok(response)
+        .into_response())
 }
 
 /// Bounds on reading a streamed body.
