@@ -8,14 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use foca::{Member, Timer};
+use foca::Member;
 use futures_util::StreamExt;
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::time::DelayQueue;
 use tracing::{debug, info};
 
-use super::core::{Core, Effects, MAX_SYNC_MESSAGE, decode_members, encode_members, swim_config};
+use super::core::{
+    Core, CoreTimer, Effects, MAX_SYNC_MESSAGE, decode_members, encode_members, swim_config,
+};
 use super::identity::MemberId;
 use super::view::View;
 use crate::transport::connections::Connections;
@@ -25,6 +27,7 @@ use crate::wire::{Frame, FrameDecoder, FrameKind};
 enum Input {
     Datagram(Bytes),
     Announce(SocketAddr),
+    Unresponsive(SocketAddr),
     Apply(Vec<Member<MemberId>>),
     Snapshot(oneshot::Sender<Vec<Member<MemberId>>>),
     SetDraining(oneshot::Sender<()>),
@@ -38,6 +41,7 @@ pub struct Membership {
     view: watch::Receiver<Arc<View>>,
     cluster: Arc<str>,
     local_addr: SocketAddr,
+    reported: Arc<ReportFilter>,
 }
 
 impl std::fmt::Debug for Input {
@@ -45,6 +49,7 @@ impl std::fmt::Debug for Input {
         f.write_str(match self {
             Input::Datagram(_) => "Datagram",
             Input::Announce(_) => "Announce",
+            Input::Unresponsive(_) => "Unresponsive",
             Input::Apply(_) => "Apply",
             Input::Snapshot(_) => "Snapshot",
             Input::SetDraining(_) => "SetDraining",
@@ -65,6 +70,7 @@ impl Membership {
             view,
             cluster,
             local_addr,
+            reported: Arc::default(),
         };
         let agent = Agent {
             core,
@@ -90,6 +96,21 @@ impl Membership {
     /// The cluster's name.
     pub fn cluster(&self) -> &str {
         &self.cluster
+    }
+
+    /// Reports that the member at `addr` stopped answering calls (they time out): membership
+    /// pings it at once instead of waiting for its turn in the probe round, and suspects it if
+    /// it does not answer; the member refutes the suspicion if it is alive, and is declared
+    /// down only when the suspicion runs out, as for any failed probe. Never declares a member
+    /// dead by itself.
+    ///
+    /// Cheap to call on every timed-out call: each member is acted on at most once per cool-down
+    /// (5 s), so callers cannot flood the member or the mesh; addresses that are not members
+    /// are ignored.
+    pub fn report_unresponsive(&self, addr: SocketAddr) {
+        if self.reported.admit(addr) {
+            let _ = self.inputs.send(Input::Unresponsive(addr));
+        }
     }
 
     /// Feeds a gossip datagram received on any connection.
@@ -219,7 +240,7 @@ impl Membership {
 struct Agent {
     core: Core,
     inputs: mpsc::UnboundedReceiver<Input>,
-    timers: DelayQueue<Timer<MemberId>>,
+    timers: DelayQueue<CoreTimer>,
     connections: Connections,
     view: watch::Sender<Arc<View>>,
 }
@@ -232,7 +253,10 @@ impl Agent {
                     Some(input) => self.handle(input),
                     None => return,
                 },
-                Some(expired) = self.timers.next() => self.core.timer(expired.into_inner()),
+                Some(expired) = self.timers.next() => {
+                    let late = tokio::time::Instant::now().saturating_duration_since(expired.deadline());
+                    self.core.timer(expired.into_inner(), late)
+                }
             };
             self.carry_out(effects);
         }
@@ -242,6 +266,7 @@ impl Agent {
         match input {
             Input::Datagram(data) => self.core.datagram(&data),
             Input::Announce(addr) => self.core.announce(addr),
+            Input::Unresponsive(addr) => self.core.report_unresponsive(addr),
             Input::Apply(members) => self.core.apply(members),
             Input::Snapshot(reply) => {
                 // Once the node left, the reply is dropped: it answers no exchange.
@@ -294,5 +319,39 @@ impl Agent {
                 let _ = connection.send_datagram(data);
             }
         });
+    }
+}
+
+/// The handle's side of report rate-limiting: at most one report per address per
+/// [`ReportFilter::WINDOW`] reaches the agent, so a caller reporting on every failed call does
+/// not queue thousands of inputs. (The core rate-limits again, per member, over a longer
+/// cool-down.)
+#[derive(Debug, Default)]
+struct ReportFilter {
+    last: std::sync::Mutex<std::collections::HashMap<SocketAddr, std::time::Instant>>,
+}
+
+impl ReportFilter {
+    const WINDOW: Duration = Duration::from_secs(1);
+    /// More addresses than a view holds only if callers report non-members: the old ones go.
+    const MAX_ADDRESSES: usize = 4096;
+
+    fn admit(&self, addr: SocketAddr) -> bool {
+        let now = std::time::Instant::now();
+        let mut last = crate::lock(&self.last);
+        if last
+            .get(&addr)
+            .is_some_and(|at| now.duration_since(*at) < Self::WINDOW)
+        {
+            return false;
+        }
+        if last.len() >= Self::MAX_ADDRESSES {
+            last.retain(|_, at| now.duration_since(*at) < Self::WINDOW);
+            if last.len() >= Self::MAX_ADDRESSES {
+                return false;
+            }
+        }
+        last.insert(addr, now);
+        true
     }
 }

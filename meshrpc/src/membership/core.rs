@@ -7,18 +7,24 @@
 //! QUIC and tokio timers; the simulation (`sim.rs`) carries them out in virtual time. Both run
 //! this code, so what the simulation measures is what the node does.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use foca::{Config, Foca, Member, NoCustomBroadcast, Notification, State, Timer};
+use foca::{
+    Config, Foca, Header, Incarnation, Member, Message, NoCustomBroadcast, Notification, State,
+    Timer,
+};
 use rand::rngs::StdRng;
 use tracing::{debug, error, info, warn};
 
 use super::codec::MsgPackCodec;
+use super::health::LocalHealth;
 use super::identity::MemberId;
+use super::reports::{REPORT_COOLDOWN, REPORT_PROBE_RTTS, Reports};
 use super::view::{Liveness, MemberView, View};
 use crate::wire::{FrameDecoder, FrameKind, encode_frame};
 
@@ -68,13 +74,24 @@ pub(crate) fn transmissions_for(members: usize) -> NonZeroU8 {
     NonZeroU8::new(count as u8).unwrap_or(NonZeroU8::MIN)
 }
 
+/// A timer the core asks its shell for: foca's own, or one of the core's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CoreTimer {
+    /// A foca timer.
+    Swim(Timer<MemberId>),
+    /// The ping a caller's report started is due: suspect the member if it did not answer.
+    ReportProbe(SocketAddr),
+    /// The cool-down of a report is over.
+    ReportCooled(SocketAddr),
+}
+
 /// What the core asks its shell to do after one input.
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
     /// Gossip datagrams to send, by destination address.
     pub(crate) sends: Vec<(SocketAddr, Bytes)>,
     /// Timers to set: hand the timer back to [`Core::timer`] after the delay.
-    pub(crate) timers: Vec<(Timer<MemberId>, Duration)>,
+    pub(crate) timers: Vec<(CoreTimer, Duration)>,
     /// Addresses whose pooled connection should close: their member went down.
     pub(crate) close: Vec<SocketAddr>,
     /// Addresses whose pooled connection should close if it was established before the time:
@@ -152,6 +169,16 @@ pub(crate) struct Core {
     adaptive: bool,
     /// The member count `max_transmissions` was last tuned for.
     tuned_for: usize,
+    /// How far behind this node runs, and how much its timeouts stretch for it.
+    health: LocalHealth,
+    /// Callers' reports of unresponsive members under way or cooling down.
+    reports: Reports,
+    /// Suspicions whose expiry was put off because this node runs late, by member address and
+    /// incarnation: how long they were put off so far. At most one entry per suspect member.
+    deferred: HashMap<(SocketAddr, Incarnation), Duration>,
+    /// foca's current timer token, as carried by the timers it sets: a suspicion the core
+    /// raises is timed out by foca's own `ChangeSuspectToDown`, which needs it.
+    token: Option<foca::TimerToken>,
 }
 
 impl std::fmt::Debug for Core {
@@ -179,6 +206,7 @@ impl Core {
         let view = Arc::new(local_view(&local, Vec::new()));
         let mut core = Core {
             foca: Foca::new(local, config.clone(), rng, MsgPackCodec),
+            health: LocalHealth::new(config.probe_rtt),
             config,
             cluster,
             left: false,
@@ -188,6 +216,9 @@ impl Core {
             digest: 0,
             adaptive: true,
             tuned_for: 0,
+            reports: Reports::default(),
+            deferred: HashMap::new(),
+            token: None,
         };
         core.digest = core.digest();
         core
@@ -245,7 +276,13 @@ impl Core {
         // Defence in depth: TLS already keeps other clusters out.
         let mut peek = data;
         match foca::Codec::decode_header(&mut MsgPackCodec, &mut peek) {
-            Ok(header) if header.src.cluster == self.cluster => {}
+            Ok(header) if header.src.cluster == self.cluster => {
+                if let Message::Ack(probe) = header.message {
+                    // An answer to a report's ping (foca ignores it unless it is probing the
+                    // member with the same number).
+                    self.reports.ack(header.src.addr, probe);
+                }
+            }
             Ok(header) => {
                 debug!(from = %header.src.cluster, "dropped gossip of another cluster");
                 return Effects::default();
@@ -261,15 +298,150 @@ impl Core {
         self.effects()
     }
 
-    /// Handles a timer set by an earlier [`Effects::timers`].
-    pub(crate) fn timer(&mut self, timer: Timer<MemberId>) -> Effects {
+    /// Handles a timer set by an earlier [`Effects::timers`], which fired `late` after its
+    /// deadline (how far behind the node's event loop runs: see [`LocalHealth`]).
+    pub(crate) fn timer(&mut self, timer: CoreTimer, late: Duration) -> Effects {
         if self.left {
             return Effects::default();
+        }
+        self.health.observe(late);
+        match timer {
+            CoreTimer::Swim(timer) => self.swim_timer(timer),
+            CoreTimer::ReportProbe(addr) => self.conclude_report(addr),
+            CoreTimer::ReportCooled(addr) => {
+                self.reports.forget(addr);
+                Effects::default()
+            }
+        }
+    }
+
+    fn swim_timer(&mut self, timer: Timer<MemberId>) -> Effects {
+        match &timer {
+            Timer::ProbeRandomMember(_) => self.health.tick(),
+            Timer::ChangeSuspectToDown {
+                member_id,
+                incarnation,
+                ..
+            } => {
+                // A node that runs late may not have read the refutation yet: it gives the
+                // suspect `score` more suspicion timeouts before declaring it down.
+                let key = (member_id.addr, *incarnation);
+                let wanted = self
+                    .config
+                    .suspect_to_down_after
+                    .saturating_mul(self.health.score());
+                let granted = self.deferred.get(&key).copied().unwrap_or_default();
+                if granted < wanted {
+                    self.deferred.insert(key, wanted);
+                    return Effects {
+                        timers: vec![(CoreTimer::Swim(timer), wanted - granted)],
+                        ..Effects::default()
+                    };
+                }
+                self.deferred.remove(&key);
+            }
+            _ => {}
         }
         if let Err(error) = self.foca.handle_timer(timer, &mut self.outbox) {
             debug!(%error, "gossip timer failed");
         }
         self.effects()
+    }
+
+    /// A caller reports that the member at `addr` stopped answering calls: ping it now and,
+    /// unless it answers within [`REPORT_PROBE_RTTS`] probe round-trips, suspect it (it refutes
+    /// the suspicion if it is alive). A member is acted on at most once per
+    /// [`REPORT_COOLDOWN`]; addresses outside the view are ignored.
+    pub(crate) fn report_unresponsive(&mut self, addr: SocketAddr) -> Effects {
+        if self.left {
+            return Effects::default();
+        }
+        let Some(member) = self
+            .foca
+            .iter_members()
+            .find(|member| member.id().addr == addr && member.state() == State::Alive)
+        else {
+            return Effects::default();
+        };
+        let target = member.id().clone();
+        let Some(probe) = self.reports.start(addr) else {
+            return Effects::default();
+        };
+        debug!(member = %target.name, %addr, "a caller reports the member unresponsive; probing it");
+        let header = Header {
+            src: self.foca.identity().clone(),
+            // The receiver only learns that this node is at least at incarnation 0, which it
+            // knows already: the ping changes nothing it holds about this node.
+            src_incarnation: 0,
+            dst: target,
+            message: Message::Ping(probe),
+        };
+        let mut wire = Vec::with_capacity(256);
+        let mut effects = Effects::default();
+        match foca::Codec::encode_header(&mut MsgPackCodec, &header, &mut wire) {
+            Ok(()) => effects.sends.push((addr, Bytes::from(wire))),
+            Err(error) => debug!(%error, "could not encode a report's ping"),
+        }
+        let wait = self
+            .health
+            .scale(self.config.probe_rtt.saturating_mul(REPORT_PROBE_RTTS));
+        effects.timers.push((CoreTimer::ReportProbe(addr), wait));
+        effects
+            .timers
+            .push((CoreTimer::ReportCooled(addr), REPORT_COOLDOWN));
+        effects
+    }
+
+    /// The wait for a report's ack is over: suspects the member if it did not answer.
+    fn conclude_report(&mut self, addr: SocketAddr) -> Effects {
+        if !self.reports.unanswered(addr) {
+            return Effects::default();
+        }
+        let Some(member) = self
+            .foca
+            .iter_members()
+            .find(|member| member.id().addr == addr && member.state() == State::Alive)
+        else {
+            return Effects::default();
+        };
+        let (id, incarnation) = (member.id().clone(), member.incarnation());
+        info!(member = %id.name, %addr, "a reported member did not answer a ping; suspecting it");
+        let suspect = Member::new(id.clone(), incarnation, State::Suspect);
+        if let Err(error) = self
+            .foca
+            .apply_many(std::iter::once(suspect), true, &mut self.outbox)
+        {
+            debug!(%error, "could not suspect a reported member");
+        }
+        // foca times out only the suspicions of its own probes: the member is declared down
+        // if the suspicion runs out unrefuted, exactly as after a failed probe.
+        if let Some(token) = self.token {
+            let timer = Timer::ChangeSuspectToDown {
+                member_id: id,
+                incarnation,
+                token,
+            };
+            self.outbox
+                .timers
+                .push((timer, self.config.suspect_to_down_after));
+        }
+        self.effects()
+    }
+
+    /// Whether the node stretches its timeouts when it runs late (the default); off, it keeps
+    /// foca's fixed timings (the simulation compares both).
+    pub(crate) fn set_local_health(&mut self, enabled: bool) {
+        self.health.set_enabled(enabled);
+    }
+
+    /// This node's local health score (0 when its timers fire on time).
+    pub(crate) fn health(&self) -> u32 {
+        self.health.score()
+    }
+
+    /// How many members are within a report's cool-down.
+    pub(crate) fn reports_pending(&self) -> usize {
+        self.reports.len()
     }
 
     /// Announces this node to the member at `addr` (a seed known only by address).
@@ -373,9 +545,28 @@ impl Core {
             self.announce_rejoin();
         }
         let outbox = std::mem::take(&mut self.outbox);
+        let health = self.health.clone();
+        let timers = outbox
+            .timers
+            .into_iter()
+            .map(|(timer, after)| {
+                if let Timer::ProbeRandomMember(token) = &timer {
+                    self.token = Some(*token);
+                }
+                // A node that runs late probes more slowly and waits longer for acks, so it
+                // does not suspect members whose acks it has not read yet.
+                let after = match timer {
+                    Timer::ProbeRandomMember(_) | Timer::SendIndirectProbe { .. } => {
+                        health.scale(after)
+                    }
+                    _ => after,
+                };
+                (CoreTimer::Swim(timer), after)
+            })
+            .collect();
         let mut effects = Effects {
             sends: outbox.sends,
-            timers: outbox.timers,
+            timers,
             ups: outbox.ups,
             downs: outbox.downs,
             ..Effects::default()

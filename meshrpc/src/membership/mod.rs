@@ -10,7 +10,9 @@
 pub(crate) mod agent;
 pub(crate) mod codec;
 pub(crate) mod core;
+pub(crate) mod health;
 pub mod identity;
+pub(crate) mod reports;
 #[doc(hidden)]
 pub mod sim;
 pub mod view;

@@ -26,11 +26,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use foca::{Config, Timer};
+use foca::Config;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::core::{Core, Effects, decode_members_frame, encode_members};
+use super::core::{Core, CoreTimer, Effects, decode_members_frame, encode_members};
 use super::identity::{MemberId, Published};
 
 /// How long a joining node waits for a seed that does not answer (the node's connect timeout).
@@ -106,7 +106,9 @@ enum Event {
     Timer {
         node: usize,
         life: u32,
-        timer: Timer<MemberId>,
+        timer: CoreTimer,
+        /// When it was due (it runs later on a stalled node).
+        due: Duration,
     },
     Datagram {
         to: SocketAddr,
@@ -175,6 +177,9 @@ struct Node {
     sent_bytes: u64,
     /// Whether its view holds exactly the running nodes, all alive.
     complete: bool,
+    /// A starved node runs only at multiples of this: its timers fire late and the datagrams
+    /// it receives wait until then.
+    stall: Option<Duration>,
 }
 
 /// A simulated mesh.
@@ -191,6 +196,7 @@ pub struct Simulation {
     seed: u64,
     config: Config,
     adaptive: bool,
+    local_health: bool,
     services: usize,
     traffic: Traffic,
     log: Vec<Notice>,
@@ -215,6 +221,7 @@ impl Simulation {
             seed,
             config,
             adaptive: true,
+            local_health: true,
             services: 3,
             traffic: Traffic::default(),
             log: Vec::new(),
@@ -232,6 +239,40 @@ impl Simulation {
     /// (on by default).
     pub fn set_adaptive(&mut self, adaptive: bool) {
         self.adaptive = adaptive;
+    }
+
+    /// Whether nodes stretch their timeouts when they run late, as the node does (on by
+    /// default; applies to nodes started afterwards).
+    pub fn set_local_health(&mut self, enabled: bool) {
+        self.local_health = enabled;
+    }
+
+    /// Starves node `node` of CPU: it runs only at multiples of `every` (its timers fire up to
+    /// `every` late, and what it receives waits until then), or normally again with `None`.
+    pub fn stall(&mut self, node: usize, every: Option<Duration>) {
+        self.nodes[node].stall = every.filter(|every| !every.is_zero());
+    }
+
+    /// Node `node`'s local health score (0 when its timers fire on time).
+    pub fn health(&self, node: usize) -> u32 {
+        self.nodes[node].core.as_ref().map_or(0, Core::health)
+    }
+
+    /// A caller on node `observer` reports that `member` stopped answering calls
+    /// ([`Membership::report_unresponsive`](super::Membership::report_unresponsive)).
+    pub fn report_unresponsive(&mut self, observer: usize, member: SocketAddr) {
+        if let Some(core) = self.nodes[observer].core.as_mut() {
+            let effects = core.report_unresponsive(member);
+            self.carry_out(observer, effects);
+        }
+    }
+
+    /// Whether node `observer` holds `member` as suspect.
+    pub fn suspects(&self, observer: usize, member: SocketAddr) -> bool {
+        self.nodes[observer].core.as_ref().is_some_and(|core| {
+            core.active_members()
+                .any(|(id, alive)| id.addr == member && !alive)
+        })
     }
 
     /// How many services each node publishes (3 by default).
@@ -346,6 +387,7 @@ impl Simulation {
             join_pause: Duration::from_millis(200),
             sent_bytes: 0,
             complete: false,
+            stall: None,
         });
         self.by_addr.insert(addr, index);
         self.start(index);
@@ -484,6 +526,7 @@ impl Simulation {
         );
         let mut core = Core::new(identity, self.config.clone(), rng);
         core.set_adaptive(self.adaptive);
+        core.set_local_health(self.local_health);
         self.nodes[node].core = Some(core);
         self.nodes[node].join_pause = Duration::from_millis(200);
         self.nodes[node].pending_joins = 0;
@@ -505,14 +548,36 @@ impl Simulation {
         self.nodes[from].group == self.nodes[to].group
     }
 
+    /// When a stalled node next runs, if not now.
+    fn stalled_until(&self, node: usize) -> Option<Duration> {
+        let every = self.nodes[node].stall?.as_nanos();
+        let now = self.now.as_nanos();
+        let next = now.div_ceil(every) * every;
+        (next > now).then(|| Duration::from_nanos(u64::try_from(next).unwrap_or(u64::MAX)))
+    }
+
     fn handle(&mut self, event: Event) {
+        let target = match &event {
+            Event::Timer { node, .. } => Some(*node),
+            Event::Datagram { to, .. } => self.by_addr.get(to).copied(),
+            _ => None,
+        };
+        if let Some(until) = target.and_then(|node| self.stalled_until(node)) {
+            self.schedule(until - self.now, event);
+            return;
+        }
         match event {
-            Event::Timer { node, life, timer } => {
+            Event::Timer {
+                node,
+                life,
+                timer,
+                due,
+            } => {
                 if self.nodes[node].life != life {
                     return;
                 }
                 if let Some(core) = self.nodes[node].core.as_mut() {
-                    let effects = core.timer(timer);
+                    let effects = core.timer(timer, self.now - due);
                     self.carry_out(node, effects);
                 }
             }
@@ -705,7 +770,16 @@ impl Simulation {
             self.schedule(self.network.latency + jitter, Event::Datagram { to, data });
         }
         for (timer, after) in effects.timers {
-            self.schedule(after, Event::Timer { node, life, timer });
+            let due = self.now + after;
+            self.schedule(
+                after,
+                Event::Timer {
+                    node,
+                    life,
+                    timer,
+                    due,
+                },
+            );
         }
         for id in &effects.ups {
             self.log.push(Notice {

@@ -160,3 +160,151 @@ fn a_lossless_quiet_mesh_gossips_only_its_probes() {
     let datagrams = after.datagrams - before.datagrams;
     assert_eq!(datagrams, 10 * 10 * 4 + 10 * 2, "{after:?}");
 }
+
+mod reports {
+    //! Callers' reports of unresponsive members, on the core directly and in a mesh.
+
+    use std::time::Duration;
+
+    use foca::Member;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::super::{Seen, node_addr};
+    use super::mesh;
+    use crate::membership::core::{Core, CoreTimer, swim_config};
+    use crate::membership::identity::MemberId;
+
+    fn core(index: usize) -> Core {
+        let id = MemberId {
+            name: format!("node-{index}"),
+            generation: 1 + index as u64,
+            ..MemberId::seed(node_addr(index), "sim")
+        };
+        Core::new(id, swim_config(), StdRng::seed_from_u64(index as u64))
+    }
+
+    fn alive(core: &Core, addr: std::net::SocketAddr) -> Option<bool> {
+        core.active_members()
+            .find(|(id, _)| id.addr == addr)
+            .map(|(_, alive)| alive)
+    }
+
+    /// Two cores that know each other.
+    fn pair() -> (Core, Core) {
+        let (mut a, mut b) = (core(0), core(1));
+        a.know(vec![Member::alive(b.identity().clone())]);
+        b.know(vec![Member::alive(a.identity().clone())]);
+        (a, b)
+    }
+
+    #[test]
+    fn a_report_pings_the_member_once_per_cool_down_and_ignores_strangers() {
+        let (mut a, _) = pair();
+        let member = node_addr(1);
+        let effects = a.report_unresponsive(member);
+        assert_eq!(effects.sends.len(), 1, "one ping");
+        assert_eq!(effects.sends[0].0, member);
+        assert!(effects.downs.is_empty());
+        assert!(
+            effects
+                .timers
+                .iter()
+                .any(|(timer, after)| *timer == CoreTimer::ReportProbe(member)
+                    && *after == Duration::from_millis(400))
+        );
+        for _ in 0..1000 {
+            let effects = a.report_unresponsive(member);
+            assert!(effects.sends.is_empty() && effects.timers.is_empty());
+        }
+        assert!(
+            a.report_unresponsive(node_addr(9)).sends.is_empty(),
+            "not a member"
+        );
+        assert_eq!(a.reports_pending(), 1);
+        let _ = a.timer(CoreTimer::ReportCooled(member), Duration::ZERO);
+        assert_eq!(a.reports_pending(), 0);
+        assert_eq!(
+            a.report_unresponsive(member).sends.len(),
+            1,
+            "after the cool-down"
+        );
+    }
+
+    #[test]
+    fn a_member_that_answers_the_ping_stays_alive() {
+        let (mut a, mut b) = pair();
+        let member = node_addr(1);
+        let ping = a.report_unresponsive(member).sends.remove(0).1;
+        let answer = b.datagram(&ping);
+        let ack = &answer
+            .sends
+            .iter()
+            .find(|(to, _)| *to == node_addr(0))
+            .expect("an ack")
+            .1;
+        let _ = a.datagram(ack);
+        let effects = a.timer(CoreTimer::ReportProbe(member), Duration::ZERO);
+        assert!(effects.sends.is_empty() && effects.downs.is_empty());
+        assert_eq!(alive(&a, member), Some(true));
+    }
+
+    #[test]
+    fn a_member_that_does_not_answer_is_suspected_never_declared_down() {
+        let (mut a, _) = pair();
+        let member = node_addr(1);
+        let _ = a.report_unresponsive(member);
+        let effects = a.timer(CoreTimer::ReportProbe(member), Duration::ZERO);
+        assert!(effects.downs.is_empty(), "a report never kills");
+        assert_eq!(alive(&a, member), Some(false), "suspect");
+        // foca's suspicion timer, which the member's refutation defuses.
+        assert!(effects.timers.iter().any(|(timer, _)| matches!(
+            timer,
+            CoreTimer::Swim(foca::Timer::ChangeSuspectToDown { .. })
+        )));
+    }
+
+    #[test]
+    fn a_frozen_member_is_suspected_by_its_caller_within_two_round_trips_of_the_report() {
+        let mut sim = mesh(30, 5);
+        sim.run_for(Duration::from_secs(5));
+        sim.take_log();
+        let frozen = node_addr(7);
+        sim.crash(7);
+        sim.report_unresponsive(0, frozen);
+        let suspected = sim
+            .run_until_true(Duration::from_secs(10), |sim| sim.suspects(0, frozen))
+            .expect("suspected");
+        // foca's own probing takes a whole probe period (500 ms) to suspect a member.
+        assert!(
+            suspected <= Duration::from_millis(401),
+            "suspected {suspected:?} after the report"
+        );
+        let down = super::until_all_see(&mut sim, frozen, Seen::Down, Duration::from_secs(10));
+        assert!(
+            down.is_some(),
+            "the suspicion runs out and every member sees it down"
+        );
+    }
+
+    #[test]
+    fn reporting_a_live_member_kills_nobody() {
+        let mut sim = mesh(20, 6);
+        sim.run_for(Duration::from_secs(5));
+        sim.take_log();
+        for round in 0..20 {
+            for observer in 0..20 {
+                sim.report_unresponsive(observer, node_addr((observer + round + 1) % 20));
+            }
+            sim.run_for(Duration::from_millis(500));
+        }
+        sim.run_for(Duration::from_secs(5));
+        let downs: Vec<_> = sim
+            .take_log()
+            .into_iter()
+            .filter(|notice| notice.seen == Seen::Down)
+            .collect();
+        assert!(downs.is_empty(), "{downs:?}");
+        assert!(sim.converged());
+    }
+}
