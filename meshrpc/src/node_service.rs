@@ -89,6 +89,21 @@ pub static NODE_SPEC: ServiceSpec = ServiceSpec {
     use_schemas: &[],
 };
 
+/// The methods of `meshrpc.node`, by name.
+pub mod node_methods {
+    use super::NODE_SPEC;
+    use crate::spec::MethodSpec;
+
+    /// `meshrpc.node.ping`: the node's name.
+    pub const PING: &MethodSpec = &NODE_SPEC.methods[0];
+    /// `meshrpc.node.describe`: the descriptors of the services the node publishes.
+    pub const DESCRIBE: &MethodSpec = &NODE_SPEC.methods[1];
+    /// `meshrpc.node.members`: the node's view of the mesh.
+    pub const MEMBERS: &MethodSpec = &NODE_SPEC.methods[2];
+    /// `meshrpc.node.stats`: the node's calls counters and latency histograms.
+    pub const STATS: &MethodSpec = &NODE_SPEC.methods[3];
+}
+
 /// The reply of `ping`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PingReply {
@@ -186,11 +201,11 @@ impl Dispatch for NodeService {
         _request: Bytes,
         _stream: Option<Streaming<Bytes>>,
     ) -> BoxFuture<'static, Result<Body, Status>> {
-        let reply = match method.name {
-            "ping" => codec::encode(&PingReply {
+        let reply = match method.index {
+            0 => codec::encode(&PingReply {
                 name: self.name.clone(),
             }),
-            "describe" => codec::encode(&DescribeReply {
+            1 => codec::encode(&DescribeReply {
                 descriptors: self
                     .published
                     .iter()
@@ -202,7 +217,7 @@ impl Dispatch for NodeService {
                     .map(|spec| spec.manifest.to_owned())
                     .collect(),
             }),
-            "members" => {
+            2 => {
                 let view = self.membership.view();
                 let members = view
                     .members()
@@ -225,12 +240,30 @@ impl Dispatch for NodeService {
                     .collect();
                 codec::encode(&MembersReply { members })
             }
-            "stats" => codec::encode(&StatsReply {
+            3 => codec::encode(&StatsReply {
                 name: self.name.clone(),
                 methods: self.metrics.snapshot(),
             }),
-            other => Err(unknown_method(&NODE_SPEC, other)),
+            _ => Err(unknown_method(&NODE_SPEC, method.name)),
         };
         Box::pin(std::future::ready(reply.map(Body::Message)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_named_methods_are_the_specs_methods_at_their_index() {
+        for (method, name) in [
+            (node_methods::PING, "ping"),
+            (node_methods::DESCRIBE, "describe"),
+            (node_methods::MEMBERS, "members"),
+            (node_methods::STATS, "stats"),
+        ] {
+            assert_eq!(method.name, name);
+            assert_eq!(NODE_SPEC.methods[method.index], *method);
+        }
     }
 }

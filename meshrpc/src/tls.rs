@@ -32,6 +32,44 @@ pub mod identity;
 
 pub use identity::{certificate_identity, identity_uri, is_identity_name, peer_identity};
 
+/// PEM text and where it came from (a file, or the part it plays), for error messages.
+struct Pem<'a> {
+    source: &'a Path,
+    text: &'a [u8],
+}
+
+impl<'a> Pem<'a> {
+    fn new(source: &'a Path, text: &'a [u8]) -> Pem<'a> {
+        Pem { source, text }
+    }
+
+    fn error(&self, what: impl Into<String>) -> TlsError {
+        TlsError::Pem {
+            path: self.source.to_owned(),
+            what: what.into(),
+        }
+    }
+
+    fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(self.text)
+            .collect::<Result<_, _>>()
+            .map_err(|error| self.error(format!("unreadable PEM: {}", pem_problem(&error))))?;
+        if certs.is_empty() {
+            return Err(self.error("no `BEGIN CERTIFICATE` block found; give a PEM certificate"));
+        }
+        Ok(certs)
+    }
+
+    fn private_key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
+        PrivateKeyDer::from_pem_slice(self.text).map_err(|error| match error {
+            pem::Error::NoItemsFound => {
+                self.error("no private key block found; give a PKCS#8, PKCS#1 or SEC1 PEM key")
+            }
+            error => self.error(format!("unreadable PEM: {}", pem_problem(&error))),
+        })
+    }
+}
+
 /// The ALPN protocol of meshrpc's wire format, version 1.
 pub const ALPN: &[u8] = b"meshrpc/1";
 
@@ -175,49 +213,27 @@ impl TlsMaterial {
                 source,
             })
         };
-        TlsMaterial::from_pem(&read(ca)?, &read(cert)?, &read(key)?).map_err(|error| match error {
-            TlsError::Pem { path, what } => {
-                let file = match path.to_str() {
-                    Some("ca") => ca,
-                    Some("cert") => cert,
-                    _ => key,
-                };
-                TlsError::Pem {
-                    path: file.to_owned(),
-                    what,
-                }
-            }
-            other => other,
-        })
+        TlsMaterial::parse(
+            Pem::new(ca, &read(ca)?),
+            Pem::new(cert, &read(cert)?),
+            Pem::new(key, &read(key)?),
+        )
     }
 
-    /// Material from PEM text (see [`TlsMaterial::from_pem_files`]).
+    /// Material from PEM text (see [`TlsMaterial::from_pem_files`]); errors name the parts
+    /// `ca`, `cert` and `key`.
     pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<TlsMaterial, TlsError> {
-        let unreadable = |what: &str, error: pem::Error| TlsError::Pem {
-            path: PathBuf::from(what),
-            what: format!("unreadable PEM: {}", pem_problem(&error)),
-        };
-        let certs = |pem: &[u8], what: &str| -> Result<Vec<CertificateDer<'static>>, TlsError> {
-            let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<_, _>>()
-                .map_err(|error| unreadable(what, error))?;
-            if certs.is_empty() {
-                return Err(TlsError::Pem {
-                    path: PathBuf::from(what),
-                    what: "no `BEGIN CERTIFICATE` block found; give a PEM certificate".into(),
-                });
-            }
-            Ok(certs)
-        };
-        let roots = certs(ca, "ca")?;
-        let chain = certs(cert, "cert")?;
-        let key = PrivateKeyDer::from_pem_slice(key).map_err(|error| match error {
-            pem::Error::NoItemsFound => TlsError::Pem {
-                path: PathBuf::from("key"),
-                what: "no private key block found; give a PKCS#8, PKCS#1 or SEC1 PEM key".into(),
-            },
-            error => unreadable("key", error),
-        })?;
+        TlsMaterial::parse(
+            Pem::new(Path::new("ca"), ca),
+            Pem::new(Path::new("cert"), cert),
+            Pem::new(Path::new("key"), key),
+        )
+    }
+
+    fn parse(ca: Pem<'_>, cert: Pem<'_>, key: Pem<'_>) -> Result<TlsMaterial, TlsError> {
+        let roots = ca.certificates()?;
+        let chain = cert.certificates()?;
+        let key = key.private_key()?;
         Ok(TlsMaterial { roots, chain, key })
     }
 

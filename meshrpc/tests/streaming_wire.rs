@@ -460,3 +460,110 @@ fn memory_kib(field: &str) -> u64 {
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
 }
+
+/// The seeds of the `stream_items` fuzz target: the streaming examples' items, each after the
+/// control byte that picks its half.
+fn item_seeds() -> Vec<Vec<u8>> {
+    let opening_skipped = |bytes: Vec<u8>| {
+        let mut rest = &bytes[..];
+        for _ in 0..2 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            rest = &rest[5 + len..];
+        }
+        rest.to_vec()
+    };
+    vec![
+        [vec![1], documented_example("count-reply")].concat(),
+        [vec![0], opening_skipped(documented_example("sum-request"))].concat(),
+        [
+            vec![0],
+            opening_skipped(documented_example("sum-aborted-request")),
+        ]
+        .concat(),
+        [vec![1], documented_example("sum-aborted-reply")].concat(),
+    ]
+}
+
+#[test]
+fn the_stream_items_fuzz_seeds_are_the_documented_examples() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/stream_items");
+    let names = [
+        "count-reply",
+        "sum-items",
+        "sum-aborted-items",
+        "sum-aborted-reply",
+    ];
+    for (name, seed) in names.iter().zip(item_seeds()) {
+        let path = dir.join(name);
+        if std::env::var_os("MESHRPC_WRITE_SEEDS").is_some() {
+            std::fs::write(&path, &seed).expect("seed written");
+        }
+        let stored = std::fs::read(&path).expect("the seed file");
+        assert_eq!(hex(&stored), hex(&seed), "{}", path.display());
+    }
+}
+
+#[test]
+fn mutated_streams_of_items_never_look_finished_unless_they_are() {
+    use meshrpc::wire::Direction;
+    use raw_peer::frame_check::XorShift;
+    use raw_peer::item_check::{self, Ending};
+
+    const ITERATIONS: usize = 20_000;
+    let seeds = item_seeds();
+    // The documented streams end as documented, in any chunking.
+    for cut in [1, 2, 5, 64] {
+        assert_eq!(
+            item_check::check(&seeds[0][1..], Direction::Reply, || cut),
+            Ending::Finished { items: 3 }
+        );
+        assert_eq!(
+            item_check::check(&seeds[1][1..], Direction::Request, || cut),
+            Ending::Finished { items: 3 }
+        );
+        assert_eq!(
+            item_check::check(&seeds[2][1..], Direction::Request, || cut),
+            Ending::Failed {
+                items: 1,
+                code: Code::Cancelled
+            }
+        );
+    }
+    let mut rng = XorShift::new(0x7374_7265_616d);
+    let (mut finished, mut failed) = (0, 0);
+    for iteration in 0..ITERATIONS {
+        let mut input = seeds[iteration % seeds.len()].clone();
+        for _ in 0..=rng.below(3) {
+            match rng.below(5) {
+                0 if input.len() > 1 => {
+                    let at = 1 + rng.below(input.len() - 1);
+                    input[at] = rng.byte();
+                }
+                1 if input.len() > 1 => {
+                    let at = 1 + rng.below(input.len() - 1);
+                    input.truncate(at);
+                }
+                2 => input.extend_from_slice(&seeds[rng.below(seeds.len())][1..]),
+                3 => input[0] = rng.byte(),
+                _ => {
+                    let at = 1 + rng.below(input.len().max(2) - 1);
+                    input.insert(at.min(input.len()), rng.byte());
+                }
+            }
+        }
+        let direction = if input[0] & 1 == 0 {
+            Direction::Request
+        } else {
+            Direction::Reply
+        };
+        let largest = rng.below(32) + 1;
+        let mut cuts = rng.clone();
+        match item_check::check(&input[1..], direction, || cuts.below(largest) + 1) {
+            Ending::Finished { .. } => finished += 1,
+            Ending::Failed { .. } => failed += 1,
+        }
+        item_check::check_fuzz_input(&input);
+        rng.next_u64();
+    }
+    assert!(finished > 1_000 && failed > 1_000, "{finished} {failed}");
+}

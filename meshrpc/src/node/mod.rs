@@ -39,7 +39,6 @@ use crate::channel::Channel;
 use crate::http_tunnel::HttpClient;
 use crate::membership::{Membership, View};
 use crate::metrics::{Metrics, Readiness};
-use crate::node_service::NODE_SPEC;
 use crate::options::CallOptions;
 use crate::server::Server;
 use crate::service::{Dispatch, ServiceClient};
@@ -249,12 +248,7 @@ impl Node {
 
     /// A client for the legacy HTTP handlers that members publish under `service`.
     pub fn http_client(&self, service: &str) -> HttpClient {
-        HttpClient::new(
-            service,
-            self.inner.membership.clone(),
-            self.inner.connections.clone(),
-            self.inner.clients.state(&format!("{service} (HTTP)")),
-        )
+        self.inner.clients.http_client(service)
     }
 
     /// A channel that sends every call to the node at `addr`, bypassing discovery.
@@ -321,7 +315,7 @@ impl Node {
                 "no member publishes it yet".to_owned()
             });
         }
-        let ping = &NODE_SPEC.methods[0];
+        let ping = crate::node_service::node_methods::PING;
         let options = CallOptions::new().timeout(Duration::from_secs(1));
         let mut last = String::new();
         for addr in candidates {

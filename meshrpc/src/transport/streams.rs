@@ -20,19 +20,12 @@ use futures_util::{FutureExt, StreamExt};
 use quinn::{RecvStream, SendStream, VarInt};
 
 use super::error_code;
-use super::io::{ReadFrameError, read_frame};
 use crate::status::{Code, Status};
 use crate::streaming::Streaming;
+use crate::wire::items::{ItemDecoder, ItemEvent, Violation};
 use crate::wire::{FrameDecoder, FrameKind, StatusBody, encode_frame};
 
-/// Which half of a call a stream of items travels on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Direction {
-    /// The caller's items (a client stream): a bare `FIN` ends them cleanly.
-    Request,
-    /// The callee's items (a server stream): only `STATUS` ok ends them cleanly.
-    Reply,
-}
+pub(crate) use crate::wire::items::Direction;
 
 /// The status a reset with `code` stands for.
 pub(crate) fn reset_status(code: VarInt, who: &str) -> Status {
@@ -67,14 +60,7 @@ pub(crate) fn incoming_items(
     direction: Direction,
     who: String,
 ) -> Streaming<Bytes> {
-    let reader = ItemReader {
-        recv,
-        decoder,
-        buffer,
-        direction,
-        who,
-        ended: false,
-    };
+    let reader = ItemReader::new(recv, decoder.max_message(), buffer, direction, who);
     items_of(reader)
 }
 
@@ -82,117 +68,124 @@ fn items_of(reader: ItemReader) -> Streaming<Bytes> {
     Streaming::new(futures_util::stream::unfold(
         reader,
         |mut reader| async move {
-            if reader.ended {
-                return None;
-            }
-            let item = reader.next().await;
-            match item {
-                Some(Ok(bytes)) => Some((Ok(bytes), reader)),
-                Some(Err(status)) => {
-                    reader.ended = true;
-                    Some((Err(status), reader))
-                }
-                None => None,
-            }
+            let item = reader.next().await?;
+            Some((item, reader))
         },
     ))
 }
 
 struct ItemReader {
     recv: RecvStream,
-    decoder: FrameDecoder,
+    decoder: ItemDecoder,
     buffer: BytesMut,
-    direction: Direction,
     who: String,
-    ended: bool,
 }
 
 impl ItemReader {
+    fn new(
+        recv: RecvStream,
+        max_message: usize,
+        buffer: BytesMut,
+        direction: Direction,
+        who: String,
+    ) -> ItemReader {
+        ItemReader {
+            recv,
+            decoder: ItemDecoder::new(max_message, direction),
+            buffer,
+            who,
+        }
+    }
+
     async fn next(&mut self) -> Option<Result<Bytes, Status>> {
-        let frame = match read_frame(&mut self.recv, &self.decoder, &mut self.buffer).await {
-            Ok(frame) => frame,
-            Err(ReadFrameError::Stream(quinn::ReadError::Reset(code))) => {
-                return Some(Err(reset_status(code, &self.who)));
+        let event = loop {
+            if self.decoder.is_ended() {
+                return None;
             }
-            Err(ReadFrameError::Stream(quinn::ReadError::ConnectionLost(error))) => {
-                // A peer that closed the connection saying it never read this stream never
-                // ran the call: a refusal, retried elsewhere (docs/PROTOCOL.md, section 8.5).
-                if super::goaway::never_read(&error, self.recv.id()) {
-                    return Some(Err(Status::refused(
-                        Code::Unavailable,
-                        format!("{} shut down before it read this call", self.who),
-                    )));
+            if let Some(event) = self.decoder.decode(&mut self.buffer) {
+                break event;
+            }
+            match self.recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk.bytes),
+                Ok(None) => {
+                    break match self.decoder.finish(&self.buffer) {
+                        ItemEvent::Failed(status, None) if status.code() == Code::Unavailable => {
+                            ItemEvent::Failed(
+                                Status::unavailable(format!(
+                                    "{} ended the stream without a status",
+                                    self.who
+                                )),
+                                None,
+                            )
+                        }
+                        event => event,
+                    };
                 }
-                return Some(Err(Status::unavailable(format!(
-                    "the connection to {} was lost mid-stream: {error}",
-                    self.who
-                ))));
-            }
-            Err(error) => {
-                let status = error.to_status();
-                let code = if status.code() == Code::ResourceExhausted {
-                    error_code::TOO_LARGE
-                } else {
-                    error_code::PROTOCOL
-                };
-                let _ = self.recv.stop(code);
-                return Some(Err(status));
-            }
-        };
-        let Some(frame) = frame else {
-            self.ended = true;
-            return match self.direction {
-                Direction::Request => None,
-                Direction::Reply => Some(Err(Status::unavailable(format!(
-                    "{} ended the stream without a status",
-                    self.who
-                )))),
-            };
-        };
-        match frame.kind {
-            FrameKind::Data => Some(Ok(frame.body)),
-            FrameKind::Status => {
-                self.ended = true;
-                let status: StatusBody = match crate::codec::from_slice_bounded(
-                    &frame.body,
-                    crate::codec::MAX_HEADER_DEPTH,
-                ) {
-                    Ok(status) => status,
-                    Err(error) => {
-                        let _ = self.recv.stop(error_code::PROTOCOL);
-                        return Some(Err(Status::internal(format!(
-                            "{} sent an undecodable status: {error}",
-                            self.who
-                        ))));
+                Err(quinn::ReadError::Reset(code)) => {
+                    self.stop_decoding();
+                    return Some(Err(reset_status(code, &self.who)));
+                }
+                Err(quinn::ReadError::ConnectionLost(error)) => {
+                    self.stop_decoding();
+                    // A peer that closed the connection saying it never read this stream never
+                    // ran the call: a refusal, retried elsewhere (docs/PROTOCOL.md, 8.5).
+                    if super::goaway::never_read(&error, self.recv.id()) {
+                        return Some(Err(Status::refused(
+                            Code::Unavailable,
+                            format!("{} shut down before it read this call", self.who),
+                        )));
                     }
-                };
-                // Read the FIN that follows, so the stream is not stopped for nothing.
-                if self.buffer.is_empty() {
-                    let _ = self.recv.read_chunk(usize::MAX, true).await;
+                    return Some(Err(Status::unavailable(format!(
+                        "the connection to {} was lost mid-stream: {error}",
+                        self.who
+                    ))));
                 }
-                match (status.is_ok(), self.direction) {
-                    (true, Direction::Reply) => None,
-                    (true, Direction::Request) => Some(Err(Status::invalid_argument(
-                        "a request stream ends with FIN, or with a STATUS that carries an error",
-                    ))),
-                    (false, _) => Some(Err(status.into_status())),
+                Err(error) => {
+                    self.stop_decoding();
+                    return Some(Err(Status::unavailable(format!(
+                        "the stream from {} failed: {error}",
+                        self.who
+                    ))));
                 }
             }
-            kind => {
-                self.ended = true;
-                let _ = self.recv.stop(error_code::PROTOCOL);
-                Some(Err(Status::invalid_argument(format!(
-                    "{} broke the protocol: a {kind:?} frame inside a stream of items",
-                    self.who
-                ))))
+        };
+        match event {
+            ItemEvent::Item(bytes) => Some(Ok(bytes)),
+            ItemEvent::End => {
+                self.read_fin().await;
+                None
             }
+            ItemEvent::Failed(status, violation) => {
+                match violation {
+                    Some(Violation::TooLarge) => {
+                        let _ = self.recv.stop(error_code::TOO_LARGE);
+                    }
+                    Some(Violation::Protocol) => {
+                        let _ = self.recv.stop(error_code::PROTOCOL);
+                    }
+                    None => self.read_fin().await,
+                }
+                Some(Err(status))
+            }
+        }
+    }
+
+    /// Marks the stream ended after a failure the decoder did not see.
+    fn stop_decoding(&mut self) {
+        self.decoder = ItemDecoder::ended();
+    }
+
+    /// Reads the FIN that follows a final status, so the stream is not stopped for nothing.
+    async fn read_fin(&mut self) {
+        if self.buffer.is_empty() {
+            let _ = self.recv.read_chunk(usize::MAX, true).await;
         }
     }
 }
 
 impl Drop for ItemReader {
     fn drop(&mut self) {
-        if !self.ended {
+        if !self.decoder.is_ended() {
             let _ = self.recv.stop(error_code::CANCELLED);
         }
     }
@@ -206,14 +199,13 @@ pub(crate) async fn first_reply_item(
     decoder: FrameDecoder,
     who: String,
 ) -> Result<Streaming<Bytes>, Status> {
-    let mut reader = ItemReader {
+    let mut reader = ItemReader::new(
         recv,
-        decoder,
-        buffer: BytesMut::new(),
-        direction: Direction::Reply,
+        decoder.max_message(),
+        BytesMut::new(),
+        Direction::Reply,
         who,
-        ended: false,
-    };
+    );
     match reader.next().await {
         None => Ok(Streaming::empty()),
         Some(Err(status)) => Err(status),

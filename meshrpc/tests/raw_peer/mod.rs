@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod frame_check;
+pub mod item_check;
 
 use std::net::SocketAddr;
 use std::path::Path;
