@@ -36,6 +36,10 @@ const PROBE_DESCRIPTOR: &str = r#"{
      "idempotent": true, "timeout_ms": null, "result_field": "result",
      "request": {"type": "object", "properties": {"upto": {"type": "integer", "format": "int64", "minimum": 0}}, "required": ["upto"]},
      "response_stream": {"type": "string"}},
+    {"name": "silent", "doc": "Never says anything.", "kind": "server_streaming",
+     "idempotent": false, "timeout_ms": null, "result_field": "result",
+     "request": {"type": "object", "properties": {}, "required": []},
+     "response_stream": {"type": "integer", "format": "int64", "minimum": 0}},
     {"name": "total", "doc": "Adds up numbers.", "kind": "client_streaming",
      "idempotent": false, "timeout_ms": null, "result_field": "total",
      "request": {"type": "object", "properties": {"start": {"type": "integer", "format": "int64", "minimum": 0}}, "required": ["start"]},
@@ -96,6 +100,20 @@ static PROBE_SPEC: ServiceSpec = ServiceSpec {
         },
         MethodSpec {
             service: "probe",
+            name: "silent",
+            doc: "Never says anything.",
+            idempotent: false,
+            timeout: None,
+            attempt_timeout: None,
+            hedge_after: None,
+            params: &[],
+            result_field: "result",
+            result_type: "u64",
+            kind: MethodKind::ServerStreaming,
+            index: 2,
+        },
+        MethodSpec {
+            service: "probe",
             name: "total",
             doc: "Adds up numbers.",
             idempotent: false,
@@ -109,7 +127,7 @@ static PROBE_SPEC: ServiceSpec = ServiceSpec {
             result_field: "total",
             result_type: "u64",
             kind: MethodKind::ClientStreaming,
-            index: 2,
+            index: 3,
         },
         MethodSpec {
             service: "probe",
@@ -123,7 +141,7 @@ static PROBE_SPEC: ServiceSpec = ServiceSpec {
             result_field: "result",
             result_type: "String",
             kind: MethodKind::Bidirectional,
-            index: 3,
+            index: 4,
         },
     ],
     schema_hash: 0xbb,
@@ -249,6 +267,9 @@ impl Dispatch for Probe {
                     );
                     Ok(Body::Stream(items))
                 }
+                "silent" => Ok(Body::Stream(
+                    Streaming::new(futures_util::stream::pending()),
+                )),
                 "total" => {
                     let Total { start } = decode_request("total", &request)?;
                     let mut items = stream.unwrap_or_else(Streaming::empty);
@@ -781,5 +802,43 @@ async fn the_openapi_document_describes_the_streaming_routes() {
     assert!(
         document_text.contains("{\\\"status\\\":\\\"ok\\\"}"),
         "the line format is described"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_bounds_the_wait_for_the_first_item_only() {
+    let config = gateway::Config {
+        request_timeout: Duration::from_millis(400),
+        ..gateway::Config::default()
+    };
+    let mesh = Mesh::start("gw-stream-timeout", config).await;
+    let answer = post_json(mesh.addr(), "/probe/silent", "{}").await;
+    assert_eq!(answer.status, 504, "{answer:?}");
+    assert_eq!(answer.json()["code"], "deadline_exceeded");
+    assert!(answer.error().contains("sent nothing within"), "{answer:?}");
+    // Four items 200 ms apart outlast the timeout: only the first one had to beat it.
+    let answer = post_json(
+        mesh.addr(),
+        "/numbers/count",
+        r#"{"from":1,"to":4,"every_ms":200}"#,
+    )
+    .await;
+    assert_eq!(
+        answer.body,
+        "{\"item\":1}\n{\"item\":2}\n{\"item\":3}\n{\"item\":4}\n{\"status\":\"ok\"}\n"
+    );
+    // A client stream's body may not fall silent for longer than the timeout.
+    let head = "POST /probe/total?start=0 HTTP/1.1\r\nHost: gateway\r\n\
+                Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut socket = raw(mesh.addr(), head, b"b\r\n{\"item\":1}\n\r\n").await;
+    let answer = read_until(&mut socket, "\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    eventually("the handler sees the abort", || {
+        meshrpc::lock(&mesh.seen.total).is_some()
+    })
+    .await;
+    assert_eq!(
+        *meshrpc::lock(&mesh.seen.total),
+        Some(Err(Code::DeadlineExceeded))
     );
 }

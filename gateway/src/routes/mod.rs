@@ -2,9 +2,11 @@
 //! segments before parameters), then, for everything else under a service's name,
 //!
 //! 1. `/{service}/{method}` when the method is in the service's descriptor belongs to the
-//!    method: `POST` is a generic call ([`generic`]), `GET` (and `HEAD`) with query
-//!    parameters too when the method is idempotent and its parameters are scalars, and any
-//!    other method is a 405 with `Allow`;
+//!    method: `POST` is a generic call ([`generic`]; a streaming method's goes on to
+//!    [`server_stream`] or [`client_stream`]), `GET` (and `HEAD`) with query parameters too
+//!    when the method is idempotent, takes no stream and its parameters are scalars, `GET` is
+//!    the WebSocket of a bidirectional method ([`bidi`], which takes no `POST`), and any other
+//!    method is a 405 with `Allow`;
 //! 2. otherwise, when a live member serves legacy HTTP for the service: the request is
 //!    forwarded to it ([`legacy`]) (a POST that looks like a call to an unknown method and
 //!    that the legacy handlers answer with 404 gets the list of methods instead);
