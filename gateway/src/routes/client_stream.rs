@@ -95,7 +95,8 @@ pub async fn call(
     let reply = reply.map_err(|status| call_error(status, descriptor, method))?;
     let json = transcode::msgpack_to_json_envelope(&reply)
         .map_err(|error| ApiError::new(Code::Internal, error.to_string()))?;
-    // The body was read by now: the request ends with this answer, as a unary one does.
+    // The request ends with this answer, as a unary one does (a handler that answered before
+    // the body's end leaves the rest of it unread).
     Ok((
         [(http::header::CONTENT_TYPE, "application/json")],
         Bytes::from(json),
