@@ -46,6 +46,12 @@ pub struct Call {
     pub kind: MethodKind,
     /// The encoded items of a client stream, sent after `payload`.
     pub stream: Option<OutgoingStream>,
+    /// How long one attempt of an idempotent unary call may go unanswered before it is sent
+    /// to another replica (the manifest's `attempt_timeout`); `None`: adaptive.
+    pub attempt_timeout: Option<std::time::Duration>,
+    /// When an unanswered idempotent unary call is also sent to a second replica (the
+    /// manifest's `hedge_after`); `None`: the service's observed p95.
+    pub hedge_after: Option<std::time::Duration>,
     /// Replicas earlier attempts of this call went to (recorded by the retry policy).
     pub(crate) tried: Tried,
 }
@@ -81,6 +87,8 @@ impl Call {
             payload,
             kind: MethodKind::Unary,
             stream: None,
+            attempt_timeout: None,
+            hedge_after: None,
             tried: Tried::default(),
         }
     }
@@ -328,6 +336,8 @@ fn prepare_call(method: &'static MethodSpec, payload: Bytes, options: &CallOptio
         payload,
         kind: method.kind,
         stream: None,
+        attempt_timeout: method.attempt_timeout,
+        hedge_after: method.hedge_after,
         tried: Tried::default(),
     }
 }

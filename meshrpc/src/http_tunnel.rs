@@ -24,6 +24,9 @@ use tracing::debug;
 
 use crate::membership::Membership;
 use crate::resilience::balance::{BalanceState, Strategy, choose};
+use crate::resilience::breaker::Guarded;
+use crate::resilience::load::Measured;
+use crate::resilience::retry::RetryPolicy;
 use crate::server::Refusal;
 use crate::status::{Code, Status};
 use crate::transport::connections::Connections;
@@ -144,12 +147,17 @@ pub(crate) async fn serve_tunnel(
     }
 }
 
-/// Sends HTTP requests to the legacy handlers of one service, balanced over its members.
+/// Sends HTTP requests to the legacy handlers of one service, balanced over its members by
+/// the node's strategy, retried by the node's retry rule and budget, each member behind its
+/// load and breaker layers (the same machinery as RPCs; hedging and attempt timeouts are for
+/// RPCs only: a request body streams as it is sent).
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     service: Arc<str>,
     membership: Membership,
     connections: Connections,
+    strategy: Strategy,
+    retry: RetryPolicy,
     state: Arc<BalanceState>,
 }
 
@@ -158,12 +166,16 @@ impl HttpClient {
         service: &str,
         membership: Membership,
         connections: Connections,
+        strategy: Strategy,
+        retry: RetryPolicy,
         state: Arc<BalanceState>,
     ) -> HttpClient {
         HttpClient {
             service: service.into(),
             membership,
             connections,
+            strategy,
+            retry,
             state,
         }
     }
@@ -174,107 +186,164 @@ impl HttpClient {
     }
 
     /// Sends `request` to a member serving the service's HTTP handlers. Members that cannot
-    /// be reached are skipped before anything is sent. A request without a body (a body is
-    /// streamed as it is sent, so it cannot be sent twice) also goes to the next member when
-    /// one refused it unread (draining, or at its limit), or, if its method is idempotent
-    /// (RFC 9110: GET, HEAD, OPTIONS, PUT, DELETE, TRACE), when the member failed before
-    /// answering (it crashed, say). Any other failure is returned.
+    /// be reached are skipped before anything is sent. A request whose body was not sent yet
+    /// (a body is streamed as it is sent, so it cannot be sent twice) also goes to the next
+    /// member when one refused it unread (draining, or at its limit), or, if its method is
+    /// idempotent (RFC 9110: GET, HEAD, OPTIONS, PUT, DELETE, TRACE), when the member failed
+    /// before answering (it crashed, say), within the node's retry budget. Any other failure
+    /// is returned.
     pub async fn send<B>(&self, request: Request<B>) -> Result<Response<Incoming>, Status>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let (parts, body) = request.into_parts();
-        let replayable = body.is_end_stream();
+        let empty = body.is_end_stream();
         let idempotent = parts.method.is_idempotent();
-        let again = |status: &Status| {
-            replayable
-                && (status.is_refused() || (idempotent && status.code() == Code::Unavailable))
-        };
-        let mut body = Some(body);
+        let body = Arc::new(std::sync::Mutex::new(Some(body)));
         let mut tried = Vec::new();
-        let mut last = None;
-        for _ in 0..3 {
+        self.retry.deposit();
+        let mut attempts = 0;
+        let mut last: Option<Status> = None;
+        loop {
+            attempts += 1;
             let view = self.membership.view();
-            let member = match pick_http(&view, &self.service, &self.state, &tried) {
-                Ok(addr) => addr,
-                Err(status) => return Err(last.unwrap_or(status)),
-            };
+            let (member, replicas) =
+                match pick_http(&view, &self.service, self.strategy, &self.state, &tried) {
+                    Ok(chosen) => chosen,
+                    Err(status) => return Err(last.unwrap_or(status)),
+                };
             tried.push(member);
-            let streams = match self.open(member).await {
-                Ok(streams) => streams,
-                Err(status) => {
-                    last = Some(status);
-                    continue;
-                }
+            let tunnel = Tunnel {
+                service: self.service.clone(),
+                connections: self.connections.clone(),
+                addr: member,
             };
-            let body = match body.take() {
+            let mut endpoint = Guarded::new(
+                Measured::new(tunnel, self.state.load(member)),
+                member,
+                replicas,
+                self.state.breakers().clone(),
+            );
+            let status = match endpoint.call((parts.clone(), body.clone())).await {
+                Ok(response) => return Ok(response),
+                Err(status) => status,
+            };
+            // A body not taken yet (the stream never opened) or an empty one can go again.
+            let replayable = empty || crate::lock(&body).is_some();
+            match self
+                .retry
+                .retry_after(attempts, idempotent, replayable, &status, None)
+            {
+                Some(pause) => {
+                    last = Some(status);
+                    tokio::time::sleep(pause).await;
+                }
+                None => return Err(status),
+            }
+        }
+    }
+}
+
+/// The request of one tunnel attempt: the head, and the body, taken by the attempt that
+/// sends it.
+type TunnelRequest<B> = (http::request::Parts, Arc<std::sync::Mutex<Option<B>>>);
+
+/// The per-endpoint service of HTTP tunnels: one request over a new stream to one member.
+struct Tunnel {
+    service: Arc<str>,
+    connections: Connections,
+    addr: std::net::SocketAddr,
+}
+
+impl<B> Service<TunnelRequest<B>> for Tunnel
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Incoming>;
+    type Error = Status;
+    type Future = crate::BoxFuture<'static, Result<Response<Incoming>, Status>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Status>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, (parts, body): TunnelRequest<B>) -> Self::Future {
+        let (service, connections, addr) =
+            (self.service.clone(), self.connections.clone(), self.addr);
+        Box::pin(async move {
+            let streams = open(&connections, &service, addr).await?;
+            let body = match crate::lock(&body).take() {
                 Some(body) => Either::Left(body),
                 None => Either::Right(http_body_util::Empty::new()),
             };
-            let request = Request::from_parts(parts.clone(), body);
-            match self.exchange(member, streams, request).await {
-                Err(status) if again(&status) => last = Some(status),
-                outcome => return outcome,
-            }
+            exchange(addr, streams, Request::from_parts(parts, body)).await
+        })
+    }
+}
+
+/// Opens a tunnel stream to `addr` for `service`'s handlers.
+async fn open(
+    connections: &Connections,
+    service: &str,
+    addr: std::net::SocketAddr,
+) -> Result<(SendStream, RecvStream), Status> {
+    let connection = connections.get(addr).await?;
+    let (mut send, recv) = connection.open_bi().await.map_err(|error| {
+        Status::refused(
+            Code::Unavailable,
+            format!("cannot open a stream to {addr}: {error}"),
+        )
+    })?;
+    let header = rmp_serde::to_vec_named(&HttpHeader {
+        service: service.to_owned(),
+    })
+    .map_err(|error| Status::internal(error.to_string()))?;
+    let mut frame = bytes::BytesMut::new();
+    encode_frame(FrameKind::Http, &header, &mut frame);
+    send.write_chunk(frame.freeze()).await.map_err(|error| {
+        Status::refused(
+            Code::Unavailable,
+            format!("cannot write to {addr}: {error}"),
+        )
+    })?;
+    Ok((send, recv))
+}
+
+/// One HTTP/1.1 request over an open tunnel stream.
+async fn exchange<B>(
+    addr: std::net::SocketAddr,
+    (send, recv): (SendStream, RecvStream),
+    request: Request<B>,
+) -> Result<Response<Incoming>, Status>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let stream = send.id();
+    let io = TokioIo::new(tokio::io::join(recv, send));
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|error| Status::unavailable(format!("HTTP tunnel failed: {error}")))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            debug!(%error, "HTTP tunnel connection ended with an error");
         }
-        Err(last.unwrap_or_else(|| Status::unavailable("no attempt was made")))
-    }
-
-    async fn open(&self, addr: std::net::SocketAddr) -> Result<(SendStream, RecvStream), Status> {
-        let connection = self.connections.get(addr).await?;
-        let (mut send, recv) = connection.open_bi().await.map_err(|error| {
+    });
+    sender.send_request(request).await.map_err(|error| {
+        if refused_unread(&error, stream) {
             Status::refused(
                 Code::Unavailable,
-                format!("cannot open a stream to {addr}: {error}"),
+                format!("{addr} refused the HTTP request unread (draining or at its limit)"),
             )
-        })?;
-        let header = rmp_serde::to_vec_named(&HttpHeader {
-            service: self.service.to_string(),
-        })
-        .map_err(|error| Status::internal(error.to_string()))?;
-        let mut frame = bytes::BytesMut::new();
-        encode_frame(FrameKind::Http, &header, &mut frame);
-        send.write_chunk(frame.freeze()).await.map_err(|error| {
-            Status::refused(
-                Code::Unavailable,
-                format!("cannot write to {addr}: {error}"),
-            )
-        })?;
-        Ok((send, recv))
-    }
-
-    async fn exchange<B>(
-        &self,
-        addr: std::net::SocketAddr,
-        (send, recv): (SendStream, RecvStream),
-        request: Request<B>,
-    ) -> Result<Response<Incoming>, Status>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let stream = send.id();
-        let io = TokioIo::new(tokio::io::join(recv, send));
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|error| Status::unavailable(format!("HTTP tunnel failed: {error}")))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%error, "HTTP tunnel connection ended with an error");
-            }
-        });
-        sender.send_request(request).await.map_err(|error| {
-            if refused_unread(&error, stream) {
-                Status::refused(
-                    Code::Unavailable,
-                    format!("{addr} refused the HTTP request unread (draining or at its limit)"),
-                )
-            } else {
-                Status::unavailable(format!("HTTP request over the mesh failed: {error}"))
-            }
-        })
-    }
+        } else {
+            Status::unavailable(format!("HTTP request over the mesh failed: {error}"))
+        }
+    })
 }
 
 /// Whether `error`, from the HTTP exchange on tunnel `stream`, says that the member never read
@@ -312,12 +381,17 @@ fn refused_unread(error: &(dyn std::error::Error + 'static), stream: quinn::Stre
     false
 }
 
+/// Chooses the member for one attempt at a request to `service`'s handlers by `strategy`,
+/// skipping draining, ejected and already `tried` members as RPCs do; returns it and how many
+/// members serve the handlers.
 fn pick_http(
     view: &crate::membership::View,
     service: &str,
+    strategy: Strategy,
     state: &BalanceState,
     tried: &[std::net::SocketAddr],
-) -> Result<std::net::SocketAddr, Status> {
+) -> Result<(std::net::SocketAddr, usize), Status> {
+    state.forget_departed(view);
     let members: Vec<_> = view.serving_http(service).collect();
     if members.is_empty() {
         return Err(Status::refused(
@@ -325,6 +399,7 @@ fn pick_http(
             format!("no live member serves HTTP for `{service}`"),
         ));
     }
+    let replicas = members.len();
     let serving: Vec<_> = members.into_iter().filter(|m| m.accepts_calls()).collect();
     if serving.is_empty() {
         return Err(Status::refused(
@@ -332,8 +407,8 @@ fn pick_http(
             format!("every member serving HTTP for `{service}` is draining; try again shortly"),
         ));
     }
-    let chosen = choose(serving, None, Strategy::RoundRobin, state, &|addr| {
+    let chosen = choose(serving, None, strategy, state, &|addr| {
         tried.contains(&addr)
     });
-    Ok(chosen.id.addr)
+    Ok((chosen.id.addr, replicas))
 }

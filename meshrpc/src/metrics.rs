@@ -40,6 +40,117 @@ struct MethodLabels {
     method: String,
 }
 
+/// Labels of a hedge counter: the service and what became of the hedge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HedgeLabels {
+    service: String,
+    outcome: &'static str,
+}
+
+/// Labels of a per-service client counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+/// Labels of an ejection counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EjectionLabels {
+    service: String,
+    reason: &'static str,
+}
+
+/// What became of a hedge (the `outcome` label of `meshrpc_client_hedges_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HedgeOutcome {
+    /// A second attempt was sent.
+    Sent,
+    /// The second attempt answered first.
+    Won,
+    /// A hedge was due but the hedge budget refused it.
+    Refused,
+}
+
+impl HedgeOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            HedgeOutcome::Sent => "sent",
+            HedgeOutcome::Won => "won",
+            HedgeOutcome::Refused => "refused",
+        }
+    }
+}
+
+/// The client-side tail-tolerance counters of a node: hedges, attempt timeouts, ejections.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTailMetrics {
+    hedges: Family<HedgeLabels, Counter>,
+    attempt_timeouts: Family<ServiceLabels, Counter>,
+    ejections: Family<EjectionLabels, Counter>,
+}
+
+impl ClientTailMetrics {
+    fn register(registry: &mut Registry) -> ClientTailMetrics {
+        let metrics = ClientTailMetrics::default();
+        registry.register(
+            "client_hedges",
+            "Hedged attempts of idempotent calls by service and outcome (sent, won, refused by \
+             the hedge budget)",
+            metrics.hedges.clone(),
+        );
+        registry.register(
+            "client_attempt_timeouts",
+            "Attempts that went unanswered past their attempt timeout, by service",
+            metrics.attempt_timeouts.clone(),
+        );
+        registry.register(
+            "client_ejections",
+            "Replicas a client ejected, by service and reason (failures, timeouts)",
+            metrics.ejections.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a hedge of a call to `service`.
+    pub fn hedge(&self, service: &str, outcome: HedgeOutcome) {
+        self.hedges
+            .get_or_create(&HedgeLabels {
+                service: service.to_owned(),
+                outcome: outcome.label(),
+            })
+            .inc();
+    }
+
+    /// Counts an attempt to `service` that went unanswered past its attempt timeout.
+    pub fn attempt_timeout(&self, service: &str) {
+        self.attempt_timeouts
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an ejection of a replica of `service`; `timeouts` if it was for timeouts.
+    pub fn ejection(&self, service: &str, timeouts: bool) {
+        self.ejections
+            .get_or_create(&EjectionLabels {
+                service: service.to_owned(),
+                reason: if timeouts { "timeouts" } else { "failures" },
+            })
+            .inc();
+    }
+
+    /// How many hedges of `service` ended with `outcome` so far.
+    pub fn hedges(&self, service: &str, outcome: HedgeOutcome) -> u64 {
+        self.hedges
+            .get_or_create(&HedgeLabels {
+                service: service.to_owned(),
+                outcome: outcome.label(),
+            })
+            .get()
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs to about 26 s.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
@@ -53,6 +164,7 @@ pub struct Metrics {
     members: Gauge,
     in_flight: Gauge,
     refusals: crate::server::authorize::Refusals,
+    client_tail: ClientTailMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -91,6 +203,11 @@ impl Metrics {
         &self.refusals
     }
 
+    /// The client-side tail-tolerance counters (hedges, attempt timeouts, ejections).
+    pub fn client_tail(&self) -> &ClientTailMetrics {
+        &self.client_tail
+    }
+
     /// Fresh metrics, registered under the `meshrpc_` prefix.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("meshrpc");
@@ -121,8 +238,10 @@ impl Metrics {
             in_flight.clone(),
         );
         let refusals = crate::server::authorize::Refusals::register(&mut registry);
+        let client_tail = ClientTailMetrics::register(&mut registry);
         Metrics {
             refusals,
+            client_tail,
             registry,
             calls,
             latency,

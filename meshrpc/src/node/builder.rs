@@ -21,6 +21,7 @@ use crate::http_tunnel::{BoxError, HttpService, box_http_service, tunnel_handler
 use crate::membership::{MemberId, Membership, Published};
 use crate::metrics::{Metrics, bind_admin, serve_admin};
 use crate::node_service::NodeService;
+use crate::resilience::attempts::TailConfig;
 use crate::resilience::balance::Strategy;
 use crate::resilience::breaker::BreakerConfig;
 use crate::resilience::retry::{RetryConfig, RetryPolicy};
@@ -55,6 +56,7 @@ pub struct NodeBuilder {
     strategy: Strategy,
     breaker: BreakerConfig,
     retry: RetryConfig,
+    tail: TailConfig,
     admin: Option<SocketAddr>,
     services: Vec<Arc<dyn Dispatch>>,
     layers: Vec<crate::server::UserLayer>,
@@ -91,6 +93,7 @@ impl NodeBuilder {
             strategy: Strategy::RoundRobin,
             breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
+            tail: TailConfig::default(),
             admin: None,
             services: Vec::new(),
             layers: Vec::new(),
@@ -213,6 +216,25 @@ impl NodeBuilder {
     /// Retry tuning for clients of this node.
     pub fn retries(mut self, config: RetryConfig) -> NodeBuilder {
         self.retry = config;
+        self
+    }
+
+    /// Tail tolerance of this node's clients for idempotent unary calls: per-attempt
+    /// timeouts and hedges (default [`TailConfig::default`]: both on, hedges at the observed
+    /// p95 within a budget of 5 % of the calls, attempt timeouts at 4 × p99 and at least
+    /// 50 ms). The manifest's `attempt_timeout` and `hedge_after` override the adaptive
+    /// timings per method.
+    ///
+    /// ```no_run
+    /// use meshrpc::resilience::attempts::TailConfig;
+    ///
+    /// let builder = meshrpc::Node::builder("web").tail(TailConfig {
+    ///     hedging: false,
+    ///     ..TailConfig::default()
+    /// });
+    /// ```
+    pub fn tail(mut self, config: TailConfig) -> NodeBuilder {
+        self.tail = config;
         self
     }
 
@@ -402,6 +424,8 @@ impl NodeBuilder {
             strategy: self.strategy,
             breaker: self.breaker,
             retry: RetryPolicy::new(self.retry),
+            tail: self.tail,
+            metrics: metrics.clone(),
             max_message_size: self.limits.max_message_size,
             states: Mutex::default(),
         });

@@ -1,18 +1,46 @@
 //! The client side of a node: [`ClientFactory`] builds the client stack of each service
-//! (retries over a balancer over the members that publish it), and [`LateChannel`] binds a
-//! client made from a builder to its node once the node started.
+//! ([`Attempts`] over a [`Balance`] over per-endpoint services; see
+//! [`resilience`](crate::resilience)) and the [`HttpClient`] of its legacy HTTP handlers, and
+//! [`LateChannel`] binds a client made from a builder to its node once the node started.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tower::retry::Retry;
-
 use crate::channel::Channel;
+use crate::http_tunnel::HttpClient;
 use crate::membership::Membership;
+use crate::metrics::Metrics;
+use crate::resilience::attempts::{Attempts, Tail, TailConfig};
 use crate::resilience::balance::{Balance, BalanceState, Strategy};
-use crate::resilience::breaker::BreakerConfig;
+use crate::resilience::breaker::{BreakerConfig, Ejection};
 use crate::resilience::retry::RetryPolicy;
 use crate::transport::connections::Connections;
+
+/// What a client stack's shared state belongs to: a service's RPCs or its HTTP handlers (the
+/// two may have different members, so they are balanced apart).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum ClientKey {
+    /// The RPCs of a service.
+    Rpc(String),
+    /// The legacy HTTP handlers published under a service's name.
+    Http(String),
+}
+
+impl ClientKey {
+    fn service(&self) -> &str {
+        match self {
+            ClientKey::Rpc(service) | ClientKey::Http(service) => service,
+        }
+    }
+}
+
+/// The state shared by every client of one [`ClientKey`].
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) balance: Arc<BalanceState>,
+    pub(crate) tail: Arc<Tail>,
+}
 
 /// Builds balanced, retried channels; shared by a node and the clients made from its builder.
 #[derive(Debug)]
@@ -22,31 +50,75 @@ pub(crate) struct ClientFactory {
     pub(crate) strategy: Strategy,
     pub(crate) breaker: BreakerConfig,
     pub(crate) retry: RetryPolicy,
+    pub(crate) tail: TailConfig,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) max_message_size: usize,
-    pub(crate) states: Mutex<HashMap<String, Arc<BalanceState>>>,
+    pub(crate) states: Mutex<HashMap<ClientKey, Arc<Shared>>>,
 }
 
 impl ClientFactory {
-    /// The balancing state shared by every client of `key` (a service, or its HTTP handlers).
-    pub(crate) fn state(&self, key: &str) -> Arc<BalanceState> {
-        crate::lock(&self.states)
-            .entry(key.to_owned())
-            .or_insert_with(|| Arc::new(BalanceState::new(self.breaker)))
-            .clone()
+    /// The state shared by every client of `key`: made on first use, its breakers counting
+    /// ejections and reporting replicas ejected for timeouts to the membership.
+    pub(crate) fn shared(&self, key: ClientKey) -> Arc<Shared> {
+        let mut states = crate::lock(&self.states);
+        if let Some(shared) = states.get(&key) {
+            return shared.clone();
+        }
+        let balance = Arc::new(BalanceState::new(self.breaker));
+        let service = key.service().to_owned();
+        let metrics = self.metrics.clone();
+        let membership = self.membership.clone();
+        balance.breakers().on_eject(Arc::new(move |addr, ejection| {
+            let timeouts = ejection == Ejection::Timeouts;
+            metrics.client_tail().ejection(&service, timeouts);
+            tracing::warn!(%addr, service = %service, ?ejection, "replica ejected");
+            if timeouts {
+                report_unresponsive(&membership, addr);
+            }
+        }));
+        let tail = Arc::new(Tail::new(self.tail, self.metrics.client_tail().clone()));
+        let shared = Arc::new(Shared { balance, tail });
+        states.insert(key, shared.clone());
+        shared
     }
 
+    /// A channel to the members publishing `service` (with exactly `schema_hash`, if given).
     pub(crate) fn channel(&self, service: &str, schema_hash: Option<u64>) -> Channel {
-        let state = self.state(service);
+        let shared = self.shared(ClientKey::Rpc(service.to_owned()));
         let balance = Balance::new(
             self.membership.clone(),
             self.connections.clone(),
             self.strategy,
             schema_hash,
             self.max_message_size,
-            state,
+            shared.balance.clone(),
         );
-        Channel::new(Retry::new(self.retry.clone(), balance))
+        Channel::new(Attempts::new(
+            balance,
+            self.retry.clone(),
+            shared.tail.clone(),
+        ))
     }
+
+    /// A client of the legacy HTTP handlers published under `service`.
+    pub(crate) fn http_client(&self, service: &str) -> HttpClient {
+        let shared = self.shared(ClientKey::Http(service.to_owned()));
+        HttpClient::new(
+            service,
+            self.membership.clone(),
+            self.connections.clone(),
+            self.strategy,
+            self.retry.clone(),
+            shared.balance.clone(),
+        )
+    }
+}
+
+/// Tells the membership that the member at `addr` stopped answering calls (its attempts
+/// timed out several times in a row), so that it probes and suspects that member at once
+/// rather than at its next round (at most once per member per cool-down).
+fn report_unresponsive(membership: &Membership, addr: SocketAddr) {
+    membership.report_unresponsive(addr);
 }
 
 /// The channel of a client made before its node started: bound on first use after start.

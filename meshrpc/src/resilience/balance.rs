@@ -10,30 +10,30 @@
 //! Draining members and members ejected by the [breaker](super::breaker) are skipped; so are
 //! members an earlier attempt of the same call already tried, while others remain.
 //!
-//! The per-member state (loads, breaker records) follows the view: when a member leaves it,
-//! its state is forgotten, so churn (every restart brings a new address in a container
-//! platform) does not grow it without bound.
+//! [`Balance`] sends each attempt to a per-endpoint service: the member's [`PeerService`]
+//! under its [load](super::load) and [breaker](super::breaker) layers. The endpoints and their
+//! state (loads, breaker records) follow the view: when a member leaves it, its endpoint is
+//! dropped, so churn (every restart brings a new address in a container platform) does not
+//! grow them without bound.
 
+use rand::RngExt;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
-
-use rand::RngExt;
-use tokio::time::Instant;
 use tower::Service;
 
-use super::breaker::{BreakerConfig, Breakers, is_replica_failure};
+use super::breaker::{BreakerConfig, Breakers, Guarded};
+use super::latency::Latencies;
+use super::load::{LoadEstimate, Measured};
 use crate::channel::Call;
 use crate::membership::{Liveness, MemberView, Membership, View};
-use crate::service::BoxFuture;
 use crate::spec::Fnv1a;
 use crate::status::{Code, Status};
 use crate::streaming::Body;
-use crate::transport::client::call_peer;
+use crate::transport::client::PeerService;
 use crate::transport::connections::Connections;
 
 /// How a balancer chooses among the members that can serve a call. Also the values of the
@@ -103,7 +103,7 @@ pub fn choose<'a>(
             let turn = state.next_turn.fetch_add(1, Ordering::Relaxed);
             candidates[turn % candidates.len()]
         }
-        (None, Strategy::PeakEwma) => state.loads.pick_p2c(&candidates),
+        (None, Strategy::PeakEwma) => state.pick_p2c(&candidates),
     }
 }
 
@@ -162,36 +162,90 @@ impl Hasher for Fnv64 {
     }
 }
 
-/// Per-member load for peak EWMA.
+/// One member's endpoint: its load estimate and, for RPCs, its peer service (made on first
+/// use).
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    load: Arc<LoadEstimate>,
+    peer: Option<PeerService>,
+}
+
+/// State shared by the calls of one service (or of its HTTP handlers): the round-robin turn,
+/// the endpoints with their loads, the breakers, and the service's observed latency.
 #[derive(Debug, Default)]
-pub struct Loads {
-    members: Mutex<HashMap<SocketAddr, Load>>,
+pub struct BalanceState {
+    next_turn: AtomicUsize,
+    endpoints: Mutex<HashMap<SocketAddr, Slot>>,
+    breakers: Arc<Breakers>,
+    latencies: Latencies,
+    /// A digest of the member addresses of the view the state was last pruned for.
+    pruned_for: AtomicU64,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Load {
-    ewma_micros: f64,
-    outstanding: u32,
-    updated: Instant,
-}
-
-/// How fast old latencies are forgotten.
-const EWMA_DECAY: Duration = Duration::from_secs(10);
-
-impl Loads {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Load>> {
-        crate::lock(&self.members)
-    }
-
-    fn cost(&self, addr: SocketAddr) -> f64 {
-        let members = self.lock();
-        match members.get(&addr) {
-            // Unknown members look cheap, so new replicas get traffic at once.
-            None => 0.0,
-            Some(load) => load.ewma_micros * f64::from(load.outstanding + 1),
+impl BalanceState {
+    /// Fresh state whose breakers eject replicas as `breaker` says.
+    pub fn new(breaker: BreakerConfig) -> BalanceState {
+        BalanceState {
+            breakers: Arc::new(Breakers::new(breaker)),
+            ..BalanceState::default()
         }
     }
 
+    /// How many members have some state here (an endpoint or a breaker record).
+    pub fn tracked(&self) -> usize {
+        crate::lock(&self.endpoints).len() + self.breakers.len()
+    }
+
+    /// The breakers of the service's replicas.
+    pub fn breakers(&self) -> &Arc<Breakers> {
+        &self.breakers
+    }
+
+    /// The service's observed latency (successful attempts).
+    pub fn latencies(&self) -> &Latencies {
+        &self.latencies
+    }
+
+    /// The load estimate of the member at `addr` (made on first use).
+    pub fn load(&self, addr: SocketAddr) -> Arc<LoadEstimate> {
+        crate::lock(&self.endpoints)
+            .entry(addr)
+            .or_default()
+            .load
+            .clone()
+    }
+
+    /// What one more attempt to `addr` costs (0 for a member never called).
+    fn cost(&self, addr: SocketAddr) -> f64 {
+        let load = crate::lock(&self.endpoints)
+            .get(&addr)
+            .map(|slot| slot.load.clone());
+        load.map_or(0.0, |load| load.cost())
+    }
+
+    /// The endpoint service of the member at `addr`, one of `replicas`: its peer service
+    /// (made with `peer` on first use) under its load and breaker layers.
+    fn endpoint(
+        &self,
+        addr: SocketAddr,
+        replicas: usize,
+        peer: impl FnOnce() -> PeerService,
+    ) -> Endpoint {
+        let (service, load) = {
+            let mut endpoints = crate::lock(&self.endpoints);
+            let slot = endpoints.entry(addr).or_default();
+            let service = slot.peer.get_or_insert_with(peer).clone();
+            (service, slot.load.clone())
+        };
+        Guarded::new(
+            Measured::new(service, load),
+            addr,
+            replicas,
+            self.breakers.clone(),
+        )
+    }
+
+    /// Picks among `candidates` (not empty) by power of two choices on their costs.
     fn pick_p2c<'a>(&self, candidates: &[&'a MemberView]) -> &'a MemberView {
         if candidates.len() == 1 {
             return candidates[0];
@@ -210,75 +264,10 @@ impl Loads {
         }
     }
 
-    /// How many members have a load recorded.
-    fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Keeps only the loads of members for which `keep` holds.
-    fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
-        self.lock().retain(|addr, _| keep(*addr));
-    }
-
-    /// Marks a call to `addr` as started.
-    pub fn start(&self, addr: SocketAddr) {
-        let mut members = self.lock();
-        let load = members.entry(addr).or_insert(Load {
-            ewma_micros: 0.0,
-            outstanding: 0,
-            updated: Instant::now(),
-        });
-        load.outstanding += 1;
-    }
-
-    /// Marks a call to `addr` as finished after `latency`.
-    pub fn finish(&self, addr: SocketAddr, latency: Duration) {
-        let now = Instant::now();
-        let mut members = self.lock();
-        let Some(load) = members.get_mut(&addr) else {
-            return;
-        };
-        load.outstanding = load.outstanding.saturating_sub(1);
-        let sample = latency.as_secs_f64() * 1e6;
-        if sample > load.ewma_micros {
-            // Peaks count in full at once.
-            load.ewma_micros = sample;
-        } else {
-            let elapsed = now.saturating_duration_since(load.updated).as_secs_f64();
-            let weight = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
-            load.ewma_micros = load.ewma_micros * weight + sample * (1.0 - weight);
-        }
-        load.updated = now;
-    }
-}
-
-/// State shared by the calls of one service: the round-robin turn, loads, breakers.
-#[derive(Debug, Default)]
-pub struct BalanceState {
-    next_turn: AtomicUsize,
-    loads: Loads,
-    breakers: Breakers,
-    /// A digest of the member addresses of the view the state was last pruned for.
-    pruned_for: AtomicU64,
-}
-
-impl BalanceState {
-    /// Fresh state whose breakers eject replicas as `breaker` says.
-    pub fn new(breaker: BreakerConfig) -> BalanceState {
-        BalanceState {
-            breakers: Breakers::new(breaker),
-            ..BalanceState::default()
-        }
-    }
-
-    /// How many members have some state here (a load or a breaker record).
-    pub fn tracked(&self) -> usize {
-        self.loads.len() + self.breakers.len()
-    }
-
-    /// Forgets the loads and breaker records of members that left `view`. Costs one pass over
-    /// the view; the maps are pruned only when the view's addresses changed since last time.
-    fn forget_departed(&self, view: &View) {
+    /// Drops the endpoints and breaker records of members that left `view`. Costs one pass
+    /// over the view; the maps are pruned only when the view's addresses changed since last
+    /// time.
+    pub(crate) fn forget_departed(&self, view: &View) {
         let digest = view.members().iter().fold(0u64, |sum, member| {
             let mut hasher = Fnv64::default();
             member.id.addr.hash(&mut hasher);
@@ -289,12 +278,19 @@ impl BalanceState {
         }
         let present: HashSet<SocketAddr> =
             view.members().iter().map(|member| member.id.addr).collect();
-        self.loads.retain(|addr| present.contains(&addr));
+        crate::lock(&self.endpoints).retain(|addr, _| present.contains(addr));
         self.breakers.retain(|addr| present.contains(&addr));
     }
 }
 
-/// A tower service that sends each call to a member chosen by [`pick`].
+/// The per-endpoint service of an RPC: the member's peer service under its load and breaker
+/// layers.
+pub type Endpoint = Guarded<Measured<PeerService>>;
+
+/// The future of one attempt through an [`Endpoint`].
+pub type EndpointFuture = <Endpoint as Service<Call>>::Future;
+
+/// A tower service that sends each call to the endpoint of a member chosen by [`pick`].
 #[derive(Debug, Clone)]
 pub struct Balance {
     membership: Membership,
@@ -325,21 +321,19 @@ impl Balance {
             state,
         }
     }
-}
 
-impl Service<Call> for Balance {
-    type Response = Body;
-    type Error = Status;
-    type Future = BoxFuture<'static, Result<Body, Status>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Poll::Ready(Ok(()))
+    /// The state shared by the calls of this balancer's service.
+    pub fn state(&self) -> &Arc<BalanceState> {
+        &self.state
     }
 
-    fn call(&mut self, call: Call) -> Self::Future {
+    /// Starts one attempt of `call` on a member chosen for it: returns the member's address
+    /// and how many members serve the service, and the attempt (which does nothing until
+    /// polled), or why no member can take the call.
+    pub fn route(&self, call: Call) -> Result<(SocketAddr, usize, EndpointFuture), Status> {
         let view = self.membership.view();
         let tried = &call.tried;
-        let chosen = pick(
+        let member = pick(
             &view,
             &call.service,
             self.schema_hash,
@@ -347,43 +341,38 @@ impl Service<Call> for Balance {
             self.strategy,
             &self.state,
             &|addr| tried.contains(addr),
-        );
-        let addr = match chosen {
-            Ok(member) => member.id.addr,
-            Err(status) => return Box::pin(std::future::ready(Err(status))),
-        };
+        )?;
+        let addr = member.id.addr;
         let replicas = view.publishing(&call.service).count();
-        let connections = self.connections.clone();
-        let state = self.state.clone();
-        let max = self.max_message_size;
-        let track_load = self.strategy == Strategy::PeakEwma;
-        Box::pin(async move {
-            let started = Instant::now();
-            if track_load {
-                state.loads.start(addr);
-            }
-            let result = call_peer(&connections, addr, call, max)
-                .await
-                .map_err(|status| status.with_peer(addr));
-            if track_load {
-                state.loads.finish(addr, started.elapsed());
-            }
-            match &result {
-                Ok(_) => state.breakers.record_success(addr),
-                Err(status) if is_replica_failure(status) => {
-                    if state.breakers.record_failure(addr, replicas) {
-                        tracing::warn!(%addr, "replica ejected after consecutive failures");
-                    }
-                }
-                Err(_) => {}
-            }
-            result
-        })
+        let mut endpoint = self.state.endpoint(addr, replicas, || {
+            PeerService::new(self.connections.clone(), addr, self.max_message_size)
+        });
+        Ok((addr, replicas, endpoint.call(call)))
+    }
+}
+
+impl Service<Call> for Balance {
+    type Response = Body;
+    type Error = Status;
+    type Future =
+        futures_util::future::Either<EndpointFuture, std::future::Ready<Result<Body, Status>>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        match self.route(call) {
+            Ok((_, _, attempt)) => futures_util::future::Either::Left(attempt),
+            Err(status) => futures_util::future::Either::Right(std::future::ready(Err(status))),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::membership::{MemberId, Published};
 
@@ -501,16 +490,22 @@ mod tests {
         assert!(error.message().contains("another schema"), "{error}");
     }
 
-    #[test]
-    fn peak_ewma_prefers_the_faster_member() {
+    /// One attempt to `addr` that takes `latency` (with time paused).
+    async fn record_latency(state: &BalanceState, addr: SocketAddr, latency: Duration) {
+        let load = state.load(addr);
+        let attempt = load.start();
+        tokio::time::advance(latency).await;
+        attempt.finish(false);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_prefers_the_faster_member() {
         let view = View::new(vec![member(1, false), member(2, false)]);
         let state = BalanceState::default();
         let slow = SocketAddr::from(([127, 0, 0, 1], 1));
         let fast = SocketAddr::from(([127, 0, 0, 1], 2));
-        state.loads.start(slow);
-        state.loads.finish(slow, Duration::from_millis(50));
-        state.loads.start(fast);
-        state.loads.finish(fast, Duration::from_millis(1));
+        record_latency(&state, slow, Duration::from_millis(50)).await;
+        record_latency(&state, fast, Duration::from_millis(1)).await;
         let fast_picks = (0..100)
             .filter(|_| {
                 pick(
@@ -552,8 +547,7 @@ mod tests {
                 .expect("a member")
                 .id
                 .addr;
-                state.loads.start(chosen);
-                state.loads.finish(chosen, Duration::from_millis(1));
+                record_latency(&state, chosen, Duration::from_millis(1)).await;
                 for _ in 0..5 {
                     state.breakers.record_failure(chosen, 3);
                 }

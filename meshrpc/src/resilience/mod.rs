@@ -1,11 +1,22 @@
-//! Client-side resilience, each concern in its own module: [`balance`] picks a replica per
-//! call (round robin, sticky rendezvous hashing, or peak-EWMA power of two choices),
-//! [`breaker`] ejects replicas that keep failing (never too many at once), [`retry`] retries
-//! what is safe to retry under a budget.
+//! Client-side resilience, each concern in its own module. A node's client stack, top to
+//! bottom:
+//!
+//! - [`attempts`]: each call as one or more attempts — retries under one rule and budget
+//!   ([`retry`]), per-attempt timeouts and hedges for idempotent unary calls, timed by the
+//!   service's observed [`latency`];
+//! - [`balance`]: picks a replica per attempt (round robin, sticky rendezvous hashing, or
+//!   peak-EWMA power of two choices) among the members of the view, and sends the attempt to
+//!   that member's endpoint;
+//! - per endpoint: the [`breaker`] layer (failure accrual and outlier ejection, never too many
+//!   replicas at once) over the [`load`] layer (peak-EWMA latency that counts failures) over
+//!   the member's `PeerService`.
 //!
 //! The deadline lives in [`Channel::call`](crate::Channel::call), outermost, so it bounds
 //! every retry; the server-side limits (concurrency, load shedding) live in the server.
 
+pub mod attempts;
 pub mod balance;
 pub mod breaker;
+pub mod latency;
+pub mod load;
 pub mod retry;

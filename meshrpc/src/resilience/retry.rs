@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::channel::Call;
-use crate::service::BoxFuture;
+use tokio::time::Instant;
+
 use crate::status::{Code, Status};
-use crate::streaming::Body;
 
 /// Tuning for [`RetryPolicy`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,19 +32,18 @@ impl Default for RetryConfig {
     }
 }
 
-/// The tower retry policy of every balanced channel.
+/// The one retry rule of a node's clients, RPCs and HTTP tunnels alike, with its budget
+/// (shared by every clone: a node's clients spend one budget).
 #[derive(Clone)]
 pub struct RetryPolicy {
     budget: Arc<TpsBudget>,
     max_attempts: u32,
-    attempts: u32,
 }
 
 impl std::fmt::Debug for RetryPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetryPolicy")
             .field("max_attempts", &self.max_attempts)
-            .field("attempts", &self.attempts)
             .finish_non_exhaustive()
     }
 }
@@ -60,102 +58,116 @@ impl RetryPolicy {
                 config.retry_ratio,
             )),
             max_attempts: config.max_attempts.max(1),
-            attempts: 0,
         }
+    }
+
+    /// Attempts per call, the first included.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Counts one call: each call earns the budget a share of a retry.
+    pub fn deposit(&self) {
+        self.budget.deposit();
+    }
+
+    /// Whether a call that made `attempts` attempts, the last one failing with `status`, may
+    /// be sent again, and after what pause. `idempotent`: the method may run twice;
+    /// `replayable`: the request can still be sent again (no body or client stream was taken);
+    /// `deadline`: the call's deadline, if any. Refusals are free, other retries spend the
+    /// budget.
+    pub fn retry_after(
+        &self,
+        attempts: u32,
+        idempotent: bool,
+        replayable: bool,
+        status: &Status,
+        deadline: Option<Instant>,
+    ) -> Option<Duration> {
+        if attempts >= self.max_attempts
+            || !is_retryable(idempotent, status)
+            || !replayable
+            || deadline.is_some_and(|deadline| deadline <= Instant::now())
+        {
+            return None;
+        }
+        if status.is_refused() {
+            return Some(Duration::ZERO);
+        }
+        self.budget
+            .withdraw()
+            .then(|| Duration::from_millis(2 * u64::from(attempts)))
+    }
+
+    /// Spends one retry from the budget: what an attempt abandoned after its attempt timeout
+    /// costs before it is sent again elsewhere.
+    pub fn withdraw(&self) -> bool {
+        self.budget.withdraw()
     }
 }
 
-/// Whether `status` allows running `call` again.
-pub fn is_retryable(call: &Call, status: &Status) -> bool {
+/// Whether `status` allows running a call again: a refusal (the callee never started it)
+/// always, a failure of the replica only if the method is idempotent.
+pub fn is_retryable(idempotent: bool, status: &Status) -> bool {
     status.is_refused()
-        || (call.idempotent
+        || (idempotent
             && matches!(
                 status.code(),
                 Code::Unavailable | Code::ResourceExhausted | Code::Aborted
             ))
 }
 
-impl tower::retry::Policy<Call, Body, Status> for RetryPolicy {
-    type Future = BoxFuture<'static, ()>;
-
-    fn retry(
-        &mut self,
-        call: &mut Call,
-        result: &mut Result<Body, Status>,
-    ) -> Option<Self::Future> {
-        let status = result.as_ref().err()?;
-        self.attempts += 1;
-        if let Some(peer) = status.peer() {
-            call.tried.push(peer);
-        }
-        // A client stream whose items an attempt took cannot be sent again.
-        if self.attempts >= self.max_attempts
-            || !is_retryable(call, status)
-            || !call.is_replayable()
-        {
-            return None;
-        }
-        if call
-            .deadline
-            .is_some_and(|deadline| deadline <= tokio::time::Instant::now())
-        {
-            return None;
-        }
-        // Refusals cost the callee nothing; other retries spend the budget.
-        if !status.is_refused() && !self.budget.withdraw() {
-            return None;
-        }
-        let pause = if status.is_refused() {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(2 * u64::from(self.attempts))
-        };
-        Some(Box::pin(tokio::time::sleep(pause)))
-    }
-
-    fn clone_request(&mut self, call: &Call) -> Option<Call> {
-        if self.attempts == 0 {
-            self.budget.deposit();
-        }
-        Some(call.clone())
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
-
-    fn call(idempotent: bool) -> Call {
-        let mut call = Call::new("svc", "m", Bytes::new());
-        call.idempotent = idempotent;
-        call
-    }
 
     #[test]
     fn refusals_are_retried_for_any_method_failures_only_for_idempotent_ones() {
         let refused = Status::refused(Code::Unavailable, "draining");
         let lost = Status::unavailable("connection lost");
         let bad = Status::invalid_argument("bad");
-        assert!(is_retryable(&call(false), &refused));
-        assert!(!is_retryable(&call(false), &lost));
-        assert!(is_retryable(&call(true), &lost));
-        assert!(!is_retryable(&call(true), &bad));
+        assert!(is_retryable(false, &refused));
+        assert!(!is_retryable(false, &lost));
+        assert!(is_retryable(true, &lost));
+        assert!(!is_retryable(true, &bad));
     }
 
     #[tokio::test]
     async fn attempts_are_bounded() {
-        use tower::retry::Policy;
-        let mut policy = RetryPolicy::new(RetryConfig::default());
-        let mut request = call(true);
-        let _ = policy.clone_request(&request);
-        let mut failure: Result<Body, Status> = Err(Status::unavailable("down"));
-        assert!(policy.retry(&mut request, &mut failure).is_some());
-        assert!(policy.retry(&mut request, &mut failure).is_some());
+        let policy = RetryPolicy::new(RetryConfig::default());
+        policy.deposit();
+        let failure = Status::unavailable("down");
+        assert!(policy.retry_after(1, true, true, &failure, None).is_some());
+        assert!(policy.retry_after(2, true, true, &failure, None).is_some());
         assert!(
-            policy.retry(&mut request, &mut failure).is_none(),
+            policy.retry_after(3, true, true, &failure, None).is_none(),
             "three attempts in all"
+        );
+        assert!(
+            policy.retry_after(1, true, false, &failure, None).is_none(),
+            "a request whose stream was taken is never sent again"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_budget_caps_retries_of_failures_but_not_of_refusals() {
+        let policy = RetryPolicy::new(RetryConfig {
+            min_retries_per_second: 0,
+            retry_ratio: 0.2,
+            ..RetryConfig::default()
+        });
+        for _ in 0..10 {
+            policy.deposit();
+        }
+        let failure = Status::unavailable("down");
+        let retried = (0..10)
+            .filter(|_| policy.retry_after(1, true, true, &failure, None).is_some())
+            .count();
+        assert_eq!(retried, 2, "one retry per five calls");
+        let refused = Status::refused(Code::Unavailable, "draining");
+        assert_eq!(
+            policy.retry_after(1, false, true, &refused, None),
+            Some(Duration::ZERO)
         );
     }
 }

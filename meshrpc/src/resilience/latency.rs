@@ -1,0 +1,239 @@
+//! The observed latency of a service's successful attempts, as a histogram over the last
+//! 5–10 seconds: the clock of [per-attempt timeouts](super::attempts) and hedges.
+//!
+//! Fixed memory whatever the traffic: 4 buckets per power of two from 1 µs to about 70 s
+//! (each bucket about 19 % wide), counted in two windows that take turns every
+//! [`WINDOW`]. Recording is one atomic increment; quantiles are recomputed at most every
+//! [`REFRESH`] and read from a cache in between.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How long one window collects before the other takes over (the older one is cleared then).
+pub const WINDOW: Duration = Duration::from_secs(5);
+
+/// How often the cached quantiles are recomputed.
+pub const REFRESH: Duration = Duration::from_millis(50);
+
+/// Samples needed (in the two windows together) before any quantile is given.
+pub const MIN_SAMPLES: u64 = 100;
+
+const SUB_BUCKETS: u32 = 4;
+const BUCKETS: usize = 26 * SUB_BUCKETS as usize;
+
+/// Latency quantiles of a service over its last few seconds.
+#[derive(Debug)]
+pub struct Latencies {
+    epoch: Instant,
+    windows: [Window; 2],
+    current: AtomicUsize,
+    /// When `current` last changed, in milliseconds since `epoch`.
+    rotated_at: AtomicU64,
+    /// The cache: when it was computed (ms since `epoch`, `u64::MAX` for never), p50, p95 and p99 in
+    /// microseconds (0 for "not enough samples").
+    computed_at: AtomicU64,
+    p50_micros: AtomicU64,
+    p95_micros: AtomicU64,
+    p99_micros: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Window {
+    counts: [AtomicU64; BUCKETS],
+}
+
+impl Default for Window {
+    fn default() -> Window {
+        Window {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Default for Latencies {
+    fn default() -> Latencies {
+        Latencies {
+            epoch: Instant::now(),
+            windows: [Window::default(), Window::default()],
+            current: AtomicUsize::new(0),
+            rotated_at: AtomicU64::new(0),
+            computed_at: AtomicU64::new(u64::MAX),
+            p50_micros: AtomicU64::new(0),
+            p95_micros: AtomicU64::new(0),
+            p99_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The bucket of a latency of `micros` µs.
+fn bucket(micros: u64) -> usize {
+    let micros = micros.max(1);
+    let log = 63 - micros.leading_zeros();
+    // The two bits after the leading one pick the sub-bucket.
+    let sub = if log >= 2 {
+        (micros >> (log - 2)) & 0b11
+    } else {
+        (micros << (2 - log)) & 0b11
+    };
+    ((log * SUB_BUCKETS) as usize + sub as usize).min(BUCKETS - 1)
+}
+
+/// The upper edge of bucket `index`, in microseconds.
+fn upper_edge(index: usize) -> u64 {
+    let log = index as u32 / SUB_BUCKETS;
+    let sub = u64::from(index as u32 % SUB_BUCKETS);
+    let base = 1u64 << log;
+    base + (base * (sub + 1)) / u64::from(SUB_BUCKETS)
+}
+
+impl Latencies {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Records one successful attempt's latency.
+    pub fn record(&self, latency: Duration) {
+        let now = self.now_ms();
+        let rotated = self.rotated_at.load(Ordering::Relaxed);
+        if now.saturating_sub(rotated) >= WINDOW.as_millis() as u64
+            && self
+                .rotated_at
+                .compare_exchange(rotated, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let next = 1 - self.current.load(Ordering::Relaxed);
+            for count in &self.windows[next].counts {
+                count.store(0, Ordering::Relaxed);
+            }
+            self.current.store(next, Ordering::Relaxed);
+        }
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.windows[self.current.load(Ordering::Relaxed)].counts[bucket(micros)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `q` quantile (0 to 1) of the last 5–10 s, computed now; `None` with fewer than
+    /// [`MIN_SAMPLES`] samples.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let mut counts = [0u64; BUCKETS];
+        for window in &self.windows {
+            for (sum, count) in counts.iter_mut().zip(&window.counts) {
+                *sum += count.load(Ordering::Relaxed);
+            }
+        }
+        let total: u64 = counts.iter().sum();
+        if total < MIN_SAMPLES {
+            return None;
+        }
+        let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (index, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Some(Duration::from_micros(upper_edge(index)));
+            }
+        }
+        Some(Duration::from_micros(upper_edge(BUCKETS - 1)))
+    }
+
+    fn refresh(&self) {
+        let now = self.now_ms();
+        let computed = self.computed_at.load(Ordering::Relaxed);
+        if computed != u64::MAX && now.saturating_sub(computed) < REFRESH.as_millis() as u64 {
+            return;
+        }
+        if self
+            .computed_at
+            .compare_exchange(computed, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let micros = |q| self.quantile(q).map_or(0, |d| d.as_micros() as u64);
+        self.p50_micros.store(micros(0.5), Ordering::Relaxed);
+        self.p95_micros.store(micros(0.95), Ordering::Relaxed);
+        self.p99_micros.store(micros(0.99), Ordering::Relaxed);
+    }
+
+    fn cached(&self, slot: &AtomicU64) -> Option<Duration> {
+        self.refresh();
+        match slot.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
+
+    /// The median latency (cached for up to [`REFRESH`]); `None` until there are enough
+    /// samples.
+    pub fn p50(&self) -> Option<Duration> {
+        self.cached(&self.p50_micros)
+    }
+
+    /// The p95 latency (cached for up to [`REFRESH`]); `None` until there are enough samples.
+    pub fn p95(&self) -> Option<Duration> {
+        self.cached(&self.p95_micros)
+    }
+
+    /// The p99 latency (cached for up to [`REFRESH`]); `None` until there are enough samples.
+    pub fn p99(&self) -> Option<Duration> {
+        self.cached(&self.p99_micros)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_ordered_and_their_edges_bound_their_values() {
+        let mut last = 0;
+        for micros in [1u64, 2, 3, 5, 7, 100, 1_000, 12_345, 1_000_000, 60_000_000] {
+            let index = bucket(micros);
+            assert!(index >= last, "{micros} µs fell before a smaller value");
+            assert!(
+                upper_edge(index) >= micros,
+                "{micros} µs above its bucket's edge"
+            );
+            assert!(
+                upper_edge(index) <= micros + micros / 3 + 1,
+                "{micros} µs in a bucket up to {}",
+                upper_edge(index)
+            );
+            last = index;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quantiles_need_enough_samples_and_follow_the_recent_past() {
+        let latencies = Latencies::default();
+        for _ in 0..(MIN_SAMPLES - 1) {
+            latencies.record(Duration::from_millis(1));
+        }
+        assert_eq!(latencies.quantile(0.5), None, "too few samples");
+        for _ in 0..900 {
+            latencies.record(Duration::from_millis(1));
+        }
+        for _ in 0..100 {
+            latencies.record(Duration::from_millis(30));
+        }
+        let p50 = latencies.quantile(0.5).expect("enough samples");
+        assert!(p50 >= Duration::from_millis(1) && p50 < Duration::from_micros(1_300));
+        let p95 = latencies.p95().expect("enough samples");
+        assert!(p95 >= Duration::from_millis(30), "{p95:?}");
+        // Two windows later, only the new latencies count.
+        tokio::time::advance(WINDOW).await;
+        latencies.record(Duration::from_millis(2));
+        tokio::time::advance(WINDOW).await;
+        for _ in 0..200 {
+            latencies.record(Duration::from_millis(2));
+        }
+        tokio::time::advance(REFRESH).await;
+        let p99 = latencies.p99().expect("enough samples");
+        assert!(
+            p99 >= Duration::from_millis(2) && p99 < Duration::from_micros(2_600),
+            "{p99:?}"
+        );
+    }
+}
