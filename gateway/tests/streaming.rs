@@ -447,7 +447,7 @@ async fn a_server_stream_is_ndjson_items_then_the_ok_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_are_written_as_they_are_produced() {
     let mesh = Mesh::start("gw-stream-live", gateway::Config::default()).await;
-    let body = r#"{"from":1,"to":3,"every_ms":300}"#;
+    let body = r#"{"from":1,"to":3,"every_ms":1000}"#;
     let head = format!(
         "POST /numbers/count HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
