@@ -83,7 +83,20 @@ pub(crate) enum CoreTimer {
     ReportProbe(SocketAddr),
     /// The cool-down of a report is over.
     ReportCooled(SocketAddr),
+    /// Tell a member this node suspects so again, if it still does (`remaining` more times).
+    Buddy {
+        /// The suspect.
+        member: MemberId,
+        /// Its incarnation when suspected.
+        incarnation: Incarnation,
+        /// How many more times after this one.
+        remaining: u8,
+    },
 }
+
+/// How many times a node tells a member it suspects so (at once, then every probe period while
+/// the suspicion lasts): Lifeguard's "buddy system".
+const BUDDY_PINGS: u8 = 3;
 
 /// What the core asks its shell to do after one input.
 #[derive(Debug, Default)]
@@ -179,6 +192,10 @@ pub(crate) struct Core {
     /// foca's current timer token, as carried by the timers it sets: a suspicion the core
     /// raises is timed out by foca's own `ChangeSuspectToDown`, which needs it.
     token: Option<foca::TimerToken>,
+    /// The probe number of the next buddy ping.
+    buddy_probe: u8,
+    /// Whether buddy pings are sent (see [`Core::set_lifeguard`]).
+    lifeguard: bool,
 }
 
 impl std::fmt::Debug for Core {
@@ -219,6 +236,8 @@ impl Core {
             reports: Reports::default(),
             deferred: HashMap::new(),
             token: None,
+            buddy_probe: 0,
+            lifeguard: true,
         };
         core.digest = core.digest();
         core
@@ -312,6 +331,65 @@ impl Core {
                 self.reports.forget(addr);
                 Effects::default()
             }
+            CoreTimer::Buddy {
+                member,
+                incarnation,
+                remaining,
+            } => {
+                let still = self.foca.iter_members().any(|known| {
+                    known.id() == &member
+                        && known.state() == State::Suspect
+                        && known.incarnation() == incarnation
+                });
+                let mut effects = Effects::default();
+                if still {
+                    self.buddy(member, incarnation, remaining, &mut effects);
+                }
+                effects
+            }
+        }
+    }
+
+    /// Tells `suspect` that this node suspects it, in a ping whose only update is the
+    /// suspicion (Lifeguard's buddy system): foca gossips a suspicion to random members, and
+    /// the suspect may learn of it only after the suspicion ran out. A live suspect refutes at
+    /// once and its ack carries the refutation straight back to this node, which holds the
+    /// suspicion's timer. Repeated every probe period while the suspicion lasts, `remaining`
+    /// more times.
+    fn buddy(
+        &mut self,
+        suspect: MemberId,
+        incarnation: Incarnation,
+        remaining: u8,
+        effects: &mut Effects,
+    ) {
+        let addr = suspect.addr;
+        let update = Member::new(suspect.clone(), incarnation, State::Suspect);
+        let header = Header {
+            src: self.foca.identity().clone(),
+            src_incarnation: 0,
+            dst: suspect.clone(),
+            message: Message::Ping(self.buddy_probe),
+        };
+        self.buddy_probe = self.buddy_probe.wrapping_add(1);
+        let mut codec = MsgPackCodec;
+        let mut wire = Vec::with_capacity(512);
+        let encoded = foca::Codec::encode_header(&mut codec, &header, &mut wire).is_ok() && {
+            wire.extend_from_slice(&1u16.to_be_bytes());
+            foca::Codec::encode_member(&mut codec, &update, &mut wire).is_ok()
+        };
+        if encoded && wire.len() <= self.config.max_packet_size.get() {
+            effects.sends.push((addr, Bytes::from(wire)));
+        }
+        if let Some(remaining) = remaining.checked_sub(1) {
+            let timer = CoreTimer::Buddy {
+                member: suspect,
+                incarnation,
+                remaining,
+            };
+            effects
+                .timers
+                .push((timer, self.health.scale(self.config.probe_period)));
         }
     }
 
@@ -428,10 +506,12 @@ impl Core {
         self.effects()
     }
 
-    /// Whether the node stretches its timeouts when it runs late (the default); off, it keeps
-    /// foca's fixed timings (the simulation compares both).
-    pub(crate) fn set_local_health(&mut self, enabled: bool) {
+    /// Whether the node runs Lifeguard's additions (the default): local health, which
+    /// stretches its timeouts when it runs late, and buddy pings, which tell a suspect it is
+    /// suspected. Off, it runs foca alone (the simulation compares both).
+    pub(crate) fn set_lifeguard(&mut self, enabled: bool) {
         self.health.set_enabled(enabled);
+        self.lifeguard = enabled;
     }
 
     /// This node's local health score (0 when its timers fire on time).
@@ -545,6 +625,18 @@ impl Core {
             self.announce_rejoin();
         }
         let outbox = std::mem::take(&mut self.outbox);
+        let suspicions: Vec<(MemberId, Incarnation)> = outbox
+            .timers
+            .iter()
+            .filter_map(|(timer, _)| match timer {
+                Timer::ChangeSuspectToDown {
+                    member_id,
+                    incarnation,
+                    ..
+                } => Some((member_id.clone(), *incarnation)),
+                _ => None,
+            })
+            .collect();
         let health = self.health.clone();
         let timers = outbox
             .timers
@@ -571,6 +663,15 @@ impl Core {
             downs: outbox.downs,
             ..Effects::default()
         };
+        let suspicions = if self.lifeguard {
+            suspicions
+        } else {
+            Vec::new()
+        };
+        for (suspect, incarnation) in suspicions {
+            // foca sets this timer when its probe (or a caller's report) raised a suspicion.
+            self.buddy(suspect, incarnation, BUDDY_PINGS - 1, &mut effects);
+        }
         for (old, new) in outbox.renames {
             // A generation more than one step on (a step is a draining or renewed identity of
             // the same process) is a new process: a pooled connection established before it

@@ -196,7 +196,7 @@ pub struct Simulation {
     seed: u64,
     config: Config,
     adaptive: bool,
-    local_health: bool,
+    lifeguard: bool,
     services: usize,
     traffic: Traffic,
     log: Vec<Notice>,
@@ -221,7 +221,7 @@ impl Simulation {
             seed,
             config,
             adaptive: true,
-            local_health: true,
+            lifeguard: true,
             services: 3,
             traffic: Traffic::default(),
             log: Vec::new(),
@@ -241,10 +241,10 @@ impl Simulation {
         self.adaptive = adaptive;
     }
 
-    /// Whether nodes stretch their timeouts when they run late, as the node does (on by
-    /// default; applies to nodes started afterwards).
-    pub fn set_local_health(&mut self, enabled: bool) {
-        self.local_health = enabled;
+    /// Whether nodes run Lifeguard's additions (local health and buddy pings), as the node
+    /// does (on by default; applies to nodes started afterwards); off, foca alone.
+    pub fn set_lifeguard(&mut self, enabled: bool) {
+        self.lifeguard = enabled;
     }
 
     /// Starves node `node` of CPU: it runs only at multiples of `every` (its timers fire up to
@@ -526,7 +526,7 @@ impl Simulation {
         );
         let mut core = Core::new(identity, self.config.clone(), rng);
         core.set_adaptive(self.adaptive);
-        core.set_local_health(self.local_health);
+        core.set_lifeguard(self.lifeguard);
         self.nodes[node].core = Some(core);
         self.nodes[node].join_pause = Duration::from_millis(200);
         self.nodes[node].pending_joins = 0;

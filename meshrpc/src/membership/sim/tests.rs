@@ -308,3 +308,67 @@ mod reports {
         assert!(sim.converged());
     }
 }
+
+mod starvation {
+    //! Nodes starved of CPU: their timers fire late and what they receive waits.
+
+    use std::time::Duration;
+
+    use super::super::{Network, Seen, Simulation, node_addr};
+
+    /// Runs a converged mesh of 20 in which nodes 3, 8 and 13 run only every `every` for 30 s,
+    /// then 10 s more normally; returns how many times a member was declared down (every member
+    /// runs throughout), and the starved nodes' highest local health score.
+    pub(crate) fn starve(every: Duration, lifeguard: bool, seed: u64) -> (usize, u32) {
+        let mut sim = Simulation::new(seed, Network::default(), Simulation::node_config());
+        sim.set_lifeguard(lifeguard);
+        sim.set_seeds(vec![node_addr(0)]);
+        sim.add_converged(20);
+        sim.run_for(Duration::from_secs(5));
+        sim.take_log();
+        let starved = [3, 8, 13];
+        for node in starved {
+            sim.stall(node, Some(every));
+        }
+        let mut score = 0;
+        for _ in 0..30 {
+            sim.run_for(Duration::from_secs(1));
+            let now = starved.iter().map(|&node| sim.health(node)).max();
+            score = score.max(now.unwrap_or(0));
+        }
+        for node in starved {
+            sim.stall(node, None);
+        }
+        sim.run_for(Duration::from_secs(10));
+        let downs = sim
+            .take_log()
+            .into_iter()
+            .filter(|notice| notice.seen == Seen::Down)
+            .count();
+        assert!(sim.converged(), "every view holds the 20 members again");
+        (downs, score)
+    }
+
+    #[test]
+    fn starved_nodes_that_run_every_750_ms_are_declared_down_by_foca_alone() {
+        // The scenario bites: without Lifeguard's additions a member is declared down.
+        let (downs, score) = starve(Duration::from_millis(750), false, 1);
+        assert!(downs > 0, "no false death to prevent");
+        assert_eq!(score, 0);
+    }
+
+    #[test]
+    fn starved_nodes_that_run_every_750_ms_to_1_2_s_kill_nobody() {
+        for (every, seed) in [(750, 1), (750, 4), (1000, 2), (1200, 5)] {
+            let (downs, score) = starve(Duration::from_millis(every), true, seed);
+            assert_eq!(
+                downs, 0,
+                "every {every} ms, seed {seed}: members declared down"
+            );
+            assert!(
+                score >= 4,
+                "every {every} ms: the starved nodes noticed ({score})"
+            );
+        }
+    }
+}
