@@ -2,6 +2,7 @@
 //! compare to agree on the wire format, and the JSON descriptor the gateway builds its OpenAPI
 //! document and JSON transcoding from (format in `docs/MANIFEST.md`, "The service descriptor").
 
+use meshrpc_descriptor::KEY_EXTENSION;
 use serde_json::{Map, Value, json};
 
 use crate::manifest::{Body, Declared, Field, Method, Service, VariantFields};
@@ -149,7 +150,7 @@ fn key_primitives(service: &Service, schema: &mut Value) {
     match schema {
         Value::Object(object) => {
             let key = object
-                .get("x-meshrpc-key")
+                .get(KEY_EXTENSION)
                 .and_then(Value::as_str)
                 .and_then(|name| service.types.iter().find(|declared| declared.name == name))
                 .and_then(|declared| match &declared.body {
@@ -158,11 +159,11 @@ fn key_primitives(service: &Service, schema: &mut Value) {
                 });
             match key {
                 Some(Ty::String) => {
-                    object.remove("x-meshrpc-key");
+                    object.remove(KEY_EXTENSION);
                 }
                 Some(primitive) => {
                     object.insert(
-                        "x-meshrpc-key".to_owned(),
+                        KEY_EXTENSION.to_owned(),
                         Value::String(primitive.canonical()),
                     );
                 }
@@ -184,21 +185,7 @@ fn key_primitives(service: &Service, schema: &mut Value) {
 /// client stream), `response` the schema of the response map (only without a server stream)
 /// and `response_stream` the schema of one server-stream item (only with one).
 fn method_descriptor(service: &Service, method: &Method) -> Value {
-    let mut descriptor = json!({
-        "name": method.name,
-        "doc": method.doc,
-        "kind": method.kind().as_str(),
-        "idempotent": method.idempotent,
-        "timeout_ms": method.timeout.map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
-        "result_field": method.returns,
-        "request": object_schema(&service.name, &method.params),
-    });
-    if let Some(stream) = &method.stream {
-        descriptor["request_stream"] = item_schema(&service.name, &stream.ty);
-    }
-    if method.result_streams {
-        descriptor["response_stream"] = item_schema(&service.name, &method.result);
-    } else {
+    let response = (!method.result_streams).then(|| {
         let response_fields = if method.result == Ty::Unit {
             Vec::new()
         } else {
@@ -209,9 +196,29 @@ fn method_descriptor(service: &Service, method: &Method) -> Value {
                 at: 0,
             }]
         };
-        descriptor["response"] = object_schema(&service.name, &response_fields);
-    }
-    descriptor
+        object_schema(&service.name, &response_fields)
+    });
+    let descriptor = meshrpc_descriptor::Method {
+        name: method.name.clone(),
+        doc: method.doc.clone(),
+        kind: method.kind(),
+        idempotent: method.idempotent,
+        timeout_ms: method
+            .timeout
+            .map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+        result_field: method.returns.clone(),
+        request: object_schema(&service.name, &method.params),
+        request_stream: method
+            .stream
+            .as_ref()
+            .map(|stream| item_schema(&service.name, &stream.ty)),
+        response,
+        response_stream: method
+            .result_streams
+            .then(|| item_schema(&service.name, &method.result)),
+    };
+    // Through a `Value`, so keys are written in sorted order as for the whole descriptor.
+    serde_json::to_value(descriptor).unwrap_or(Value::Null)
 }
 
 /// The schema of one stream item: the value itself, not a map. Items of `Vec<u8>` and `Bytes`

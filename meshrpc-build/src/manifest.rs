@@ -63,25 +63,7 @@ pub(crate) struct Method {
 }
 
 /// Whether a method's request, reply or both are streams (the runtime's `MethodKind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Unary,
-    ServerStreaming,
-    ClientStreaming,
-    Bidirectional,
-}
-
-impl Kind {
-    /// The name the descriptor writes, and the runtime's `MethodKind::as_str`.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Kind::Unary => "unary",
-            Kind::ServerStreaming => "server_streaming",
-            Kind::ClientStreaming => "client_streaming",
-            Kind::Bidirectional => "bidirectional",
-        }
-    }
-}
+pub(crate) use meshrpc_descriptor::Kind;
 
 impl Method {
     /// The method's kind, from where its signature writes `Stream<T>`.
