@@ -61,6 +61,10 @@ pub use serde;
 /// Re-exported for generated code.
 pub use bytes;
 
+/// The service descriptor's model (what `meshrpc.node.describe` answers), re-exported for
+/// tools that read descriptors.
+pub use meshrpc_descriptor as descriptor;
+
 /// Re-exported so a service crate needs no tokio dependency of its own for `main`:
 /// `#[meshrpc::tokio::main(crate = "meshrpc::tokio")]`.
 pub use tokio;

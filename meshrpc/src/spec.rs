@@ -155,52 +155,12 @@ pub struct MethodSpec {
     pub index: usize,
 }
 
-/// Whether a method's request, reply or both are streams of messages.
-///
-/// A client stream is the method's `Stream<T>` parameter: its items follow the first request
-/// message (the other parameters). A server stream is a `Stream<T>` result: zero or more items,
-/// then the call's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum MethodKind {
-    /// One request message, one reply message.
-    #[default]
-    Unary,
-    /// One request message, a stream of replies (`-> Stream<T>`).
-    ServerStreaming,
-    /// A stream of requests after the first message, one reply (`(items: Stream<T>) -> R`).
-    ClientStreaming,
-    /// Streams both ways (`(items: Stream<T>) -> Stream<U>`).
-    Bidirectional,
-}
-
-impl MethodKind {
-    /// Whether the caller sends a stream of items after the first request message.
-    pub fn client_streams(self) -> bool {
-        matches!(
-            self,
-            MethodKind::ClientStreaming | MethodKind::Bidirectional
-        )
-    }
-
-    /// Whether the callee answers with a stream of items.
-    pub fn server_streams(self) -> bool {
-        matches!(
-            self,
-            MethodKind::ServerStreaming | MethodKind::Bidirectional
-        )
-    }
-
-    /// Lower-case name, as the service descriptor writes it: `unary`, `server_streaming`,
-    /// `client_streaming` or `bidirectional`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MethodKind::Unary => "unary",
-            MethodKind::ServerStreaming => "server_streaming",
-            MethodKind::ClientStreaming => "client_streaming",
-            MethodKind::Bidirectional => "bidirectional",
-        }
-    }
-}
+/// Whether a method's request, reply or both are streams of messages: `Unary`,
+/// `ServerStreaming` (`-> Stream<T>`), `ClientStreaming` (`(items: Stream<T>) -> R`) or
+/// `Bidirectional`. A client stream's items follow the first request message (the other
+/// parameters); a server stream is zero or more items, then the call's status. The same type
+/// as the service descriptor's `kind`.
+pub use meshrpc_descriptor::Kind as MethodKind;
 
 /// One named, typed field of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
