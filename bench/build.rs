@@ -1,4 +1,5 @@
-//! Generates the meshrpc `echo` service from `services.toml`, and the tonic service for the
+//! Generates the meshrpc `echo` service from `services.toml`, and the tonic service (`echo`,
+//! `relay` and the server-streaming `produce`) for the
 //! gRPC baselines without `protoc`: its messages are hand-written prost structs
 //! (`src/systems/tonic_grpc.rs`) and the stubs come from `tonic_build::manual` with
 //! tonic-prost's codec.
@@ -7,7 +8,14 @@ fn main() -> Result<(), meshrpc_build::Error> {
     meshrpc_build::compile("services.toml")?;
 
     let method = |name: &str, route: &str, input: &str, output: &str| {
-        tonic_build::manual::Method::builder()
+        let builder = tonic_build::manual::Method::builder();
+        // `produce` answers a stream (the streaming scenario); the others one message.
+        let builder = if name == "produce" {
+            builder.server_streaming()
+        } else {
+            builder
+        };
+        builder
             .name(name)
             .route_name(route)
             .input_type(format!("crate::systems::tonic_grpc::{input}"))
@@ -20,6 +28,12 @@ fn main() -> Result<(), meshrpc_build::Error> {
         .package("bench")
         .method(method("echo", "Echo", "EchoRequest", "EchoReply"))
         .method(method("relay", "Relay", "RelayRequest", "RelayReply"))
+        .method(method(
+            "produce",
+            "Produce",
+            "ProduceRequest",
+            "ProduceReply",
+        ))
         .build();
     tonic_build::manual::Builder::new().compile(&[service]);
     println!("cargo::rerun-if-changed=build.rs");

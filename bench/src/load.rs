@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::systems::{BenchClient, Result, greet, hop_count};
 
+pub(crate) use crate::stream_load::{SlowFigures, run_stream_job};
+
 /// What a client process measures.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -32,6 +34,25 @@ pub(crate) enum Job {
     },
     /// `calls` echo calls at once, each held `sleep_ms` by the server.
     Hold { calls: usize, sleep_ms: u32 },
+    /// Server streams of `size`-byte messages, `streams` at once, read as fast as they come
+    /// for `duration_s` after a warm-up (the streaming scenario's throughput runs).
+    Stream {
+        size: u32,
+        streams: usize,
+        warmup_s: f64,
+        duration_s: f64,
+        max_messages: u64,
+    },
+    /// One server stream of `total_bytes` in `size`-byte messages, read at `rate_bytes_per_s`
+    /// for at most `duration_s`, then dropped; the client samples its own resident set and the
+    /// server's (`server_pid`) as it reads (the streaming scenario's slow consumer).
+    SlowConsumer {
+        size: u32,
+        total_bytes: u64,
+        rate_bytes_per_s: u64,
+        duration_s: f64,
+        server_pid: u32,
+    },
     /// HTTP GETs of the greet route with `in_flight` requests outstanding, after a warm-up
     /// (the gateway scenario).
     Get {
@@ -82,10 +103,16 @@ pub(crate) struct Outcome {
     pub(crate) client_cpu_s: f64,
     /// The client process's peak resident set, KiB.
     pub(crate) client_hwm_kib: u64,
+    /// Payload bytes received (streaming runs).
+    #[serde(default)]
+    pub(crate) bytes: u64,
+    /// The slow consumer's figures.
+    #[serde(default)]
+    pub(crate) slow: Option<SlowFigures>,
 }
 
 impl Outcome {
-    fn fail(&mut self, error: impl ToString) {
+    pub(crate) fn fail(&mut self, error: impl ToString) {
         self.errors += 1;
         if self.first_error.is_none() {
             self.first_error = Some(error.to_string());
@@ -145,6 +172,7 @@ pub(crate) async fn run<C: BenchClient>(
             ready()?;
             measured(|| hold(&client, calls, sleep_ms)).await
         }
+        Job::Stream { .. } | Job::SlowConsumer { .. } => run_stream_job(client, job, ready).await,
         Job::Get { .. } => Err("a GET job needs the HTTP GET client".into()),
     }
 }
@@ -175,7 +203,7 @@ pub(crate) async fn run_get(
     .await
 }
 
-async fn measured<F: Future<Output = Result<Outcome>>>(
+pub(crate) async fn measured<F: Future<Output = Result<Outcome>>>(
     phase: impl FnOnce() -> F,
 ) -> Result<Outcome> {
     let cpu_before = crate::procfs::cpu_seconds(std::process::id())?;

@@ -9,7 +9,8 @@
 //!   axum), `bench serve gateway` (the gateway on a meshrpc node; it prints `mesh <addr>`
 //!   first) and `bench serve greeter --seed <that addr>` (a greeter replica joined to it);
 //! - `bench client <system>` connects, warms up, prints `ready`, waits for `go`, runs one job and
-//!   prints `result <json>` (`bench client gateway` and `bench client greet-axum`: HTTP GETs of
+//!   prints `result <json>` (a server answers `stats <json>` to `stats`: its stream producers'
+//!   figures) (`bench client gateway` and `bench client greet-axum`: HTTP GETs of
 //!   the greet route).
 //!
 //! Every process runs a tokio `current_thread` runtime, and the same malloc settings (see
@@ -20,6 +21,7 @@ mod load;
 mod procfs;
 mod report;
 mod run;
+mod stream_load;
 mod systems;
 
 use std::io::{BufRead as _, Write as _};
@@ -158,15 +160,23 @@ fn serve(
             None if line == "none" => None,
             None => return Err(format!("expected `next <addr>` or `none`, got `{line}`").into()),
         };
-        // The parent closing our stdin (or dying) stops the server.
+        // The parent closing our stdin (or dying) stops the server; `stats` asks for the
+        // streaming producers' figures (the slow consumer's stop time).
         std::thread::spawn(|| {
-            let mut sink = String::new();
+            let mut line = String::new();
             while std::io::stdin()
                 .lock()
-                .read_line(&mut sink)
+                .read_line(&mut line)
                 .is_ok_and(|n| n > 0)
             {
-                sink.clear();
+                if line.trim() == "stats" {
+                    let stats = systems::producer::stats();
+                    let json = serde_json::to_string(&stats).unwrap_or_default();
+                    if say(&format!("stats {json}")).is_err() {
+                        break;
+                    }
+                }
+                line.clear();
             }
             std::process::exit(0);
         });

@@ -1,5 +1,5 @@
 //! Process figures from `/proc`: CPU time from `/proc/<pid>/stat` and peak resident set
-//! (`VmHWM`) from `/proc/<pid>/status`.
+//! (`VmHWM`) and current resident set (`VmRSS`) from `/proc/<pid>/status`.
 
 use crate::systems::Result;
 
@@ -22,16 +22,26 @@ pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND)
 }
 
-/// Peak resident set size of process `pid`, KiB.
+/// Peak resident set size of process `pid` (`VmHWM`), KiB.
 pub(crate) fn peak_rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Current resident set size of process `pid` (`VmRSS`), KiB.
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` figure of `/proc/<pid>/status`, by its key (`VmRSS:`, `VmHWM:`).
+fn status_kib(pid: u32, key: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .ok_or("no VmHWM in /proc status")?;
+        .find(|line| line.starts_with(key))
+        .ok_or_else(|| format!("no {key} in /proc/{pid}/status"))?;
     Ok(line
         .split_whitespace()
         .nth(1)
-        .ok_or("malformed VmHWM line")?
+        .ok_or_else(|| format!("malformed {key} line"))?
         .parse()?)
 }

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::load::Percentiles;
 use crate::systems::System;
 
+mod streaming;
+
 /// The whole run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Report {
@@ -41,6 +43,12 @@ pub(crate) struct Settings {
     pub(crate) ring_depth: u32,
     pub(crate) hold_calls: usize,
     pub(crate) hold_ms: u32,
+    /// The streaming scenario's throughput runs: (message bytes, streams at once).
+    #[serde(default)]
+    pub(crate) stream_runs: Vec<(u32, usize)>,
+    /// The streaming scenario's slow consumer.
+    #[serde(default)]
+    pub(crate) slow_consumer: SlowConsumerSettings,
     /// The `GLIBC_TUNABLES` every process ran with; empty for glibc's defaults.
     #[serde(default)]
     pub(crate) malloc_tunables: String,
@@ -139,6 +147,8 @@ pub(crate) struct SystemResult {
     pub(crate) cpu: Option<Cpu>,
     pub(crate) ring: Option<Ring>,
     pub(crate) memory: Option<Memory>,
+    #[serde(default)]
+    pub(crate) streaming: Option<Streaming>,
     pub(crate) errors: Vec<String>,
 }
 
@@ -152,6 +162,7 @@ impl SystemResult {
             cpu: None,
             ring: None,
             memory: None,
+            streaming: None,
             errors: Vec::new(),
         }
     }
@@ -166,6 +177,73 @@ impl SystemResult {
     fn payload(&self, bytes: usize) -> Option<&Payload> {
         self.payloads.iter().find(|p| p.bytes == bytes)
     }
+
+    fn stream_run(&self, size: u32, streams: usize) -> Option<&StreamRun> {
+        self.streaming
+            .as_ref()?
+            .runs
+            .iter()
+            .find(|r| r.size == size && r.streams == streams)
+    }
+
+    fn slow_consumer(&self) -> Option<&SlowConsumer> {
+        self.streaming.as_ref()?.slow.as_ref()
+    }
+}
+
+/// The slow consumer's settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct SlowConsumerSettings {
+    /// Message size, bytes.
+    pub(crate) size: u32,
+    /// Length of the stream the server is asked for, bytes.
+    pub(crate) total_bytes: u64,
+    /// How fast the consumer reads, bytes a second.
+    pub(crate) rate_bytes_per_s: u64,
+    /// How long it reads at most, seconds.
+    pub(crate) duration_s: f64,
+}
+
+/// The streaming scenario of one system.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Streaming {
+    /// Why the system was not measured (it has no server streaming, say).
+    pub(crate) not_measured: Option<String>,
+    /// Throughput runs.
+    pub(crate) runs: Vec<StreamRun>,
+    /// The slow consumer.
+    pub(crate) slow: Option<SlowConsumer>,
+}
+
+/// Server-stream throughput at one message size and number of streams.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct StreamRun {
+    pub(crate) size: u32,
+    pub(crate) streams: usize,
+    pub(crate) messages: u64,
+    pub(crate) messages_per_s: f64,
+    /// Payload MB (10^6 bytes) a second.
+    pub(crate) mb_per_s: f64,
+}
+
+/// What the slow consumer saw.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct SlowConsumer {
+    pub(crate) bytes_read: u64,
+    pub(crate) read_s: f64,
+    /// Server `VmRSS` as the slow reading began, and its growth to the largest sample.
+    pub(crate) server_rss_start_kib: u64,
+    pub(crate) server_growth_kib: u64,
+    /// The same of the client.
+    pub(crate) client_rss_start_kib: u64,
+    pub(crate) client_growth_kib: u64,
+    /// Messages the server produced in all.
+    pub(crate) produced: u64,
+    /// How long after the consumer dropped the stream the server's producer was dropped, ms
+    /// (`None`: not within the wait).
+    pub(crate) stopped_after_ms: Option<f64>,
+    /// How long after the drop the producer made its last message, ms (`None`: before it).
+    pub(crate) produced_after_cancel_ms: Option<f64>,
 }
 
 /// Unary latency, one call in flight, 64 B.
@@ -593,6 +671,9 @@ impl Report {
             }
         }
         let _ = writeln!(md);
+        if self.settings.scenarios.iter().any(|s| s == "streaming") {
+            self.streaming_markdown(md, placement);
+        }
     }
 
     fn gateway_markdown(&self, md: &mut String) {
@@ -721,7 +802,7 @@ impl Report {
             let idle_mib = memory.map(|g| g.idle_kib as f64 / 1024.0);
             const BASE: &str = "baseline";
             const DESIGN: &str = "DESIGN";
-            let rows: [(&str, &str, Option<f64>, f64, bool); 20] = [
+            let mut rows: Vec<(&str, &str, Option<f64>, f64, bool)> = vec![
                 (
                     "unary p50 ≤ 0.8× tonic-tls",
                     BASE,
@@ -851,6 +932,7 @@ impl Report {
                     false,
                 ),
             ];
+            rows.extend(streaming::target_rows(placement));
             for (target, level, value, bound, at_most) in rows {
                 let met = match value {
                     Some(v) if (at_most && v <= bound) || (!at_most && v >= bound) => "yes",
@@ -868,7 +950,8 @@ impl Report {
         let _ = writeln!(
             md,
             "\nRatios are meshrpc ÷ the other system (for the gateway: through the gateway ÷ direct); \
-             bytes per held call are in KB (1,000 bytes); the last two rows are shares (1.00 = all).\n"
+             bytes per held call are in KB (1,000 bytes); the held-call rows are shares (1.00 = all); \
+             the slow consumer's growth is in MiB and its stop in ms.\n"
         );
     }
 }

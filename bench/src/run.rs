@@ -1,5 +1,8 @@
 //! The parent process: plans the scenarios, starts servers and clients as pinned child
-//! processes of this binary, collects their figures and writes the report.
+//! processes of this binary, collects their figures and writes the report. The streaming
+//! scenario's runs are in [`streaming`].
+
+mod streaming;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -30,17 +33,19 @@ pub(crate) enum Scenario {
     Cpu,
     Ring,
     Memory,
+    Streaming,
     Gateway,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::Latency,
         Scenario::Throughput,
         Scenario::Payload,
         Scenario::Cpu,
         Scenario::Ring,
         Scenario::Memory,
+        Scenario::Streaming,
         Scenario::Gateway,
     ];
 
@@ -52,6 +57,7 @@ impl Scenario {
             Scenario::Cpu => "cpu",
             Scenario::Ring => "ring",
             Scenario::Memory => "memory",
+            Scenario::Streaming => "streaming",
             Scenario::Gateway => "gateway",
         }
     }
@@ -131,7 +137,8 @@ pub(crate) struct Options {
     /// Short runs, a shallow ring and fewer held calls: a smoke test in about a minute.
     #[arg(long)]
     quick: bool,
-    /// Scenarios to run (comma separated): latency, throughput, payload, cpu, ring, memory, gateway.
+    /// Scenarios to run (comma separated): latency, throughput, payload, cpu, ring, memory,
+    /// streaming, gateway.
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<Scenario>>,
     /// Systems to measure (comma separated): meshrpc, quinn, tonic-tls, tonic-h2c, tarpc, http-json.
@@ -152,6 +159,13 @@ pub(crate) struct Options {
     /// How long the server holds each of those calls, ms (default 2000, quick 300).
     #[arg(long)]
     hold_ms: Option<u32>,
+    /// Seconds the streaming scenario's slow consumer reads (default 20, quick 5).
+    #[arg(long)]
+    slow_consumer_s: Option<f64>,
+    /// The slow consumer reads its whole 1 GiB stream at 1 MB/s (about 18 minutes per system
+    /// and placement) instead of `--slow-consumer-s`.
+    #[arg(long)]
+    long: bool,
     /// Where to write report.md, report.json and chart.svg.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -211,6 +225,12 @@ pub(crate) fn run(options: Options) -> Result<()> {
         hold_ms: options
             .hold_ms
             .unwrap_or(if options.quick { 500 } else { 2000 }),
+        stream_runs: streaming::RUNS.to_vec(),
+        slow_consumer: streaming::slow_consumer(
+            options.quick,
+            options.long,
+            options.slow_consumer_s,
+        ),
         malloc_tunables: if options.default_malloc {
             String::new()
         } else {
@@ -365,6 +385,7 @@ impl Bench {
             Scenario::Throughput => self.settings.in_flight.len() as u64,
             Scenario::Payload => self.settings.payloads.len() as u64,
             Scenario::Gateway => (Route::ALL.len() * self.settings.gateway_in_flight.len()) as u64,
+            Scenario::Streaming => self.settings.stream_runs.len() as u64 + 1,
             _ => 1,
         }
     }
@@ -507,6 +528,9 @@ impl Bench {
                         / s.hold_calls.max(1) as f64,
                     client_kib: outcome.client_hwm_kib,
                 });
+            }
+            Scenario::Streaming => {
+                self.streaming(placement, system, result, progress);
             }
             // Once per placement, not per system: see `Bench::gateway`.
             Scenario::Gateway => {}
@@ -715,8 +739,13 @@ impl Bench {
         let mut client = Process::spawn(command, format!("{system} client"))?;
         // Generous bounds: a hung system fails its scenario instead of hanging the run.
         let slack = Duration::from_secs(60);
-        let phase = Duration::from_secs_f64(s.warmup_s + s.duration_s)
-            + Duration::from_millis(u64::from(s.hold_ms));
+        let phase = match &job {
+            Job::SlowConsumer { duration_s, .. } => Duration::from_secs_f64(*duration_s),
+            _ => {
+                Duration::from_secs_f64(s.warmup_s + s.duration_s)
+                    + Duration::from_millis(u64::from(s.hold_ms))
+            }
+        };
         let line = client.expect(phase + slack)?;
         if line != "ready" {
             return Err(format!("{system} client said `{line}`, expected `ready`").into());

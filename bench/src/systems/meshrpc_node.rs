@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use meshrpc::{Limits, Node, Status};
+use futures::StreamExt as _;
+use meshrpc::{Limits, Node, Status, Streaming};
 
-use super::{BenchClient, Handler, MAX_IN_FLIGHT, MAX_MESSAGE, Rendezvous, Result, Tls};
+use super::{
+    BenchClient, Handler, MAX_IN_FLIGHT, MessageStream, Producer, Received, Rendezvous, Result, Tls,
+};
 
 #[allow(unreachable_pub, missing_docs, dead_code, clippy::all)]
 mod generated {
@@ -29,9 +32,12 @@ pub(crate) fn state_dir(tls: &Tls) -> PathBuf {
     tls.dir.join("meshrpc")
 }
 
+/// meshrpc's default message limit (4 MiB), enough for the 1 MiB payload: its flow-control
+/// windows follow it, and at 4 MiB they are bare quinn's (4 MiB + 64 KiB per stream), so the
+/// two stream with the same windows (the slow consumer buffers what they allow).
 fn limits() -> Limits {
     Limits {
-        max_message_size: MAX_MESSAGE,
+        max_message_size: Limits::default().max_message_size,
         max_concurrent_streams: MAX_IN_FLIGHT,
         ..Limits::default()
     }
@@ -72,6 +78,19 @@ impl BenchClient for Client {
     async fn relay(&self, hops_left: u32, state: Bytes) -> Result<Bytes> {
         Ok(self.inner.relay(hops_left, state).await?)
     }
+
+    async fn server_stream(&self, size: u32, count: u64) -> Result<MessageStream> {
+        let stream = self.inner.produce(size, count).await?;
+        Ok(stream
+            .map(|item| match item {
+                Ok(payload) => Ok(Received {
+                    messages: 1,
+                    bytes: payload.len() as u64,
+                }),
+                Err(status) => Err(status.into()),
+            })
+            .boxed())
+    }
 }
 
 /// The service implementation; its handler is set once the ring successor is known.
@@ -96,6 +115,12 @@ impl Echo for Service {
             Ok(state) => Ok(state),
             Err(error) => Err(Status::unavailable(error.to_string())),
         }
+    }
+
+    async fn produce(&self, size: u32, count: u64) -> Result<Streaming<Bytes>, Status> {
+        Ok(Streaming::new(futures::stream::iter(
+            Producer::new(size, count).map(Ok),
+        )))
     }
 }
 

@@ -6,11 +6,18 @@
 //!   counter in the state and calls `relay(hops_left - 1, state)` on the next peer of the ring,
 //!   nested and synchronous, and returns what that call returned.
 //!
-//! Servers share [`Handler`] for the behaviour, so systems differ only in transport and codec.
+//! Those with server streaming (meshrpc, bare quinn, tonic) also serve
+//!
+//! - `stream(size, count) -> stream of payloads`: `count` messages of `size` bytes, each produced
+//!   only when the transport asks for the next ([`Producer`]), for the streaming scenario.
+//!
+//! Servers share [`Handler`] and [`Producer`] for the behaviour, so systems differ only in
+//! transport and codec.
 
 pub(crate) mod greet;
 pub(crate) mod http_json;
 pub(crate) mod meshrpc_node;
+pub(crate) mod producer;
 pub(crate) mod quinn_raw;
 pub(crate) mod tarpc_tcp;
 pub(crate) mod tonic_grpc;
@@ -24,7 +31,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
+
+pub(crate) use producer::Producer;
 
 /// Errors of the harness: boxed, since every one ends up as a line in the report.
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -256,7 +266,34 @@ pub(crate) trait BenchClient: Clone + Send + Sync + Sized + 'static {
 
     /// Calls `relay`.
     fn relay(&self, hops_left: u32, state: Bytes) -> impl Future<Output = Result<Bytes>> + Send;
+
+    /// Opens `stream(size, count)`: what arrives, as [`Received`] steps. Dropping the stream
+    /// cancels the call. Systems without server streaming answer an error saying so.
+    fn server_stream(
+        &self,
+        size: u32,
+        count: u64,
+    ) -> impl Future<Output = Result<MessageStream>> + Send {
+        let _ = (size, count);
+        async { Err(NO_STREAMING.into()) }
+    }
 }
+
+/// The error of a system that has no server streaming (its scenario row is a dash).
+pub(crate) const NO_STREAMING: &str = "this system has no server streaming";
+
+/// Messages received from a server stream since the previous step (one per message for the
+/// RPC systems, one per chunk read for bare quinn).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Received {
+    /// Whole messages completed.
+    pub(crate) messages: u64,
+    /// Payload bytes (framing excluded).
+    pub(crate) bytes: u64,
+}
+
+/// A server stream as the bench client reads it.
+pub(crate) type MessageStream = BoxStream<'static, Result<Received>>;
 
 /// The server-side behaviour every system shares.
 #[derive(Debug)]

@@ -1,22 +1,27 @@
 //! Bare quinn: our floor. One bidirectional stream per call; the request is a one-byte method,
 //! a little-endian `u32` argument and the payload up to the end of the stream; the reply is the
-//! payload up to the end of the stream. Same socket buffers and windows as meshrpc's endpoint,
-//! so the difference to meshrpc is the framework, not the tuning.
+//! payload up to the end of the stream. `produce` (method 3, the argument is the message size and
+//! the payload the count, a little-endian `u64`) answers raw frames on the same stream: a
+//! little-endian `u32` length and the payload, per message. Same socket buffers and windows as
+//! meshrpc's endpoint, so the difference to meshrpc is the framework, not the tuning.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt as _;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{TransportConfig, VarInt};
 
 use super::{
-    BenchClient, Handler, MAX_IN_FLIGHT, MAX_MESSAGE, Rendezvous, Result, SERVER_NAME, Tls,
+    BenchClient, Handler, MAX_IN_FLIGHT, MAX_MESSAGE, MessageStream, Producer, Received,
+    Rendezvous, Result, SERVER_NAME, Tls,
 };
 
 const ECHO: u8 = 1;
 const RELAY: u8 = 2;
+const PRODUCE: u8 = 3;
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
 fn transport() -> Arc<TransportConfig> {
@@ -66,14 +71,59 @@ pub(crate) struct Client {
 
 impl Client {
     async fn call(&self, method: u8, arg: u32, payload: Bytes) -> Result<Bytes> {
-        let (mut send, mut recv) = self.connection.open_bi().await?;
+        let mut recv = self.request(method, arg, payload).await?;
+        Ok(Bytes::from(recv.read_to_end(MAX_MESSAGE).await?))
+    }
+
+    /// Opens a stream and sends a whole request on it; answers the receiving side.
+    async fn request(&self, method: u8, arg: u32, payload: Bytes) -> Result<quinn::RecvStream> {
+        let (mut send, recv) = self.connection.open_bi().await?;
         let mut head = [0u8; 5];
         head[0] = method;
         head[1..].copy_from_slice(&arg.to_le_bytes());
         send.write_all(&head).await?;
         send.write_chunk(payload).await?;
         send.finish()?;
-        Ok(Bytes::from(recv.read_to_end(MAX_MESSAGE).await?))
+        Ok(recv)
+    }
+}
+
+/// Counts the length-prefixed frames of a `produce` answer across chunk boundaries.
+#[derive(Debug, Default)]
+struct Frames {
+    head: [u8; 4],
+    head_len: usize,
+    body_left: usize,
+}
+
+impl Frames {
+    /// The messages completed and payload bytes in `chunk`.
+    fn feed(&mut self, mut chunk: &[u8]) -> Received {
+        let mut received = Received::default();
+        while !chunk.is_empty() {
+            if self.body_left > 0 {
+                let take = self.body_left.min(chunk.len());
+                self.body_left -= take;
+                received.bytes += take as u64;
+                chunk = &chunk[take..];
+                if self.body_left == 0 {
+                    received.messages += 1;
+                }
+            } else {
+                let take = (4 - self.head_len).min(chunk.len());
+                self.head[self.head_len..self.head_len + take].copy_from_slice(&chunk[..take]);
+                self.head_len += take;
+                chunk = &chunk[take..];
+                if self.head_len == 4 {
+                    self.head_len = 0;
+                    self.body_left = u32::from_le_bytes(self.head) as usize;
+                    if self.body_left == 0 {
+                        received.messages += 1;
+                    }
+                }
+            }
+        }
+        received
     }
 }
 
@@ -102,6 +152,25 @@ impl BenchClient for Client {
 
     async fn relay(&self, hops_left: u32, state: Bytes) -> Result<Bytes> {
         self.call(RELAY, hops_left, state).await
+    }
+
+    async fn server_stream(&self, size: u32, count: u64) -> Result<MessageStream> {
+        let count = Bytes::copy_from_slice(&count.to_le_bytes());
+        let recv = self.request(PRODUCE, size, count).await?;
+        // Dropping the receiving side stops the sender (STOP_SENDING), as a cancel does.
+        Ok(
+            futures::stream::unfold((recv, Frames::default()), |(mut recv, mut frames)| async {
+                match recv.read_chunk(usize::MAX, true).await {
+                    Ok(Some(chunk)) => {
+                        let received = frames.feed(&chunk.bytes);
+                        Some((Ok(received), (recv, frames)))
+                    }
+                    Ok(None) => None,
+                    Err(error) => Some((Err(error.into()), (recv, frames))),
+                }
+            })
+            .boxed(),
+        )
     }
 }
 
@@ -142,6 +211,9 @@ async fn answer(
     let method = request[0];
     let arg = u32::from_le_bytes([request[1], request[2], request[3], request[4]]);
     let payload = Bytes::from(request).slice(5..);
+    if method == PRODUCE {
+        return produce(send, arg, &payload).await;
+    }
     let reply = match method {
         ECHO => Ok(handler.echo(payload, arg).await),
         RELAY => handler.relay(arg, payload).await,
@@ -157,4 +229,40 @@ async fn answer(
             let _ = send.reset(VarInt::from_u32(2));
         }
     }
+}
+
+/// Small frames are written in batches of about this many bytes, as any framing layer would.
+const BATCH: usize = 32 * 1024;
+
+/// Writes `count` (a little-endian `u64` in `payload`) frames of `size` bytes, until done or
+/// until the reader stops the stream. Frames smaller than [`BATCH`] are gathered into one
+/// write; larger ones are written as they are, without a copy.
+async fn produce(mut send: quinn::SendStream, size: u32, payload: &[u8]) {
+    let Ok(count) = <[u8; 8]>::try_from(payload) else {
+        let _ = send.reset(VarInt::from_u32(1));
+        return;
+    };
+    let producer = Producer::new(size, u64::from_le_bytes(count));
+    let head = (size as usize).min(MAX_MESSAGE) as u32;
+    let head = Bytes::copy_from_slice(&head.to_le_bytes());
+    let mut batch = bytes::BytesMut::new();
+    for message in producer {
+        let written = if message.len() >= BATCH {
+            send.write_all_chunks(&mut [head.clone(), message]).await
+        } else {
+            batch.extend_from_slice(&head);
+            batch.extend_from_slice(&message);
+            if batch.len() < BATCH {
+                continue;
+            }
+            send.write_chunk(batch.split().freeze()).await
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+    if !batch.is_empty() && send.write_chunk(batch.freeze()).await.is_err() {
+        return;
+    }
+    let _ = send.finish();
 }

@@ -5,12 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt as _;
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
 };
 
 use super::{
-    BenchClient, Handler, MAX_IN_FLIGHT, MAX_MESSAGE, Rendezvous, Result, SERVER_NAME, Tls,
+    BenchClient, Handler, MAX_IN_FLIGHT, MAX_MESSAGE, MessageStream, Producer, Received,
+    Rendezvous, Result, SERVER_NAME, Tls,
 };
 
 #[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
@@ -53,6 +55,26 @@ pub(crate) struct RelayReply {
     pub(crate) state: Bytes,
 }
 
+/// `produce` request: `count` messages of `size` bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ProduceRequest {
+    #[prost(uint32, tag = "1")]
+    pub(crate) size: u32,
+    #[prost(uint64, tag = "2")]
+    pub(crate) count: u64,
+}
+
+/// One message of the `produce` stream.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ProduceReply {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub(crate) payload: Bytes,
+}
+
+/// The `produce` stream a server answers.
+type ProduceStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<ProduceReply, tonic::Status>> + Send>>;
+
 /// A client over one HTTP/2 connection; `TLS` picks TLS 1.3 or h2c.
 #[derive(Clone, Debug)]
 pub(crate) struct Client<const TLS: bool> {
@@ -94,12 +116,44 @@ impl<const TLS: bool> BenchClient for Client<TLS> {
             .await?;
         Ok(reply.into_inner().state)
     }
+
+    async fn server_stream(&self, size: u32, count: u64) -> Result<MessageStream> {
+        let reply = self
+            .grpc
+            .clone()
+            .produce(ProduceRequest { size, count })
+            .await?;
+        // Dropping tonic's stream resets the HTTP/2 stream: the server's producer is dropped.
+        Ok(reply
+            .into_inner()
+            .map(|item| match item {
+                Ok(reply) => Ok(Received {
+                    messages: 1,
+                    bytes: reply.payload.len() as u64,
+                }),
+                Err(status) => Err(status.into()),
+            })
+            .boxed())
+    }
 }
 
 struct Service<const TLS: bool>(Arc<Handler<Client<TLS>>>);
 
 #[tonic::async_trait]
 impl<const TLS: bool> Bench for Service<TLS> {
+    type ProduceStream = ProduceStream;
+
+    async fn produce(
+        &self,
+        request: tonic::Request<ProduceRequest>,
+    ) -> Result<tonic::Response<ProduceStream>, tonic::Status> {
+        let ProduceRequest { size, count } = request.into_inner();
+        let stream = futures::stream::iter(
+            Producer::new(size, count).map(|payload| Ok(ProduceReply { payload })),
+        );
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+
     async fn echo(
         &self,
         request: tonic::Request<EchoRequest>,
