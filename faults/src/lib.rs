@@ -13,6 +13,7 @@
 //! - [`peer`]: a raw QUIC peer with a certificate of the cluster, for floods and churn;
 //! - [`http`]: a small HTTP client and raw TCP for slow clients;
 //! - [`host`]: what `/proc` says about a process (resident memory, open files);
+//! - [`tail`]: the figures of a fault window (latency quantiles to p99.9, extra load of hedges);
 //! - [`fuzzing`]: the checks the cargo-fuzz targets in `fuzz/` run, also replayed by a plain test.
 
 pub mod fuzzing;
@@ -24,6 +25,7 @@ pub mod mesh;
 pub mod netns;
 pub mod peer;
 pub mod process;
+pub mod tail;
 
 use std::time::Duration;
 
