@@ -86,6 +86,16 @@ impl LoadEstimate {
     /// Records a sample: peaks count in full at once, lower values pull the estimate down
     /// by how long ago it was last updated.
     fn sample(&self, latency: Duration, failed: bool) {
+        self.update(latency, failed, false);
+    }
+
+    /// Records that an attempt was abandoned after `elapsed` without an answer: a latency the
+    /// replica has at least, so it may raise the estimate but never lower it.
+    fn abandoned(&self, elapsed: Duration) {
+        self.update(elapsed, false, true);
+    }
+
+    fn update(&self, latency: Duration, failed: bool, lower_bound: bool) {
         let now = Instant::now();
         let mut estimate = crate::lock(&self.estimate);
         let mut nanos = latency.as_nanos() as f64;
@@ -96,7 +106,7 @@ impl LoadEstimate {
         if nanos > estimate.nanos {
             estimate.nanos = nanos;
             estimate.updated = now;
-        } else {
+        } else if !lower_bound {
             decay_towards(&mut estimate, nanos, now);
         }
     }
@@ -111,8 +121,9 @@ fn decay_towards(estimate: &mut Estimate, sample: f64, now: Instant) {
     estimate.updated = now;
 }
 
-/// One attempt in flight: records its latency when it finishes, or its time so far when it is
-/// dropped unfinished (abandoned after its attempt timeout, or a hedge that lost).
+/// One attempt in flight: records its latency when it finishes, or, when it is dropped
+/// unfinished (abandoned after its attempt timeout, or the loser of a hedge), its time so far
+/// as a lower bound (it may raise the estimate, never lower it).
 #[derive(Debug)]
 pub struct LoadGuard<'a> {
     load: &'a LoadEstimate,
@@ -133,7 +144,7 @@ impl Drop for LoadGuard<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.load.outstanding.fetch_sub(1, Ordering::Relaxed);
-            self.load.sample(self.started.elapsed(), false);
+            self.load.abandoned(self.started.elapsed());
         }
     }
 }
@@ -214,7 +225,7 @@ impl<F> Drop for MeasuredFuture<F> {
         // Abandoned unfinished: its time so far is a latency the replica has at least.
         if let Some(load) = self.load.take() {
             load.outstanding.fetch_sub(1, Ordering::Relaxed);
-            load.sample(self.started.elapsed(), false);
+            load.abandoned(self.started.elapsed());
         }
     }
 }
@@ -238,6 +249,33 @@ mod tests {
             "{} against {}",
             erring.cost(),
             healthy.cost()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_attempt_raises_the_estimate_but_never_lowers_it() {
+        let load = LoadEstimate::default();
+        let attempt = load.start();
+        tokio::time::advance(Duration::from_millis(30)).await;
+        attempt.finish(false);
+        let slow = load.cost();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let decayed = load.cost();
+        // A hedge won after 2 ms and this replica's attempt was dropped unanswered.
+        let loser = load.start();
+        tokio::time::advance(Duration::from_millis(2)).await;
+        drop(loser);
+        assert!(
+            load.cost() >= decayed * 0.999,
+            "{} < {decayed}",
+            load.cost()
+        );
+        let frozen = load.start();
+        tokio::time::advance(Duration::from_millis(50)).await;
+        drop(frozen);
+        assert!(
+            load.cost() > slow,
+            "a 50 ms abandoned attempt is a new peak"
         );
     }
 
