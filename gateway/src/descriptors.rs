@@ -17,8 +17,6 @@ use std::time::Duration;
 use meshrpc::membership::{Liveness, MemberView, View};
 use meshrpc::node_service::{DescribeReply, NODE_SPEC};
 use meshrpc::{CallOptions, MethodKind, Node, ServiceSpec, Status};
-use serde::Deserialize;
-use serde_json::{Map, Value};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -28,95 +26,24 @@ use crate::transcode::Schema;
 /// How long fetching a descriptor from one member may take.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One service's descriptor.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Descriptor {
-    /// The service's name.
-    pub service: String,
-    /// The manifest's doc string.
-    #[serde(default)]
-    pub doc: String,
-    /// The schema hash, 16 hex digits.
-    pub schema_hash: String,
-    /// The methods, in manifest order.
-    pub methods: Vec<MethodDescriptor>,
-    /// Declared types, by `<service>.<Type>`.
-    #[serde(default)]
-    pub types: Map<String, Value>,
-}
+/// One service's descriptor, and one of its methods: the model `meshrpc-build` writes.
+pub use meshrpc::descriptor::{Descriptor, Method as MethodDescriptor};
 
-/// One method of a [`Descriptor`].
-#[derive(Debug, Clone, Deserialize)]
-pub struct MethodDescriptor {
-    /// The method's name.
-    pub name: String,
-    /// The manifest's doc string.
-    #[serde(default)]
-    pub doc: String,
-    /// Whether requests, replies or both are streams (`"kind"`; absent means unary).
-    #[serde(default, deserialize_with = "method_kind")]
-    pub kind: MethodKind,
-    /// Whether calls may be retried.
-    #[serde(default)]
-    pub idempotent: bool,
-    /// The manifest's timeout.
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
-    /// The response map's single field.
-    pub result_field: String,
-    /// JSON Schema of the request map (for a method with a client stream: of its first
-    /// message, the other parameters).
-    pub request: Value,
-    /// JSON Schema of the response map (`null` for a method with a server stream).
-    #[serde(default)]
-    pub response: Value,
-    /// JSON Schema of one client-stream item (the value itself, not a map).
-    #[serde(default)]
-    pub request_stream: Option<Value>,
-    /// JSON Schema of one server-stream item (the value itself, not a map).
-    #[serde(default)]
-    pub response_stream: Option<Value>,
-}
-
-/// A descriptor's `"kind"`: `unary`, `server_streaming`, `client_streaming` or
-/// `bidirectional`.
-fn method_kind<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<MethodKind, D::Error> {
-    let name = String::deserialize(deserializer)?;
-    [
-        MethodKind::Unary,
-        MethodKind::ServerStreaming,
-        MethodKind::ClientStreaming,
-        MethodKind::Bidirectional,
-    ]
-    .into_iter()
-    .find(|kind| kind.as_str() == name)
-    .ok_or_else(|| {
-        serde::de::Error::custom(format!(
-            "unknown method kind `{name}` (expected unary, server_streaming, \
-             client_streaming or bidirectional)"
-        ))
-    })
-}
-
-impl Descriptor {
-    /// Parses a descriptor's JSON text.
-    pub fn parse(json: &str) -> Result<Descriptor, String> {
-        serde_json::from_str(json).map_err(|error| format!("unreadable descriptor: {error}"))
-    }
-
-    /// The schema hash as a number (0 when it is not hex).
-    pub fn hash(&self) -> u64 {
-        u64::from_str_radix(&self.schema_hash, 16).unwrap_or(0)
-    }
-
-    /// The method called `name`.
-    pub fn method(&self, name: &str) -> Option<&MethodDescriptor> {
-        self.methods.iter().find(|method| method.name == name)
-    }
-
+/// What the gateway derives from a descriptor: its routes and the schemas to check against.
+pub trait DescriptorExt {
     /// `POST /svc/a, POST /svc/b`, for messages (`GET` for a bidirectional method, a
     /// WebSocket).
-    pub fn routes(&self) -> String {
+    fn routes(&self) -> String;
+
+    /// The schema to check `method`'s requests against.
+    fn request_schema<'a>(&'a self, method: &'a MethodDescriptor) -> Schema<'a>;
+
+    /// The schema to check `method`'s client-stream items against, if it has a client stream.
+    fn request_item_schema<'a>(&'a self, method: &'a MethodDescriptor) -> Option<Schema<'a>>;
+}
+
+impl DescriptorExt for Descriptor {
+    fn routes(&self) -> String {
         self.methods
             .iter()
             .map(|method| {
@@ -131,16 +58,14 @@ impl Descriptor {
             .join(", ")
     }
 
-    /// The schema to check `method`'s requests against.
-    pub fn request_schema<'a>(&'a self, method: &'a MethodDescriptor) -> Schema<'a> {
+    fn request_schema<'a>(&'a self, method: &'a MethodDescriptor) -> Schema<'a> {
         Schema {
             root: &method.request,
             types: &self.types,
         }
     }
 
-    /// The schema to check `method`'s client-stream items against, if it has a client stream.
-    pub fn request_item_schema<'a>(&'a self, method: &'a MethodDescriptor) -> Option<Schema<'a>> {
+    fn request_item_schema<'a>(&'a self, method: &'a MethodDescriptor) -> Option<Schema<'a>> {
         method.request_stream.as_ref().map(|root| Schema {
             root,
             types: &self.types,
@@ -416,7 +341,7 @@ mod tests {
         .expect("parses");
         let count = descriptor.method("count").expect("count");
         assert_eq!(count.kind, MethodKind::ServerStreaming);
-        assert_eq!(count.response, Value::Null);
+        assert_eq!(count.response, None);
         assert_eq!(
             count.response_stream,
             Some(serde_json::json!({"type": "integer"}))

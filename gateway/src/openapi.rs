@@ -129,8 +129,8 @@ fn method_operation(descriptor: &Descriptor, method: &MethodDescriptor, get: boo
     if summary.is_empty() {
         summary = format!("Calls `{}.{}`.", descriptor.service, method.name);
     }
-    let has_result = method
-        .response
+    let response = method.response.clone().unwrap_or(Value::Null);
+    let has_result = response
         .get("properties")
         .and_then(Value::as_object)
         .is_some_and(|fields| !fields.is_empty());
@@ -153,7 +153,7 @@ fn method_operation(descriptor: &Descriptor, method: &MethodDescriptor, get: boo
             "200": {
                 "description": success,
                 "content": {
-                    "application/json": { "schema": envelope(&method.response) }
+                    "application/json": { "schema": envelope(method.response.as_ref().unwrap_or(&Value::Null)) }
                 }
             },
             "default": { "$ref": "#/components/responses/Error" }
@@ -529,7 +529,7 @@ fn stream_operation(descriptor: &Descriptor, method: &MethodDescriptor, get: boo
                     "Done: the result is in the `{}` field, after `\"error\": \"\"`.",
                     method.result_field
                 ),
-                "content": { "application/json": { "schema": envelope(&method.response) } }
+                "content": { "application/json": { "schema": envelope(method.response.as_ref().unwrap_or(&Value::Null)) } }
             },
             "default": { "$ref": "#/components/responses/Error" }
         });
@@ -743,7 +743,7 @@ mod tests {
     fn a_method_without_a_result_documents_the_bare_envelope() {
         let mut descriptor = greeter();
         descriptor.methods[1].response =
-            json!({"type": "object", "properties": {}, "required": []});
+            Some(json!({"type": "object", "properties": {}, "required": []}));
         descriptor.methods[1].result_field = "result".to_owned();
         let document = document(&[std::sync::Arc::new(descriptor)], false, &[]);
         let success = &document["paths"]["/greeter/send_postcard"]["post"]["responses"]["200"];

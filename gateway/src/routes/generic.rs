@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use crate::Shared;
-use crate::descriptors::{Descriptor, MethodDescriptor};
+use crate::descriptors::{Descriptor, DescriptorExt, MethodDescriptor};
 use crate::error::ApiError;
 use crate::transcode;
 

@@ -33,6 +33,7 @@ use http::Method;
 use meshrpc::MethodKind;
 
 use crate::Shared;
+use crate::descriptors::DescriptorExt;
 use crate::descriptors::serves_http_live;
 use crate::error::ApiError;
 use crate::metrics::KnownService;

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::descriptors::Descriptor;
+use crate::descriptors::{Descriptor, DescriptorExt};
 
 fn greeter() -> Descriptor {
     Descriptor::parse(greeter::GREETER_SPEC.descriptor).expect("parses")
