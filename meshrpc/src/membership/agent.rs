@@ -185,7 +185,9 @@ impl Membership {
         })
     }
 
-    /// Serves a full-state exchange opened by a joining peer.
+    /// Serves a stream that opened with a `GOSSIP` frame: a membership packet too large for a
+    /// datagram (its body is a foca header, a MessagePack map; nothing is answered), or a
+    /// full-state exchange opened by a joining peer (a member list, an array).
     pub(crate) async fn serve_exchange(
         &self,
         frame: Frame,
@@ -193,6 +195,11 @@ impl Membership {
         recv: RecvStream,
     ) {
         drop(recv);
+        if is_packet(&frame.body) {
+            self.datagram(frame.body);
+            let _ = send.finish();
+            return;
+        }
         let theirs = match decode_members(&frame.body) {
             Ok(members) => members,
             Err(error) => {
@@ -309,17 +316,51 @@ impl Agent {
     }
 
     fn send_datagram(&self, addr: SocketAddr, data: Bytes) {
-        if let Some(connection) = self.connections.live(addr) {
+        if let Some(connection) = self.connections.live(addr)
+            && fits_datagram(&connection, &data)
+        {
             let _ = connection.send_datagram(data);
             return;
         }
         let connections = self.connections.clone();
         tokio::spawn(async move {
             if let Ok(connection) = connections.get(addr).await {
-                let _ = connection.send_datagram(data);
+                if fits_datagram(&connection, &data) {
+                    let _ = connection.send_datagram(data);
+                } else {
+                    send_on_stream(&connection, &data).await;
+                }
             }
         });
     }
+}
+
+/// Whether `data` fits a datagram on `connection` (the path's MTU decides).
+fn fits_datagram(connection: &Connection, data: &[u8]) -> bool {
+    connection
+        .max_datagram_size()
+        .is_some_and(|limit| data.len() <= limit)
+}
+
+/// Sends a membership packet too large for a datagram on a stream of its own: one `GOSSIP`
+/// frame holding the packet, then the end of the stream. Lost like a datagram if the stream
+/// fails (membership retries by itself).
+async fn send_on_stream(connection: &Connection, data: &[u8]) {
+    let Ok((mut send, recv)) = connection.open_bi().await else {
+        return;
+    };
+    drop(recv);
+    let mut frame = BytesMut::with_capacity(data.len() + 5);
+    crate::wire::encode_frame(FrameKind::Gossip, data, &mut frame);
+    if send.write_chunk(frame.freeze()).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+/// Whether a `GOSSIP` frame's body is a membership packet (a foca header: a MessagePack map)
+/// rather than a member list (an array).
+fn is_packet(body: &[u8]) -> bool {
+    matches!(body.first(), Some(0x80..=0x8f | 0xde | 0xdf))
 }
 
 /// The handle's side of report rate-limiting: at most one report per address per

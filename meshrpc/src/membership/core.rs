@@ -28,8 +28,18 @@ use super::reports::{REPORT_COOLDOWN, REPORT_PROBE_RTTS, Reports};
 use super::view::{Liveness, MemberView, View};
 use crate::wire::{FrameDecoder, FrameKind, encode_frame};
 
-/// The largest gossip datagram: below the QUIC datagram payload limit at the minimum MTU.
-pub(crate) const MAX_GOSSIP_PACKET: usize = 1100;
+/// The size gossip packets are filled to while every identity is small: below the QUIC
+/// datagram payload limit at the minimum MTU, so they travel as datagrams.
+pub(crate) const DATAGRAM_BUDGET: usize = 1100;
+
+/// The largest membership packet a node sends or accepts. A packet over the connection's
+/// datagram limit travels on a stream of its own (`agent.rs`); one whose probe cannot fit even
+/// this is refused at start ([`check_identity`]).
+pub(crate) const MAX_GOSSIP_PACKET: usize = 16 * 1024;
+
+/// Room a packet keeps for updates beyond the probe's three identities, in identities of the
+/// largest size known.
+const UPDATE_ROOM: usize = 2;
 
 /// The largest full-state sync message accepted.
 pub(crate) const MAX_SYNC_MESSAGE: usize = 1024 * 1024;
@@ -51,7 +61,7 @@ pub(crate) fn swim_config() -> Config {
     config.probe_rtt = Duration::from_millis(200);
     config.suspect_to_down_after = Duration::from_millis(1500);
     config.remove_down_after = Duration::from_secs(30).into();
-    config.max_packet_size = NonZeroUsize::new(MAX_GOSSIP_PACKET).unwrap_or(NonZeroUsize::MIN);
+    config.max_packet_size = NonZeroUsize::new(DATAGRAM_BUDGET).unwrap_or(NonZeroUsize::MIN);
     config.periodic_gossip = Some(foca::PeriodicParams {
         frequency: Duration::from_millis(200),
         num_members: NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN),
@@ -196,6 +206,9 @@ pub(crate) struct Core {
     buddy_probe: u8,
     /// Whether buddy pings are sent (see [`Core::set_lifeguard`]).
     lifeguard: bool,
+    /// The encoded size of the largest identity seen (this node's and its members'): packets
+    /// are sized so that a probe naming it fits.
+    largest_identity: usize,
 }
 
 impl std::fmt::Debug for Core {
@@ -211,14 +224,10 @@ impl std::fmt::Debug for Core {
 impl Core {
     /// The membership of the node `local`, alone so far.
     pub(crate) fn new(local: MemberId, config: Config, rng: StdRng) -> Core {
-        if !fits_gossip(&local) {
-            error!(
-                services = local.services.len(),
-                "this node's identity is too large for a {MAX_GOSSIP_PACKET}-byte gossip \
-                 datagram: no probe can be sent, and the mesh will declare it down; publish \
-                 fewer services or shorter names"
-            );
+        if let Err(error) = check_identity(&local) {
+            error!("{error}");
         }
+        let own_size = identity_size(&local);
         let cluster = local.cluster.clone();
         let view = Arc::new(local_view(&local, Vec::new()));
         let mut core = Core {
@@ -238,7 +247,9 @@ impl Core {
             token: None,
             buddy_probe: 0,
             lifeguard: true,
+            largest_identity: 0,
         };
+        core.fit_identity(own_size);
         core.digest = core.digest();
         core
     }
@@ -311,10 +322,56 @@ impl Core {
                 return Effects::default();
             }
         }
-        if let Err(error) = self.foca.handle_data(data, &mut self.outbox) {
+        let limit = self.config.max_packet_size.get();
+        if data.len() > limit && data.len() <= MAX_GOSSIP_PACKET {
+            // A packet of a member with a larger identity than any this node knows: accepted
+            // up to the hard limit (foca checks the size against its config).
+            let mut wide = self.config.clone();
+            wide.max_packet_size =
+                NonZeroUsize::new(MAX_GOSSIP_PACKET).unwrap_or(NonZeroUsize::MIN);
+            let _ = self.foca.set_config(wide);
+            let result = self.foca.handle_data(data, &mut self.outbox);
+            let _ = self.foca.set_config(self.config.clone());
+            if let Err(error) = result {
+                debug!(%error, "gossip packet rejected");
+            }
+        } else if let Err(error) = self.foca.handle_data(data, &mut self.outbox) {
             debug!(%error, "gossip datagram rejected");
         }
         self.effects()
+    }
+
+    /// Sizes packets for an identity of `size` encoded bytes: a probe names the sender and the
+    /// receiver and carries updates, so once three such identities overflow the datagram budget
+    /// the packet limit grows to three plus [`UPDATE_ROOM`] of them (never beyond
+    /// [`MAX_GOSSIP_PACKET`], never lowered).
+    fn fit_identity(&mut self, size: usize) {
+        if size <= self.largest_identity {
+            return;
+        }
+        self.largest_identity = size;
+        // While a probe (three copies and the rest) fits the budget, packets stay datagrams.
+        let wanted = if size * 3 + PACKET_OVERHEAD <= DATAGRAM_BUDGET {
+            DATAGRAM_BUDGET
+        } else {
+            (size * (3 + UPDATE_ROOM) + PACKET_OVERHEAD).min(MAX_GOSSIP_PACKET)
+        };
+        if wanted > self.config.max_packet_size.get() {
+            let mut config = self.config.clone();
+            config.max_packet_size = NonZeroUsize::new(wanted).unwrap_or(NonZeroUsize::MIN);
+            match self.foca.set_config(config.clone()) {
+                Ok(()) => {
+                    debug!(bytes = wanted, "gossip packets grow for a larger identity");
+                    self.config = config;
+                }
+                Err(error) => debug!(%error, "could not grow gossip packets"),
+            }
+        }
+    }
+
+    /// The largest packet this node sends now.
+    pub(crate) fn packet_limit(&self) -> usize {
+        self.config.max_packet_size.get()
     }
 
     /// Handles a timer set by an earlier [`Effects::timers`], which fired `late` after its
@@ -395,7 +452,20 @@ impl Core {
 
     fn swim_timer(&mut self, timer: Timer<MemberId>) -> Effects {
         match &timer {
-            Timer::ProbeRandomMember(_) => self.health.tick(),
+            Timer::ProbeRandomMember(_) => {
+                let before = self.health.score();
+                self.health.tick();
+                let after = self.health.score();
+                if before == 0 && after > 0 {
+                    info!(
+                        score = after,
+                        "this node's timers run late (CPU starvation?): probing more slowly and \
+                         waiting longer before declaring suspects down"
+                    );
+                } else if before > 0 && after == 0 {
+                    info!("this node's timers run on time again: normal probing");
+                }
+            }
             Timer::ChangeSuspectToDown {
                 member_id,
                 incarnation,
@@ -520,6 +590,7 @@ impl Core {
     }
 
     /// How many members are within a report's cool-down.
+    #[cfg(test)]
     pub(crate) fn reports_pending(&self) -> usize {
         self.reports.len()
     }
@@ -656,6 +727,13 @@ impl Core {
                 (CoreTimer::Swim(timer), after)
             })
             .collect();
+        for id in outbox
+            .ups
+            .iter()
+            .chain(outbox.renames.iter().map(|(_, new)| new))
+        {
+            self.fit_identity(identity_size(id));
+        }
         let mut effects = Effects {
             sends: outbox.sends,
             timers,
@@ -784,10 +862,18 @@ impl Core {
     }
 }
 
-/// Whether a probe of `id` to a member like it, with one update about such a member, fits a
-/// gossip datagram. If not, foca cannot probe at all: the identity (its service list) must
-/// shrink.
-pub(crate) fn fits_gossip(id: &MemberId) -> bool {
+/// A packet's bytes besides its identities: the header's other fields, the update count and
+/// each update's incarnation and state (a generous bound).
+const PACKET_OVERHEAD: usize = 64;
+
+/// The encoded size of `id` as it travels in headers and updates.
+pub(crate) fn identity_size(id: &MemberId) -> usize {
+    rmp_serde::to_vec_named(id).map_or(usize::MAX, |bytes| bytes.len())
+}
+
+/// The size of the smallest probe `id` sends to a member like it: a header naming both, and
+/// one update about such a member.
+pub(crate) fn probe_size(id: &MemberId) -> usize {
     let header = foca::Header {
         src: id.clone(),
         src_incarnation: 0,
@@ -795,14 +881,51 @@ pub(crate) fn fits_gossip(id: &MemberId) -> bool {
         message: foca::Message::Ping(0),
     };
     let mut codec = MsgPackCodec;
-    let mut wire = Vec::with_capacity(MAX_GOSSIP_PACKET);
+    let mut wire = Vec::with_capacity(DATAGRAM_BUDGET);
     let member = Member::new(id.clone(), 0, State::Alive);
-    foca::Codec::encode_header(&mut codec, &header, &mut wire).is_ok()
-        && {
-            wire.extend_from_slice(&[0, 1]);
-            foca::Codec::encode_member(&mut codec, &member, &mut wire).is_ok()
-        }
-        && wire.len() <= MAX_GOSSIP_PACKET
+    let encoded = foca::Codec::encode_header(&mut codec, &header, &mut wire).is_ok() && {
+        wire.extend_from_slice(&[0, 1]);
+        foca::Codec::encode_member(&mut codec, &member, &mut wire).is_ok()
+    };
+    if encoded { wire.len() } else { usize::MAX }
+}
+
+/// Whether `id` can take part in membership: its probes must fit [`MAX_GOSSIP_PACKET`]. An
+/// identity that does not could never be probed, and the mesh would declare the node down.
+pub fn check_identity(id: &MemberId) -> Result<(), IdentityTooLarge> {
+    let probe = probe_size(id);
+    if probe <= MAX_GOSSIP_PACKET {
+        return Ok(());
+    }
+    Err(IdentityTooLarge {
+        identity: identity_size(id),
+        probe,
+        services: id.services.len(),
+        tags: id.tags.len(),
+        http: id.http.len(),
+    })
+}
+
+/// A node identity too large to be gossiped: see [`check_identity`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this node's identity takes {identity} bytes ({services} services, {tags} tags, {http} HTTP \
+     services): a probe carries it three times ({probe} bytes), over the {MAX_GOSSIP_PACKET}-byte \
+     membership packet limit, so the mesh could never probe this node; publish fewer services \
+     or tags, or shorter names (about {per_copy} bytes per copy fit)",
+    per_copy = MAX_GOSSIP_PACKET / 3
+)]
+pub struct IdentityTooLarge {
+    /// The identity's encoded size.
+    pub identity: usize,
+    /// The smallest probe's size.
+    pub probe: usize,
+    /// Services published.
+    pub services: usize,
+    /// Tags.
+    pub tags: usize,
+    /// Legacy HTTP services.
+    pub http: usize,
 }
 
 /// The view of a node that knows `members` besides itself.
@@ -930,39 +1053,66 @@ mod bounds {
         assert!(error.contains("exchange limit"), "{error}");
     }
 
-    /// The bytes of the smallest useful gossip datagram: a header naming sender and receiver,
-    /// the update count and one member.
-    fn smallest_datagram(id: &MemberId) -> usize {
-        let header = Header {
-            src: id.clone(),
-            src_incarnation: 1,
-            dst: id.clone(),
-            message: Message::Ping(1),
-        };
-        let mut codec = MsgPackCodec;
-        let mut wire = Vec::new();
-        codec.encode_header(&header, &mut wire).expect("encodes");
-        wire.extend_from_slice(&[0, 1]);
-        codec
-            .encode_member(&Member::new(id.clone(), 1, State::Alive), &mut wire)
-            .expect("encodes");
-        wire.len()
+    /// `realistic` with `tags` tags of 24 characters.
+    fn tagged(index: usize, services: usize, tags: usize) -> MemberId {
+        MemberId {
+            tags: (0..tags)
+                .map(|tag| format!("team=payments-label-{tag:04}"))
+                .collect(),
+            ..realistic(index, services)
+        }
     }
 
     #[test]
-    fn an_identity_fits_a_gossip_datagram_with_at_most_three_such_services() {
-        // A probe carries the sender's and the receiver's identity in its header; with one
-        // update, an identity is written three times. Past the limit foca cannot probe at all.
+    fn an_identity_of_up_to_three_such_services_travels_as_datagrams() {
+        // A probe carries the sender's and the receiver's identity in its header and, with one
+        // update, a third copy: 609 bytes without services, 123 more per service.
         let sizes: Vec<usize> = (0..=8)
-            .map(|services| smallest_datagram(&realistic(999, services)))
+            .map(|services| probe_size(&realistic(999, services)))
             .collect();
         let most = sizes
             .iter()
-            .rposition(|size| *size <= MAX_GOSSIP_PACKET)
+            .rposition(|size| *size <= DATAGRAM_BUDGET)
             .expect("an identity without services fits");
-        // 609 bytes without services, 123 more per service (41 per copy): 1,101 with four.
-        assert_eq!(most, 3, "smallest datagram by service count: {sizes:?}");
-        assert!(!fits_gossip(&realistic(999, 4)));
-        assert!(fits_gossip(&realistic(999, 3)));
+        assert_eq!(most, 3, "smallest probe by service count: {sizes:?}");
+    }
+
+    #[test]
+    fn twenty_long_services_and_ten_tags_are_accepted_and_size_the_packets() {
+        let id = tagged(999, 20, 10);
+        assert!(check_identity(&id).is_ok());
+        let size = identity_size(&id);
+        assert!(probe_size(&id) > DATAGRAM_BUDGET, "rides a stream");
+        assert!(probe_size(&id) <= MAX_GOSSIP_PACKET);
+        let mut core = Core::new(id, swim_config(), rand::SeedableRng::seed_from_u64(1));
+        assert_eq!(core.packet_limit(), 5 * size + PACKET_OVERHEAD);
+        // A member with a smaller identity does not shrink them; none grows them past the cap.
+        let _ = core.know(vec![Member::alive(realistic(1, 1))]);
+        assert_eq!(core.packet_limit(), 5 * size + PACKET_OVERHEAD);
+        let huge = tagged(2, 100, 10);
+        assert!(check_identity(&huge).is_ok(), "{:?}", check_identity(&huge));
+        let _ = core.know(vec![Member::alive(huge)]);
+        assert_eq!(core.packet_limit(), MAX_GOSSIP_PACKET);
+        // A small node keeps datagram-sized packets.
+        let small = Core::new(
+            realistic(3, 3),
+            swim_config(),
+            rand::SeedableRng::seed_from_u64(1),
+        );
+        assert_eq!(small.packet_limit(), DATAGRAM_BUDGET);
+    }
+
+    #[test]
+    fn an_identity_that_can_never_fit_is_refused_with_what_to_do() {
+        let error = check_identity(&tagged(999, 200, 10)).expect_err("too large");
+        assert!(error.probe > MAX_GOSSIP_PACKET);
+        assert_eq!(error.services, 200);
+        let message = error.to_string();
+        assert!(message.contains("200 services, 10 tags"), "{message}");
+        assert!(message.contains("publish fewer services"), "{message}");
+        assert!(
+            message.contains(&format!("{MAX_GOSSIP_PACKET}-byte")),
+            "{message}"
+        );
     }
 }

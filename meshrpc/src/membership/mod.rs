@@ -18,5 +18,6 @@ pub mod sim;
 pub mod view;
 
 pub use agent::Membership;
+pub use core::{IdentityTooLarge, check_identity};
 pub use identity::{MemberId, Published};
 pub use view::{Liveness, MemberView, View};

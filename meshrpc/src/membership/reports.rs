@@ -79,6 +79,7 @@ impl Reports {
     }
 
     /// How many members are within their cool-down.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.pending.len()
     }

@@ -75,6 +75,10 @@ pub struct Traffic {
     pub exchange_bytes: u64,
     /// The largest exchange message.
     pub largest_exchange: u64,
+    /// Datagrams over the datagram budget (1,100 bytes): the node sends them on a stream.
+    pub large_packets: u64,
+    /// The largest datagram.
+    pub largest_packet: u64,
 }
 
 /// One membership notification seen by one node.
@@ -198,6 +202,8 @@ pub struct Simulation {
     adaptive: bool,
     lifeguard: bool,
     services: usize,
+    tags: usize,
+    long_names: bool,
     traffic: Traffic,
     log: Vec<Notice>,
     /// How many running nodes see exactly every running node alive; kept up to date.
@@ -223,6 +229,8 @@ impl Simulation {
             adaptive: true,
             lifeguard: true,
             services: 3,
+            tags: 1,
+            long_names: false,
             traffic: Traffic::default(),
             log: Vec::new(),
             complete_views: 0,
@@ -273,6 +281,18 @@ impl Simulation {
             core.active_members()
                 .any(|(id, alive)| id.addr == member && !alive)
         })
+    }
+
+    /// Gives nodes started afterwards identities of a real deployment's size: `tags` tags and
+    /// long, package-qualified service names (about 50 characters instead of 20).
+    pub fn set_large_identities(&mut self, tags: usize) {
+        self.tags = tags;
+        self.long_names = true;
+    }
+
+    /// The largest membership packet node `node` sends now.
+    pub fn packet_limit(&self, node: usize) -> usize {
+        self.nodes[node].core.as_ref().map_or(0, Core::packet_limit)
     }
 
     /// How many services each node publishes (3 by default).
@@ -511,15 +531,27 @@ impl Simulation {
             draining: false,
             services: (0..self.services)
                 .map(|service| Published {
-                    name: format!(
-                        "{}.v1",
-                        SERVICE_NAMES[(node + service) % SERVICE_NAMES.len()]
-                    ),
+                    name: if self.long_names {
+                        format!(
+                            "com.example.platform.{}.v1.Service{service:02}",
+                            SERVICE_NAMES[(node + service) % SERVICE_NAMES.len()]
+                        )
+                    } else {
+                        format!(
+                            "{}.v1",
+                            SERVICE_NAMES[(node + service) % SERVICE_NAMES.len()]
+                        )
+                    },
                     schema_hash: 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(service as u64 + 1),
                 })
                 .collect(),
             http: Vec::new(),
-            tags: vec!["zone-a".to_owned()],
+            tags: match self.tags {
+                1 => vec!["zone-a".to_owned()],
+                tags => (0..tags)
+                    .map(|tag| format!("label-{tag:02}=value-of-label-{tag:02}"))
+                    .collect(),
+            },
         };
         let rng = StdRng::seed_from_u64(
             self.seed ^ (node as u64).wrapping_mul(0x2545_f491_4f6c_dd1d) ^ generation,
@@ -753,6 +785,10 @@ impl Simulation {
         for (to, data) in effects.sends {
             self.traffic.datagrams += 1;
             self.traffic.datagram_bytes += data.len() as u64;
+            if data.len() > super::core::DATAGRAM_BUDGET {
+                self.traffic.large_packets += 1;
+            }
+            self.traffic.largest_packet = self.traffic.largest_packet.max(data.len() as u64);
             self.nodes[node].sent_bytes += data.len() as u64;
             let receiver = self.by_addr.get(&to).copied();
             let delivered = receiver.is_some_and(|to| self.reachable(node, to))

@@ -372,3 +372,46 @@ mod starvation {
         }
     }
 }
+
+mod identities {
+    //! Identities of a real deployment's size: twenty long service names and ten tags.
+
+    use std::time::Duration;
+
+    use super::super::scenario::until_all_see;
+    use super::super::{Network, Seen, Simulation, node_addr};
+
+    #[test]
+    fn members_with_twenty_services_and_ten_tags_join_gossip_and_detect_a_crash() {
+        let mut sim = Simulation::new(9, Network::default(), Simulation::node_config());
+        sim.set_services(20);
+        sim.set_large_identities(10);
+        sim.set_seeds((0..3).map(node_addr).collect());
+        for _ in 0..20 {
+            sim.add_node();
+            sim.run_for(Duration::from_millis(10));
+        }
+        let converged = sim.run_until_true(Duration::from_secs(60), |sim| sim.converged());
+        assert!(converged.is_some(), "20 large members did not converge");
+        let limit = sim.packet_limit(0);
+        assert!(limit > 4_000, "packets sized for the identities: {limit}");
+        sim.network_mut().loss = 0.01;
+        sim.run_for(Duration::from_secs(20));
+        let downs = sim
+            .take_log()
+            .into_iter()
+            .filter(|notice| notice.seen == Seen::Down)
+            .count();
+        assert_eq!(downs, 0, "live members declared down");
+        sim.network_mut().loss = 0.0;
+        sim.crash(11);
+        let crash = until_all_see(&mut sim, node_addr(11), Seen::Down, Duration::from_secs(30));
+        assert!(
+            crash.is_some_and(|took| took <= Duration::from_secs(5)),
+            "crash seen by all in {crash:?}"
+        );
+        let traffic = sim.traffic();
+        assert!(traffic.large_packets > 0, "{traffic:?}");
+        assert!(traffic.largest_packet as usize <= limit, "{traffic:?}");
+    }
+}
