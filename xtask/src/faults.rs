@@ -1,6 +1,7 @@
 //! `cargo xtask faults [--long]`: the fault and attack suite of `faults/` (see
 //! docs/RELIABILITY.md). `--long` runs the long variants (more restart cycles, a longer
-//! connection churn) and any ignored test.
+//! connection churn, CPU starvation and lossy links in the tail tests) and any ignored test.
+//! The tail figures the tests print are gathered into a table at the end.
 
 /// Options of `cargo xtask faults`.
 #[derive(Debug, clap::Args)]
@@ -34,9 +35,34 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
             .arg("all")
             .env("MESHRPC_FAULTS_LONG", "1");
     }
-    let status = suite
-        .status()
+    // The tests print their tail figures as `TAIL <fault>: ...` lines; they are echoed as they
+    // come and gathered into one table at the end.
+    let mut child = suite
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| format!("running {cargo} nextest: {e}"))?;
+    let mut tail = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("{line}");
+            if let Some(figures) = line.strip_prefix("TAIL ") {
+                tail.push(figures.to_owned());
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("running {cargo} nextest: {e}"))?;
+    if !tail.is_empty() {
+        eprintln!("\nTail figures (fault window; see docs/RELIABILITY.md):");
+        for figures in &tail {
+            eprintln!("  {figures}");
+        }
+    }
     if status.success() {
         Ok(())
     } else {
