@@ -8,46 +8,84 @@
 //! use: the [`Status`] every call returns, the [`Channel`] clients send through, and the node
 //! that publishes servers and joins the mesh.
 //!
-//! Module map:
-//! - [`status`], [`spec`], [`codec`], [`metadata`], [`context`], [`options`]: the vocabulary
-//!   shared by generated code and the runtime; [`schema`] files the schemas of `use` types
-//!   (feature `schemars`) into service descriptors;
-//! - [`channel`], [`service`]: the contract generated clients and servers implement.
+//! What a service needs is at the crate root: [`Node`] and [`NodeBuilder`] (start a node,
+//! publish servers, get clients), [`Channel`] and [`CallOptions`] (how clients call),
+//! [`Status`] and [`Code`] (how calls end), [`Streaming`] (the `Stream<T>` of streaming
+//! methods), [`CallContext`] and [`Metadata`] (what a handler knows about its call), and the
+//! configuration types ([`Limits`], [`RetryConfig`], [`BreakerConfig`], [`Strategy`],
+//! [`Policy`], [`TlsMaterial`]). Modules a user may reach into: [`server`] (layers over every
+//! served call: [`NodeBuilder::layer`]), [`cli`] (the flags every service binary shares) and
+//! [`tls`] (certificates). The other modules are the runtime's inside, public for the
+//! workspace's gateway, tools and tests and for generated code; they are not part of the API.
 
+#[doc(hidden)]
 pub mod channel;
 pub mod cli;
+#[doc(hidden)]
 pub mod codec;
+#[doc(hidden)]
 pub mod context;
+#[doc(hidden)]
 pub mod http_tunnel;
+#[doc(hidden)]
 pub mod local;
+#[doc(hidden)]
 pub mod membership;
+#[doc(hidden)]
 pub mod metadata;
+#[doc(hidden)]
 pub mod metrics;
+#[doc(hidden)]
 pub mod node;
+#[doc(hidden)]
 pub mod node_service;
+#[doc(hidden)]
 pub mod options;
+#[doc(hidden)]
 pub mod resilience;
+#[doc(hidden)]
 pub mod schema;
+#[doc(hidden)]
 pub mod seeds;
 pub mod server;
+#[doc(hidden)]
 pub mod service;
+#[doc(hidden)]
 pub mod spec;
+#[doc(hidden)]
 pub mod status;
+#[doc(hidden)]
 pub mod streaming;
 #[cfg(feature = "otel")]
+#[doc(hidden)]
 pub mod telemetry;
 pub mod tls;
+#[doc(hidden)]
 pub mod transport;
+#[doc(hidden)]
 pub mod wire;
+
+/// What generated code uses, in one place; not part of the API.
+#[doc(hidden)]
+pub mod __generated {
+    pub use crate::codec::{
+        decode_item, decode_request, decode_request_item, decode_response, encode, shared_bytes,
+    };
+    pub use crate::schema::openapi3;
+    pub use crate::service::unknown_method;
+}
 
 pub use channel::{Call, Channel};
 pub use context::CallContext;
 pub use http_tunnel::HttpClient;
 pub use metadata::Metadata;
-pub use node::{Node, NodeBuilder, NodeError, WaitError};
+pub use node::{Node, NodeBuilder, NodeError, WaitError, wait_for_signal};
 pub use options::CallOptions;
 pub use resilience::balance::Strategy;
+pub use resilience::breaker::BreakerConfig;
+pub use resilience::retry::RetryConfig;
 pub use server::authorize::Policy;
+pub use server::{BoxServerService, Caller, IncomingCall, PeerIdentity};
 pub use service::{BoxFuture, Dispatch, ServiceClient};
 pub use spec::{FieldSpec, MethodKind, MethodSpec, ServiceSpec, UseSchema};
 pub use status::{Code, Status};

@@ -1,5 +1,5 @@
 //! The bottom of the server stack: [`Route`] hands a call to the published service its method
-//! belongs to, inside the call's [`CallContext`](crate::CallContext), and [`Handlers`] puts the
+//! belongs to, inside the call's [`CallContext`], and [`Handlers`] puts the
 //! layers a user added (`NodeBuilder::layer`) above it.
 
 use std::collections::HashMap;

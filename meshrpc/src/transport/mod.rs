@@ -2,7 +2,7 @@
 //! persistent connection per peer, one bidirectional stream per call.
 //!
 //! [`endpoint`] builds the quinn endpoint tuned for a mesh, [`connections`] pools outgoing
-//! connections, [`client`] runs a call on a stream and [`streams`] carries streams of items;
+//! connections, [`client`] runs a call on a stream and `streams` carries streams of items;
 //! the callee's half is [`crate::server`].
 
 pub mod client;
