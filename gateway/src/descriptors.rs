@@ -294,7 +294,7 @@ impl Descriptors {
     pub fn spawn_refresher(self: &Arc<Descriptors>) -> JoinHandle<()> {
         let descriptors = self.clone();
         tokio::spawn(async move {
-            let mut watch = descriptors.node.membership().watch();
+            let mut watch = descriptors.node.watch_view();
             loop {
                 let view = watch.borrow_and_update().clone();
                 descriptors.refresh(&view).await;

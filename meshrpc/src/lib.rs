@@ -79,6 +79,7 @@ pub use channel::{Call, Channel};
 pub use context::CallContext;
 pub use http_tunnel::HttpClient;
 pub use metadata::Metadata;
+pub use metrics::MethodStats;
 pub use node::{Node, NodeBuilder, NodeError, WaitError, wait_for_signal};
 pub use options::CallOptions;
 pub use resilience::balance::Strategy;

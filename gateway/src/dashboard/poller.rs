@@ -36,7 +36,7 @@ pub async fn poll_once(node: &Node, dashboard: &Dashboard) {
     for member in view.members() {
         let addr = member.id.addr;
         if member.local {
-            let methods = node.metrics().snapshot();
+            let methods = node.stats();
             dashboard.with_history(|history| history.record(addr, Instant::now(), methods));
             continue;
         }

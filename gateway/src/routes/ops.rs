@@ -91,7 +91,7 @@ pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     shared
         .metrics
         .set_admission(shared.admission.in_flight(), shared.admission.buffered());
-    let text = shared.metrics.render(&shared.node.metrics().render());
+    let text = shared.metrics.render(&shared.node.render_metrics());
     (
         [(
             http::header::CONTENT_TYPE,

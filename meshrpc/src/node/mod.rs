@@ -194,24 +194,46 @@ impl Node {
         self.inner.admin_addr
     }
 
-    /// The pool of outgoing connections.
+    /// The pool of outgoing connections (the runtime's inside, for tests).
+    #[doc(hidden)]
     pub fn connections(&self) -> &Connections {
         &self.inner.connections
     }
 
-    /// The node's view of the mesh.
+    /// The membership agent (the runtime's inside, for tests and tools).
+    #[doc(hidden)]
     pub fn membership(&self) -> &Membership {
         &self.inner.membership
     }
 
-    /// The node's metrics.
+    /// The metrics registry (the runtime's inside, for tests and tools).
+    #[doc(hidden)]
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
     }
 
-    /// The current view of the mesh (shorthand for `membership().view()`).
+    /// The current view of the mesh: every member this node knows, with its services and
+    /// liveness.
     pub fn view(&self) -> Arc<View> {
         self.inner.membership.view()
+    }
+
+    /// A watch of the view: it changes whenever a member joins, leaves, dies, drains or
+    /// changes what it publishes.
+    pub fn watch_view(&self) -> tokio::sync::watch::Receiver<Arc<View>> {
+        self.inner.membership.watch()
+    }
+
+    /// The node's metrics in the Prometheus text format (what the admin endpoint's `/metrics`
+    /// serves).
+    pub fn render_metrics(&self) -> String {
+        self.inner.metrics.render()
+    }
+
+    /// The calls counters and latency histograms of every method this node served or called
+    /// (what `meshrpc.node.stats` answers).
+    pub fn stats(&self) -> Vec<crate::metrics::MethodStats> {
+        self.inner.metrics.snapshot()
     }
 
     /// Calls this node is serving right now.
