@@ -316,7 +316,7 @@ impl Agent {
     }
 
     fn send_datagram(&self, addr: SocketAddr, data: Bytes) {
-        if let Some(connection) = self.connections.live(addr)
+        if let Some(connection) = self.connections.live_for_gossip(addr)
             && fits_datagram(&connection, &data)
         {
             let _ = connection.send_datagram(data);
@@ -324,7 +324,7 @@ impl Agent {
         }
         let connections = self.connections.clone();
         tokio::spawn(async move {
-            if let Ok(connection) = connections.get(addr).await {
+            if let Ok(connection) = connections.get_for_gossip(addr).await {
                 if fits_datagram(&connection, &data) {
                     let _ = connection.send_datagram(data);
                 } else {

@@ -995,7 +995,7 @@ mod bounds {
     //! Message sizes at scale: what a full-state exchange and a gossip datagram carry when
     //! identities hold realistic service lists.
 
-    use foca::{Codec, Header, Message, State};
+    use foca::State;
 
     use super::*;
     use crate::membership::identity::Published;
