@@ -516,3 +516,129 @@ async fn a_draining_node_ends_its_open_streams_with_unavailable_after_the_drain_
     assert!(!items.is_empty());
     shutdown.await.expect("shut down");
 }
+
+/// A replica of `streams` whose `count` fails: before its first item, or after two.
+#[derive(Clone)]
+struct Flaky {
+    after_items: Option<u64>,
+    calls: Arc<AtomicU64>,
+}
+
+impl Dispatch for Flaky {
+    fn spec(&self) -> &'static ServiceSpec {
+        &STREAMS_SPEC
+    }
+
+    fn dispatch(
+        &self,
+        method: &'static MethodSpec,
+        _request: Bytes,
+        _stream: Option<Streaming<Bytes>>,
+    ) -> BoxFuture<'static, Result<Body, Status>> {
+        let after_items = self.after_items;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            if method.name != "count" {
+                return Err(Status::unimplemented("only count"));
+            }
+            let Some(items) = after_items else {
+                return Err(Status::unavailable("this replica fails before any item"));
+            };
+            let items = futures_util::stream::iter(0..items)
+                .map(|item| encode(&(item + 100)))
+                .chain(futures_util::stream::iter([Err(Status::unavailable(
+                    "this replica fails mid-stream",
+                ))]));
+            Ok(Body::Stream(Streaming::new(items)))
+        })
+    }
+}
+
+async fn replica(
+    state: &std::path::Path,
+    seed: std::net::SocketAddr,
+    server: impl Dispatch,
+) -> Node {
+    Node::builder("streams")
+        .cluster("test")
+        .state_dir(state)
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .seeds([seed.to_string()])
+        .publish(server)
+        .start()
+        .await
+        .expect("replica starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stream_is_retried_elsewhere_only_before_its_first_item() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let client = start_client_node(state.path()).await;
+    let seed = client.local_addr();
+    let _healthy = replica(state.path(), seed, Streams::default()).await;
+    let broken = Flaky {
+        after_items: None,
+        calls: Arc::default(),
+    };
+    let _broken = replica(state.path(), seed, broken.clone()).await;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            client.view().publishing("streams").count() == 2
+        })
+        .await,
+        "both replicas in view"
+    );
+    // Failures before the first item: retried on the other replica, every call completes.
+    for _ in 0..10 {
+        let stream: Streaming<u64> = client
+            .channel("streams")
+            .server_streaming(
+                spec("count"),
+                &CountRequest { n: 3, every_ms: 0 },
+                &CallOptions::new(),
+            )
+            .await
+            .expect("retried on the healthy replica");
+        let (items, end) = collect(stream).await;
+        assert_eq!(items, vec![0, 1, 2]);
+        assert!(end.is_none());
+    }
+    assert!(
+        broken.calls.load(Ordering::SeqCst) > 0,
+        "the broken replica was tried (and its failures retried)"
+    );
+
+    // A replica that fails after two items: the caller gets the two items and the error,
+    // never a retry that would repeat them.
+    let state = tempfile::tempdir().expect("tempdir");
+    let client = start_client_node(state.path()).await;
+    let _mid = replica(
+        state.path(),
+        client.local_addr(),
+        Flaky {
+            after_items: Some(2),
+            calls: Arc::default(),
+        },
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            client.view().publishing("streams").count() == 1
+        })
+        .await
+    );
+    let stream: Streaming<u64> = client
+        .channel("streams")
+        .server_streaming(
+            spec("count"),
+            &CountRequest { n: 3, every_ms: 0 },
+            &CallOptions::new(),
+        )
+        .await
+        .expect("the first item arrives");
+    let (items, end) = collect(stream).await;
+    assert_eq!(items, vec![100, 101], "each item once");
+    let end = end.expect("the failure, not a clean end");
+    assert_eq!(end.code(), Code::Unavailable);
+    assert_eq!(end.message(), "this replica fails mid-stream");
+}
