@@ -205,10 +205,7 @@ async fn an_oversize_message_is_refused_with_resource_exhausted() {
         .cluster("test")
         .state_dir(state.path())
         .listen("127.0.0.1:0".parse().expect("addr"))
-        .limits(Limits {
-            max_message_size: 64 * 1024,
-            ..Limits::default()
-        })
+        .limits(Limits::default().max_message_size(64 * 1024))
         .publish(probe.clone())
         .start()
         .await

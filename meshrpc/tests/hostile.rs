@@ -153,11 +153,8 @@ async fn a_frame_of_an_unknown_kind_is_answered_with_invalid_argument() {
 #[tokio::test]
 async fn a_lone_unknown_kind_byte_is_answered_at_once() {
     // A read timeout far beyond the test's wait: only an answer on the kind byte alone passes.
-    let setup = Setup::with_limits(Limits {
-        request_read_timeout: Duration::from_secs(600),
-        ..Limits::default()
-    })
-    .await;
+    let setup =
+        Setup::with_limits(Limits::default().request_read_timeout(Duration::from_secs(600))).await;
     let (mut send, recv) = setup.peer.connection.open_bi().await.expect("stream");
     send.write_all(b"\x7f").await.expect("sent");
     // No FIN and no length: the node judges the kind byte alone.
@@ -691,11 +688,8 @@ const SHORT_READ_TIMEOUT: Duration = Duration::from_millis(300);
 
 #[tokio::test]
 async fn a_stream_never_written_to_is_answered_with_deadline_exceeded_after_the_read_timeout() {
-    let setup = Setup::with_limits(Limits {
-        request_read_timeout: SHORT_READ_TIMEOUT,
-        ..Limits::default()
-    })
-    .await;
+    let setup =
+        Setup::with_limits(Limits::default().request_read_timeout(SHORT_READ_TIMEOUT)).await;
     let started = Instant::now();
     // QUIC announces a stream only with its first frame; opening a later stream announces
     // every earlier one, so the node sees this stream although nothing is ever written to it.
@@ -714,11 +708,8 @@ async fn a_stream_never_written_to_is_answered_with_deadline_exceeded_after_the_
 
 #[tokio::test]
 async fn a_call_whose_request_never_arrives_is_answered_with_deadline_exceeded() {
-    let setup = Setup::with_limits(Limits {
-        request_read_timeout: SHORT_READ_TIMEOUT,
-        ..Limits::default()
-    })
-    .await;
+    let setup =
+        Setup::with_limits(Limits::default().request_read_timeout(SHORT_READ_TIMEOUT)).await;
     // The header arrives, the DATA frame never does: the read timeout applies...
     let (mut send, recv) = setup.peer.connection.open_bi().await.expect("stream");
     let started = Instant::now();
@@ -1002,11 +993,7 @@ fn metadata_beyond_its_pair_limit_is_refused_before_costly_decoding() {
 async fn header_only_streams_do_not_starve_other_callers() {
     // A peer that opens streams, sends a CALL header and then nothing must not hold the node's
     // call slots until the read timeout: calls whose request has arrived get served.
-    let setup = Setup::with_limits(Limits {
-        max_concurrent_calls: 4,
-        ..Limits::default()
-    })
-    .await;
+    let setup = Setup::with_limits(Limits::default().max_concurrent_calls(4)).await;
     let mut silent = Vec::new();
     for _ in 0..4 {
         let (mut send, recv) = setup.peer.connection.open_bi().await.expect("stream");

@@ -572,10 +572,7 @@ async fn a_legacy_http_request_refused_by_a_member_at_its_limit_goes_to_another(
             axum::Router::new().route("/who", get(move || async move { format!("web-{index}") }));
         let probe = Probe::new();
         let node = web(state.path(), &seed)
-            .limits(meshrpc::Limits {
-                max_concurrent_calls: limit,
-                ..meshrpc::Limits::default()
-            })
+            .limits(meshrpc::Limits::default().max_concurrent_calls(limit))
             .publish(probe.clone())
             .publish_http("web", router)
             .start()

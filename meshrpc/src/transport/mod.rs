@@ -15,7 +15,16 @@ pub(crate) mod streams;
 use std::time::Duration;
 
 /// Limits that protect a node from its peers (and its peers from it).
+///
+/// ```
+/// use std::time::Duration;
+/// let limits = meshrpc::Limits::default()
+///     .max_message_size(1024 * 1024)
+///     .request_read_timeout(Duration::from_secs(2));
+/// assert_eq!(limits.max_message_size, 1024 * 1024);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// The largest request or response payload accepted, in bytes; checked from the length
     /// prefix before any memory is reserved. Default 4 MiB.
@@ -30,6 +39,32 @@ pub struct Limits {
     /// How long a peer may take to send a call's request once it opened the stream.
     /// Default 10 s.
     pub request_read_timeout: Duration,
+}
+
+impl Limits {
+    /// Sets [`Limits::max_message_size`].
+    pub fn max_message_size(mut self, bytes: usize) -> Limits {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets [`Limits::max_concurrent_streams`].
+    pub fn max_concurrent_streams(mut self, streams: u32) -> Limits {
+        self.max_concurrent_streams = streams;
+        self
+    }
+
+    /// Sets [`Limits::max_concurrent_calls`].
+    pub fn max_concurrent_calls(mut self, calls: usize) -> Limits {
+        self.max_concurrent_calls = calls;
+        self
+    }
+
+    /// Sets [`Limits::request_read_timeout`].
+    pub fn request_read_timeout(mut self, timeout: Duration) -> Limits {
+        self.request_read_timeout = timeout;
+        self
+    }
 }
 
 impl Default for Limits {
