@@ -3,6 +3,7 @@
 //! the resident sets of both processes are sampled, then dropped). Every loop is bounded in
 //! messages and in time.
 
+use std::cell::Cell;
 use std::pin::pin;
 use std::time::Duration;
 
@@ -62,8 +63,14 @@ pub(crate) async fn run_stream_job<C: BenchClient>(
         } => {
             // Each stream is read as soon as it opens: a stream left unread while the others
             // open would fill the connection's flow-control window and stall them.
-            let opening: FuturesUnordered<_> = (0..streams.max(1))
-                .map(|_| client.server_stream(size, ENDLESS))
+            let streams = streams.max(1);
+            let opened = Cell::new(0usize);
+            let opening: FuturesUnordered<_> = (0..streams)
+                .map(|_| async {
+                    let stream = client.server_stream(size, ENDLESS).await;
+                    opened.set(opened.get() + 1);
+                    stream
+                })
                 .collect();
             let mut merged = Box::pin(
                 opening
@@ -74,7 +81,20 @@ pub(crate) async fn run_stream_job<C: BenchClient>(
                     .flatten_unordered(None),
             );
             let warmup = Duration::from_secs_f64(warmup_s);
+            let warming = Instant::now();
             read(&mut merged, warmup, max_messages / 4 + 1).await?;
+            // Every stream open before the measured phase, however slow the machine.
+            while opened.get() < streams {
+                if warming.elapsed() > warmup + STALL {
+                    return Err(format!(
+                        "only {} of {streams} streams opened within {:?}",
+                        opened.get(),
+                        warmup + STALL
+                    )
+                    .into());
+                }
+                read(&mut merged, Duration::from_millis(20), max_messages / 4 + 1).await?;
+            }
             ready()?;
             let outcome = measured(|| {
                 read(

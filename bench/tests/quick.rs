@@ -26,6 +26,8 @@ fn run_quick(out: &Path) -> Value {
             "200",
             "--hold-ms",
             "200",
+            "--slow-consumer-s",
+            "0.5",
             "--no-progress",
             "--out",
         ])
@@ -97,6 +99,7 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
                 result["memory"]["idle_kib"].as_u64() > Some(0),
                 "{name}: idle rss"
             );
+            check_streaming(&name, result);
         }
     }
     for placement in placements {
@@ -137,6 +140,8 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
         "### CPU time per call",
         "### Hop ring",
         "### Memory",
+        "### Server streaming",
+        "### Slow consumer",
         "## Gateway under HTTP load",
         "### Gateway GET, placement same",
         "### Gateway GET, placement separate",
@@ -159,6 +164,9 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
         "| gateway GET time per call ≤ 2× direct axum (64 in flight) | baseline | separate |",
         "| 1 MiB p50 ≤ 1.5× tonic-tls | baseline | same |",
         "| server bytes per held call ≤ 2 KB | DESIGN | separate |",
+        "| stream msgs/s (64 B, 16 streams) ≥ 2× tonic-tls | baseline | same |",
+        "| slow consumer: producer stops ≤ 100 ms after the consumer leaves | baseline | separate |",
+        "| tarpc | tarpc has no server streaming |",
     ] {
         assert!(markdown.contains(row), "the report has `{row}`");
     }
@@ -170,7 +178,7 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
             line.ends_with("| yes |") || line.ends_with("| **no** |") || line.ends_with("| — |")
         })
         .collect();
-    assert_eq!(rows.len(), 2 * 20, "20 targets per placement:\n{targets}");
+    assert_eq!(rows.len(), 2 * 27, "27 targets per placement:\n{targets}");
     assert!(
         rows.iter().all(|row| !row.ends_with("| — |")),
         "a target without a figure:\n{targets}"
@@ -190,5 +198,40 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
     assert!(
         chart.contains("<svg") && chart.contains("tonic-tls"),
         "the chart names the systems"
+    );
+}
+
+/// The streaming scenario of one system: every run of the systems that stream read messages,
+/// their slow consumer read and saw its producer stop; the others say why they were not measured.
+fn check_streaming(name: &str, result: &Value) {
+    let streaming = &result["streaming"];
+    let system = result["system"].as_str().unwrap_or("?");
+    if !["meshrpc", "quinn", "tonic-tls"].contains(&system) {
+        assert!(
+            streaming["not_measured"].as_str().is_some(),
+            "{name}: says why it was not measured"
+        );
+        return;
+    }
+    let runs: Vec<(u64, u64)> = streaming["runs"]
+        .as_array()
+        .expect("streaming runs")
+        .iter()
+        .filter(|r| r["messages"].as_u64() > Some(0) && r["mb_per_s"].as_f64() > Some(0.0))
+        .filter_map(|r| Some((r["size"].as_u64()?, r["streams"].as_u64()?)))
+        .collect();
+    assert_eq!(
+        runs,
+        [(64, 1), (64, 16), (65536, 1), (65536, 16)],
+        "{name}: every streaming run read messages"
+    );
+    let slow = &streaming["slow"];
+    assert!(
+        slow["bytes_read"].as_u64() > Some(0),
+        "{name}: slow consumer"
+    );
+    assert!(
+        slow["stopped_after_ms"].as_f64().is_some(),
+        "{name}: the producer stopped after the consumer left"
     );
 }

@@ -10,7 +10,8 @@ pub(crate) struct Args {
     /// Short runs, a shallow ring and fewer held calls (about a minute).
     #[arg(long)]
     quick: bool,
-    /// Scenarios, comma separated: latency, throughput, payload, cpu, ring, memory, gateway.
+    /// Scenarios, comma separated: latency, throughput, payload, cpu, ring, memory, streaming,
+    /// gateway.
     #[arg(long)]
     scenarios: Option<String>,
     /// Systems, comma separated: meshrpc, quinn, tonic-tls, tonic-h2c, tarpc, http-json.

@@ -22,7 +22,7 @@ struct Cli {
 enum Task {
     /// Measure meshrpc against bare quinn, tonic, tarpc and HTTP/JSON; write target/bench/.
     Bench(bench::Args),
-    /// Start the demo mesh on loopback: gateway, three greeters and a concierge.
+    /// Start the demo mesh on loopback: gateway, three greeters, a concierge and two numbers.
     Demo(demo::Args),
     /// Run the fault and attack suite (`--long` for the long variants).
     Faults(faults::Args),
