@@ -10,7 +10,7 @@
 //! Shared by `fuzz/fuzz_targets/json_transcoder.rs` (through `#[path]`) and the replay test.
 #![allow(dead_code, unreachable_pub)]
 
-use gateway::descriptors::Descriptor;
+use gateway::descriptors::{Descriptor, DescriptorExt};
 use gateway::transcode::{json_to_msgpack, msgpack_to_json_envelope};
 use serde_json::Value;
 
