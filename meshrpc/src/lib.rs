@@ -18,13 +18,18 @@
 //! [`tls`] (certificates). The other modules are the runtime's inside, public for the
 //! workspace's gateway, tools and tests and for generated code; they are not part of the API.
 
+#[cfg(feature = "admin")]
+#[doc(hidden)]
+pub mod admin;
 #[doc(hidden)]
 pub mod channel;
+#[cfg(feature = "cli")]
 pub mod cli;
 #[doc(hidden)]
 pub mod codec;
 #[doc(hidden)]
 pub mod context;
+#[cfg(feature = "http-tunnel")]
 #[doc(hidden)]
 pub mod http_tunnel;
 #[doc(hidden)]
@@ -77,6 +82,7 @@ pub mod __generated {
 
 pub use channel::{Call, Channel};
 pub use context::CallContext;
+#[cfg(feature = "http-tunnel")]
 pub use http_tunnel::HttpClient;
 pub use metadata::Metadata;
 pub use metrics::MethodStats;
@@ -110,6 +116,7 @@ pub use tokio;
 
 /// Re-exported so a service crate can parse [`cli::NodeArgs`] without a clap dependency of its
 /// own: with `use meshrpc::clap::{self, Parser};` in scope, `#[derive(Parser)]` finds it.
+#[cfg(feature = "cli")]
 pub use clap;
 
 /// Re-exported so `use` types can derive `meshrpc::schemars::JsonSchema` without a schemars

@@ -2,24 +2,28 @@
 //! endpoint, starts the membership, builds the server (the server stack and the handlers of
 //! the other stream kinds) and the client factory, and spawns the node's tasks.
 
+#[cfg(feature = "http-tunnel")]
 use std::collections::HashMap;
 use std::net::SocketAddr;
+#[cfg(feature = "dev-ca")]
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tracing::info;
 
+#[cfg(feature = "admin")]
+use super::NodeReadiness;
 use super::clients::{ClientFactory, LateChannel};
 use super::join::{advertised_addr, initial_generation, join_loop};
-use super::{
-    DEFAULT_CLUSTER, DEFAULT_DRAIN_TIMEOUT, Node, NodeError, NodeInner, NodeReadiness,
-    count_members,
-};
+use super::{DEFAULT_CLUSTER, DEFAULT_DRAIN_TIMEOUT, Node, NodeError, NodeInner, count_members};
+#[cfg(feature = "admin")]
+use crate::admin::{bind_admin, serve_admin};
 use crate::channel::Channel;
+#[cfg(feature = "http-tunnel")]
 use crate::http_tunnel::{BoxError, HttpService, box_http_service, tunnel_handler};
 use crate::membership::{MemberId, Membership, Published};
-use crate::metrics::{Metrics, bind_admin, serve_admin};
+use crate::metrics::Metrics;
 use crate::node_service::NodeService;
 use crate::resilience::attempts::TailConfig;
 use crate::resilience::balance::Strategy;
@@ -37,7 +41,12 @@ use crate::wire::FrameKind;
 /// Where a node's certificates come from.
 #[derive(Debug, Clone)]
 enum TlsSource {
+    /// The development CA, in this state directory or the default one.
+    #[cfg(feature = "dev-ca")]
     Dev(Option<PathBuf>),
+    /// None given (and no development CA compiled in): `start` says what to do.
+    #[cfg(not(feature = "dev-ca"))]
+    Missing,
     Material(TlsMaterial),
 }
 
@@ -57,10 +66,12 @@ pub struct NodeBuilder {
     breaker: BreakerConfig,
     retry: RetryConfig,
     tail: TailConfig,
+    #[cfg(feature = "admin")]
     admin: Option<SocketAddr>,
     services: Vec<Arc<dyn Dispatch>>,
     layers: Vec<crate::server::UserLayer>,
     policy: crate::server::authorize::Policy,
+    #[cfg(feature = "http-tunnel")]
     http: HashMap<String, HttpService>,
     clients: Arc<OnceLock<Arc<ClientFactory>>>,
 }
@@ -73,7 +84,7 @@ impl std::fmt::Debug for NodeBuilder {
             .field("listen", &self.listen)
             .field("seeds", &self.seeds)
             .field("services", &self.services)
-            .field("http", &self.http.keys().collect::<Vec<_>>())
+            .field("http", &self.http_services())
             .finish_non_exhaustive()
     }
 }
@@ -87,17 +98,22 @@ impl NodeBuilder {
             advertise: None,
             seeds: Vec::new(),
             tags: Vec::new(),
+            #[cfg(feature = "dev-ca")]
             tls: TlsSource::Dev(None),
+            #[cfg(not(feature = "dev-ca"))]
+            tls: TlsSource::Missing,
             limits: Limits::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             strategy: Strategy::RoundRobin,
             breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
             tail: TailConfig::default(),
+            #[cfg(feature = "admin")]
             admin: None,
             services: Vec::new(),
             layers: Vec::new(),
             policy: crate::server::authorize::Policy::new(),
+            #[cfg(feature = "http-tunnel")]
             http: HashMap::new(),
             clients: Arc::default(),
         }
@@ -171,6 +187,7 @@ impl NodeBuilder {
     }
 
     /// Keeps the development CA in `dir` instead of [`tls::default_state_dir`].
+    #[cfg(feature = "dev-ca")]
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> NodeBuilder {
         self.tls = TlsSource::Dev(Some(dir.into()));
         self
@@ -238,7 +255,8 @@ impl NodeBuilder {
         self
     }
 
-    /// Serves `/metrics`, `/healthz` and `/readyz` over HTTP on `addr`.
+    /// Serves `/metrics`, `/healthz` and `/readyz` over HTTP on `addr` (feature `admin`).
+    #[cfg(feature = "admin")]
     pub fn admin(mut self, addr: SocketAddr) -> NodeBuilder {
         self.admin = Some(addr);
         self
@@ -301,7 +319,8 @@ impl NodeBuilder {
 
     /// Publishes legacy HTTP handlers (an axum `Router`, any tower HTTP service) under
     /// `service`; other nodes reach them with [`Node::http_client`], the gateway under
-    /// `/{service}/...`.
+    /// `/{service}/...` (feature `http-tunnel`).
+    #[cfg(feature = "http-tunnel")]
     pub fn publish_http<S, B>(mut self, service: impl Into<String>, handler: S) -> NodeBuilder
     where
         S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
@@ -318,6 +337,16 @@ impl NodeBuilder {
         self
     }
 
+    /// The names legacy HTTP handlers are published under, sorted.
+    fn http_services(&self) -> Vec<String> {
+        #[cfg(feature = "http-tunnel")]
+        let mut names: Vec<String> = self.http.keys().cloned().collect();
+        #[cfg(not(feature = "http-tunnel"))]
+        let mut names: Vec<String> = Vec::new();
+        names.sort_unstable();
+        names
+    }
+
     /// Binds the endpoint, starts serving and joins the mesh through the seeds.
     pub async fn start(self) -> Result<Node, NodeError> {
         let mut names: Vec<&str> = self.services.iter().map(|s| s.spec().name).collect();
@@ -328,12 +357,16 @@ impl NodeBuilder {
         self.policy
             .check(self.services.iter().map(|service| service.spec()))?;
         let server_name = tls::cluster_server_name(&self.cluster)?;
+        let http_services = self.http_services();
         let material = match self.tls {
             TlsSource::Material(material) => material,
+            #[cfg(feature = "dev-ca")]
             TlsSource::Dev(dir) => {
                 let dir = dir.unwrap_or_else(tls::default_state_dir);
                 TlsMaterial::dev(&dir, &self.cluster, &self.name)?
             }
+            #[cfg(not(feature = "dev-ca"))]
+            TlsSource::Missing => return Err(NodeError::Tls(tls::TlsError::NoMaterial)),
         };
         let endpoint = build_endpoint(self.listen, &material, &self.cluster, &self.limits)?;
         let local_addr = endpoint
@@ -346,6 +379,7 @@ impl NodeBuilder {
             Some(addr) => addr,
             None => advertised_addr(local_addr, &self.seeds).await,
         };
+        #[cfg(feature = "admin")]
         let admin_listener = match self.admin {
             Some(addr) => Some(
                 bind_admin(addr)
@@ -370,11 +404,7 @@ impl NodeBuilder {
                     schema_hash: spec.schema_hash,
                 })
                 .collect(),
-            http: {
-                let mut http: Vec<String> = self.http.keys().cloned().collect();
-                http.sort_unstable();
-                http
-            },
+            http: http_services,
             tags: self.tags.clone(),
         };
 
@@ -395,6 +425,7 @@ impl NodeBuilder {
         );
         server.set_cluster(&self.cluster);
         // Streams that are not calls, by the kind of their opening frame.
+        #[cfg(feature = "http-tunnel")]
         server.set_stream_handler(
             FrameKind::Http,
             tunnel_handler(Arc::new(self.http), server.admission()),
@@ -441,21 +472,19 @@ impl NodeBuilder {
             membership.clone(),
             metrics.clone(),
         )));
-        let admin_addr = admin_listener
-            .as_ref()
-            .and_then(|listener| listener.local_addr().ok());
-        if let Some(listener) = admin_listener {
-            let readiness = Arc::new(NodeReadiness {
+        #[cfg(feature = "admin")]
+        let admin_addr = serve_admin_if_asked(
+            admin_listener,
+            &mut tasks,
+            NodeReadiness {
                 membership: membership.clone(),
                 server: server.clone(),
                 needs_peers: !self.seeds.is_empty(),
-            });
-            tasks.push(tokio::spawn(serve_admin(
-                listener,
-                metrics.clone(),
-                readiness,
-            )));
-        }
+            },
+            metrics.clone(),
+        );
+        #[cfg(not(feature = "admin"))]
+        let admin_addr = None;
         info!(
             node = %self.name, cluster = %self.cluster, %local_addr, %advertised,
             services = ?names, "node started"
@@ -479,4 +508,22 @@ impl NodeBuilder {
             }),
         })
     }
+}
+
+/// Serves the admin endpoint on `listener`, if the node was asked for one; its address.
+#[cfg(feature = "admin")]
+fn serve_admin_if_asked(
+    listener: Option<tokio::net::TcpListener>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    readiness: NodeReadiness,
+    metrics: Arc<Metrics>,
+) -> Option<SocketAddr> {
+    let listener = listener?;
+    let addr = listener.local_addr().ok();
+    tasks.push(tokio::spawn(serve_admin(
+        listener,
+        metrics,
+        Arc::new(readiness),
+    )));
+    addr
 }

@@ -1,6 +1,6 @@
 //! The client side of a node: [`ClientFactory`] builds the client stack of each service
 //! ([`Attempts`] over a [`Balance`] over per-endpoint services; see
-//! [`resilience`](crate::resilience)) and the [`HttpClient`] of its legacy HTTP handlers, and
+//! [`resilience`](crate::resilience)) and the `HttpClient` of its legacy HTTP handlers, and
 //! [`LateChannel`] binds a client made from a builder to its node once the node started.
 
 use std::collections::HashMap;
@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::channel::Channel;
+#[cfg(feature = "http-tunnel")]
 use crate::http_tunnel::HttpClient;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -24,6 +25,7 @@ pub(crate) enum ClientKey {
     /// The RPCs of a service.
     Rpc(String),
     /// The legacy HTTP handlers published under a service's name.
+    #[cfg_attr(not(feature = "http-tunnel"), allow(dead_code))]
     Http(String),
 }
 
@@ -101,6 +103,7 @@ impl ClientFactory {
     }
 
     /// A client of the legacy HTTP handlers published under `service`.
+    #[cfg(feature = "http-tunnel")]
     pub(crate) fn http_client(&self, service: &str) -> HttpClient {
         let shared = self.shared(ClientKey::Http(service.to_owned()));
         HttpClient::new(
@@ -109,6 +112,7 @@ impl ClientFactory {
             self.connections.clone(),
             self.strategy,
             self.retry.clone(),
+            self.tail,
             shared.balance.clone(),
         )
     }

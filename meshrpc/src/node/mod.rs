@@ -35,10 +35,13 @@ pub use builder::NodeBuilder;
 use clients::ClientFactory;
 pub use signal::wait_for_signal;
 
+#[cfg(feature = "admin")]
+use crate::admin::Readiness;
 use crate::channel::Channel;
+#[cfg(feature = "http-tunnel")]
 use crate::http_tunnel::HttpClient;
 use crate::membership::{Membership, View};
-use crate::metrics::{Metrics, Readiness};
+use crate::metrics::Metrics;
 use crate::options::CallOptions;
 use crate::server::Server;
 use crate::service::{Dispatch, ServiceClient};
@@ -72,6 +75,7 @@ pub enum NodeError {
     #[error(transparent)]
     Policy(#[from] crate::server::authorize::PolicyError),
     /// The admin endpoint could not listen.
+    #[cfg(feature = "admin")]
     #[error("could not listen for admin HTTP on {addr}: {source}")]
     Admin {
         /// The admin address.
@@ -107,12 +111,14 @@ pub(crate) async fn count_members(membership: Membership, metrics: Arc<Metrics>)
     }
 }
 
+#[cfg_attr(not(feature = "admin"), allow(dead_code))]
 pub(crate) struct NodeReadiness {
     pub(crate) membership: Membership,
     pub(crate) server: Arc<Server>,
     pub(crate) needs_peers: bool,
 }
 
+#[cfg(feature = "admin")]
 impl Readiness for NodeReadiness {
     fn readiness(&self) -> (bool, String) {
         if self.server.is_draining() {
@@ -268,7 +274,9 @@ impl Node {
         self.inner.clients.channel(service, schema_hash)
     }
 
-    /// A client for the legacy HTTP handlers that members publish under `service`.
+    /// A client for the legacy HTTP handlers that members publish under `service` (feature
+    /// `http-tunnel`).
+    #[cfg(feature = "http-tunnel")]
     pub fn http_client(&self, service: &str) -> HttpClient {
         self.inner.clients.http_client(service)
     }

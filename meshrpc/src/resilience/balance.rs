@@ -38,14 +38,18 @@ use crate::transport::connections::Connections;
 
 /// How a balancer chooses among the members that can serve a call. Also the values of the
 /// `--balancing` flag ([`NodeArgs`](crate::cli::NodeArgs)): `round-robin` and `peak-ewma`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Strategy {
     /// One member after the other.
     #[default]
-    #[value(help = "One replica after the other")]
+    #[cfg_attr(feature = "cli", value(help = "One replica after the other"))]
     RoundRobin,
     /// Power of two choices by peak-EWMA latency × outstanding calls.
-    #[value(help = "Power of two choices by peak-EWMA latency")]
+    #[cfg_attr(
+        feature = "cli",
+        value(help = "Power of two choices by peak-EWMA latency")
+    )]
     PeakEwma,
 }
 

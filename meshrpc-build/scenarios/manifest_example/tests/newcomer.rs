@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gateway::descriptors::Descriptor;
+use gateway::descriptors::{Descriptor, DescriptorExt};
 use gateway::transcode::{RequestError, json_to_msgpack};
 use meshrpc::bytes::Bytes;
 use meshrpc::{Channel, Dispatch, Status};
