@@ -11,6 +11,7 @@
 //! - **Hedges.** An attempt unanswered after the method's `hedge_after` (else the service's
 //!   p95) is sent to a second replica as well; the first answer wins and the other attempt is
 //!   dropped. Hedges spend their own budget, [`TailConfig::max_hedge_percent`] of the calls.
+//!   A first attempt that loses to its hedge counts against its replica as a timeout does.
 //! - **Deadlines.** No retry or hedge is sent with less time left than the service's typical
 //!   (median) latency; the remaining deadline travels with each attempt.
 //!
@@ -325,6 +326,19 @@ impl<R: Route> Attempts<R> {
                             self.latencies().record(done.started.elapsed());
                             if done.hedge {
                                 tail.metrics.hedge(&call.service, HedgeOutcome::Won);
+                                // The first attempt, still unanswered, lost to a later one on
+                                // another replica: its replica left it hanging, as a timeout.
+                                let loser = if in_second {
+                                    first.take()
+                                } else {
+                                    second.take()
+                                };
+                                if let Some(loser) = loser.filter(|loser| !loser.hedge) {
+                                    self.balance
+                                        .state()
+                                        .breakers()
+                                        .record_timeout(loser.addr, loser.replicas);
+                                }
                             }
                             // The other attempt, if any, is dropped here: its stream is reset.
                             return Ok(body);

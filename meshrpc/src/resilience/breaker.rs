@@ -2,8 +2,9 @@
 //! (the time doubles with each ejection, up to a cap) when it
 //!
 //! - fails several calls in a row (transport failures, see [`is_replica_failure`]), or
-//! - leaves several attempts in a row unanswered past their attempt timeout (a frozen
-//!   process: its connection is up, nothing answers), or
+//! - leaves several attempts in a row unanswered — past their attempt timeout, or while a
+//!   hedge to another replica answered first (a frozen process: its connection is up, nothing
+//!   answers; or one much slower than the others), or
 //! - succeeds clearly less often than the other replicas over the last ten seconds;
 //!
 //! but never so many replicas that more than [`BreakerConfig::max_ejected_percent`] of them are
@@ -31,8 +32,9 @@ use crate::status::{Code, Status};
 pub struct BreakerConfig {
     /// Consecutive failures that eject a replica (default 5).
     pub consecutive_failures: u32,
-    /// Consecutive attempts abandoned after their attempt timeout that eject a replica (default
-    /// 3); the membership is then told the replica looks unresponsive.
+    /// Consecutive attempts left unanswered (abandoned after their attempt timeout, or beaten by
+    /// a hedge to another replica) that eject a replica (default 3); the membership is then told
+    /// the replica looks unresponsive.
     pub consecutive_timeouts: u32,
     /// The first ejection's length (default 1 s); each further one doubles it.
     pub base_ejection: Duration,
@@ -206,9 +208,9 @@ impl Breakers {
         self.record(addr, replicas, Ejection::Failures).is_some()
     }
 
-    /// Records that an attempt to `addr` was abandoned after its attempt timeout; ejects it
-    /// after [`BreakerConfig::consecutive_timeouts`] in a row (if the cap allows). Returns
-    /// whether it was ejected.
+    /// Records that an attempt to `addr` was left unanswered (abandoned after its attempt
+    /// timeout, or beaten by a hedge); ejects it after [`BreakerConfig::consecutive_timeouts`]
+    /// in a row (if the cap allows). Returns whether it was ejected.
     pub fn record_timeout(&self, addr: SocketAddr, replicas: usize) -> bool {
         self.record(addr, replicas, Ejection::Timeouts).is_some()
     }

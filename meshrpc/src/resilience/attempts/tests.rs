@@ -252,7 +252,7 @@ async fn an_attempt_timeout_never_fails_a_call_that_cannot_be_retried() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_hedge_answers_for_a_slow_replica_and_the_slow_attempt_is_dropped() {
+async fn a_hedge_answers_for_a_slow_replica_whose_attempt_is_dropped_until_it_is_ejected() {
     let slow = Behaviour::Answers(Duration::from_millis(100));
     let replicas = Replicas::new(vec![slow, FAST, FAST]);
     let metrics = Metrics::new();
@@ -275,8 +275,13 @@ async fn a_hedge_answers_for_a_slow_replica_and_the_slow_attempt_is_dropped() {
         replicas.attempts(1) as u64,
         "every call to the slow one was hedged"
     );
-    assert!(won >= 5, "round robin sent the slow replica {won} calls");
     assert_eq!(replicas.cancelled.load(Ordering::SeqCst) as u64, won);
+    assert_eq!(
+        won,
+        u64::from(BreakerConfig::default().consecutive_timeouts),
+        "three lost hedges in a row eject the slow replica"
+    );
+    assert!(replicas.state.breakers().is_ejected(addr(1)));
 }
 
 #[tokio::test(start_paused = true)]
