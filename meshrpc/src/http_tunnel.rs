@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -23,6 +24,7 @@ use tower::{Service, ServiceExt};
 use tracing::debug;
 
 use crate::membership::Membership;
+use crate::resilience::attempts::TailConfig;
 use crate::resilience::balance::{BalanceState, Strategy, choose};
 use crate::resilience::breaker::Guarded;
 use crate::resilience::load::Measured;
@@ -149,8 +151,9 @@ pub(crate) async fn serve_tunnel(
 
 /// Sends HTTP requests to the legacy handlers of one service, balanced over its members by
 /// the node's strategy, retried by the node's retry rule and budget, each member behind its
-/// load and breaker layers (the same machinery as RPCs; hedging and attempt timeouts are for
-/// RPCs only: a request body streams as it is sent).
+/// load and breaker layers (the same machinery as RPCs). A request without a body and with an
+/// idempotent method has an attempt timeout, as idempotent RPCs do; requests are never hedged
+/// (a request body streams as it is sent).
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     service: Arc<str>,
@@ -158,6 +161,7 @@ pub struct HttpClient {
     connections: Connections,
     strategy: Strategy,
     retry: RetryPolicy,
+    tail: TailConfig,
     state: Arc<BalanceState>,
 }
 
@@ -168,6 +172,7 @@ impl HttpClient {
         connections: Connections,
         strategy: Strategy,
         retry: RetryPolicy,
+        tail: TailConfig,
         state: Arc<BalanceState>,
     ) -> HttpClient {
         HttpClient {
@@ -176,6 +181,7 @@ impl HttpClient {
             connections,
             strategy,
             retry,
+            tail,
             state,
         }
     }
@@ -183,6 +189,20 @@ impl HttpClient {
     /// The service whose handlers this client reaches.
     pub fn service(&self) -> &str {
         &self.service
+    }
+
+    /// The attempt timeout of a request that can be sent again: as for RPCs, the node's
+    /// factor × the handlers' observed p99 (time to the response head), at least its floor;
+    /// none until enough requests were answered, or when attempt timeouts are off.
+    fn attempt_timeout(&self) -> Option<Duration> {
+        if !self.tail.attempt_timeouts {
+            return None;
+        }
+        let p99 = self.state.latencies().p99()?;
+        Some(
+            p99.saturating_mul(self.tail.attempt_timeout_factor)
+                .max(self.tail.attempt_timeout_floor),
+        )
     }
 
     /// Sends `request` to a member serving the service's HTTP handlers. Members that cannot
@@ -225,8 +245,37 @@ impl HttpClient {
                 replicas,
                 self.state.breakers().clone(),
             );
-            let status = match endpoint.call((parts.clone(), body.clone())).await {
-                Ok(response) => return Ok(response),
+            let started = tokio::time::Instant::now();
+            let attempt = endpoint.call((parts.clone(), body.clone()));
+            // Only a request that can be sent again (idempotent, no body) is abandoned.
+            let overdue = (empty && idempotent && attempts < self.retry.max_attempts())
+                .then(|| self.attempt_timeout())
+                .flatten();
+            let outcome = match overdue {
+                None => attempt.await,
+                Some(timeout) => {
+                    let mut attempt = attempt;
+                    tokio::select! {
+                        outcome = &mut attempt => outcome,
+                        _ = tokio::time::sleep(timeout) => {
+                            self.state.breakers().record_timeout(member, replicas);
+                            if self.retry.withdraw() {
+                                // Dropping the attempt resets its stream; the next goes elsewhere.
+                                last = Some(Status::unavailable(format!(
+                                    "{member} did not answer within {timeout:?}"
+                                )));
+                                continue;
+                            }
+                            attempt.await
+                        }
+                    }
+                }
+            };
+            let status = match outcome {
+                Ok(response) => {
+                    self.state.latencies().record(started.elapsed());
+                    return Ok(response);
+                }
                 Err(status) => status,
             };
             // A body not taken yet (the stream never opened) or an empty one can go again.
