@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use gateway::descriptors::DescriptorExt;
 use meshrpc::resilience::balance::{BalanceState, pick};
 use meshrpc::{Call, Code, Status, Strategy};
 use serde_json::Value;

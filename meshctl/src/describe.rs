@@ -83,12 +83,19 @@ fn schema_signature(method: &gateway::descriptors::MethodDescriptor) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    let result = method
-        .response
-        .get("properties")
-        .and_then(|fields| fields.get(&method.result_field))
-        .map(|schema| format!(" -> {}", json_type(schema)))
-        .unwrap_or_default();
+    let mut params = params;
+    if let Some(item) = &method.request_stream {
+        params.push(format!("Stream<{}>", json_type(item)));
+    }
+    let result = match (&method.response, &method.response_stream) {
+        (_, Some(item)) => format!(" -> Stream<{}>", json_type(item)),
+        (Some(response), None) => response
+            .get("properties")
+            .and_then(|fields| fields.get(&method.result_field))
+            .map(|schema| format!(" -> {}", json_type(schema)))
+            .unwrap_or_default(),
+        (None, None) => String::new(),
+    };
     format!("{}({}){result}", method.name, params.join(", "))
 }
 

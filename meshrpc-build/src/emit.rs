@@ -696,7 +696,7 @@ fn spec(service: &Service, names: &Names) -> TokenStream {
             quote! {
                 ::meshrpc::UseSchema {
                     name: #key,
-                    schema: ::meshrpc::schema::openapi3::<#ty>,
+                    schema: ::meshrpc::__generated::openapi3::<#ty>,
                 }
             }
         });
@@ -836,7 +836,7 @@ fn server(service: &Service, names: &Names) -> TokenStream {
                 match method.index {
                     #(#arms)*
                     _ => {
-                        let status = ::meshrpc::service::unknown_method(&#spec, method.name);
+                        let status = ::meshrpc::__generated::unknown_method(&#spec, method.name);
                         ::std::boxed::Box::pin(::core::future::ready(::core::result::Result::Err(status)))
                     }
                 }
@@ -867,7 +867,7 @@ fn server_arm(service: &Service, names: &Names, index: usize, method: &Method) -
             }
         })
         .collect();
-    let decode = quote!(::meshrpc::codec::decode_request(#method_name, &request)?);
+    let decode = quote!(::meshrpc::__generated::decode_request(#method_name, &request)?);
     let decode = if method.params.is_empty() {
         quote!(let _: #messages::#request = #decode;)
     } else {
@@ -893,15 +893,15 @@ fn server_arm(service: &Service, names: &Names, index: usize, method: &Method) -
                     return ::core::result::Result::Err(::meshrpc::Status::invalid_argument(#missing));
                 };
                 let stream = stream.try_map(|item| {
-                    ::meshrpc::codec::decode_request_item::<#item>(#method_name, &item)#unwrap
+                    ::meshrpc::__generated::decode_request_item::<#item>(#method_name, &item)#unwrap
                 });
             }
         }
     };
     let respond = if method.result_streams {
         let encode = match item_wrapper(method, &method.result, false) {
-            Some(wrapper) => quote!(::meshrpc::codec::encode(&#messages::#wrapper(item))),
-            None => quote!(::meshrpc::codec::encode(&item)),
+            Some(wrapper) => quote!(::meshrpc::__generated::encode(&#messages::#wrapper(item))),
+            None => quote!(::meshrpc::__generated::encode(&item)),
         };
         quote! {
             let items = inner.#method_ident(#(#args),*).await?;
@@ -910,13 +910,13 @@ fn server_arm(service: &Service, names: &Names, index: usize, method: &Method) -
     } else if method.result == Ty::Unit {
         quote! {
             inner.#method_ident(#(#args),*).await?;
-            ::meshrpc::codec::encode(&#messages::#response {}).map(::meshrpc::Body::Message)
+            ::meshrpc::__generated::encode(&#messages::#response {}).map(::meshrpc::Body::Message)
         }
     } else {
         let field = format_ident!("{}", method.returns);
         quote! {
             let #field = inner.#method_ident(#(#args),*).await?;
-            ::meshrpc::codec::encode(&#messages::#response { #field }).map(::meshrpc::Body::Message)
+            ::meshrpc::__generated::encode(&#messages::#response { #field }).map(::meshrpc::Body::Message)
         }
     };
     quote! {

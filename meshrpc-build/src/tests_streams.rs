@@ -152,7 +152,7 @@ fn generated_code_names_the_kind_the_methods_and_the_streams() {
         "::meshrpc::Streaming<u64>",
         // A `Bytes` item travels as a binary shared with its frame, in a transparent wrapper.
         "pub struct UploadRequestItem(",
-        "::meshrpc::codec::shared_bytes",
+        "::meshrpc::__generated::shared_bytes",
         "numbers_methods::UPLOAD,",
     ] {
         assert!(code.contains(expected), "missing {expected:?} in:\n{code}");

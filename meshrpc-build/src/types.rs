@@ -699,10 +699,10 @@ impl Ty {
             return Some(quote!(#[serde(with = "::meshrpc::serde_bytes")]));
         }
         match self {
-            Ty::Bytes => Some(quote!(#[serde(with = "::meshrpc::codec::shared_bytes")])),
-            Ty::Option(inner) if **inner == Ty::Bytes => {
-                Some(quote!(#[serde(default, with = "::meshrpc::codec::shared_bytes::option")]))
-            }
+            Ty::Bytes => Some(quote!(#[serde(with = "::meshrpc::__generated::shared_bytes")])),
+            Ty::Option(inner) if **inner == Ty::Bytes => Some(
+                quote!(#[serde(default, with = "::meshrpc::__generated::shared_bytes::option")]),
+            ),
             Ty::Option(inner) if inner.is_bytes() => {
                 Some(quote!(#[serde(default, with = "::meshrpc::serde_bytes")]))
             }
@@ -718,9 +718,9 @@ impl Ty {
             return Some(quote!(#[serde(with = "::meshrpc::serde_bytes")]));
         }
         match self {
-            Ty::Bytes => Some(quote!(#[serde(with = "::meshrpc::codec::shared_bytes")])),
+            Ty::Bytes => Some(quote!(#[serde(with = "::meshrpc::__generated::shared_bytes")])),
             Ty::Option(inner) if **inner == Ty::Bytes => {
-                Some(quote!(#[serde(with = "::meshrpc::codec::shared_bytes::option")]))
+                Some(quote!(#[serde(with = "::meshrpc::__generated::shared_bytes::option")]))
             }
             Ty::Option(inner) if inner.is_bytes() => {
                 Some(quote!(#[serde(with = "::meshrpc::serde_bytes")]))
