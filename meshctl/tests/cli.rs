@@ -601,6 +601,8 @@ static NEXT_GREETER: meshrpc::ServiceSpec = meshrpc::ServiceSpec {
         params: &[],
         result_field: "result",
         result_type: "()",
+        kind: meshrpc::MethodKind::Unary,
+        index: 0,
     }],
     schema_hash: 0x0123_4567_89ab_cdef,
     manifest: "[greeter]\n[greeter.methods]\nwave = \"wave()\"\n",
@@ -618,11 +620,12 @@ impl meshrpc::Dispatch for NextGreeter {
 
     fn dispatch(
         &self,
-        method: &str,
+        method: &'static meshrpc::MethodSpec,
         _request: bytes::Bytes,
-    ) -> meshrpc::BoxFuture<'static, Result<bytes::Bytes, meshrpc::Status>> {
-        let reply = match method {
-            "wave" => Ok(bytes::Bytes::from_static(b"\x80")),
+        _stream: Option<meshrpc::Streaming<bytes::Bytes>>,
+    ) -> meshrpc::BoxFuture<'static, Result<meshrpc::Body, meshrpc::Status>> {
+        let reply = match method.name {
+            "wave" => Ok(meshrpc::Body::Message(bytes::Bytes::from_static(b"\x80"))),
             other => Err(meshrpc::service::unknown_method(&NEXT_GREETER, other)),
         };
         Box::pin(std::future::ready(reply))
