@@ -283,3 +283,72 @@ async fn a_partitioned_replica_is_routed_around_before_the_membership_notices() 
     lab.heal(0);
     assert_tolerated("partition", &figures, &report);
 }
+
+/// Waits until the gateway at `http` counts three live greeters in its `/readyz`.
+async fn wait_for_three(http: SocketAddr) {
+    faults::within(Duration::from_secs(20), async || {
+        let Ok(answer) = faults::http::get(http, "/readyz").await else {
+            return false;
+        };
+        answer.body.contains(r#""service":"greeter""#) && answer.body.contains(r#""rpc_members":3"#)
+    })
+    .await
+    .expect("the gateway counts three live greeters");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_replica_behind_the_gateway_fails_no_get() {
+    let _exclusive = faults::exclusive();
+    let state = tempfile::tempdir().expect("tempdir");
+    let mesh = Mesh::new(format!("tail-gw-{}", std::process::id()), state.path());
+    let http = SocketAddr::from(([127, 0, 0, 1], faults::mesh::free_tcp_port("127.0.0.1")));
+    let gateway = mesh.gateway(
+        "mesh-api",
+        None,
+        &args(&["--listen", "127.0.0.1:0", "--http", &http.to_string()]),
+    );
+    let seed = gateway.addr_after("the mesh on ").to_string();
+    let replicas: Vec<Proc> = (0..3)
+        .map(|i| {
+            mesh.greeter(
+                &format!("greeter-{i}"),
+                None,
+                &args(&["--listen", "127.0.0.1:0", "-N", &seed]),
+            )
+        })
+        .collect();
+    wait_for_three(http).await;
+    // Two workers GET the greet route (an RPC), two the legacy `/check` handler (a tunnel).
+    let client = faults::http::client();
+    let load = Load::start(
+        4,
+        100_000,
+        Duration::from_secs(30),
+        Duration::from_millis(1),
+        move |worker, n| {
+            let client = client.clone();
+            async move {
+                if worker % 2 == 0 {
+                    let name = format!("guest{worker}x{n}");
+                    faults::http::greet_through_gateway(&client, http, &name, DEADLINE).await
+                } else {
+                    faults::http::check_through_gateway(&client, http, DEADLINE).await
+                }
+            }
+        },
+    );
+    tokio::time::sleep(WARM_UP).await;
+    let from = load.elapsed();
+    replicas[0].signal("STOP");
+    tokio::time::sleep(WINDOW).await;
+    let to = load.elapsed();
+    let report = load.finish().await;
+    replicas[0].signal("CONT");
+    // The gateway's hedges are in its own metrics, not this process's.
+    let figures = Figures::of(&report, from, to, Hedges::default());
+    assert_tolerated(
+        "SIGSTOP behind the gateway (hedges not counted)",
+        &figures,
+        &report,
+    );
+}
