@@ -12,8 +12,8 @@
 //! publish servers, get clients), [`Channel`] and [`CallOptions`] (how clients call),
 //! [`Status`] and [`Code`] (how calls end), [`Streaming`] (the `Stream<T>` of streaming
 //! methods), [`CallContext`] and [`Metadata`] (what a handler knows about its call), and the
-//! configuration types ([`Limits`], [`RetryConfig`], [`BreakerConfig`], [`Strategy`],
-//! [`Policy`], [`TlsMaterial`]). Modules a user may reach into: [`server`] (layers over every
+//! configuration types ([`Limits`], [`RetryConfig`], [`BreakerConfig`], [`TailConfig`],
+//! [`Strategy`], [`Policy`], [`TlsMaterial`]). Modules a user may reach into: [`server`] (layers over every
 //! served call: [`NodeBuilder::layer`]), [`cli`] (the flags every service binary shares) and
 //! [`tls`] (certificates). The other modules are the runtime's inside, public for the
 //! workspace's gateway, tools and tests and for generated code; they are not part of the API.
@@ -90,6 +90,7 @@ pub use node::{Node, NodeBuilder, NodeError, WaitError, wait_for_signal};
 pub use options::CallOptions;
 pub use resilience::balance::Strategy;
 pub use resilience::breaker::BreakerConfig;
+pub use resilience::attempts::TailConfig;
 pub use resilience::retry::RetryConfig;
 pub use server::authorize::Policy;
 pub use server::{BoxServerService, Caller, IncomingCall, PeerIdentity};

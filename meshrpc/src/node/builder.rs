@@ -212,8 +212,9 @@ impl NodeBuilder {
     }
 
     /// When clients of this node eject a replica that keeps failing, and for how long
-    /// (default [`BreakerConfig::default`]: 5 failures in a row, 1 s doubling up to 30 s, at
-    /// most half of a service's replicas at once).
+    /// (default [`BreakerConfig::default`]: 5 failures or 3 unanswered attempts in a row, or a
+    /// success rate 20 points under the other replicas'; 1 s doubling up to 30 s; at most 10 %
+    /// of a service's replicas at once, at least one from two replicas up).
     ///
     /// ```no_run
     /// # use std::time::Duration;
@@ -243,7 +244,7 @@ impl NodeBuilder {
     /// timings per method.
     ///
     /// ```no_run
-    /// use meshrpc::resilience::attempts::TailConfig;
+    /// use meshrpc::TailConfig;
     ///
     /// let builder = meshrpc::Node::builder("web").tail(TailConfig {
     ///     hedging: false,
