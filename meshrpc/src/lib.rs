@@ -14,8 +14,8 @@
 //! methods), [`CallContext`] and [`Metadata`] (what a handler knows about its call), and the
 //! configuration types ([`Limits`], [`RetryConfig`], [`BreakerConfig`], [`TailConfig`],
 //! [`Strategy`], [`Policy`], [`TlsMaterial`]). Modules a user may reach into: [`server`]
-//! (layers over every served call: [`NodeBuilder::layer`]), [`cli`] (the flags every service binary shares) and
-//! [`tls`] (certificates). The other modules are the runtime's inside, public for the
+//! (layers over every served call: [`NodeBuilder::layer`]), [`cli`] (the flags every service
+//! binary shares) and [`tls`] (certificates). The other modules are the runtime's inside, public for the
 //! workspace's gateway, tools and tests and for generated code; they are not part of the API.
 
 #[cfg(feature = "admin")]
