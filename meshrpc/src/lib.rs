@@ -15,8 +15,9 @@
 //! configuration types ([`Limits`], [`RetryConfig`], [`BreakerConfig`], [`TailConfig`],
 //! [`Strategy`], [`Policy`], [`TlsMaterial`]). Modules a user may reach into: [`server`]
 //! (layers over every served call: [`NodeBuilder::layer`]), [`cli`] (the flags every service
-//! binary shares) and [`tls`] (certificates). The other modules are the runtime's inside, public for the
-//! workspace's gateway, tools and tests and for generated code; they are not part of the API.
+//! binary shares) and [`tls`] (certificates). The other modules are the runtime's inside,
+//! public for the workspace's gateway, tools and tests and for generated code; they are not
+//! part of the API.
 
 #[cfg(feature = "admin")]
 #[doc(hidden)]
