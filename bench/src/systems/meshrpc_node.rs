@@ -36,9 +36,7 @@ pub(crate) fn state_dir(tls: &Tls) -> PathBuf {
 /// windows follow it, and at 4 MiB they are bare quinn's (4 MiB + 64 KiB per stream), so the
 /// two stream with the same windows (the slow consumer buffers what they allow).
 fn limits() -> Limits {
-    Limits::default()
-        .max_message_size(Limits::default().max_message_size)
-        .max_concurrent_streams(MAX_IN_FLIGHT)
+    Limits::default().max_concurrent_streams(MAX_IN_FLIGHT)
 }
 
 async fn client_node(tls: &Tls) -> Result<&'static Node> {
