@@ -15,14 +15,17 @@ use tower::{Service, ServiceExt};
 use tracing::{debug, warn};
 
 use super::call::{Caller, PeerIdentity};
-use super::reply::{Written, encode_reply, write_reply};
+use super::reply::{Written, encode_reply, write_reply, write_stream};
 use super::request::{Opened, Rules, read_call};
 use super::{IncomingCall, Server};
+use crate::spec::{MethodKind, MethodSpec};
 use crate::status::{Code, Status};
+use crate::streaming::Body;
 use crate::transport::error_code;
 use crate::transport::goaway;
 use crate::transport::io::{ReadFrameError, read_frame};
 use crate::wire::{FrameDecoder, FrameKind, StatusBody};
+use std::future::Future;
 
 /// How long a stopping node waits for the streams it accepted to be answered before it
 /// closes their connection anyway.
@@ -201,7 +204,6 @@ impl Server {
         let _answering = self.answering.start();
         let method = call.method;
         let mut stack = self.stack.clone();
-        let mut ending = self.ending.subscribe();
         let outcome = {
             // In a block of its own, so the handler's state is gone while the reply is written.
             let Ok(stack) = stack.ready().await else {
@@ -212,41 +214,66 @@ impl Server {
             // costs a registration with the connection).
             match (&mut handler).now_or_never() {
                 Some(outcome) => outcome,
-                None => {
-                    let mut cancelled = std::pin::pin!(send.stopped());
-                    let mut ended = std::pin::pin!(ending.wait_for(|end| *end));
-                    let finished = std::future::poll_fn(|cx| {
-                        if let Poll::Ready(outcome) = handler.as_mut().poll(cx) {
-                            return Poll::Ready(Some(outcome));
-                        }
-                        if ended.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Some(Err(Status::unavailable(format!(
-                                "this node shut down before `{}.{}` finished",
-                                method.service, method.name
-                            )))));
-                        }
-                        cancelled.as_mut().poll(cx).map(|_| None)
-                    })
-                    .await;
-                    match finished {
-                        Some(outcome) => outcome,
-                        None => {
-                            debug!(method = %method.name, "caller cancelled; handler dropped");
-                            return;
-                        }
+                None => match self.run_handler(handler, &send, method).await {
+                    Some(outcome) => outcome,
+                    None => {
+                        debug!(method = %method.name, "caller cancelled; handler dropped");
+                        return;
                     }
-                }
+                },
             }
         };
-        let target = format!("{}.{}", method.service, method.name);
-        let ending = async move {
-            let _ = ending.wait_for(|end| *end).await;
+        let written = match outcome {
+            Ok(Body::Stream(items)) => {
+                let target = format!("{}.{}", method.service, method.name);
+                let mut ending = self.ending.subscribe();
+                let ending = async move {
+                    let _ = ending.wait_for(|end| *end).await;
+                };
+                write_stream(send, items, self.limits.max_message_size, &target, ending).await
+            }
+            outcome => write_reply(send, outcome).await,
         };
-        let (written, send) =
-            write_reply(send, outcome, self.limits.max_message_size, &target, ending).await;
-        if let (Written::Finished, Some(send)) = (written, send) {
+        if let (Written::Finished, Some(send)) = written {
             self.await_delivery(&send).await;
         }
+    }
+
+    /// Polls a handler that did not answer at once until it answers (`Some`) or the caller
+    /// stops the stream (`None`). A streaming call also ends when the node ends its calls
+    /// after the drain timeout; a unary one is left to the connection's close, so a held unary
+    /// call carries no watch of its own.
+    async fn run_handler(
+        &self,
+        mut handler: std::pin::Pin<&mut impl Future<Output = Result<Body, Status>>>,
+        send: &SendStream,
+        method: &'static MethodSpec,
+    ) -> Option<Result<Body, Status>> {
+        let mut cancelled = std::pin::pin!(send.stopped());
+        if method.kind == MethodKind::Unary {
+            return std::future::poll_fn(|cx| {
+                if let Poll::Ready(outcome) = handler.as_mut().poll(cx) {
+                    return Poll::Ready(Some(outcome));
+                }
+                cancelled.as_mut().poll(cx).map(|_| None)
+            })
+            .await;
+        }
+        let mut ending = self.ending.subscribe();
+        let mut ended = std::pin::pin!(ending.wait_for(|end| *end));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(outcome) = handler.as_mut().poll(cx) {
+                return Poll::Ready(Some(outcome));
+            }
+            if ended.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Err(Status::unavailable(format!(
+                    "this node shut down before `{}.{}` finished",
+                    method.service, method.name
+                )))));
+            }
+            cancelled.as_mut().poll(cx).map(|_| None)
+        })
+        .await
     }
 
     /// Answers a stream with `status` and discards whatever else the peer sends on it.

@@ -46,29 +46,45 @@ pub(crate) fn encode_reply(payload: Option<&Bytes>, status: &StatusBody) -> Vec<
     }
 }
 
-/// Writes the reply `outcome` on `send` and finishes it. A stream is written item by item
-/// until it ends, the caller stops reading, or `ending` resolves (the node shuts down: the
-/// stream then ends with `unavailable`, never cleanly). Items over `max_message` end the
-/// stream with `resource_exhausted` instead of being sent.
+/// Writes a reply of one message (or a failure's status) on `send` and finishes it.
 pub(crate) async fn write_reply(
-    send: SendStream,
+    mut send: SendStream,
     outcome: Result<Body, Status>,
+) -> (Written, Option<SendStream>) {
+    let mut chunks = match outcome {
+        Ok(Body::Message(payload)) => encode_reply(Some(&payload), &StatusBody::ok()),
+        Err(status) => encode_reply(None, &StatusBody::from(&status)),
+        Ok(Body::Stream(_)) => encode_reply(
+            None,
+            &StatusBody::from(&Status::internal(
+                "a stream reply reached the message writer",
+            )),
+        ),
+    };
+    if send.write_all_chunks(&mut chunks).await.is_err() {
+        return (Written::Abandoned, None);
+    }
+    let _ = send.finish();
+    (Written::Finished, Some(send))
+}
+
+/// Writes a stream of items on `send`, item by item until it ends, the caller stops reading,
+/// or `ending` resolves (the node shuts down: the stream then ends with `unavailable`, never
+/// cleanly), then its `STATUS`, and finishes it. Items over `max_message` end the stream with
+/// `resource_exhausted` instead of being sent.
+pub(crate) async fn write_stream(
+    send: SendStream,
+    items: Streaming<Bytes>,
     max_message: usize,
     target: &str,
     ending: impl Future<Output = ()>,
 ) -> (Written, Option<SendStream>) {
     let mut send = SendGuard::new(send);
-    let mut chunks = match outcome {
-        Ok(Body::Message(payload)) => encode_reply(Some(&payload), &StatusBody::ok()),
-        Err(status) => encode_reply(None, &StatusBody::from(&status)),
-        Ok(Body::Stream(stream)) => {
-            match write_items(&mut send, stream, max_message, target, ending).await {
-                Ok(last) => vec![last],
-                Err(()) => return (Written::Abandoned, None),
-            }
-        }
+    let last = match write_items(&mut send, items, max_message, target, ending).await {
+        Ok(last) => last,
+        Err(()) => return (Written::Abandoned, None),
     };
-    if send.get().write_all_chunks(&mut chunks).await.is_err() {
+    if send.get().write_chunk(last).await.is_err() {
         return (Written::Abandoned, None);
     }
     (Written::Finished, send.finish())

@@ -73,9 +73,11 @@ impl Service<IncomingCall> for Route {
         };
         let dispatch = service.dispatch(method, call.request, call.stream);
         let context = call.context;
+        // Only a server stream needs the context again, for its items.
+        let for_items = method.kind.server_streams().then(|| context.clone());
         Routed {
-            inner: Some(Box::pin(context.clone().scope(dispatch))),
-            context: Some(context),
+            inner: Some(Box::pin(context.scope(dispatch))),
+            context: for_items,
             refused: None,
         }
     }
