@@ -1,6 +1,8 @@
 //! `cargo xtask faults [--long]`: the fault and attack suite of `faults/` (see
 //! docs/RELIABILITY.md). `--long` runs the long variants (more restart cycles, a longer
-//! connection churn, CPU starvation and lossy links in the tail tests) and any ignored test.
+//! connection churn, CPU starvation and lossy links in the tail tests) and any ignored test:
+//! among them the 64-process mesh in network namespaces (`faults/tests/scale.rs`,
+//! docs/SCALE.md) and 30 s of busy loops on every core (`faults/tests/starvation.rs`).
 //! The tail figures the tests print are gathered into a table at the end.
 
 /// Options of `cargo xtask faults`.
