@@ -269,7 +269,9 @@ impl<R: Route> Attempts<R> {
     /// When an unanswered attempt of `call` is hedged, if it is.
     fn hedge_after(&self, call: &Call) -> Option<Duration> {
         let config = &self.tail.config;
-        if !config.hedging {
+        // A call with a sticky key belongs on its replica: a hedge elsewhere could answer it
+        // from another one.
+        if !config.hedging || call.sticky_key.is_some() {
             return None;
         }
         call.hedge_after

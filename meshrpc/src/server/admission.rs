@@ -201,18 +201,16 @@ where
     }
 
     fn call(&mut self, call: IncomingCall) -> Self::Future {
-        match self.admission.admit() {
-            Ok(permit) => Admitted {
-                inner: Some(self.inner.call(call)),
+        let state = match self.admission.admit() {
+            Ok(permit) => AdmittedState::Running {
+                inner: self.inner.call(call),
                 permit: Some(permit),
-                refusal: None,
             },
-            Err(refusal) => Admitted {
-                inner: None,
-                permit: None,
-                refusal: Some(refusal.status(self.admission.limit())),
+            Err(refusal) => AdmittedState::Refused {
+                status: Some(Box::new(refusal.status(self.admission.limit()))),
             },
-        }
+        };
+        Admitted { state }
     }
 }
 
@@ -220,9 +218,21 @@ pin_project_lite::pin_project! {
     /// The future of an [`Admit`]ted (or refused) call.
     pub struct Admitted<F> {
         #[pin]
-        inner: Option<F>,
-        permit: Option<Permit>,
-        refusal: Option<Status>,
+        state: AdmittedState<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = AdmittedProj]
+    enum AdmittedState<F> {
+        Running {
+            #[pin]
+            inner: F,
+            permit: Option<Permit>,
+        },
+        Refused {
+            status: Option<Box<Status>>,
+        },
     }
 }
 
@@ -233,21 +243,22 @@ where
     type Output = Result<Body, Status>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
-            let status = this.refusal.take();
-            return Poll::Ready(Err(
-                status.unwrap_or_else(|| Status::internal("a refused call was polled twice"))
-            ));
-        };
-        let outcome = std::task::ready!(inner.poll(cx));
-        let permit = this.permit.take();
-        Poll::Ready(match outcome {
-            // The permit lives as long as the stream: the call is in flight until its last
-            // item.
-            Ok(Body::Stream(stream)) => Ok(Body::Stream(hold_while(stream, permit))),
-            other => other,
-        })
+        match self.project().state.project() {
+            AdmittedProj::Refused { status } => Poll::Ready(Err(status.take().map_or_else(
+                || Status::internal("a refused call was polled twice"),
+                |status| *status,
+            ))),
+            AdmittedProj::Running { inner, permit } => {
+                let outcome = std::task::ready!(inner.poll(cx));
+                let permit = permit.take();
+                Poll::Ready(match outcome {
+                    // The permit lives as long as the stream: the call is in flight until its
+                    // last item.
+                    Ok(Body::Stream(stream)) => Ok(Body::Stream(hold_while(stream, permit))),
+                    other => other,
+                })
+            }
+        }
     }
 }
 

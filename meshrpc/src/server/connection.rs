@@ -230,7 +230,15 @@ impl Server {
                 let ending = async move {
                     let _ = ending.wait_for(|end| *end).await;
                 };
-                write_stream(send, items, self.limits.max_message_size, &target, ending).await
+                // Boxed: a unary call's task does not carry a stream writer's state.
+                Box::pin(write_stream(
+                    send,
+                    items,
+                    self.limits.max_message_size,
+                    &target,
+                    ending,
+                ))
+                .await
             }
             outcome => write_reply(send, outcome).await,
         };
@@ -259,6 +267,17 @@ impl Server {
             })
             .await;
         }
+        // Boxed: a unary call's task does not carry the shutdown watch.
+        Box::pin(self.until_ended(handler, cancelled, method)).await
+    }
+
+    /// [`Server::run_handler`] for a streaming call: also ends when the node ends its calls.
+    async fn until_ended(
+        &self,
+        mut handler: std::pin::Pin<&mut impl Future<Output = Result<Body, Status>>>,
+        mut cancelled: std::pin::Pin<&mut impl Future>,
+        method: &'static MethodSpec,
+    ) -> Option<Result<Body, Status>> {
         let mut ending = self.ending.subscribe();
         let mut ended = std::pin::pin!(ending.wait_for(|end| *end));
         std::future::poll_fn(|cx| {

@@ -62,38 +62,42 @@ impl Service<IncomingCall> for Route {
         // The connection resolved the method against these services; a layer may have
         // changed it since, to a method of a service this node does not publish.
         let Some(service) = self.services.get(method.service) else {
-            return Routed {
-                inner: None,
-                context: None,
-                refused: Some(Status::refused(
-                    Code::Unimplemented,
-                    format!("no service `{}` on this node", method.service),
-                )),
-            };
+            return Routed::Refused(Some(Box::new(Status::refused(
+                Code::Unimplemented,
+                format!("no service `{}` on this node", method.service),
+            ))));
         };
         let dispatch = service.dispatch(method, call.request, call.stream);
         let context = call.context;
         // Only a server stream needs the context again, for its items.
-        let for_items = method.kind.server_streams().then(|| context.clone());
-        Routed {
-            inner: Some(Box::pin(context.scope(dispatch))),
-            context: for_items,
-            refused: None,
+        let for_items = method
+            .kind
+            .server_streams()
+            .then(|| Box::new(context.clone()));
+        Routed::Running {
+            handler: Box::pin(context.scope(dispatch)),
+            for_items,
         }
     }
 }
 
 /// The future of a [`Route`]d call.
-pub struct Routed {
-    inner: Option<BoxFuture<'static, Result<Body, Status>>>,
-    context: Option<CallContext>,
-    refused: Option<Status>,
+pub enum Routed {
+    /// The handler runs.
+    Running {
+        /// The handler, inside the call's context.
+        handler: BoxFuture<'static, Result<Body, Status>>,
+        /// The context again, for the items of a server stream.
+        for_items: Option<Box<CallContext>>,
+    },
+    /// The call was refused before a handler ran (`None` once answered).
+    Refused(Option<Box<Status>>),
 }
 
 impl std::fmt::Debug for Routed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Routed")
-            .field("running", &self.inner.is_some())
+            .field("running", &matches!(self, Routed::Running { .. }))
             .finish_non_exhaustive()
     }
 }
@@ -102,21 +106,24 @@ impl Future for Routed {
     type Output = Result<Body, Status>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(inner) = self.inner.as_mut() else {
-            let status = self.refused.take();
-            return Poll::Ready(Err(
-                status.unwrap_or_else(|| Status::internal("a routed call was polled twice"))
-            ));
-        };
-        let outcome = std::task::ready!(inner.as_mut().poll(cx));
-        self.inner = None;
-        Poll::Ready(match (outcome, self.context.take()) {
-            // Items are produced after the handler returned: they see the call's context too.
-            (Ok(Body::Stream(stream)), Some(context)) => {
-                Ok(Body::Stream(context.scope_stream(stream)))
+        match &mut *self {
+            Routed::Refused(status) => Poll::Ready(Err(status.take().map_or_else(
+                || Status::internal("a routed call was polled twice"),
+                |status| *status,
+            ))),
+            Routed::Running { handler, for_items } => {
+                let outcome = std::task::ready!(handler.as_mut().poll(cx));
+                let for_items = for_items.take();
+                Poll::Ready(match (outcome, for_items) {
+                    // Items are produced after the handler returned: they see the call's
+                    // context too.
+                    (Ok(Body::Stream(stream)), Some(context)) => {
+                        Ok(Body::Stream(context.scope_stream(stream)))
+                    }
+                    (outcome, _) => outcome,
+                })
             }
-            (outcome, _) => outcome,
-        })
+        }
     }
 }
 
