@@ -11,6 +11,7 @@
 //! - **Hedges.** An attempt unanswered after the method's `hedge_after` (else the service's
 //!   p95) is sent to a second replica as well; the first answer wins and the other attempt is
 //!   dropped. Hedges spend their own budget, [`TailConfig::max_hedge_percent`] of the calls.
+//!   A call with a sticky key is never hedged.
 //!   A first attempt that loses to its hedge counts against its replica as a timeout does.
 //! - **Deadlines.** No retry or hedge is sent with less time left than the service's typical
 //!   (median) latency; the remaining deadline travels with each attempt.

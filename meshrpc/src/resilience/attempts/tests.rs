@@ -412,3 +412,26 @@ async fn streams_are_retried_only_while_their_items_were_not_taken() {
     );
     assert_eq!(metrics.client_tail().hedges("svc", HedgeOutcome::Sent), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_with_a_sticky_key_is_never_hedged_to_another_replica() {
+    let slow = Behaviour::Answers(Duration::from_millis(20));
+    let replicas = Replicas::new(vec![slow, slow, slow]);
+    let metrics = Metrics::new();
+    let generous = TailConfig {
+        max_hedge_percent: 100,
+        ..TailConfig::default()
+    };
+    let stack = stack(&replicas, generous, &metrics);
+    for _ in 0..10 {
+        let mut call = idempotent_call(Duration::from_secs(2));
+        call.sticky_key = Some("user-7".into());
+        call.hedge_after = Some(Duration::from_millis(1));
+        let (result, latency) = send(&stack, call).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(latency, Duration::from_millis(20));
+    }
+    assert_eq!(metrics.client_tail().hedges("svc", HedgeOutcome::Sent), 0);
+    let served: Vec<usize> = (1..=3).map(|port| replicas.attempts(port)).collect();
+    assert_eq!(served.iter().filter(|n| **n > 0).count(), 1, "{served:?}");
+}
