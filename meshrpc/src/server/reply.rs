@@ -135,6 +135,9 @@ async fn write_items(
         if !written {
             return Err(());
         }
+        // A producer that is always ready and a peer that always has room would otherwise
+        // keep this task running and starve the connection's other streams on its thread.
+        tokio::task::coop::consume_budget().await;
         match end {
             None => {}
             Some(End::Finished) => return Ok(Bytes::from_static(OK_STATUS_FRAME)),

@@ -150,7 +150,12 @@ impl ItemReader {
             }
         };
         match event {
-            ItemEvent::Item(bytes) => Some(Ok(bytes)),
+            ItemEvent::Item(bytes) => {
+                // Items already buffered are read without waiting; a consumer that keeps up
+                // must still leave the thread to the connection's other streams now and then.
+                tokio::task::coop::consume_budget().await;
+                Some(Ok(bytes))
+            }
             ItemEvent::End => {
                 self.read_fin().await;
                 None
