@@ -266,6 +266,28 @@ async fn a_mesh_of_64_processes_converges_and_shrinks_within_10_s_after_16_kill_
     let shrunk_at = load.elapsed();
     let kill_to_views = kill.elapsed();
     let still = differences(&node, &survivors, &expected).await;
+    let logs: Vec<String> = greeters.iter().map(Proc::log_text).collect();
+    let late = logs
+        .iter()
+        .filter(|log| log.contains("timers run late"))
+        .count();
+    let highest_score = logs
+        .iter()
+        .flat_map(|log| log.lines())
+        .filter_map(|line| line.split("score=").nth(1))
+        .filter_map(|score| score.trim().parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    let false_downs = logs
+        .iter()
+        .flat_map(|log| log.lines())
+        .filter(|line| line.contains("member down"))
+        .filter(|line| {
+            !killed
+                .iter()
+                .any(|addr| line.contains(&format!("addr={addr}")))
+        })
+        .count();
     let own_view = node.view().members().len();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let report = load.finish().await;
@@ -273,7 +295,9 @@ async fn a_mesh_of_64_processes_converges_and_shrinks_within_10_s_after_16_kill_
         "64-process mesh (1 gateway, {GREETERS} greeters, the test's node): views of all 65 \
          members after {converged:.1?}; idle RSS MiB {}; idle CPU % of a core {}; open fds \
          {}; kill -9 of {KILLED}: every survivor's view shrank after {shrunk:?} (looked until \
-         {kill_to_views:.1?}); load {}; from the kill to the shrink {} calls, p99 {:.1?}",
+         {kill_to_views:.1?}); {late} greeters saw their timers run late (highest local health \
+         score {highest_score}); {false_downs} live members declared down; load {}; from the \
+         kill to the shrink {} calls, p99 {:.1?}",
         summary(&rss_mib),
         summary(&cpu_percent),
         summary(&fds),

@@ -396,3 +396,32 @@ impl ReportFilter {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_reporting_on_every_failure_reaches_the_agent_once_a_second_per_member() {
+        let filter = ReportFilter::default();
+        let member: SocketAddr = "127.0.0.1:7000".parse().expect("addr");
+        let other: SocketAddr = "127.0.0.1:7001".parse().expect("addr");
+        assert!(filter.admit(member));
+        for _ in 0..10_000 {
+            assert!(!filter.admit(member));
+        }
+        assert!(filter.admit(other), "another member is reported on its own");
+        // Once the window passed, the next report goes through.
+        crate::lock(&filter.last).insert(member, std::time::Instant::now() - ReportFilter::WINDOW);
+        assert!(filter.admit(member));
+    }
+
+    #[test]
+    fn reports_of_ever_new_addresses_hold_a_bounded_table() {
+        let filter = ReportFilter::default();
+        for port in 0..(ReportFilter::MAX_ADDRESSES as u16 + 100) {
+            let _ = filter.admit(SocketAddr::from(([10, 0, 0, 1], port)));
+        }
+        assert!(crate::lock(&filter.last).len() <= ReportFilter::MAX_ADDRESSES);
+    }
+}

@@ -36,7 +36,7 @@ impl LocalHealth {
         LocalHealth {
             score: 0,
             lag: Duration::ZERO,
-            tolerance: step / 4,
+            tolerance: step / 2,
             step,
             enabled: true,
         }
@@ -55,7 +55,8 @@ impl LocalHealth {
         self.lag = self.lag.max(late);
     }
 
-    /// Ends a probe period: a period that saw more lag than the tolerance raises the score (by
+    /// Ends a probe period: a period that saw more lag than the tolerance (half a probe
+    /// round-trip: a busy machine's scheduling delays stay below it) raises the score (by
     /// at least one, and to at least one point per probe round-trip of lag, so a stall of two
     /// seconds is answered at once); a period on time lowers it by one.
     pub(crate) fn tick(&mut self) {
@@ -94,7 +95,7 @@ mod tests {
     fn scheduling_noise_leaves_a_node_healthy() {
         let mut health = LocalHealth::new(RTT);
         for _ in 0..10 {
-            health.observe(Duration::from_millis(30));
+            health.observe(Duration::from_millis(90));
             health.tick();
         }
         assert_eq!(health.score(), 0);
@@ -104,7 +105,7 @@ mod tests {
     #[test]
     fn a_stall_raises_the_score_at_once_and_periods_on_time_lower_it() {
         let mut health = LocalHealth::new(RTT);
-        health.observe(Duration::from_millis(80));
+        health.observe(Duration::from_millis(130));
         health.tick();
         assert_eq!(health.score(), 1, "a little lag: one point");
         health.observe(Duration::from_millis(1100));
