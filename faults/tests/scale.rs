@@ -81,10 +81,10 @@ impl NeighbourTable {
             ("gc_thresh3", "16384"),
         ] {
             let path = format!("/proc/sys/net/ipv4/neigh/default/{name}");
-            if let Ok(old) = std::fs::read_to_string(&path) {
-                if std::fs::write(&path, value).is_ok() {
-                    saved.push((path, old.trim().to_owned()));
-                }
+            if let Ok(old) = std::fs::read_to_string(&path)
+                && std::fs::write(&path, value).is_ok()
+            {
+                saved.push((path, old.trim().to_owned()));
             }
         }
         NeighbourTable { saved }
@@ -211,7 +211,7 @@ async fn a_mesh_of_64_processes_converges_and_shrinks_within_10_s_after_16_kill_
     let cpu_percent: Vec<f64> = pids
         .iter()
         .zip(&cpu_before)
-        .filter_map(|(pid, before)| Some(cpu_time(*pid)?.checked_sub((*before)?)?))
+        .filter_map(|(pid, before)| cpu_time(*pid)?.checked_sub((*before)?))
         .map(|used| 100.0 * used.as_secs_f64() / idle_window.as_secs_f64())
         .collect();
     let rss_mib: Vec<f64> = pids
