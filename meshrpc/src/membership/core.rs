@@ -7,7 +7,7 @@
 //! QUIC and tokio timers; the simulation (`sim.rs`) carries them out in virtual time. Both run
 //! this code, so what the simulation measures is what the node does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
@@ -103,6 +103,10 @@ pub(crate) enum CoreTimer {
         remaining: u8,
     },
 }
+
+/// How many suspicion timeouts a node waits before declaring down a member whose suspicion it
+/// only heard of: the node that raised it normally decides first.
+const GOSSIPED_SUSPICION_TIMEOUTS: u32 = 2;
 
 /// How many times a node tells a member it suspects so (at once, then every probe period while
 /// the suspicion lasts): Lifeguard's "buddy system".
@@ -206,6 +210,11 @@ pub(crate) struct Core {
     buddy_probe: u8,
     /// Whether buddy pings are sent (see [`Core::set_lifeguard`]).
     lifeguard: bool,
+    /// Suspicions this node heard of (by member address and incarnation) and times out itself:
+    /// foca times out only the suspicions its own probes raised, and one whose raiser renewed
+    /// its identity (dropping its timers) or died would otherwise linger everywhere until
+    /// another probe of the member fails. At most one entry per suspect member.
+    heard: HashSet<(SocketAddr, Incarnation)>,
     /// The encoded size of the largest identity seen (this node's and its members'): packets
     /// are sized so that a probe naming it fits.
     largest_identity: usize,
@@ -247,6 +256,7 @@ impl Core {
             token: None,
             buddy_probe: 0,
             lifeguard: true,
+            heard: HashSet::new(),
             largest_identity: 0,
         };
         core.fit_identity(own_size);
@@ -765,6 +775,7 @@ impl Core {
             self.stale = true;
             effects.view_changed = true;
             self.tune();
+            self.time_out_heard_suspicions(&mut effects);
         }
         for down in &effects.downs {
             // A newer identity at the same address (a restart) keeps the connection.
@@ -773,6 +784,39 @@ impl Core {
             }
         }
         effects
+    }
+
+    /// Sets a timeout for every suspicion this node holds but did not set one for yet (see
+    /// [`Core::heard`]): [`GOSSIPED_SUSPICION_TIMEOUTS`] suspicion timeouts, after which foca
+    /// declares the member down unless it refuted (a newer incarnation) in the meantime. Without
+    /// buddy pings: every node that hears of a suspicion would ping the suspect.
+    fn time_out_heard_suspicions(&mut self, effects: &mut Effects) {
+        let Some(token) = self.token else {
+            return;
+        };
+        let suspects: HashSet<(SocketAddr, Incarnation)> = self
+            .foca
+            .iter_members()
+            .filter(|member| member.state() == State::Suspect)
+            .map(|member| (member.id().addr, member.incarnation()))
+            .collect();
+        self.heard.retain(|key| suspects.contains(key));
+        let after = self
+            .config
+            .suspect_to_down_after
+            .saturating_mul(GOSSIPED_SUSPICION_TIMEOUTS);
+        for member in self.foca.iter_members() {
+            let key = (member.id().addr, member.incarnation());
+            if member.state() != State::Suspect || !self.heard.insert(key) {
+                continue;
+            }
+            let timer = Timer::ChangeSuspectToDown {
+                member_id: member.id().clone(),
+                incarnation: member.incarnation(),
+                token,
+            };
+            effects.timers.push((CoreTimer::Swim(timer), after));
+        }
     }
 
     /// After foca renewed the identity, announces it to a few known members. A renewal leaves

@@ -415,3 +415,88 @@ mod identities {
         assert!(traffic.largest_packet as usize <= limit, "{traffic:?}");
     }
 }
+
+mod heard_suspicions {
+    //! Suspicions a node only heard of are timed out too.
+
+    use std::time::Duration;
+
+    use foca::{Member, State};
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::super::node_addr;
+    use crate::membership::core::{Core, CoreTimer, swim_config};
+    use crate::membership::identity::MemberId;
+
+    fn core(index: usize) -> Core {
+        let id = MemberId {
+            name: format!("node-{index}"),
+            generation: 1 + index as u64,
+            ..MemberId::seed(node_addr(index), "sim")
+        };
+        Core::new(id, swim_config(), StdRng::seed_from_u64(index as u64))
+    }
+
+    #[test]
+    fn a_suspicion_heard_from_others_and_never_refuted_ends_in_a_death() {
+        let (mut a, b, c) = (core(0), core(1), core(2));
+        let _ = a.know(vec![
+            Member::alive(b.identity().clone()),
+            Member::alive(c.identity().clone()),
+        ]);
+        // Another node suspected b and gossiped it; a's own probes did not.
+        let effects = a.apply(vec![Member::new(b.identity().clone(), 0, State::Suspect)]);
+        let timers: Vec<_> = effects
+            .timers
+            .iter()
+            .filter(|(timer, _)| {
+                matches!(
+                    timer,
+                    CoreTimer::Swim(foca::Timer::ChangeSuspectToDown { .. })
+                )
+            })
+            .collect();
+        assert_eq!(timers.len(), 1, "{:?}", effects.timers);
+        assert_eq!(
+            timers[0].1,
+            Duration::from_secs(3),
+            "two suspicion timeouts"
+        );
+        assert!(
+            effects.sends.iter().all(|(to, _)| *to != node_addr(1)),
+            "no buddy ping"
+        );
+        // Heard again: no second timer.
+        let again = a.apply(vec![Member::new(b.identity().clone(), 0, State::Suspect)]);
+        assert!(again.timers.iter().all(|(timer, _)| !matches!(
+            timer,
+            CoreTimer::Swim(foca::Timer::ChangeSuspectToDown { .. })
+        )));
+        let timer = timers[0].0.clone();
+        let effects = a.timer(timer, Duration::ZERO);
+        assert_eq!(effects.downs.len(), 1);
+        assert_eq!(effects.downs[0].addr, node_addr(1));
+    }
+
+    #[test]
+    fn a_refuted_suspicion_heard_from_others_kills_nobody() {
+        let (mut a, b) = (core(0), core(1));
+        let _ = a.know(vec![Member::alive(b.identity().clone())]);
+        let effects = a.apply(vec![Member::new(b.identity().clone(), 0, State::Suspect)]);
+        let (timer, _) = effects
+            .timers
+            .into_iter()
+            .find(|(timer, _)| {
+                matches!(
+                    timer,
+                    CoreTimer::Swim(foca::Timer::ChangeSuspectToDown { .. })
+                )
+            })
+            .expect("a timeout");
+        // b refutes: alive at a newer incarnation.
+        let _ = a.apply(vec![Member::new(b.identity().clone(), 1, State::Alive)]);
+        let effects = a.timer(timer, Duration::ZERO);
+        assert!(effects.downs.is_empty());
+    }
+}
