@@ -437,19 +437,19 @@ async fn calls_reaching_a_broken_replica(breaker: BreakerConfig) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_breaker_set_on_the_builder_ejects_a_failing_replica_at_its_own_threshold() {
     let ejection = Duration::from_secs(60);
-    let after_one = calls_reaching_a_broken_replica(BreakerConfig {
-        consecutive_failures: 1,
-        base_ejection: ejection,
-        max_ejection: ejection,
-        ..BreakerConfig::default()
-    })
+    let after_one = calls_reaching_a_broken_replica(
+        BreakerConfig::default()
+            .consecutive_failures(1)
+            .base_ejection(ejection)
+            .max_ejection(ejection),
+    )
     .await;
     assert_eq!(after_one, 1, "ejected after its first failure");
-    let by_default = calls_reaching_a_broken_replica(BreakerConfig {
-        base_ejection: ejection,
-        max_ejection: ejection,
-        ..BreakerConfig::default()
-    })
+    let by_default = calls_reaching_a_broken_replica(
+        BreakerConfig::default()
+            .base_ejection(ejection)
+            .max_ejection(ejection),
+    )
     .await;
     assert_eq!(by_default, 5, "ejected after five failures in a row");
 }

@@ -218,13 +218,13 @@ impl NodeBuilder {
     ///
     /// ```no_run
     /// # use std::time::Duration;
-    /// use meshrpc::resilience::breaker::BreakerConfig;
+    /// use meshrpc::BreakerConfig;
     ///
-    /// let builder = meshrpc::Node::builder("web").breaker(BreakerConfig {
-    ///     consecutive_failures: 3,
-    ///     max_ejection: Duration::from_secs(10),
-    ///     ..BreakerConfig::default()
-    /// });
+    /// let builder = meshrpc::Node::builder("web").breaker(
+    ///     BreakerConfig::default()
+    ///         .consecutive_failures(3)
+    ///         .max_ejection(Duration::from_secs(10)),
+    /// );
     /// ```
     pub fn breaker(mut self, config: BreakerConfig) -> NodeBuilder {
         self.breaker = config;
@@ -246,10 +246,7 @@ impl NodeBuilder {
     /// ```no_run
     /// use meshrpc::TailConfig;
     ///
-    /// let builder = meshrpc::Node::builder("web").tail(TailConfig {
-    ///     hedging: false,
-    ///     ..TailConfig::default()
-    /// });
+    /// let builder = meshrpc::Node::builder("web").tail(TailConfig::default().hedging(false));
     /// ```
     pub fn tail(mut self, config: TailConfig) -> NodeBuilder {
         self.tail = config;

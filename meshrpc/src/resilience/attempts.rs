@@ -40,6 +40,7 @@ use crate::streaming::Body;
 
 /// Tuning of per-attempt timeouts and hedging ([`NodeBuilder::tail`](crate::NodeBuilder::tail)).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct TailConfig {
     /// Whether idempotent unary calls are hedged (default true).
     pub hedging: bool,
@@ -54,6 +55,15 @@ pub struct TailConfig {
     /// ...and at least this (default 50 ms).
     pub attempt_timeout_floor: Duration,
 }
+
+setters!(TailConfig {
+    hedging: bool,
+    max_hedge_percent: u32,
+    hedge_floor: Duration,
+    attempt_timeouts: bool,
+    attempt_timeout_factor: u32,
+    attempt_timeout_floor: Duration
+});
 
 impl Default for TailConfig {
     fn default() -> TailConfig {

@@ -29,6 +29,7 @@ use crate::status::{Code, Status};
 
 /// Tuning for [`Breakers`].
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct BreakerConfig {
     /// Consecutive failures that eject a replica (default 5).
     pub consecutive_failures: u32,
@@ -50,6 +51,16 @@ pub struct BreakerConfig {
     /// percentage points (default 20: 79 % when the others succeed always).
     pub success_rate_margin: u32,
 }
+
+setters!(BreakerConfig {
+    consecutive_failures: u32,
+    consecutive_timeouts: u32,
+    base_ejection: Duration,
+    max_ejection: Duration,
+    max_ejected_percent: u32,
+    success_rate_min_calls: u32,
+    success_rate_margin: u32
+});
 
 impl Default for BreakerConfig {
     fn default() -> BreakerConfig {

@@ -14,6 +14,22 @@
 //! The deadline lives in [`Channel::call`](crate::Channel::call), outermost, so it bounds
 //! every retry; the server-side limits (concurrency, load shedding) live in the server.
 
+/// Builder-style setters for the fields of a `#[non_exhaustive]` configuration type, so
+/// callers outside the crate can change any field while new fields stay a compatible change.
+macro_rules! setters {
+    ($ty:ident { $($field:ident: $fty:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!("Sets [`", stringify!($ty), "::", stringify!($field), "`].")]
+                pub fn $field(mut self, value: $fty) -> $ty {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
 pub mod attempts;
 pub mod balance;
 pub mod breaker;

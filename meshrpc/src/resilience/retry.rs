@@ -13,6 +13,7 @@ use crate::status::{Code, Status};
 
 /// Tuning for [`RetryPolicy`].
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct RetryConfig {
     /// Attempts per call, the first included (default 3).
     pub max_attempts: u32,
@@ -21,6 +22,12 @@ pub struct RetryConfig {
     /// Further retries allowed, as a share of calls (default 0.2: one retry per five calls).
     pub retry_ratio: f32,
 }
+
+setters!(RetryConfig {
+    max_attempts: u32,
+    min_retries_per_second: u32,
+    retry_ratio: f32
+});
 
 impl Default for RetryConfig {
     fn default() -> RetryConfig {
