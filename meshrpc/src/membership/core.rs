@@ -105,8 +105,9 @@ pub(crate) enum CoreTimer {
 }
 
 /// How many suspicion timeouts a node waits before declaring down a member whose suspicion it
-/// only heard of: the node that raised it normally decides first.
-const GOSSIPED_SUSPICION_TIMEOUTS: u32 = 2;
+/// only heard of (15 s): long, so that the node that raised it decides, and a late refutation
+/// has time to arrive; it only clears suspicions nobody times out any more.
+const GOSSIPED_SUSPICION_TIMEOUTS: u32 = 10;
 
 /// How many times a node tells a member it suspects so (at once, then every probe period while
 /// the suspicion lasts): Lifeguard's "buddy system".

@@ -460,8 +460,8 @@ mod heard_suspicions {
         assert_eq!(timers.len(), 1, "{:?}", effects.timers);
         assert_eq!(
             timers[0].1,
-            Duration::from_secs(3),
-            "two suspicion timeouts"
+            Duration::from_secs(15),
+            "ten suspicion timeouts"
         );
         assert!(
             effects.sends.iter().all(|(to, _)| *to != node_addr(1)),
