@@ -705,3 +705,20 @@ async fn the_admin_endpoint_reports_health_readiness_and_the_calls_served() {
     draining.await.expect("drained");
     assert!(unready, "a draining node reports itself unready");
 }
+
+#[tokio::test]
+async fn a_node_whose_identity_can_never_be_gossiped_is_refused_at_start() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let tags: Vec<String> = (0..300)
+        .map(|n| format!("tag-{n:03}-{}", "x".repeat(90)))
+        .collect();
+    let error = Node::builder("verbose")
+        .cluster("test")
+        .state_dir(state.path())
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .tags(tags)
+        .start()
+        .await
+        .expect_err("thirty kilobytes of tags cannot ride a probe");
+    assert!(matches!(error, meshrpc::NodeError::Identity(_)), "{error}");
+}

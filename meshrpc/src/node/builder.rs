@@ -406,6 +406,7 @@ impl NodeBuilder {
             tags: self.tags.clone(),
         };
 
+        crate::membership::check_identity(&identity)?;
         let connections = Connections::new(endpoint.clone(), &server_name.to_str());
         let membership = Membership::start(identity, connections.clone());
 

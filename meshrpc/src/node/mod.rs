@@ -71,6 +71,9 @@ pub enum NodeError {
     /// Two published services share a name.
     #[error("service `{0}` is published twice; publish each service once per node")]
     DuplicateService(String),
+    /// The node's identity (its services, tags and HTTP names) is too large to gossip.
+    #[error(transparent)]
+    Identity(#[from] crate::membership::IdentityTooLarge),
     /// The authorization policy names a service or method this node does not serve.
     #[error(transparent)]
     Policy(#[from] crate::server::authorize::PolicyError),

@@ -136,8 +136,9 @@ async fn write_items(
             return Err(());
         }
         // A producer that is always ready and a peer that always has room would otherwise
-        // keep this task running and starve the connection's other streams on its thread.
-        tokio::task::coop::consume_budget().await;
+        // keep this task running (tokio's budget lets a task run 128 batches, megabytes) and
+        // delay the connection's new streams by seconds on a busy thread: yield per batch.
+        tokio::task::yield_now().await;
         match end {
             None => {}
             Some(End::Finished) => return Ok(Bytes::from_static(OK_STATUS_FRAME)),

@@ -271,8 +271,9 @@ async fn pump_items(mut send: SendGuard, mut items: Streaming<Bytes>, max: usize
         if send.get().write_all_chunks(&mut chunks).await.is_err() {
             return;
         }
-        // As the callee's writer does: never starve the thread's other tasks.
-        tokio::task::coop::consume_budget().await;
+        // As the callee's writer does: let the thread's other tasks (other streams, the
+        // connection) run between batches.
+        tokio::task::yield_now().await;
         match end {
             None => {}
             Some(End::Finished) => {
