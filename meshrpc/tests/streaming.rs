@@ -206,6 +206,19 @@ async fn pair(state: &std::path::Path, streams: Streams, drain: Duration) -> (No
     (server, client)
 }
 
+/// Starts `streams.count(n, every_ms)` through `channel`; panics unless the call starts.
+async fn count(
+    channel: &meshrpc::Channel,
+    n: u64,
+    every_ms: u64,
+    options: &CallOptions,
+) -> Streaming<u64> {
+    channel
+        .server_streaming(spec("count"), &CountRequest { n, every_ms }, options)
+        .await
+        .expect("the call starts")
+}
+
 async fn collect(stream: Streaming<u64>) -> (Vec<u64>, Option<Status>) {
     let mut stream = stream;
     let mut items = Vec::new();
@@ -223,17 +236,7 @@ async fn a_server_stream_delivers_every_item_then_ends_cleanly() {
     let state = tempfile::tempdir().expect("tempdir");
     let (server, client) = pair(state.path(), Streams::default(), Duration::from_secs(1)).await;
     let channel = client.channel_to(server.local_addr());
-    let stream: Streaming<u64> = channel
-        .server_streaming(
-            spec("count"),
-            &CountRequest {
-                n: 500,
-                every_ms: 0,
-            },
-            &CallOptions::new(),
-        )
-        .await
-        .expect("the call starts");
+    let stream: Streaming<u64> = count(&channel, 500, 0, &CallOptions::new()).await;
     let (items, end) = collect(stream).await;
     assert_eq!(items, (0..500).collect::<Vec<_>>());
     assert!(end.is_none(), "a clean end: {end:?}");
@@ -470,17 +473,7 @@ async fn a_stream_past_its_deadline_ends_with_deadline_exceeded() {
     let (server, client) = pair(state.path(), Streams::default(), Duration::from_secs(1)).await;
     let channel = client.channel_to(server.local_addr());
     let options = CallOptions::new().timeout(Duration::from_millis(300));
-    let stream: Streaming<u64> = channel
-        .server_streaming(
-            spec("count"),
-            &CountRequest {
-                n: 1000,
-                every_ms: 20,
-            },
-            &options,
-        )
-        .await
-        .expect("the call starts");
+    let stream: Streaming<u64> = count(&channel, 1000, 20, &options).await;
     let started = Instant::now();
     let (items, end) = collect(stream).await;
     let end = end.expect("cut off, not finished");
@@ -498,17 +491,7 @@ async fn a_draining_node_ends_its_open_streams_with_unavailable_after_the_drain_
     let state = tempfile::tempdir().expect("tempdir");
     let (server, client) = pair(state.path(), Streams::default(), Duration::from_millis(300)).await;
     let channel = client.channel_to(server.local_addr());
-    let stream: Streaming<u64> = channel
-        .server_streaming(
-            spec("count"),
-            &CountRequest {
-                n: 10_000,
-                every_ms: 10,
-            },
-            &CallOptions::new(),
-        )
-        .await
-        .expect("the call starts");
+    let stream: Streaming<u64> = count(&channel, 10_000, 10, &CallOptions::new()).await;
     let shutdown = tokio::spawn(async move { server.shutdown().await });
     let (items, end) = collect(stream).await;
     let end = end.expect("a drained stream ends with an error, not cleanly");
@@ -590,15 +573,8 @@ async fn a_server_stream_is_retried_elsewhere_only_before_its_first_item() {
     );
     // Failures before the first item: retried on the other replica, every call completes.
     for _ in 0..10 {
-        let stream: Streaming<u64> = client
-            .channel("streams")
-            .server_streaming(
-                spec("count"),
-                &CountRequest { n: 3, every_ms: 0 },
-                &CallOptions::new(),
-            )
-            .await
-            .expect("retried on the healthy replica");
+        // Retried on the healthy replica.
+        let stream = count(&client.channel("streams"), 3, 0, &CallOptions::new()).await;
         let (items, end) = collect(stream).await;
         assert_eq!(items, vec![0, 1, 2]);
         assert!(end.is_none());
@@ -627,15 +603,8 @@ async fn a_server_stream_is_retried_elsewhere_only_before_its_first_item() {
         })
         .await
     );
-    let stream: Streaming<u64> = client
-        .channel("streams")
-        .server_streaming(
-            spec("count"),
-            &CountRequest { n: 3, every_ms: 0 },
-            &CallOptions::new(),
-        )
-        .await
-        .expect("the first item arrives");
+    // The first item arrives.
+    let stream = count(&client.channel("streams"), 3, 0, &CallOptions::new()).await;
     let (items, end) = collect(stream).await;
     assert_eq!(items, vec![100, 101], "each item once");
     let end = end.expect("the failure, not a clean end");
