@@ -2,9 +2,10 @@
 //! `"Hello, {name}"`, either
 //!
 //! - **direct**: by the same handler served by axum in one process (the bench's own server), or
-//! - **through the gateway**: by the real gateway (`gateway::serve`, what `mesh-api` runs) on a
-//!   meshrpc node, which calls a real greeter replica (`greeter::GreeterService` published on
-//!   a node of its own process, seeded to the gateway's node) over meshrpc;
+//! - **through the gateway**: by the real gateway (`gateway::serve_with` and the greeter's REST
+//!   extension, what `mesh-api` runs) on a meshrpc node, which calls a real greeter replica
+//!   (`greeter::GreeterService` published on a node of its own process, seeded to the gateway's
+//!   node) over meshrpc;
 //!
 //! and the load generator's client: hyper's keep-alive pool over HTTP/1.1, as for `http-json`.
 
@@ -77,7 +78,16 @@ pub(crate) async fn serve_gateway(
         http: listen,
         ..gateway::Config::default()
     };
-    let gateway = gateway::serve(config, node.clone()).await?;
+    // The original REST routes, mounted as `mesh-api` mounts them.
+    let greeter_rest = gateway::Extension::new(&greeter::GREETER_SPEC, |context| {
+        greeter::rest::router(
+            context
+                .node()
+                .client::<greeter::GreeterClient>()
+                .with_options(context.call_options()),
+        )
+    });
+    let gateway = gateway::serve_with(config, node.clone(), vec![greeter_rest]).await?;
     crate::say(&format!("mesh {}", node.local_addr()))?;
     rendezvous(gateway.local_addr())?;
     std::future::pending::<()>().await;
