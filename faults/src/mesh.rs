@@ -147,3 +147,17 @@ pub async fn greets_served(admin: SocketAddr) -> Option<f64> {
         .unwrap_or(0.0),
     )
 }
+
+/// How many `greeter.greet` calls the node with admin endpoint `admin` has taken, whatever
+/// their end: answered, and also cancelled (the losing attempt of a hedged call, which its
+/// caller abandoned once another replica answered) or failed. What a balancer sent there.
+pub async fn greets_received(admin: SocketAddr) -> Option<f64> {
+    let text = crate::http::get(admin, "/metrics").await.ok()?.body;
+    let prefix = r#"meshrpc_calls_total{side="server",service="greeter",method="greet",code=""#;
+    Some(
+        text.lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}

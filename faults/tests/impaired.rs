@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use faults::link::{Impairment, Relay};
 use faults::load::{self, Load};
-use faults::mesh::{free_tcp_port, greets_served, mesh_with_node, wait_for_greeters};
+use faults::mesh::{free_tcp_port, greets_received, mesh_with_node, wait_for_greeters};
 use faults::process::{Mesh, Proc, args};
 use greeter::{Greeter, GreeterClient};
 use meshrpc::CallOptions;
@@ -132,10 +132,11 @@ async fn http_load(http: SocketAddr, calls: usize) -> faults::load::Report {
     .await
 }
 
-async fn served(admins: &[SocketAddr]) -> Vec<f64> {
+/// Per replica, the greet calls it has been sent (answered or abandoned by a hedge).
+async fn received(admins: &[SocketAddr]) -> Vec<f64> {
     let mut counts = Vec::new();
     for admin in admins {
-        counts.push(greets_served(*admin).await.expect("a replica's metrics"));
+        counts.push(greets_received(*admin).await.expect("a replica's metrics"));
     }
     counts
 }
@@ -196,14 +197,14 @@ async fn peak_ewma_moves_traffic_away_from_a_slow_replica() {
 
     let mut shares = Vec::new();
     for (name, http) in [("round robin", rr_http), ("peak EWMA", ewma_http)] {
-        let before = served(&admins).await;
+        let before = received(&admins).await;
         let report = http_load(http, 2_000).await;
-        let after = served(&admins).await;
+        let after = received(&admins).await;
         let deltas: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         let total: f64 = deltas.iter().sum();
         let share = deltas[0] / total;
         eprintln!(
-            "{name}: the replica with 30 ms more latency served {:.1}% ({} of {total}); {}",
+            "{name}: the replica with 30 ms more latency was sent {:.1}% of the calls ({} of {total}); {}",
             share * 100.0,
             deltas[0],
             report.summary()

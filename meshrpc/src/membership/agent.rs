@@ -18,11 +18,15 @@ use tracing::{debug, info};
 use super::core::{
     Core, CoreTimer, Effects, MAX_SYNC_MESSAGE, decode_members, encode_members, swim_config,
 };
+use super::exchange_error::ExchangeError;
 use super::identity::MemberId;
 use super::view::View;
 use crate::transport::connections::Connections;
 use crate::transport::io::read_frame;
 use crate::wire::{Frame, FrameDecoder, FrameKind};
+
+/// How long a joining node waits for a seed's member list.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
 
 enum Input {
     Datagram(Bytes),
@@ -148,26 +152,31 @@ impl Membership {
         }
     }
 
-    async fn exchange(&self, connections: &Connections, addr: SocketAddr) -> Result<usize, String> {
-        let connection = connections.get(addr).await.map_err(|s| s.to_string())?;
-        let ours = self.snapshot().await?;
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-        send.write_chunk(encode_members(&ours)?)
+    async fn exchange(
+        &self,
+        connections: &Connections,
+        addr: SocketAddr,
+    ) -> Result<usize, ExchangeError> {
+        let connection = connections
+            .get(addr)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ExchangeError::Connect)?;
+        let ours = self.snapshot().await?;
+        let (mut send, mut recv) = connection.open_bi().await?;
+        send.write_chunk(encode_members(&ours)?).await?;
         let _ = send.finish();
         let decoder = FrameDecoder::new(MAX_SYNC_MESSAGE);
         let mut buffer = BytesMut::new();
         let frame = tokio::time::timeout(
-            Duration::from_secs(3),
+            EXCHANGE_TIMEOUT,
             read_frame(&mut recv, &decoder, &mut buffer),
         )
         .await
-        .map_err(|_| "no answer within 3 s".to_owned())?
-        .map_err(|error| error.to_status().to_string())?
-        .ok_or("the seed closed the stream without an answer")?;
+        .map_err(|_| ExchangeError::Timeout(EXCHANGE_TIMEOUT))?
+        .map_err(|error| ExchangeError::Read(error.to_status()))?
+        .ok_or(ExchangeError::NoAnswer)?;
         if frame.kind != FrameKind::Gossip {
-            return Err(format!("the seed answered a {:?} frame", frame.kind));
+            return Err(ExchangeError::WrongFrame(frame.kind));
         }
         let theirs = decode_members(&frame.body)?;
         let count = theirs.len();
@@ -219,12 +228,12 @@ impl Membership {
         }
     }
 
-    async fn snapshot(&self) -> Result<Vec<Member<MemberId>>, String> {
+    async fn snapshot(&self) -> Result<Vec<Member<MemberId>>, ExchangeError> {
         let (reply, answer) = oneshot::channel();
         self.inputs
             .send(Input::Snapshot(reply))
-            .map_err(|_| "membership stopped".to_owned())?;
-        answer.await.map_err(|_| "membership stopped".to_owned())
+            .map_err(|_| ExchangeError::Stopped)?;
+        answer.await.map_err(|_| ExchangeError::Stopped)
     }
 
     /// Gossips that this node is draining; resolves once the new identity is in the view.

@@ -22,6 +22,7 @@ use rand::rngs::StdRng;
 use tracing::{debug, error, info, warn};
 
 use super::codec::MsgPackCodec;
+use super::exchange_error::ExchangeError;
 use super::health::LocalHealth;
 use super::identity::MemberId;
 use super::reports::{REPORT_COOLDOWN, REPORT_PROBE_RTTS, Reports};
@@ -984,13 +985,13 @@ pub(crate) fn local_view(local: &MemberId, mut members: Vec<MemberView>) -> View
 }
 
 /// A member list as a `GOSSIP` frame: the message of a full-state exchange, both ways.
-pub(crate) fn encode_members(members: &[Member<MemberId>]) -> Result<Bytes, String> {
-    let body = rmp_serde::to_vec_named(members).map_err(|e| e.to_string())?;
+pub(crate) fn encode_members(members: &[Member<MemberId>]) -> Result<Bytes, ExchangeError> {
+    let body = rmp_serde::to_vec_named(members)?;
     if body.len() > MAX_SYNC_MESSAGE {
-        return Err(format!(
-            "a member list of {} bytes exceeds the {MAX_SYNC_MESSAGE}-byte exchange limit",
-            body.len()
-        ));
+        return Err(ExchangeError::TooLarge {
+            size: body.len(),
+            limit: MAX_SYNC_MESSAGE,
+        });
     }
     let mut buffer = BytesMut::with_capacity(body.len() + 5);
     encode_frame(FrameKind::Gossip, &body, &mut buffer);
@@ -998,22 +999,23 @@ pub(crate) fn encode_members(members: &[Member<MemberId>]) -> Result<Bytes, Stri
 }
 
 /// The member list of a `GOSSIP` frame's body.
-pub(crate) fn decode_members(body: &[u8]) -> Result<Vec<Member<MemberId>>, String> {
-    crate::codec::from_slice_bounded(body, crate::codec::MAX_HEADER_DEPTH)
-        .map_err(|error| format!("malformed member list: {error}"))
+pub(crate) fn decode_members(body: &[u8]) -> Result<Vec<Member<MemberId>>, ExchangeError> {
+    Ok(crate::codec::from_slice_bounded(
+        body,
+        crate::codec::MAX_HEADER_DEPTH,
+    )?)
 }
 
 /// The member list of a whole `GOSSIP` frame, judged as the joining node judges a seed's
 /// answer (at most [`MAX_SYNC_MESSAGE`] bytes).
-pub(crate) fn decode_members_frame(frame: &[u8]) -> Result<Vec<Member<MemberId>>, String> {
+pub(crate) fn decode_members_frame(frame: &[u8]) -> Result<Vec<Member<MemberId>>, ExchangeError> {
     let decoder = FrameDecoder::new(MAX_SYNC_MESSAGE);
     let mut buffer = BytesMut::from(frame);
     let frame = decoder
-        .decode(&mut buffer)
-        .map_err(|error| error.to_string())?
-        .ok_or("a truncated member list")?;
+        .decode(&mut buffer)?
+        .ok_or(ExchangeError::Truncated)?;
     if frame.kind != FrameKind::Gossip {
-        return Err(format!("a {:?} frame instead of a member list", frame.kind));
+        return Err(ExchangeError::WrongFrame(frame.kind));
     }
     decode_members(&frame.body)
 }
@@ -1095,7 +1097,11 @@ mod bounds {
             .map(|index| Member::new(realistic(index, 16), 3, State::Alive))
             .collect();
         let error = encode_members(&members).expect_err("too large");
-        assert!(error.contains("exchange limit"), "{error}");
+        assert!(
+            matches!(error, ExchangeError::TooLarge { size, limit } if size > limit),
+            "{error}"
+        );
+        assert!(error.to_string().contains("exchange limit"), "{error}");
     }
 
     /// `realistic` with `tags` tags of 24 characters.

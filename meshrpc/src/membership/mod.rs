@@ -10,6 +10,7 @@
 pub(crate) mod agent;
 pub(crate) mod codec;
 pub(crate) mod core;
+pub(crate) mod exchange_error;
 pub(crate) mod health;
 pub mod identity;
 pub(crate) mod reports;
