@@ -8,6 +8,10 @@
 //! extensions for ([`crate::Extension`]: the greeter in `mesh-api`) are known from the start,
 //! so their routes answer 503, not 404, before any replica has joined. A request never waits
 //! for a member to appear.
+//!
+//! A descriptor is compiled when it is learned ([`CompiledDescriptor`]): each method's request
+//! schema (and client-stream line schema) is read once into the form the transcoder walks, so
+//! a request only looks its method up by name.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -21,7 +25,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::error::ApiError;
-use crate::transcode::Schema;
+use crate::transcode::{CompiledSchema, Schema};
 
 /// How long fetching a descriptor from one member may take.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -73,6 +77,85 @@ impl DescriptorExt for Descriptor {
     }
 }
 
+/// A descriptor with each method's schemas compiled: what the gateway keeps and serves with.
+/// It derefs to the [`Descriptor`] it was compiled from.
+#[derive(Debug)]
+pub struct CompiledDescriptor {
+    descriptor: Descriptor,
+    /// One per method, in the order of `descriptor.methods`.
+    methods: Box<[MethodSchemas]>,
+}
+
+/// The compiled schemas of one method.
+#[derive(Debug)]
+pub struct MethodSchemas {
+    request: Arc<CompiledSchema>,
+    request_line: Option<Arc<CompiledSchema>>,
+}
+
+impl MethodSchemas {
+    /// The schema requests are checked against.
+    pub fn request(&self) -> &Arc<CompiledSchema> {
+        &self.request
+    }
+
+    /// The schema client-stream lines (`{"item": <value>}`) are checked against, if the method
+    /// has a client stream.
+    pub fn request_line(&self) -> Option<&Arc<CompiledSchema>> {
+        self.request_line.as_ref()
+    }
+}
+
+impl CompiledDescriptor {
+    /// Compiles the schemas of every method of `descriptor`.
+    pub fn compile(descriptor: Descriptor) -> CompiledDescriptor {
+        let methods = descriptor
+            .methods
+            .iter()
+            .map(|method| MethodSchemas {
+                request: Arc::new(CompiledSchema::compile(descriptor.request_schema(method))),
+                request_line: method
+                    .request_stream
+                    .as_ref()
+                    .map(|item| Arc::new(CompiledSchema::stream_line(item, &descriptor.types))),
+            })
+            .collect();
+        CompiledDescriptor {
+            descriptor,
+            methods,
+        }
+    }
+
+    /// The descriptor the schemas were compiled from.
+    pub fn descriptor(&self) -> &Descriptor {
+        &self.descriptor
+    }
+
+    /// The compiled schemas of the method called `method`.
+    pub fn schemas(&self, method: &str) -> Option<&MethodSchemas> {
+        let index = self
+            .descriptor
+            .methods
+            .iter()
+            .position(|known| known.name == method)?;
+        self.methods.get(index)
+    }
+}
+
+impl std::ops::Deref for CompiledDescriptor {
+    type Target = Descriptor;
+
+    fn deref(&self) -> &Descriptor {
+        &self.descriptor
+    }
+}
+
+impl AsRef<Descriptor> for CompiledDescriptor {
+    fn as_ref(&self) -> &Descriptor {
+        &self.descriptor
+    }
+}
+
 /// Members that can take calls for `service` right now.
 fn live_publishers<'a>(view: &'a View, service: &'a str) -> impl Iterator<Item = &'a MemberView> {
     view.publishing(service)
@@ -95,7 +178,7 @@ pub struct Descriptors {
 #[derive(Debug, Default)]
 struct State {
     /// Per service, its descriptors, the most recently learned last.
-    by_service: HashMap<String, Vec<Arc<Descriptor>>>,
+    by_service: HashMap<String, Vec<Arc<CompiledDescriptor>>>,
     /// Services that published RPCs at some point (or are compiled in).
     seen_rpc: BTreeSet<String>,
     /// Services that served legacy HTTP at some point.
@@ -103,7 +186,7 @@ struct State {
 }
 
 impl State {
-    fn get(&self, service: &str, hash: u64) -> Option<Arc<Descriptor>> {
+    fn get(&self, service: &str, hash: u64) -> Option<Arc<CompiledDescriptor>> {
         self.by_service
             .get(service)?
             .iter()
@@ -111,6 +194,7 @@ impl State {
             .cloned()
     }
 
+    /// Keeps `descriptor`, compiled, unless the same one (by hash) is kept already.
     fn insert(&mut self, descriptor: Descriptor) {
         let hash = descriptor.hash();
         self.seen_rpc.insert(descriptor.service.clone());
@@ -118,8 +202,14 @@ impl State {
             .by_service
             .entry(descriptor.service.clone())
             .or_default();
-        list.retain(|known| known.hash() != hash);
-        list.push(Arc::new(descriptor));
+        // The most recently learned last. The same descriptor learned again (from another
+        // member, or fetched again) moves, compiled as it was.
+        let same = list.iter().position(|known| known.hash() == hash);
+        let known = match same.map(|index| list.remove(index)) {
+            Some(known) if known.descriptor == descriptor => known,
+            _ => Arc::new(CompiledDescriptor::compile(descriptor)),
+        };
+        list.push(known);
     }
 }
 
@@ -179,7 +269,10 @@ impl Descriptors {
     /// The descriptor to serve `service` with: the one of the schema most live members
     /// publish, fetched if need be; without live members, the last one known. `Ok(None)` when
     /// the gateway has never had one.
-    pub async fn for_service(&self, service: &str) -> Result<Option<Arc<Descriptor>>, ApiError> {
+    pub async fn for_service(
+        &self,
+        service: &str,
+    ) -> Result<Option<Arc<CompiledDescriptor>>, ApiError> {
         let view = self.node.view();
         self.observe(&view);
         let mut counts: Vec<(u64, usize)> = Vec::new();
@@ -228,7 +321,7 @@ impl Descriptors {
 
     /// One descriptor per known service (see [`Descriptors::for_service`]), sorted by name;
     /// services whose descriptor cannot be fetched are left out.
-    pub async fn all(&self) -> Vec<Arc<Descriptor>> {
+    pub async fn all(&self) -> Vec<Arc<CompiledDescriptor>> {
         let names: Vec<String> = {
             let view = self.node.view();
             self.observe(&view);
@@ -324,6 +417,69 @@ mod tests {
             "POST /greeter/greet, POST /greeter/send_postcard"
         );
         assert_eq!(greet.kind, MethodKind::Unary);
+    }
+
+    #[test]
+    fn a_descriptor_is_compiled_once_and_shared_by_every_lookup() {
+        let greeter = Descriptor::parse(greeter::GREETER_SPEC.descriptor).expect("parses");
+        let hash = greeter.hash();
+        let mut state = State::default();
+        state.insert(greeter.clone());
+        let first = state.get("greeter", hash).expect("known");
+        let second = state.get("greeter", hash).expect("known");
+        assert!(Arc::ptr_eq(&first, &second));
+        let request = |descriptor: &CompiledDescriptor| {
+            descriptor
+                .schemas("greet")
+                .expect("greet")
+                .request()
+                .clone()
+        };
+        assert!(Arc::ptr_eq(&request(&first), &request(&second)));
+        // Learned again, from another member or fetched anew: kept as it was compiled.
+        state.insert(greeter);
+        let again = state.get("greeter", hash).expect("known");
+        assert!(Arc::ptr_eq(&first, &again));
+        assert!(Arc::ptr_eq(&request(&first), &request(&again)));
+        assert!(first.schemas("nope").is_none());
+    }
+
+    #[test]
+    fn a_client_streaming_method_has_a_compiled_line_schema() {
+        let descriptor = Descriptor::parse(
+            r#"{"service": "numbers", "schema_hash": "0000000000000001", "methods": [
+                {"name": "count", "kind": "server_streaming", "result_field": "result",
+                 "request": {"type": "object", "properties": {}},
+                 "response_stream": {"type": "integer"}},
+                {"name": "echo", "kind": "bidirectional", "result_field": "result",
+                 "request": {"type": "object", "properties": {}},
+                 "request_stream": {"type": "string"}, "response_stream": {"type": "string"}}
+            ]}"#,
+        )
+        .expect("parses");
+        let compiled = CompiledDescriptor::compile(descriptor);
+        assert!(
+            compiled
+                .schemas("count")
+                .expect("count")
+                .request_line()
+                .is_none()
+        );
+        let line = compiled
+            .schemas("echo")
+            .expect("echo")
+            .request_line()
+            .expect("a line schema");
+        assert_eq!(
+            line.json_item_to_msgpack(br#"{"item": "hi"}"#),
+            Ok(rmp_serde::to_vec("hi").expect("encodes"))
+        );
+        assert_eq!(
+            line.json_item_to_msgpack(br#"{"item": 1}"#),
+            Err(crate::transcode::RequestError::Invalid(
+                "field `item`: expected a string, found the number 1".to_owned()
+            ))
+        );
     }
 
     #[test]

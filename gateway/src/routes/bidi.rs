@@ -24,15 +24,16 @@ use futures_util::{SinkExt, StreamExt};
 use meshrpc::channel::OutgoingStream;
 use meshrpc::{Call, Channel, Code, Status, StreamSender, Streaming};
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::Shared;
-use crate::descriptors::{Descriptor, MethodDescriptor};
+use crate::descriptors::{CompiledDescriptor, MethodDescriptor};
 use crate::error::ApiError;
 use crate::framing::status_object;
-use crate::routes::generic::{call_error, prepare_call, query_or_body_to_msgpack, query_to_json};
+use crate::routes::generic::{
+    call_error, prepare_call, query_or_body_to_msgpack, query_to_json, schemas,
+};
 use crate::stream_end::StreamEnd;
-use crate::transcode::{self, Schema};
+use crate::transcode::{self, CompiledSchema};
 
 /// Items read ahead of the call: the runtime's own buffer size.
 const READ_AHEAD: usize = meshrpc::streaming::DEFAULT_STREAM_CAPACITY;
@@ -40,7 +41,7 @@ const READ_AHEAD: usize = meshrpc::streaming::DEFAULT_STREAM_CAPACITY;
 /// Opens the WebSocket for `method`, a bidirectional method.
 pub async fn call(
     shared: &Arc<Shared>,
-    descriptor: &Descriptor,
+    descriptor: &Arc<CompiledDescriptor>,
     method: &MethodDescriptor,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -58,8 +59,10 @@ pub async fn call(
             ))
         })?;
     let first = query_or_body_to_msgpack(&query_to_json(&parts.uri, method)?, descriptor, method)?;
-    let item_schema =
-        transcode::item_line_schema(method.request_stream.as_ref().ok_or_else(|| {
+    let line_schema = schemas(descriptor, method)?
+        .request_line()
+        .cloned()
+        .ok_or_else(|| {
             ApiError::new(
                 Code::Internal,
                 format!(
@@ -67,16 +70,16 @@ pub async fn call(
                     descriptor.service, method.name
                 ),
             )
-        })?);
+        })?;
     let call = prepare_call(shared, descriptor, method, &parts.headers, first);
     let conversation = Conversation {
         channel: shared
             .node
             .channel_with_schema(&descriptor.service, descriptor.hash()),
         call,
-        descriptor: Arc::new(descriptor.clone()),
+        descriptor: descriptor.clone(),
         method: method.name.clone(),
-        line_schema: item_schema,
+        line_schema,
     };
     let end = StreamEnd::new();
     let held = end.clone();
@@ -96,10 +99,10 @@ pub async fn call(
 struct Conversation {
     channel: Channel,
     call: Call,
-    descriptor: Arc<Descriptor>,
+    descriptor: Arc<CompiledDescriptor>,
     method: String,
     /// The schema of `{"item": <value>}`.
-    line_schema: Value,
+    line_schema: Arc<CompiledSchema>,
 }
 
 /// A client's control message.
@@ -118,12 +121,8 @@ impl Conversation {
         self.call.stream = Some(OutgoingStream::new(items));
         let call = self.call.clone();
         let descriptor = self.descriptor.clone();
-        let schema = Schema {
-            root: &self.line_schema,
-            types: &descriptor.types,
-        };
         let outcome = {
-            let input = pump_input(&mut incoming, sender, schema);
+            let input = pump_input(&mut incoming, sender, &self.line_schema);
             let output = pump_output(&self.channel, call, &mut outgoing);
             tokio::pin!(input, output);
             let mut input_done = false;
@@ -176,7 +175,7 @@ enum Failure {
 async fn pump_input(
     incoming: &mut futures_util::stream::SplitStream<WebSocket>,
     sender: StreamSender<Bytes>,
-    schema: Schema<'_>,
+    schema: &CompiledSchema,
 ) -> Result<(), Failure> {
     let mut number = 0usize;
     loop {
@@ -215,7 +214,7 @@ async fn pump_input(
                 .await;
             return Ok(());
         }
-        match transcode::json_item_to_msgpack(text.as_bytes(), schema) {
+        match schema.json_item_to_msgpack(text.as_bytes()) {
             Ok(item) => {
                 if sender.send(Bytes::from(item)).await.is_err() {
                     // The call ended; its status is the conversation's.

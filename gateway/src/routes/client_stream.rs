@@ -24,10 +24,12 @@ use meshrpc::channel::OutgoingStream;
 use meshrpc::{Code, Status, StreamSender, Streaming};
 
 use crate::Shared;
-use crate::descriptors::{Descriptor, MethodDescriptor};
+use crate::descriptors::{CompiledDescriptor, MethodDescriptor};
 use crate::error::ApiError;
-use crate::routes::generic::{call_error, prepare_call, query_or_body_to_msgpack, query_to_json};
-use crate::transcode::{self, Schema};
+use crate::routes::generic::{
+    call_error, prepare_call, query_or_body_to_msgpack, query_to_json, schemas,
+};
+use crate::transcode::{self, CompiledSchema};
 
 /// Items read ahead of the call: the runtime's own buffer size.
 const READ_AHEAD: usize = meshrpc::streaming::DEFAULT_STREAM_CAPACITY;
@@ -35,13 +37,13 @@ const READ_AHEAD: usize = meshrpc::streaming::DEFAULT_STREAM_CAPACITY;
 /// Calls `method`, a client-streaming method, with the items of the request's NDJSON body.
 pub async fn call(
     shared: &Arc<Shared>,
-    descriptor: &Descriptor,
+    descriptor: &CompiledDescriptor,
     method: &MethodDescriptor,
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let first = query_or_body_to_msgpack(&query_to_json(&parts.uri, method)?, descriptor, method)?;
-    let item_schema = method.request_stream.as_ref().ok_or_else(|| {
+    let line_schema = schemas(descriptor, method)?.request_line().ok_or_else(|| {
         ApiError::new(
             Code::Internal,
             format!(
@@ -50,7 +52,6 @@ pub async fn call(
             ),
         )
     })?;
-    let line_schema = transcode::item_line_schema(item_schema);
     let (sender, items) = Streaming::channel(READ_AHEAD);
     let mut call = prepare_call(shared, descriptor, method, &parts.headers, first);
     call.stream = Some(OutgoingStream::new(items));
@@ -61,10 +62,7 @@ pub async fn call(
     let reading = read_items(
         body,
         sender,
-        Schema {
-            root: &line_schema,
-            types: &descriptor.types,
-        },
+        line_schema,
         Limits {
             line: shared.config.max_body,
             idle: timeout,
@@ -119,7 +117,7 @@ pub(crate) struct Limits {
 pub(crate) async fn read_items(
     mut body: axum::body::Body,
     sender: StreamSender<Bytes>,
-    schema: Schema<'_>,
+    schema: &CompiledSchema,
     limits: Limits,
 ) -> Result<(), ApiError> {
     let mut pending = BytesMut::new();
@@ -190,12 +188,12 @@ pub(crate) async fn read_items(
 async fn send_line(
     line: &[u8],
     sender: &StreamSender<Bytes>,
-    schema: Schema<'_>,
+    schema: &CompiledSchema,
 ) -> Result<bool, transcode::RequestError> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(true);
     }
-    let item = transcode::json_item_to_msgpack(line, schema)?;
+    let item = schema.json_item_to_msgpack(line)?;
     Ok(sender.send(Bytes::from(item)).await.is_ok())
 }
 

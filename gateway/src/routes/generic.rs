@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use crate::Shared;
-use crate::descriptors::{Descriptor, DescriptorExt, MethodDescriptor};
+use crate::descriptors::{CompiledDescriptor, DescriptorExt, MethodDescriptor, MethodSchemas};
 use crate::error::ApiError;
 use crate::transcode;
 
@@ -35,7 +35,7 @@ const PROPAGATED: [&str; 2] = ["traceparent", "tracestate"];
 /// or [`bidi`](super::bidi).
 pub async fn call(
     shared: &Arc<Shared>,
-    descriptor: Arc<Descriptor>,
+    descriptor: Arc<CompiledDescriptor>,
     method: &str,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -81,7 +81,7 @@ pub async fn call(
 /// `GET`, checked against the method's request schema.
 pub(crate) async fn request_payload(
     shared: &Shared,
-    descriptor: &Descriptor,
+    descriptor: &CompiledDescriptor,
     method: &MethodDescriptor,
     parts: &http::request::Parts,
     body: axum::body::Body,
@@ -103,12 +103,30 @@ pub(crate) async fn request_payload(
 /// The MessagePack request map for the JSON object `json`.
 pub(crate) fn query_or_body_to_msgpack(
     json: &[u8],
-    descriptor: &Descriptor,
+    descriptor: &CompiledDescriptor,
     method: &MethodDescriptor,
 ) -> Result<Bytes, ApiError> {
-    transcode::json_to_msgpack(json, descriptor.request_schema(method))
+    schemas(descriptor, method)?
+        .request()
+        .json_to_msgpack(json)
         .map(Bytes::from)
         .map_err(|error| ApiError::bad_request(error.to_string()))
+}
+
+/// The compiled schemas of `method`, one of `descriptor`'s methods.
+pub(crate) fn schemas<'d>(
+    descriptor: &'d CompiledDescriptor,
+    method: &MethodDescriptor,
+) -> Result<&'d MethodSchemas, ApiError> {
+    descriptor.schemas(&method.name).ok_or_else(|| {
+        ApiError::new(
+            Code::Internal,
+            format!(
+                "the descriptor of `{}` has no method `{}`",
+                descriptor.service, method.name
+            ),
+        )
+    })
 }
 
 /// The call for `method` with this request map: retried only when idempotent, the request's
@@ -118,7 +136,7 @@ pub(crate) fn query_or_body_to_msgpack(
 /// message itself).
 pub(crate) fn prepare_call(
     shared: &Shared,
-    descriptor: &Descriptor,
+    descriptor: &CompiledDescriptor,
     method: &MethodDescriptor,
     headers: &http::HeaderMap,
     payload: Bytes,
@@ -146,23 +164,23 @@ pub(crate) fn prepare_call(
 /// The answer for a status a call to `method` ended with.
 pub(crate) fn call_error(
     status: meshrpc::Status,
-    descriptor: &Descriptor,
+    descriptor: &CompiledDescriptor,
     method: &MethodDescriptor,
 ) -> ApiError {
     let refused_by_decoder = status.code() == Code::InvalidArgument;
     let error = ApiError::from_call(status, &descriptor.service);
-    if refused_by_decoder {
-        name_unchecked_fields(error, descriptor.request_schema(method))
-    } else {
-        error
+    match descriptor.schemas(&method.name) {
+        Some(schemas) if refused_by_decoder => {
+            name_unchecked_fields(error, schemas.request().unchecked())
+        }
+        _ => error,
     }
 }
 
 /// `error`, an `invalid_argument` the service answered, with the places of the request the
 /// gateway passed through unchecked (`use` types without a schema) named first: the service's
 /// decoder speaks of MessagePack markers, and the mistake is most likely in one of them.
-fn name_unchecked_fields(mut error: ApiError, schema: transcode::Schema<'_>) -> ApiError {
-    let unchecked = transcode::unchecked_fields(schema);
+fn name_unchecked_fields(mut error: ApiError, unchecked: &[transcode::Unchecked]) -> ApiError {
     if unchecked.is_empty() {
         return error;
     }
@@ -266,6 +284,7 @@ pub async fn read_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transcode::CompiledSchema;
     use serde_json::json;
 
     #[test]
@@ -288,7 +307,7 @@ mod tests {
             types: types.as_object().expect("an object"),
         };
         let refused = ApiError::new(Code::InvalidArgument, "wrong msgpack marker FixMap(1)");
-        let error = name_unchecked_fields(refused, schema);
+        let error = name_unchecked_fields(refused, CompiledSchema::compile(schema).unchecked());
         assert_eq!(error.code, "invalid_argument");
         assert!(
             error
@@ -315,6 +334,9 @@ mod tests {
             types: &types,
         };
         let refused = ApiError::new(Code::InvalidArgument, "count must be odd");
-        assert_eq!(name_unchecked_fields(refused.clone(), schema), refused);
+        assert_eq!(
+            name_unchecked_fields(refused.clone(), CompiledSchema::compile(schema).unchecked()),
+            refused
+        );
     }
 }

@@ -11,6 +11,7 @@ use meshrpc::membership::Liveness;
 use serde::Serialize;
 
 use crate::Shared;
+use crate::descriptors::CompiledDescriptor;
 use crate::openapi;
 
 /// `GET /healthz`: 200 `ok` while the process serves.
@@ -105,6 +106,7 @@ pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// `GET /openapi.json`: the document of every method known now.
 pub async fn openapi(State(shared): State<Arc<Shared>>) -> Response {
     let descriptors = shared.descriptors.all().await;
+    let descriptors: Vec<&CompiledDescriptor> = descriptors.iter().map(Arc::as_ref).collect();
     Json(openapi::document(
         &descriptors,
         shared.keys.enabled(),

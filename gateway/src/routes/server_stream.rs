@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use meshrpc::{Code, Status, Streaming};
 
 use crate::Shared;
-use crate::descriptors::{Descriptor, MethodDescriptor};
+use crate::descriptors::{CompiledDescriptor, MethodDescriptor};
 use crate::error::ApiError;
 use crate::framing::Framing;
 use crate::routes::generic::{call_error, prepare_call, request_payload};
@@ -32,7 +32,7 @@ use crate::transcode;
 /// Calls `method`, a server-streaming method, and streams its items to the client.
 pub async fn call(
     shared: &Arc<Shared>,
-    descriptor: &Descriptor,
+    descriptor: &CompiledDescriptor,
     method: &MethodDescriptor,
     request: Request,
 ) -> Result<Response, ApiError> {

@@ -585,3 +585,126 @@ fn a_server_stream_item_becomes_a_json_line_object() {
     );
     assert!(msgpack_item_to_json(&[0xc1]).is_err(), "a reserved marker");
 }
+
+/// A service whose `plant` parameter is a tree: each node's children are nodes again.
+fn garden() -> Descriptor {
+    let descriptor = json!({
+        "service": "garden",
+        "schema_hash": "00000000000000dd",
+        "methods": [{
+            "name": "plant",
+            "result_field": "result",
+            "request": {
+                "type": "object",
+                "properties": {
+                    "tree": {"$ref": "#/components/schemas/garden.Node"},
+                    "gnome": {"$ref": "#/components/schemas/garden.Gnome"},
+                    "echo": {"$ref": "#/components/schemas/garden.Echo"}
+                },
+                "required": ["tree"]
+            },
+            "response": {"type": "object", "properties": {}}
+        }],
+        "types": {
+            "garden.Node": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "children": {"type": "array", "items": {"$ref": "#/components/schemas/garden.Node"}},
+                    "parent": {"allOf": [{"$ref": "#/components/schemas/garden.Node"}], "nullable": true}
+                },
+                "required": ["name", "children"]
+            },
+            "garden.Echo": {"$ref": "#/components/schemas/garden.Echo"}
+        }
+    });
+    serde_json::from_value(descriptor).expect("a descriptor")
+}
+
+fn plant(descriptor: &Descriptor, body: Value) -> Result<Vec<u8>, RequestError> {
+    let compiled = CompiledSchema::compile(
+        descriptor.request_schema(descriptor.method("plant").expect("plant")),
+    );
+    compiled.json_to_msgpack(body.to_string().as_bytes())
+}
+
+#[test]
+fn a_recursive_type_compiles_and_checks_nested_values_with_their_path() {
+    let garden = garden();
+    let tree = json!({"tree": {"name": "oak", "children": [
+        {"name": "branch", "children": [{"name": "twig", "children": [], "parent": null}]}
+    ]}});
+    let bytes = plant(&garden, tree).expect("a well-formed tree transcodes");
+    #[derive(Deserialize)]
+    struct Node {
+        name: String,
+        children: Vec<Node>,
+    }
+    #[derive(Deserialize)]
+    struct Plant {
+        tree: Node,
+    }
+    let decoded: Plant = rmp_serde::from_slice(&bytes).expect("decodes as the service would");
+    assert_eq!(decoded.tree.children[0].children[0].name, "twig");
+    assert_eq!(
+        plant(
+            &garden,
+            json!({"tree": {"name": "oak", "children": [
+                {"name": "branch", "children": [{"name": 7, "children": []}]}
+            ]}})
+        ),
+        Err(RequestError::Invalid(
+            "field `tree.children[0].children[0].name`: expected a string, found the number 7"
+                .to_owned()
+        ))
+    );
+    assert_eq!(
+        plant(
+            &garden,
+            json!({"tree": {"name": "oak", "children": [], "parent": {"name": "seed"}}})
+        ),
+        Err(RequestError::Invalid(
+            "missing field `tree.parent.children`".to_owned()
+        ))
+    );
+}
+
+#[test]
+fn a_dangling_ref_and_a_ref_to_itself_take_anything() {
+    let garden = garden();
+    for anything in [json!(5), json!("x"), json!({"a": [1, null]}), Value::Null] {
+        let body =
+            json!({"tree": {"name": "oak", "children": []}, "gnome": anything, "echo": anything});
+        let bytes = plant(&garden, body).expect("anything goes");
+        let decoded: Value = rmp_serde::from_slice(&bytes).expect("decodes");
+        assert_eq!(decoded["gnome"], anything);
+        assert_eq!(decoded["echo"], anything);
+    }
+}
+
+#[test]
+fn one_compiled_schema_answers_request_after_request_as_a_fresh_one_does() {
+    let vault = vault();
+    let method = vault.method("store").expect("store");
+    let compiled = CompiledSchema::compile(vault.request_schema(method));
+    let bodies = [
+        full_store().to_string(),
+        store_with("count", json!(256)),
+        store_with("weather", json!({"Rain": {"mm": "lots"}})),
+        "{}".to_owned(),
+        "[".to_owned(),
+    ];
+    for body in bodies.iter().chain(&bodies) {
+        assert_eq!(
+            compiled.json_to_msgpack(body.as_bytes()),
+            json_to_msgpack(body.as_bytes(), vault.request_schema(method)),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        compiled.json_to_msgpack(store_with("count", json!(256)).as_bytes()),
+        Err(RequestError::Invalid(
+            "field `count`: expected an integer from 0 to 255, found the number 256".to_owned()
+        ))
+    );
+}
