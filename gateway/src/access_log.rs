@@ -20,16 +20,23 @@ use crate::stream_end::StreamEnd;
 
 /// The middleware.
 pub async fn log(request: Request, next: Next) -> Response {
+    // Silenced (`mesh_api::access=off`): nothing to keep for a line nobody prints.
+    if !tracing::enabled!(target: "mesh_api::access", tracing::Level::INFO) {
+        let mut response = next.run(request).await;
+        response.extensions_mut().remove::<StreamEnd>();
+        return response;
+    }
     let started = Instant::now();
     let client = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "-".to_owned(), |info| info.0.ip().to_string());
+        .map(|info| info.0.ip());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let mut response = next.run(request).await;
     let status = response.status().as_u16();
     let emit = move || {
+        let client = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
         tracing::info!(
             target: "mesh_api::access",
             "{}",

@@ -183,6 +183,15 @@ struct State {
     seen_rpc: BTreeSet<String>,
     /// Services that served legacy HTTP at some point.
     seen_http: BTreeSet<String>,
+    /// The view last recorded by [`Descriptors::observe`]: the same view again adds nothing.
+    observed: Option<Arc<View>>,
+    /// What [`Descriptors::for_service`] chose per service in the view `chosen_in`: the same
+    /// answer until the view changes or a descriptor is learned.
+    chosen: HashMap<String, Arc<CompiledDescriptor>>,
+    chosen_in: Option<Arc<View>>,
+    /// Counts the descriptors learned, so that a choice made before one was learned is not
+    /// remembered after.
+    generation: u64,
 }
 
 impl State {
@@ -194,8 +203,42 @@ impl State {
             .cloned()
     }
 
+    /// What `for_service` chose for `service` in `view`, if it still holds.
+    fn chosen(&self, service: &str, view: &Arc<View>) -> Option<Arc<CompiledDescriptor>> {
+        let chosen_in = self.chosen_in.as_ref()?;
+        if !Arc::ptr_eq(chosen_in, view) {
+            return None;
+        }
+        self.chosen.get(service).cloned()
+    }
+
+    /// Remembers `descriptor` as the choice for `service` in `view`, made when `generation`
+    /// descriptors had been learned.
+    fn remember(
+        &mut self,
+        service: &str,
+        view: &Arc<View>,
+        generation: u64,
+        descriptor: &Arc<CompiledDescriptor>,
+    ) {
+        if generation != self.generation {
+            return;
+        }
+        if !self
+            .chosen_in
+            .as_ref()
+            .is_some_and(|chosen_in| Arc::ptr_eq(chosen_in, view))
+        {
+            self.chosen.clear();
+            self.chosen_in = Some(view.clone());
+        }
+        self.chosen.insert(service.to_owned(), descriptor.clone());
+    }
+
     /// Keeps `descriptor`, compiled, unless the same one (by hash) is kept already.
     fn insert(&mut self, descriptor: Descriptor) {
+        self.generation += 1;
+        self.chosen.clear();
         let hash = descriptor.hash();
         self.seen_rpc.insert(descriptor.service.clone());
         let list = self
@@ -233,9 +276,18 @@ impl Descriptors {
         meshrpc::lock(&self.state)
     }
 
-    /// Records the services of `view` as seen.
-    pub fn observe(&self, view: &View) {
+    /// Records the services of `view` as seen. Every request observes the current view; only
+    /// a view not observed yet is read.
+    pub fn observe(&self, view: &Arc<View>) {
         let mut state = self.state();
+        if state
+            .observed
+            .as_ref()
+            .is_some_and(|observed| Arc::ptr_eq(observed, view))
+        {
+            return;
+        }
+        state.observed = Some(view.clone());
         for member in view.members() {
             for published in &member.id.services {
                 if !state.seen_rpc.contains(&published.name) {
@@ -248,6 +300,13 @@ impl Descriptors {
                 }
             }
         }
+    }
+
+    /// Whether `service` published RPCs or served legacy HTTP at some point (or is compiled
+    /// in).
+    pub fn knows(&self, service: &str) -> bool {
+        let state = self.state();
+        state.seen_rpc.contains(service) || state.seen_http.contains(service)
     }
 
     /// Whether `service` published RPCs at some point (or is compiled in).
@@ -275,6 +334,13 @@ impl Descriptors {
     ) -> Result<Option<Arc<CompiledDescriptor>>, ApiError> {
         let view = self.node.view();
         self.observe(&view);
+        let generation = {
+            let state = self.state();
+            if let Some(chosen) = state.chosen(service, &view) {
+                return Ok(Some(chosen));
+            }
+            state.generation
+        };
         let mut counts: Vec<(u64, usize)> = Vec::new();
         for member in live_publishers(&view, service) {
             let Some(hash) = member.id.schema_hash(service) else {
@@ -287,7 +353,9 @@ impl Descriptors {
         }
         counts.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
         for (hash, _) in &counts {
-            if let Some(descriptor) = self.state().get(service, *hash) {
+            let mut state = self.state();
+            if let Some(descriptor) = state.get(service, *hash) {
+                state.remember(service, &view, generation, &descriptor);
                 return Ok(Some(descriptor));
             }
         }
@@ -312,11 +380,15 @@ impl Descriptors {
                 last.map(|last| format!(" ({last})")).unwrap_or_default()
             )));
         }
-        Ok(self
-            .state()
+        let mut state = self.state();
+        let last = state
             .by_service
             .get(service)
-            .and_then(|list| list.last().cloned()))
+            .and_then(|list| list.last().cloned());
+        if let Some(last) = &last {
+            state.remember(service, &view, generation, last);
+        }
+        Ok(last)
     }
 
     /// One descriptor per known service (see [`Descriptors::for_service`]), sorted by name;
@@ -360,7 +432,7 @@ impl Descriptors {
     }
 
     /// Fetches the descriptors of every `(service, hash)` in `view` not known yet.
-    async fn refresh(&self, view: &View) {
+    async fn refresh(&self, view: &Arc<View>) {
         self.observe(view);
         let mut wanted: Vec<SocketAddr> = Vec::new();
         for member in view.members() {
@@ -442,6 +514,37 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &again));
         assert!(Arc::ptr_eq(&request(&first), &request(&again)));
         assert!(first.schemas("nope").is_none());
+    }
+
+    #[test]
+    fn a_choice_holds_until_the_view_changes_or_a_descriptor_is_learned() {
+        let greeter = Descriptor::parse(greeter::GREETER_SPEC.descriptor).expect("parses");
+        let hash = greeter.hash();
+        let mut state = State::default();
+        state.insert(greeter.clone());
+        let found = state.get("greeter", hash).expect("known");
+        let view = Arc::new(View::default());
+        state.remember("greeter", &view, state.generation, &found);
+        let chosen = state.chosen("greeter", &view).expect("remembered");
+        assert!(Arc::ptr_eq(&chosen, &found));
+        assert!(state.chosen("other", &view).is_none());
+        assert!(
+            state
+                .chosen("greeter", &Arc::new(View::default()))
+                .is_none(),
+            "another view, even an equal one"
+        );
+        let before = state.generation;
+        state.insert(greeter);
+        assert!(
+            state.chosen("greeter", &view).is_none(),
+            "a descriptor was learned"
+        );
+        state.remember("greeter", &view, before, &found);
+        assert!(
+            state.chosen("greeter", &view).is_none(),
+            "chosen before the descriptor was learned"
+        );
     }
 
     #[test]

@@ -46,8 +46,7 @@ pub async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Re
         .trim_start_matches('/')
         .split_once('/')
         .unwrap_or((path.trim_start_matches('/'), ""));
-    let known = shared.descriptors.knows_rpc(service)
-        || shared.descriptors.knows_http(service)
+    let known = shared.descriptors.knows(service)
         || shared.config.require.iter().any(|name| name == service);
     let mut response = match route(&shared, service, rest, request).await {
         Ok(response) => response,
@@ -245,7 +244,7 @@ pub async fn not_found(State(shared): State<Arc<Shared>>, request: Request) -> A
     let path = request.uri().path();
     let service = path.trim_start_matches('/');
     if !service.is_empty() && !service.contains('/') {
-        if shared.descriptors.knows_rpc(service) || shared.descriptors.knows_http(service) {
+        if shared.descriptors.knows(service) {
             return ApiError::not_found(format!(
                 "`{service}` is a service: call its methods as POST /{service}/<method> \
                  (see /openapi.json)"
