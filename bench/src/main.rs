@@ -19,6 +19,7 @@
 mod chart;
 mod load;
 mod procfs;
+mod profile;
 mod report;
 mod run;
 mod stream_load;
@@ -63,6 +64,8 @@ enum Command {
         #[arg(long)]
         tls_dir: PathBuf,
     },
+    /// Serve and call one system in this process on one thread, for a profiler.
+    Profile(profile::Options),
     /// Run one measurement against a server (started by `run`).
     Client {
         /// A system, or `gateway`, `greet-axum` (HTTP GETs of the greet route).
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(options) => run::run(options),
+        Command::Profile(options) => profile::run(&options),
         Command::Serve {
             target,
             listen,

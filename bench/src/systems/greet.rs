@@ -61,17 +61,15 @@ pub(crate) async fn serve_direct(listen: SocketAddr, rendezvous: Rendezvous) -> 
     Ok(())
 }
 
-/// Runs the gateway on a meshrpc node of the bench cluster: says `mesh <node addr>` (where a
-/// greeter seeds to), then reports the HTTP address through the rendezvous.
-pub(crate) async fn serve_gateway(
+/// Starts the gateway on a meshrpc node of the bench cluster, its HTTP server on `listen`.
+pub(crate) async fn start_gateway(
     listen: SocketAddr,
-    tls: Tls,
-    rendezvous: Rendezvous,
-) -> Result<()> {
+    tls: &Tls,
+) -> Result<(Node, gateway::Gateway)> {
     let node = Node::builder(format!("bench-gateway-{}", std::process::id()))
         .cluster(CLUSTER)
         .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .state_dir(state_dir(&tls))
+        .state_dir(state_dir(tls))
         .start()
         .await?;
     let config = gateway::Config {
@@ -88,11 +86,36 @@ pub(crate) async fn serve_gateway(
         )
     });
     let gateway = gateway::serve_with(config, node.clone(), vec![greeter_rest]).await?;
+    Ok((node, gateway))
+}
+
+/// Runs the gateway on a meshrpc node of the bench cluster: says `mesh <node addr>` (where a
+/// greeter seeds to), then reports the HTTP address through the rendezvous.
+pub(crate) async fn serve_gateway(
+    listen: SocketAddr,
+    tls: Tls,
+    rendezvous: Rendezvous,
+) -> Result<()> {
+    let (node, gateway) = start_gateway(listen, &tls).await?;
     crate::say(&format!("mesh {}", node.local_addr()))?;
     rendezvous(gateway.local_addr())?;
     std::future::pending::<()>().await;
     gateway.shutdown().await;
     Ok(())
+}
+
+/// Starts a greeter replica on a node seeded to `seed` (the gateway's node).
+pub(crate) async fn start_greeter(listen: SocketAddr, seed: SocketAddr, tls: &Tls) -> Result<Node> {
+    Ok(
+        Node::builder(format!("bench-greeter-{}", std::process::id()))
+            .cluster(CLUSTER)
+            .listen(listen)
+            .state_dir(state_dir(tls))
+            .seeds([seed.to_string()])
+            .publish(greeter::GreeterServer::new(greeter::GreeterService))
+            .start()
+            .await?,
+    )
 }
 
 /// Publishes a greeter replica on a node seeded to `seed` (the gateway's node).
@@ -103,14 +126,7 @@ pub(crate) async fn serve_greeter(
     rendezvous: Rendezvous,
 ) -> Result<()> {
     let seed = seed.ok_or("the greeter needs --seed <the gateway's mesh address>")?;
-    let node = Node::builder(format!("bench-greeter-{}", std::process::id()))
-        .cluster(CLUSTER)
-        .listen(listen)
-        .state_dir(state_dir(&tls))
-        .seeds([seed.to_string()])
-        .publish(greeter::GreeterServer::new(greeter::GreeterService))
-        .start()
-        .await?;
+    let node = start_greeter(listen, seed, &tls).await?;
     rendezvous(node.local_addr())?;
     std::future::pending::<()>().await;
     Ok(())

@@ -1,0 +1,130 @@
+//! Heap allocations per unary call, counted and pinned so they cannot creep back.
+//!
+//! A server node and a client node in this process, on one thread, call `echo` over loopback
+//! QUIC with mutual TLS, through the generated client and server as an application would. The
+//! counts are of both sides together (client stack, QUIC, TLS records, server stack, handler),
+//! per call, averaged over many calls after a warm-up; background work of the nodes (gossip
+//! timers) is spread over those calls too. bench/README.md ("Where a call's time goes") says
+//! where they come from.
+
+use std::alloc::System;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use meshrpc::{Node, Status, Streaming};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+#[allow(unreachable_pub, missing_docs, dead_code, clippy::all)]
+mod generated {
+    meshrpc::include_services!("echo");
+}
+
+use generated::{Echo, EchoClient, EchoServer};
+
+/// Allocations per unary call, client and server together, on a direct channel
+/// (`Node::client_to`). Measured: see the test's output.
+const DIRECT_CALL_BUDGET: f64 = 30.0;
+
+/// The same through the balanced, retried, hedged client (`Node::client`).
+const BALANCED_CALL_BUDGET: f64 = 32.0;
+
+const WARM_UP: u32 = 300;
+const MEASURED: u32 = 2_000;
+
+#[derive(Clone)]
+struct EchoService;
+
+impl Echo for EchoService {
+    async fn echo(&self, payload: Bytes, _sleep_ms: u32) -> Result<Bytes, Status> {
+        Ok(payload)
+    }
+
+    async fn relay(&self, _hops_left: u32, state: Bytes) -> Result<Bytes, Status> {
+        Ok(state)
+    }
+
+    async fn produce(&self, _size: u32, _count: u64) -> Result<Streaming<Bytes>, Status> {
+        Ok(Streaming::new(futures::stream::empty()))
+    }
+}
+
+async fn start(state: &std::path::Path, name: &str, seed: Option<SocketAddr>) -> Node {
+    let mut builder = Node::builder(name)
+        .cluster("allocations")
+        .state_dir(state)
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)));
+    if let Some(seed) = seed {
+        builder = builder.seeds([seed.to_string()]);
+    } else {
+        builder = builder.publish(EchoServer::new(EchoService));
+    }
+    builder.start().await.expect("node starts")
+}
+
+/// Average allocations per call over [`MEASURED`] sequential calls, after [`WARM_UP`].
+async fn allocations_per_call(client: &EchoClient) -> f64 {
+    let payload = Bytes::from_static(b"sixteen bytes!!!");
+    for _ in 0..WARM_UP {
+        let echoed = client.echo(payload.clone(), 0).await.expect("echo");
+        assert_eq!(echoed, payload);
+    }
+    let region = Region::new(GLOBAL);
+    for _ in 0..MEASURED {
+        let echoed = client.echo(payload.clone(), 0).await.expect("echo");
+        assert_eq!(echoed, payload);
+    }
+    let change = region.change();
+    (change.allocations + change.reallocations) as f64 / f64::from(MEASURED)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn a_unary_call_allocates_within_its_budget_on_a_direct_channel() {
+    runtime().block_on(async {
+        let state = tempfile::tempdir().expect("tempdir");
+        let server = start(state.path(), "server", None).await;
+        let caller = start(state.path(), "caller", Some(server.local_addr())).await;
+        let client: EchoClient = caller.client_to(server.local_addr());
+        let per_call = allocations_per_call(&client).await;
+        eprintln!("direct channel: {per_call:.1} allocations per unary call (both sides)");
+        assert!(
+            per_call <= DIRECT_CALL_BUDGET,
+            "{per_call:.1} allocations per call, over the budget of {DIRECT_CALL_BUDGET}"
+        );
+        caller.shutdown().await;
+        server.shutdown().await;
+    });
+}
+
+#[test]
+fn a_unary_call_allocates_within_its_budget_through_the_balanced_client() {
+    runtime().block_on(async {
+        let state = tempfile::tempdir().expect("tempdir");
+        let server = start(state.path(), "server", None).await;
+        let caller = start(state.path(), "caller", Some(server.local_addr())).await;
+        caller
+            .wait_for(&[&generated::ECHO_SPEC], Duration::from_secs(20))
+            .await
+            .expect("the caller sees the echo service");
+        let client: EchoClient = caller.client();
+        let per_call = allocations_per_call(&client).await;
+        eprintln!("balanced client: {per_call:.1} allocations per unary call (both sides)");
+        assert!(
+            per_call <= BALANCED_CALL_BUDGET,
+            "{per_call:.1} allocations per call, over the budget of {BALANCED_CALL_BUDGET}"
+        );
+        caller.shutdown().await;
+        server.shutdown().await;
+    });
+}
