@@ -139,13 +139,50 @@ impl OutgoingStream {
     }
 }
 
-/// The tower service at the bottom of every channel.
+/// The tower service at the bottom of every channel, boxed.
 pub type CallService = BoxCloneSyncService<Call, Body, Status>;
 
-/// A handle that sends calls; cheap to clone and share between tasks.
+/// A handle that sends calls; cheap to clone and share between tasks (cloning one copies a
+/// pointer: clients are cloned per request by web frameworks, so a clone must not allocate).
 #[derive(Clone)]
 pub struct Channel {
-    service: CallService,
+    service: Arc<dyn SendCall>,
+}
+
+/// The channel's service behind one shared pointer: each call clones the service itself (a
+/// few reference counts for the runtime's stacks) rather than a boxed copy of it.
+trait SendCall: Send + Sync {
+    fn send(&self, call: Call) -> crate::service::BoxFuture<'static, Result<Body, Status>>;
+}
+
+struct Shared<S>(S);
+
+impl<S> SendCall for Shared<S>
+where
+    S: Service<Call, Response = Body, Error = Status> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    fn send(&self, call: Call) -> crate::service::BoxFuture<'static, Result<Body, Status>> {
+        Box::pin(self.0.clone().oneshot(call))
+    }
+}
+
+/// A [`Channel`] as a tower service (what [`Channel::service`] returns).
+#[derive(Clone)]
+struct ChannelService(Arc<dyn SendCall>);
+
+impl Service<Call> for ChannelService {
+    type Response = Body;
+    type Error = Status;
+    type Future = crate::service::BoxFuture<'static, Result<Body, Status>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        self.0.send(call)
+    }
 }
 
 impl fmt::Debug for Channel {
@@ -157,27 +194,33 @@ impl fmt::Debug for Channel {
 impl Channel {
     /// A channel over any tower service that answers [`Call`]s. Use this to add your own
     /// middleware below the generated clients, or to serve calls in-process in tests.
+    ///
+    /// Every call clones `service` and drives the clone with `oneshot`, so its `poll_ready`
+    /// is honoured; make its clones cheap (share state behind `Arc`s), as tower services
+    /// usually are.
     pub fn new<S>(service: S) -> Channel
     where
         S: Service<Call, Response = Body, Error = Status> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
     {
         Channel {
-            service: BoxCloneSyncService::new(service),
+            service: Arc::new(Shared(service)),
         }
     }
 
     /// The tower service calls go through (no deadline applied).
     pub(crate) fn service(&self) -> CallService {
-        self.service.clone()
+        BoxCloneSyncService::new(ChannelService(self.service.clone()))
     }
 
     /// Sends a prepared unary call and waits for its encoded response, at most until its
     /// deadline.
     pub async fn call(&self, call: Call) -> Result<Bytes, Status> {
         let target = (call.service.clone(), call.method.clone());
-        let body = self.send(call).await?;
-        body.into_message(&format!("{}.{}", target.0, target.1))
+        match self.send(call).await? {
+            Body::Message(bytes) => Ok(bytes),
+            stream @ Body::Stream(_) => stream.into_message(&format!("{}.{}", target.0, target.1)),
+        }
     }
 
     /// Sends a prepared call of any kind and waits for its reply: one encoded message, or
@@ -188,8 +231,7 @@ impl Channel {
         let deadline = call.deadline;
         // Cheap clones (borrowed names, almost always), kept for the timeout message.
         let (service_name, method_name) = (call.service.clone(), call.method.clone());
-        let service = self.service.clone();
-        let response = service.oneshot(call);
+        let response = self.service.send(call);
         let Some(deadline) = deadline else {
             return response.await;
         };
