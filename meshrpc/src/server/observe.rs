@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,8 +29,35 @@ pub struct ObserveLayer {
 
 struct Shared {
     metrics: Arc<Metrics>,
-    /// Pre-resolved recorders of the published methods, so a call costs no label lookup.
-    methods: HashMap<(&'static str, &'static str), MethodMetrics>,
+    /// Pre-resolved recorders of the published methods, so a call costs no label lookup:
+    /// found by the address of the method's `&'static MethodSpec` (one multiply to hash), by
+    /// name for a spec from elsewhere (a user's layer may substitute one).
+    by_address: HashMap<usize, MethodMetrics, BuildHasherDefault<AddressHasher>>,
+    by_name: HashMap<(&'static str, &'static str), MethodMetrics>,
+}
+
+/// Hashes a `usize` address with one multiplication (Fibonacci hashing); nothing else.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl std::hash::Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.0 = (value as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+fn address(method: &'static MethodSpec) -> usize {
+    std::ptr::from_ref(method) as usize
 }
 
 impl std::fmt::Debug for ObserveLayer {
@@ -41,18 +69,30 @@ impl std::fmt::Debug for ObserveLayer {
 impl ObserveLayer {
     /// Observes the calls of `services` into `metrics`.
     pub fn new(services: &[&'static ServiceSpec], metrics: Arc<Metrics>) -> ObserveLayer {
-        let methods = services
+        let methods: Vec<(&'static MethodSpec, MethodMetrics)> = services
             .iter()
             .flat_map(|service| service.methods.iter())
             .map(|method| {
                 (
-                    (method.service, method.name),
+                    method,
                     metrics.method(Side::Server, method.service, method.name),
                 )
             })
             .collect();
+        let by_address = methods
+            .iter()
+            .map(|(method, recorder)| (address(method), recorder.clone()))
+            .collect();
+        let by_name = methods
+            .into_iter()
+            .map(|(method, recorder)| ((method.service, method.name), recorder))
+            .collect();
         ObserveLayer {
-            shared: Arc::new(Shared { metrics, methods }),
+            shared: Arc::new(Shared {
+                metrics,
+                by_address,
+                by_name,
+            }),
         }
     }
 }
@@ -184,7 +224,12 @@ impl Record {
         if let Some(span) = &self.span {
             crate::telemetry::record_code(span, code);
         }
-        match self.shared.methods.get(&(method.service, method.name)) {
+        let recorder = self
+            .shared
+            .by_address
+            .get(&address(method))
+            .or_else(|| self.shared.by_name.get(&(method.service, method.name)));
+        match recorder {
             Some(recorder) => recorder.record(&self.shared.metrics, code, elapsed),
             None => self.shared.metrics.record_call(
                 Side::Server,
