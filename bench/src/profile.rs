@@ -9,7 +9,8 @@
 //!
 //! Besides the systems' echo calls it profiles the gateway scenario's two sides: `gateway`
 //! (HTTP GETs of the greet route through the gateway to a greeter, three parts in one process)
-//! and `greet-axum` (the same GETs answered directly by axum).
+//! and `greet-axum` (the same GETs answered directly by axum); with `--stream`, one server
+//! stream read to its end instead of calls.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,9 +32,13 @@ pub(crate) struct Options {
     /// Calls in flight at once.
     #[arg(long, default_value_t = 1)]
     in_flight: usize,
-    /// Payload size in bytes (echo calls).
+    /// Payload size in bytes (echo calls, stream messages).
     #[arg(long, default_value_t = 16)]
     payload: usize,
+    /// Instead of calls: one server stream of `--calls` messages of `--payload` bytes, read to
+    /// its end (after one such stream to warm up). Systems with server streaming only.
+    #[arg(long)]
+    stream: bool,
 }
 
 /// Serves `options.target` and calls it, all on this thread.
@@ -46,14 +51,19 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     drop(runtime);
     let _ = std::fs::remove_dir_all(&dir);
     let elapsed = result?;
-    println!(
-        "{}: {} calls, {} in flight: {:.0} calls/s, {:.1} µs per call (every side, one thread)",
-        options.target,
-        options.calls,
-        options.in_flight,
-        options.calls as f64 / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64() * 1e6 / options.calls.max(1) as f64,
-    );
+    let rate = options.calls as f64 / elapsed.as_secs_f64();
+    let micros = elapsed.as_secs_f64() * 1e6 / options.calls.max(1) as f64;
+    if options.stream {
+        println!(
+            "{}: one stream of {} messages of {} B: {rate:.0} messages/s, {micros:.2} µs per message (every side, one thread)",
+            options.target, options.calls, options.payload,
+        );
+    } else {
+        println!(
+            "{}: {} calls, {} in flight: {rate:.0} calls/s, {micros:.1} µs per call (every side, one thread)",
+            options.target, options.calls, options.in_flight,
+        );
+    }
     Ok(())
 }
 
@@ -107,6 +117,12 @@ async fn serve(target: Target, tls: &Tls) -> Result<SocketAddr> {
 
 async fn echo<C: BenchClient>(addr: SocketAddr, tls: &Tls, options: &Options) -> Result<Duration> {
     let client = C::connect(addr, tls).await?;
+    if options.stream {
+        drain(&client, options).await?;
+        let started = Instant::now();
+        drain(&client, options).await?;
+        return Ok(started.elapsed());
+    }
     let payload = Bytes::from(vec![7u8; options.payload]);
     timed(options, || async {
         let echoed = client.echo(payload.clone(), 0).await?;
@@ -118,6 +134,24 @@ async fn echo<C: BenchClient>(addr: SocketAddr, tls: &Tls, options: &Options) ->
         Ok(())
     })
     .await
+}
+
+/// Reads one server stream of `options.calls` messages to its end.
+async fn drain<C: BenchClient>(client: &C, options: &Options) -> Result<()> {
+    let size = u32::try_from(options.payload)?;
+    let mut stream = client.server_stream(size, options.calls).await?;
+    let mut messages = 0;
+    while let Some(received) = stream.next().await {
+        messages += received?.messages;
+    }
+    if messages != options.calls {
+        return Err(format!(
+            "the stream ended after {messages} of {} messages",
+            options.calls
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// Warms up with `options.calls` calls of `call`, then times as many.
