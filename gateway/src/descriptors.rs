@@ -547,9 +547,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_client_streaming_method_has_a_compiled_line_schema() {
-        let descriptor = Descriptor::parse(
+    /// A service with a server-streaming `count` and a bidirectional `echo`.
+    fn streaming_descriptor() -> Descriptor {
+        Descriptor::parse(
             r#"{"service": "numbers", "schema_hash": "0000000000000001", "methods": [
                 {"name": "count", "kind": "server_streaming", "result_field": "result",
                  "request": {"type": "object", "properties": {}},
@@ -559,7 +559,12 @@ mod tests {
                  "request_stream": {"type": "string"}, "response_stream": {"type": "string"}}
             ]}"#,
         )
-        .expect("parses");
+        .expect("parses")
+    }
+
+    #[test]
+    fn a_client_streaming_method_has_a_compiled_line_schema() {
+        let descriptor = streaming_descriptor();
         let compiled = CompiledDescriptor::compile(descriptor);
         assert!(
             compiled
@@ -587,17 +592,7 @@ mod tests {
 
     #[test]
     fn streaming_methods_parse_with_their_kind_and_item_schemas() {
-        let descriptor = Descriptor::parse(
-            r#"{"service": "numbers", "schema_hash": "0000000000000001", "methods": [
-                {"name": "count", "kind": "server_streaming", "result_field": "result",
-                 "request": {"type": "object", "properties": {}},
-                 "response_stream": {"type": "integer"}},
-                {"name": "echo", "kind": "bidirectional", "result_field": "result",
-                 "request": {"type": "object", "properties": {}},
-                 "request_stream": {"type": "string"}, "response_stream": {"type": "string"}}
-            ]}"#,
-        )
-        .expect("parses");
+        let descriptor = streaming_descriptor();
         let count = descriptor.method("count").expect("count");
         assert_eq!(count.kind, MethodKind::ServerStreaming);
         assert_eq!(count.response, None);
