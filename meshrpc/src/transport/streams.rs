@@ -15,6 +15,10 @@
 //! | died (its process or connection)          | connection lost             | `unavailable`     |
 //! | sent a reply without `STATUS`             | `FIN`                       | `unavailable`     |
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use quinn::{RecvStream, SendStream, VarInt};
@@ -65,20 +69,21 @@ pub(crate) fn incoming_items(
 }
 
 fn items_of(reader: ItemReader) -> Streaming<Bytes> {
-    Streaming::new(futures_util::stream::unfold(
-        reader,
-        |mut reader| async move {
-            let item = reader.next().await?;
-            Some((item, reader))
-        },
-    ))
+    Streaming::new(reader)
 }
 
+/// Reads the items of one stream: a [`Stream`](futures_util::Stream) polled directly, each
+/// item decoded from the buffered bytes without a future per item.
 struct ItemReader {
     recv: RecvStream,
     decoder: ItemDecoder,
     buffer: BytesMut,
     who: String,
+    /// An item read ahead (the first of a reply), yielded before anything else.
+    first: Option<Bytes>,
+    /// Set once the stream's last event is known: it is yielded after the `FIN` that follows a
+    /// final status was read (so the stream is not stopped for nothing).
+    closing: Option<Option<Result<Bytes, Status>>>,
 }
 
 impl ItemReader {
@@ -94,21 +99,38 @@ impl ItemReader {
             decoder: ItemDecoder::new(max_message, direction),
             buffer,
             who,
+            first: None,
+            closing: None,
         }
     }
 
-    async fn next(&mut self) -> Option<Result<Bytes, Status>> {
-        let event = loop {
+    /// The next item, the end (`None`), or how the stream failed.
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Status>>> {
+        if let Some(last) = self.closing.take() {
+            if self.buffer.is_empty() {
+                let read = std::pin::pin!(self.recv.read_chunk(usize::MAX, true));
+                if read.poll(cx).is_pending() {
+                    self.closing = Some(last);
+                    return Poll::Pending;
+                }
+            }
+            return Poll::Ready(last);
+        }
+        loop {
             if self.decoder.is_ended() {
-                return None;
+                return Poll::Ready(None);
             }
             if let Some(event) = self.decoder.decode(&mut self.buffer) {
-                break event;
+                return self.on_event(event, cx);
             }
-            match self.recv.read_chunk(usize::MAX, true).await {
+            let read = {
+                let read = std::pin::pin!(self.recv.read_chunk(usize::MAX, true));
+                std::task::ready!(read.poll(cx))
+            };
+            match read {
                 Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk.bytes),
                 Ok(None) => {
-                    break match self.decoder.finish(&self.buffer) {
+                    let event = match self.decoder.finish(&self.buffer) {
                         ItemEvent::Failed(status, None) if status.code() == Code::Unavailable => {
                             ItemEvent::Failed(
                                 Status::unavailable(format!(
@@ -120,58 +142,63 @@ impl ItemReader {
                         }
                         event => event,
                     };
+                    return self.on_event(event, cx);
                 }
                 Err(quinn::ReadError::Reset(code)) => {
                     self.stop_decoding();
-                    return Some(Err(reset_status(code, &self.who)));
+                    return Poll::Ready(Some(Err(reset_status(code, &self.who))));
                 }
                 Err(quinn::ReadError::ConnectionLost(error)) => {
                     self.stop_decoding();
                     // A peer that closed the connection saying it never read this stream never
                     // ran the call: a refusal, retried elsewhere (docs/PROTOCOL.md, 8.5).
                     if super::goaway::never_read(&error, self.recv.id()) {
-                        return Some(Err(Status::refused(
+                        return Poll::Ready(Some(Err(Status::refused(
                             Code::Unavailable,
                             format!("{} shut down before it read this call", self.who),
-                        )));
+                        ))));
                     }
-                    return Some(Err(Status::unavailable(format!(
+                    return Poll::Ready(Some(Err(Status::unavailable(format!(
                         "the connection to {} was lost mid-stream: {error}",
                         self.who
-                    ))));
+                    )))));
                 }
                 Err(error) => {
                     self.stop_decoding();
-                    return Some(Err(Status::unavailable(format!(
+                    return Poll::Ready(Some(Err(Status::unavailable(format!(
                         "the stream from {} failed: {error}",
                         self.who
-                    ))));
+                    )))));
                 }
             }
-        };
+        }
+    }
+
+    fn on_event(
+        &mut self,
+        event: ItemEvent,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Status>>> {
         match event {
-            ItemEvent::Item(bytes) => {
-                // Items already buffered are read without waiting; a consumer that keeps up
-                // must still leave the thread to the connection's other streams now and then.
-                tokio::task::coop::consume_budget().await;
-                Some(Ok(bytes))
-            }
+            ItemEvent::Item(bytes) => Poll::Ready(Some(Ok(bytes))),
             ItemEvent::End => {
-                self.read_fin().await;
-                None
+                self.closing = Some(None);
+                self.poll_item(cx)
             }
-            ItemEvent::Failed(status, violation) => {
-                match violation {
-                    Some(Violation::TooLarge) => {
-                        let _ = self.recv.stop(error_code::TOO_LARGE);
-                    }
-                    Some(Violation::Protocol) => {
-                        let _ = self.recv.stop(error_code::PROTOCOL);
-                    }
-                    None => self.read_fin().await,
+            ItemEvent::Failed(status, violation) => match violation {
+                Some(Violation::TooLarge) => {
+                    let _ = self.recv.stop(error_code::TOO_LARGE);
+                    Poll::Ready(Some(Err(status)))
                 }
-                Some(Err(status))
-            }
+                Some(Violation::Protocol) => {
+                    let _ = self.recv.stop(error_code::PROTOCOL);
+                    Poll::Ready(Some(Err(status)))
+                }
+                None => {
+                    self.closing = Some(Some(Err(status)));
+                    self.poll_item(cx)
+                }
+            },
         }
     }
 
@@ -179,12 +206,24 @@ impl ItemReader {
     fn stop_decoding(&mut self) {
         self.decoder = ItemDecoder::ended();
     }
+}
 
-    /// Reads the FIN that follows a final status, so the stream is not stopped for nothing.
-    async fn read_fin(&mut self) {
-        if self.buffer.is_empty() {
-            let _ = self.recv.read_chunk(usize::MAX, true).await;
+impl futures_util::Stream for ItemReader {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(first)));
         }
+        // Items already buffered are read without waiting; a consumer that keeps up must
+        // still leave the thread to the connection's other streams now and then.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let polled = this.poll_item(cx);
+        if polled.is_ready() {
+            coop.made_progress();
+        }
+        polled
     }
 }
 
@@ -211,14 +250,12 @@ pub(crate) async fn first_reply_item(
         Direction::Reply,
         who,
     );
-    match reader.next().await {
+    match futures_util::future::poll_fn(|cx| reader.poll_item(cx)).await {
         None => Ok(Streaming::empty()),
         Some(Err(status)) => Err(status),
         Some(Ok(first)) => {
-            let rest = items_of(reader);
-            Ok(Streaming::new(
-                futures_util::stream::iter([Ok(first)]).chain(rest),
-            ))
+            reader.first = Some(first);
+            Ok(items_of(reader))
         }
     }
 }
