@@ -315,16 +315,24 @@ impl<R: Route> Attempts<R> {
                 _ => None,
             };
             let (first_overdue, second_overdue) = (overdue_at(&first), overdue_at(&second));
+            // One timer for whichever of the three comes first, not one each: a timer costs
+            // a registration with the runtime per call.
+            let wake_at = [first_overdue, second_overdue, hedge_at]
+                .into_iter()
+                .flatten()
+                .min();
             let event = tokio::select! {
                 result = answer(&mut first) => Event::Done(false, result),
                 result = answer(&mut second) => Event::Done(true, result),
-                _ = tokio::time::sleep_until(hedge_at.unwrap_or(far)), if hedge_at.is_some() => {
-                    Event::HedgeDue
+                _ = tokio::time::sleep_until(wake_at.unwrap_or(far)), if wake_at.is_some() => {
+                    if first_overdue == wake_at {
+                        Event::Overdue(false)
+                    } else if second_overdue == wake_at {
+                        Event::Overdue(true)
+                    } else {
+                        Event::HedgeDue
+                    }
                 }
-                _ = tokio::time::sleep_until(first_overdue.unwrap_or(far)),
-                    if first_overdue.is_some() => Event::Overdue(false),
-                _ = tokio::time::sleep_until(second_overdue.unwrap_or(far)),
-                    if second_overdue.is_some() => Event::Overdue(true),
             };
             match event {
                 Event::Done(in_second, result) => {
