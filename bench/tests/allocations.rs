@@ -81,6 +81,15 @@ async fn allocations_per_call(client: &EchoClient) -> f64 {
     (change.allocations + change.reallocations) as f64 / f64::from(MEASURED)
 }
 
+/// Reports `per_call` and fails if it is over `budget`.
+fn within_budget(label: &str, per_call: f64, budget: f64) {
+    eprintln!("{label}: {per_call:.1} allocations per unary call (both sides)");
+    assert!(
+        per_call <= budget,
+        "{label}: {per_call:.1} allocations per call, over the budget of {budget}"
+    );
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tokio::runtime::Builder::new_current_thread()
@@ -97,11 +106,7 @@ fn a_unary_call_allocates_within_its_budget_on_a_direct_channel() {
         let caller = start(state.path(), "caller", Some(server.local_addr())).await;
         let client: EchoClient = caller.client_to(server.local_addr());
         let per_call = allocations_per_call(&client).await;
-        eprintln!("direct channel: {per_call:.1} allocations per unary call (both sides)");
-        assert!(
-            per_call <= DIRECT_CALL_BUDGET,
-            "{per_call:.1} allocations per call, over the budget of {DIRECT_CALL_BUDGET}"
-        );
+        within_budget("direct channel", per_call, DIRECT_CALL_BUDGET);
         caller.shutdown().await;
         server.shutdown().await;
     });
@@ -119,11 +124,7 @@ fn a_unary_call_allocates_within_its_budget_through_the_balanced_client() {
             .expect("the caller sees the echo service");
         let client: EchoClient = caller.client();
         let per_call = allocations_per_call(&client).await;
-        eprintln!("balanced client: {per_call:.1} allocations per unary call (both sides)");
-        assert!(
-            per_call <= BALANCED_CALL_BUDGET,
-            "{per_call:.1} allocations per call, over the budget of {BALANCED_CALL_BUDGET}"
-        );
+        within_budget("balanced client", per_call, BALANCED_CALL_BUDGET);
         caller.shutdown().await;
         server.shutdown().await;
     });
