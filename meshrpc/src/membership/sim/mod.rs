@@ -39,6 +39,13 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a node that knows some member retries the seeds it does not see (`node.rs`).
 const RESEED_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The generation of a node started at virtual time 0: 1_700_000_000 s after the Unix epoch,
+/// in microseconds, as a node's generation is its start time.
+const START_EPOCH_MICROS: u64 = 1_700_000_000_000_000;
+
+/// How long before virtual time 0 the nodes of a warm start started.
+const WARM_START_AGE: Duration = Duration::from_secs(3600);
+
 /// The simulated network.
 #[derive(Debug, Clone)]
 pub struct Network {
@@ -210,6 +217,8 @@ pub struct Simulation {
     complete_views: usize,
     /// The addresses of the running nodes.
     running: std::collections::HashSet<SocketAddr>,
+    /// How long before now the nodes being started started (a warm start's, an hour).
+    started_before: Duration,
 }
 
 impl Simulation {
@@ -235,6 +244,7 @@ impl Simulation {
             log: Vec::new(),
             complete_views: 0,
             running: std::collections::HashSet::new(),
+            started_before: Duration::ZERO,
         }
     }
 
@@ -416,12 +426,16 @@ impl Simulation {
 
     /// Adds `count` nodes that already know each other, as a converged mesh whose gossip died
     /// down would: no bootstrap is simulated (for a thousand nodes it costs minutes of CPU).
-    /// Their join loops start as a node's does, and find every seed known.
+    /// They started an hour ago, as such a mesh's members did (a joiner judges by members'
+    /// start times which of a seed's answer may still be news). Their join loops start as a
+    /// node's does, and find every seed known.
     pub fn add_converged(&mut self, count: usize) {
         let first = self.nodes.len();
+        self.started_before = WARM_START_AGE;
         for _ in 0..count {
             self.push_node();
         }
+        self.started_before = Duration::ZERO;
         let members: Vec<foca::Member<MemberId>> = (first..self.nodes.len())
             .filter_map(|node| self.identity(node).cloned())
             .map(|id| foca::Member::new(id, 0, foca::State::Alive))
@@ -522,7 +536,12 @@ impl Simulation {
     }
 
     fn start(&mut self, node: usize) {
-        let generation = 1_700_000_000_000_000 + self.now.as_micros() as u64 * 1000 + node as u64;
+        // As the node's: microseconds since the Unix epoch when it started (virtual time 0 is
+        // 1_700_000_000 s), plus the node's index (under a millisecond). A warm start's nodes
+        // started long before.
+        let micros = self.now.as_micros() as u64;
+        let generation = (START_EPOCH_MICROS + micros + node as u64)
+            .saturating_sub(self.started_before.as_micros() as u64);
         let identity = MemberId {
             addr: self.nodes[node].addr,
             name: format!("node-{node:04}"),
@@ -553,8 +572,11 @@ impl Simulation {
                     .collect(),
             },
         };
+        // Seeded as before generations were microseconds, so that a seed gives the runs it gave.
         let rng = StdRng::seed_from_u64(
-            self.seed ^ (node as u64).wrapping_mul(0x2545_f491_4f6c_dd1d) ^ generation,
+            self.seed
+                ^ (node as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)
+                ^ (START_EPOCH_MICROS + micros * 1000 + node as u64),
         );
         let mut core = Core::new(identity, self.config.clone(), rng);
         core.set_adaptive(self.adaptive);
