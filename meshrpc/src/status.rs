@@ -143,6 +143,14 @@ impl fmt::Display for Code {
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Status {
+    /// Boxed: a `Status` is one pointer, so every `Result<_, Status>` (a call's outcome, each
+    /// item of a stream) stays small as it is returned through the stacks' layers. Building
+    /// a status is the rare path.
+    inner: Box<StatusInner>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct StatusInner {
     code: Code,
     message: String,
     details: Option<Bytes>,
@@ -165,11 +173,13 @@ impl Status {
     /// A status with the given code and message.
     pub fn new(code: Code, message: impl Into<String>) -> Status {
         Status {
-            code,
-            message: message.into(),
-            details: None,
-            refused: false,
-            peer: None,
+            inner: Box::new(StatusInner {
+                code,
+                message: message.into(),
+                details: None,
+                refused: false,
+                peer: None,
+            }),
         }
     }
 
@@ -221,53 +231,50 @@ impl Status {
     /// retried on another replica even if the method is not idempotent (a draining node, a
     /// shed call, a connection that failed before the request was sent).
     pub fn refused(code: Code, message: impl Into<String>) -> Status {
-        Status {
-            refused: true,
-            ..Status::new(code, message)
-        }
+        Status::new(code, message).with_refused(true)
     }
 
     /// Attaches machine-readable details (sent as a MessagePack binary on the wire).
     pub fn with_details(mut self, details: impl Into<Bytes>) -> Status {
-        self.details = Some(details.into());
+        self.inner.details = Some(details.into());
         self
     }
 
     /// Marks (or unmarks) this status as a refusal; see [`Status::refused`].
     pub fn with_refused(mut self, refused: bool) -> Status {
-        self.refused = refused;
+        self.inner.refused = refused;
         self
     }
 
     /// Records which replica answered with (or failed with) this status.
     pub fn with_peer(mut self, peer: SocketAddr) -> Status {
-        self.peer = Some(peer);
+        self.inner.peer = Some(peer);
         self
     }
 
     /// The replica this status came from, when a balancer chose one.
     pub fn peer(&self) -> Option<SocketAddr> {
-        self.peer
+        self.inner.peer
     }
 
     /// The code.
     pub fn code(&self) -> Code {
-        self.code
+        self.inner.code
     }
 
     /// The human-readable message.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.inner.message
     }
 
     /// The machine-readable details, if any.
     pub fn details(&self) -> Option<&Bytes> {
-        self.details.as_ref()
+        self.inner.details.as_ref()
     }
 
     /// Whether the callee guarantees the handler never ran (see [`Status::refused`]).
     pub fn is_refused(&self) -> bool {
-        self.refused
+        self.inner.refused
     }
 }
 
@@ -275,15 +282,15 @@ impl fmt::Debug for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut debug = f.debug_struct("Status");
         debug
-            .field("code", &self.code)
-            .field("message", &self.message);
-        if let Some(details) = &self.details {
+            .field("code", &self.inner.code)
+            .field("message", &self.inner.message);
+        if let Some(details) = &self.inner.details {
             debug.field("details_len", &details.len());
         }
-        if self.refused {
+        if self.inner.refused {
             debug.field("refused", &true);
         }
-        if let Some(peer) = self.peer {
+        if let Some(peer) = self.inner.peer {
             debug.field("peer", &peer);
         }
         debug.finish()
@@ -292,7 +299,7 @@ impl fmt::Debug for Status {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
+        write!(f, "{}: {}", self.inner.code, self.inner.message)
     }
 }
 
