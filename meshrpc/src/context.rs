@@ -69,11 +69,12 @@ impl CallContext {
         self,
         stream: crate::streaming::Streaming<T>,
     ) -> crate::streaming::Streaming<T> {
-        use futures_util::Stream;
-        let mut stream = Box::pin(stream);
-        crate::streaming::Streaming::new(futures_util::stream::poll_fn(move |cx| {
-            CURRENT.sync_scope(self.clone(), || stream.as_mut().poll_next(cx))
-        }))
+        stream.in_context(self)
+    }
+
+    /// Runs `f` with (a copy of) this context as the current one.
+    pub(crate) fn sync_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self.clone(), f)
     }
 
     /// The same context with another deadline (a layer may shorten a call's deadline).

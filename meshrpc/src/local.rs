@@ -59,7 +59,7 @@ impl Service<Call> for LocalService {
         let stream_context = context.clone();
         Box::pin(async move {
             match context.scope(response).await? {
-                Body::Stream(stream) => Ok(Body::Stream(stream_context.scope_stream(stream))),
+                Body::Stream(stream) => Ok(Body::Stream(stream.in_context(stream_context))),
                 message => Ok(message),
             }
         })

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
+use crate::context::CallContext;
 use crate::status::{Code, Status};
 
 /// Items a [`Streaming::channel`] holds before [`StreamSender::send`] waits; the default
@@ -36,6 +37,21 @@ pub struct Streaming<T> {
     inner: Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>,
     /// Set once an `Err` or the end was yielded: nothing follows either.
     done: bool,
+    /// What the runtime attached to a call's stream (nothing on a stream a user built).
+    attached: Option<Box<Attached>>,
+}
+
+/// What the runtime attaches to a call's stream instead of wrapping it once more: the context
+/// its items are produced in, and what must happen when it ends. Every wrapper costs a virtual
+/// call per item; these cost nothing until the end, and the context nothing per item when the
+/// writer of the stream takes it ([`Streaming::take_context`]) to set it once per batch.
+#[derive(Default)]
+struct Attached {
+    /// The call's context, current while an item is produced.
+    context: Option<CallContext>,
+    /// Run once, with the code the stream ended with: `ok` at a clean end, the error's code,
+    /// `cancelled` when it is dropped before its end.
+    on_end: Vec<Box<dyn FnOnce(Code) + Send>>,
 }
 
 impl<T> fmt::Debug for Streaming<T> {
@@ -53,6 +69,7 @@ impl<T: Send + 'static> Streaming<T> {
         Streaming {
             inner: Box::pin(stream),
             done: false,
+            attached: None,
         }
     }
 
@@ -117,6 +134,65 @@ impl<T: Send + 'static> Streaming<T> {
     ) -> Streaming<U> {
         Streaming::new(self.map(move |item| item.and_then(&mut f)))
     }
+
+    /// `wrap(self)` as a stream, with what the runtime attached to `self` moved to the outer
+    /// stream, so the context is set and the end is seen once, outside every wrapper.
+    pub(crate) fn wrapped<S>(mut self, wrap: impl FnOnce(Streaming<T>) -> S) -> Streaming<T>
+    where
+        S: Stream<Item = Result<T, Status>> + Send + 'static,
+    {
+        let attached = self.attached.take();
+        let mut outer = Streaming::new(wrap(self));
+        outer.attached = attached;
+        outer
+    }
+}
+
+impl<T> Streaming<T> {
+    /// The same stream, its items produced with `context` as the current call context.
+    pub(crate) fn in_context(mut self, context: CallContext) -> Streaming<T> {
+        self.attached.get_or_insert_default().context = Some(context);
+        self
+    }
+
+    /// Takes the context the items are produced in, for a consumer that sets it around all
+    /// its polls (one task-local swap per batch instead of one per item). The consumer must
+    /// then poll the stream only inside that context.
+    pub(crate) fn take_context(&mut self) -> Option<CallContext> {
+        self.attached.as_mut()?.context.take()
+    }
+
+    /// The same stream, running `f` once when it ends: with `ok` at a clean end, the error's
+    /// code, or `cancelled` if it is dropped first. Costs nothing per item.
+    pub(crate) fn on_end(mut self, f: impl FnOnce(Code) + Send + 'static) -> Streaming<T> {
+        if self.done {
+            // Ended already: whatever ended it was seen before `f` was attached.
+            f(Code::Cancelled);
+        } else {
+            self.attached
+                .get_or_insert_default()
+                .on_end
+                .push(Box::new(f));
+        }
+        self
+    }
+
+    /// Runs the end callbacks with `code`, once.
+    fn ended(&mut self, code: Code) {
+        if let Some(attached) = self.attached.as_mut() {
+            for f in attached.on_end.drain(..) {
+                f(code);
+            }
+        }
+    }
+}
+
+impl<T> Drop for Streaming<T> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.ended(Code::Cancelled);
+        }
+    }
 }
 
 impl<T> Streaming<T> {
@@ -134,9 +210,26 @@ impl<T> Stream for Streaming<T> {
         if self.done {
             return Poll::Ready(None);
         }
-        let item = self.inner.as_mut().poll_next(cx);
-        if let Poll::Ready(None | Some(Err(_))) = &item {
-            self.done = true;
+        let this = &mut *self;
+        let inner = &mut this.inner;
+        let item = match this
+            .attached
+            .as_ref()
+            .and_then(|attached| attached.context.as_ref())
+        {
+            Some(context) => context.sync_scope(|| inner.as_mut().poll_next(cx)),
+            None => inner.as_mut().poll_next(cx),
+        };
+        match &item {
+            Poll::Ready(None) => {
+                self.done = true;
+                self.ended(Code::Ok);
+            }
+            Poll::Ready(Some(Err(status))) => {
+                self.done = true;
+                self.ended(status.code());
+            }
+            _ => {}
         }
         item
     }
@@ -150,23 +243,25 @@ pub fn until_deadline<T: Send + 'static>(
     expired: Status,
 ) -> Streaming<T> {
     let sleep = Box::pin(tokio::time::sleep_until(deadline));
-    let mut state = Some((stream, sleep, expired));
-    Streaming::new(futures_util::stream::poll_fn(move |cx| {
-        let Some((stream, sleep, _)) = state.as_mut() else {
-            return Poll::Ready(None);
-        };
-        if let Poll::Ready(item) = Pin::new(stream).poll_next(cx) {
-            if !matches!(item, Some(Ok(_))) {
-                state = None;
+    stream.wrapped(move |stream| {
+        let mut state = Some((stream, sleep, expired));
+        futures_util::stream::poll_fn(move |cx| {
+            let Some((stream, sleep, _)) = state.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Poll::Ready(item) = Pin::new(stream).poll_next(cx) {
+                if !matches!(item, Some(Ok(_))) {
+                    state = None;
+                }
+                return Poll::Ready(item);
             }
-            return Poll::Ready(item);
-        }
-        if sleep.as_mut().poll(cx).is_ready() {
-            let (_, _, expired) = state.take().expect("checked above");
-            return Poll::Ready(Some(Err(expired)));
-        }
-        Poll::Pending
-    }))
+            if sleep.as_mut().poll(cx).is_ready() {
+                let (_, _, expired) = state.take().expect("checked above");
+                return Poll::Ready(Some(Err(expired)));
+            }
+            Poll::Pending
+        })
+    })
 }
 
 /// The sending half of [`Streaming::channel`].
@@ -296,6 +391,70 @@ mod tests {
         assert!(futures_util::FutureExt::now_or_never(third.as_mut()).is_none());
         assert_eq!(stream.message().await.expect("ok"), Some(1));
         third.await.expect("room again");
+    }
+
+    /// A stream of `codes` recording, through `on_end`, how it ended.
+    fn recorded(stream: Streaming<u8>) -> (Streaming<u8>, Arc<std::sync::Mutex<Vec<Code>>>) {
+        let ends = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = ends.clone();
+        let stream = stream.on_end(move |code| seen.lock().expect("lock").push(code));
+        (stream, ends)
+    }
+
+    #[tokio::test]
+    async fn on_end_runs_once_with_how_the_stream_ended() {
+        let (mut finished, ends) = recorded(Streaming::iter([1, 2]));
+        while finished.next().await.is_some() {}
+        drop(finished);
+        assert_eq!(*ends.lock().expect("lock"), vec![Code::Ok]);
+
+        let (mut failed, ends) = recorded(Streaming::new(futures_util::stream::iter([
+            Ok(1),
+            Err(Status::internal("broke")),
+        ])));
+        while failed.next().await.is_some() {}
+        drop(failed);
+        assert_eq!(*ends.lock().expect("lock"), vec![Code::Internal]);
+
+        let (mut dropped, ends) = recorded(Streaming::iter([1, 2]));
+        assert_eq!(dropped.message().await.expect("ok"), Some(1));
+        drop(dropped);
+        assert_eq!(*ends.lock().expect("lock"), vec![Code::Cancelled]);
+    }
+
+    #[tokio::test]
+    async fn a_wrapper_carries_the_end_callbacks_and_its_own_end_is_what_they_see() {
+        let (stream, ends) = recorded(Streaming::iter([1, 2, 3]));
+        // A wrapper that cuts the stream off with an error after its first item.
+        let mut cut = stream.wrapped(|inner| {
+            inner
+                .take(1)
+                .chain(futures_util::stream::iter([Err(Status::deadline_passed(
+                    "s", "m",
+                ))]))
+        });
+        while cut.next().await.is_some() {}
+        assert_eq!(*ends.lock().expect("lock"), vec![Code::DeadlineExceeded]);
+    }
+
+    #[tokio::test]
+    async fn items_are_produced_in_the_attached_context_or_the_takers() {
+        let context = CallContext::new("s", "m", None, crate::Metadata::new());
+        let service_seen = || {
+            futures_util::stream::poll_fn(|_| {
+                let service = CallContext::current().map(|c| c.service().to_owned());
+                Poll::Ready(Some(Ok(service)))
+            })
+        };
+        // Polled directly: the stream sets the context itself.
+        let mut direct = Streaming::new(service_seen()).in_context(context.clone());
+        assert_eq!(direct.message().await.expect("ok"), Some(Some("s".into())));
+        // Taken by a consumer that polls inside the context: the stream no longer sets it.
+        let mut taken = Streaming::new(service_seen()).in_context(context);
+        let context = taken.take_context().expect("attached");
+        assert_eq!(taken.message().await.expect("ok"), Some(None));
+        let inside = context.scope(async { taken.message().await }).await;
+        assert_eq!(inside.expect("ok"), Some(Some("s".into())));
     }
 
     #[tokio::test]

@@ -50,6 +50,7 @@ static STREAMS_SPEC: ServiceSpec = ServiceSpec {
         method("echo", MethodKind::Bidirectional, 2, false),
         method("panic_after", MethodKind::ServerStreaming, 3, false),
         method("endless", MethodKind::ServerStreaming, 4, true),
+        method("context", MethodKind::ServerStreaming, 5, true),
     ],
     schema_hash: 7,
     manifest: "",
@@ -183,6 +184,23 @@ impl Dispatch for Streams {
                         tokio::task::yield_now().await;
                         mark.0.produced.fetch_add(1, Ordering::SeqCst);
                         Some((encode(&serde_bytes::ByteBuf::from(vec![7u8; 1024])), mark))
+                    });
+                    Ok(Body::Stream(Streaming::new(items)))
+                }
+                "context" => {
+                    // Each item says what the call's context is when the item is produced
+                    // (after the handler returned): the `tenant` metadata, and whether a
+                    // deadline is set.
+                    let items = futures_util::stream::unfold(0u8, |n| async move {
+                        if n == 3 {
+                            return None;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        let seen = meshrpc::CallContext::current().map(|context| {
+                            let tenant = context.metadata().get("tenant").map(str::to_owned);
+                            (tenant, context.deadline().is_some())
+                        });
+                        Some((encode(&seen), n + 1))
                     });
                     Ok(Body::Stream(Streaming::new(items)))
                 }
@@ -465,6 +483,27 @@ async fn a_producer_that_panics_ends_the_stream_with_internal_not_a_finish() {
     assert_eq!(items, vec![0, 1, 2]);
     let end = end.expect("an error, not a clean end");
     assert_eq!(end.code(), Code::Internal, "{end}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_streams_items_are_produced_in_the_calls_context() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let (server, client) = pair(state.path(), Streams::default(), Duration::from_secs(1)).await;
+    let channel = client.channel_to(server.local_addr());
+    let options = CallOptions::new()
+        .timeout(Duration::from_secs(30))
+        .metadata("tenant", "blue");
+    let stream: Streaming<Option<(Option<String>, bool)>> = channel
+        .server_streaming(spec("context"), &(), &options)
+        .await
+        .expect("the call starts");
+    let mut stream = stream;
+    let mut seen = Vec::new();
+    while let Some(item) = stream.message().await.expect("a clean stream") {
+        seen.push(item);
+    }
+    let expected = Some((Some("blue".to_owned()), true));
+    assert_eq!(seen, vec![expected.clone(), expected.clone(), expected]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

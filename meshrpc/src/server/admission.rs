@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
@@ -21,7 +20,7 @@ use tower::{Layer, Service};
 
 use super::IncomingCall;
 use crate::status::{Code, Status};
-use crate::streaming::{Body, Streaming};
+use crate::streaming::Body;
 use crate::transport::error_code;
 
 /// The node's admission state: a permit per call (or tunnel) in flight, and whether it drains.
@@ -254,7 +253,9 @@ where
                 Poll::Ready(match outcome {
                     // The permit lives as long as the stream: the call is in flight until its
                     // last item.
-                    Ok(Body::Stream(stream)) => Ok(Body::Stream(hold_while(stream, permit))),
+                    Ok(Body::Stream(stream)) => {
+                        Ok(Body::Stream(stream.on_end(move |_| drop(permit))))
+                    }
                     other => other,
                 })
             }
@@ -262,25 +263,11 @@ where
     }
 }
 
-/// `stream`, holding `guard` until it ends or is dropped.
-fn hold_while<G: Send + 'static>(
-    stream: Streaming<bytes::Bytes>,
-    guard: G,
-) -> Streaming<bytes::Bytes> {
-    let mut guard = Some(guard);
-    let mut stream = stream;
-    Streaming::new(futures_util::stream::poll_fn(move |cx| {
-        let item = stream.poll_next_unpin(cx);
-        if let Poll::Ready(None | Some(Err(_))) = &item {
-            guard.take();
-        }
-        item
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use futures_util::FutureExt;
+
+    use futures_util::StreamExt;
 
     use super::*;
     use crate::server::tests::{call_to, echo_service};

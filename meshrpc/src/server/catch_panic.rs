@@ -106,22 +106,24 @@ fn catch_stream_panics(
     stream: Streaming<bytes::Bytes>,
     method: &'static str,
 ) -> Streaming<bytes::Bytes> {
-    let mut stream = Some(stream);
-    Streaming::new(futures_util::stream::poll_fn(move |cx| {
-        let Some(inner) = stream.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll_next(cx))) {
-            Ok(item) => item,
-            Err(_) => {
-                warn!(%method, "the handler's reply stream panicked");
-                stream = None;
-                Poll::Ready(Some(Err(Status::internal(
-                    "the handler's reply stream panicked",
-                ))))
+    stream.wrapped(move |stream| {
+        let mut stream = Some(stream);
+        futures_util::stream::poll_fn(move |cx| {
+            let Some(inner) = stream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll_next(cx))) {
+                Ok(item) => item,
+                Err(_) => {
+                    warn!(%method, "the handler's reply stream panicked");
+                    stream = None;
+                    Poll::Ready(Some(Err(Status::internal(
+                        "the handler's reply stream panicked",
+                    ))))
+                }
             }
-        }
-    }))
+        })
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::StreamExt;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -266,38 +265,14 @@ impl Record {
     /// `stream`, recording the call when it ends: `ok` at a clean end, the error's code, or
     /// `cancelled` if it is dropped first.
     fn on_end_of(self, stream: Streaming<bytes::Bytes>) -> Streaming<bytes::Bytes> {
-        struct Pending(Option<Record>);
-        impl Drop for Pending {
-            fn drop(&mut self) {
-                if let Some(record) = self.0.take() {
-                    record.finish(Code::Cancelled);
-                }
-            }
-        }
-        let mut pending = Pending(Some(self));
-        let mut stream = stream;
-        Streaming::new(futures_util::stream::poll_fn(move |cx| {
-            let item = stream.poll_next_unpin(cx);
-            match &item {
-                Poll::Ready(None) => {
-                    if let Some(record) = pending.0.take() {
-                        record.finish(Code::Ok);
-                    }
-                }
-                Poll::Ready(Some(Err(status))) => {
-                    if let Some(record) = pending.0.take() {
-                        record.finish(status.code());
-                    }
-                }
-                _ => {}
-            }
-            item
-        }))
+        stream.on_end(move |code| self.finish(code))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use futures_util::StreamExt;
+
     use super::*;
     use crate::server::tests::{TEST_SPEC, call_to, echo_service};
 

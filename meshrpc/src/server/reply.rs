@@ -80,7 +80,18 @@ pub(crate) async fn write_stream(
     ending: impl Future<Output = ()>,
 ) -> (Written, Option<SendStream>) {
     let mut send = SendGuard::new(send);
-    let last = match write_items(&mut send, items, max_message, target, ending).await {
+    let mut items = items;
+    // The items' context is set once per poll of the writer (a batch of items), not once per
+    // item by the stream itself.
+    let written = match items.take_context() {
+        Some(context) => {
+            context
+                .scope(write_items(&mut send, items, max_message, target, ending))
+                .await
+        }
+        None => write_items(&mut send, items, max_message, target, ending).await,
+    };
+    let last = match written {
         Ok(last) => last,
         Err(()) => return (Written::Abandoned, None),
     };

@@ -118,7 +118,7 @@ impl Future for Routed {
                     // Items are produced after the handler returned: they see the call's
                     // context too.
                     (Ok(Body::Stream(stream)), Some(context)) => {
-                        Ok(Body::Stream(context.scope_stream(stream)))
+                        Ok(Body::Stream(stream.in_context(*context)))
                     }
                     (outcome, _) => outcome,
                 })

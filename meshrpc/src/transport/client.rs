@@ -188,11 +188,11 @@ async fn exchange_streams(
     let who = addr.to_string();
     if call.kind == MethodKind::Bidirectional {
         let items = incoming_items(recv, decoder, BytesMut::new(), Direction::Reply, who);
-        return Ok(Body::Stream(hold_while(items, pump)));
+        return Ok(Body::Stream(items.on_end(move |_| drop(pump))));
     }
     if call.kind.server_streams() {
         let items = first_reply_item(recv, decoder, who).await?;
-        return Ok(Body::Stream(hold_while(items, pump)));
+        return Ok(Body::Stream(items.on_end(move |_| drop(pump))));
     }
     // A client stream and one reply: the reply ends the call, pumped or not.
     let mut reply = incoming_items(recv, decoder, BytesMut::new(), Direction::Reply, who);
@@ -221,19 +221,6 @@ impl Drop for PumpTask {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// `stream`, holding `guard` until it ends or is dropped.
-fn hold_while<G: Send + 'static>(stream: Streaming<Bytes>, guard: G) -> Streaming<Bytes> {
-    let mut guard = Some(guard);
-    let mut stream = stream;
-    Streaming::new(futures_util::stream::poll_fn(move |cx| {
-        let item = stream.poll_next_unpin(cx);
-        if let std::task::Poll::Ready(None | Some(Err(_))) = &item {
-            guard.take();
-        }
-        item
-    }))
 }
 
 /// Sends each of the caller's items as a `DATA` frame, then `FIN`; an `Err` item is sent as a
