@@ -6,6 +6,12 @@
 //! The replica is chosen by meshrpc's balancer over the seed's view (by rendezvous hash with
 //! `--sticky`, so the key lands where other callers' calls with that key land); a call refused
 //! before it ran, or an idempotent call that failed on its replica, is tried on another one.
+//!
+//! Streaming methods speak the gateway's lines: a client stream's items are read from stdin,
+//! one `{"item": <value>}` per line (the end of stdin ends the stream; a line that does not
+//! match the item's schema aborts it), and a server stream's items are printed as they come,
+//! one `{"item": <value>}` per line; a stream that ends with an error exits non-zero after the
+//! items it delivered, so a cut stream never looks complete.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -13,8 +19,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gateway::descriptors::DescriptorExt;
+use gateway::transcode::CompiledSchema;
+use meshrpc::channel::OutgoingStream;
 use meshrpc::resilience::balance::{BalanceState, pick};
-use meshrpc::{Call, Code, Status, Strategy};
+use meshrpc::streaming::DEFAULT_STREAM_CAPACITY;
+use meshrpc::{Body, Call, Code, Status, Strategy, Streaming};
 use serde_json::Value;
 
 use crate::connect::Mesh;
@@ -143,6 +152,23 @@ pub(crate) async fn run(
         method_name.to_owned(),
         Bytes::from(payload),
     );
+    call.kind = method.kind;
+    if method.kind.client_streams() {
+        if args.data.as_deref() == Some("@-") {
+            return Err(Failure::input(format!(
+                "{service}.{method_name} takes a stream: its items come on stdin, one \
+                 `{{\"item\": <value>}}` per line, so the request's other fields must be given \
+                 as an argument or with --data @FILE"
+            )));
+        }
+        let Some(item) = method.request_stream.as_ref() else {
+            return Err(Failure::mesh(format!(
+                "the descriptor of {service}.{method_name} has no request_stream schema"
+            )));
+        };
+        let lines = CompiledSchema::stream_line(item, &descriptor.types);
+        call.stream = Some(OutgoingStream::new(stdin_items(lines)));
+    }
     call.idempotent = method.idempotent;
     call.sticky_key = args.sticky.clone();
     for (key, value) in metadata {
@@ -176,11 +202,23 @@ pub(crate) async fn run(
             break;
         }
         tried.push(addr);
-        match mesh.channel_to(addr).call(call.clone()).await {
-            Ok(reply) => return print_reply(&reply, json),
+        let outcome = if method.kind == meshrpc::MethodKind::Unary {
+            mesh.channel_to(addr)
+                .call(call.clone())
+                .await
+                .map(Body::Message)
+        } else {
+            mesh.channel_to(addr).send(call.clone()).await
+        };
+        match outcome {
+            Ok(Body::Message(reply)) => return print_reply(&reply, json),
+            Ok(Body::Stream(items)) => return print_items(items, service, method_name).await,
             Err(status) => {
-                let again = status.is_refused()
+                // A client stream already being sent cannot be replayed.
+                let replayable = call.stream.as_ref().is_none_or(|stream| !stream.is_taken());
+                let again = (status.is_refused() && replayable)
                     || (call.idempotent
+                        && replayable
                         && matches!(status.code(), Code::Unavailable)
                         && meshrpc::tokio::time::Instant::now() < started + deadline);
                 last = Some(status);
@@ -212,6 +250,81 @@ pub(crate) fn status_message(service: &str, method: &str, status: &Status) -> St
         }
     }
     message
+}
+
+/// The items of a client stream, read from stdin as lines `{"item": <value>}` checked against
+/// `lines`; stdin's end finishes the stream, a bad line (or an unreadable stdin) aborts it with
+/// `invalid_argument` naming the line.
+fn stdin_items(lines: CompiledSchema) -> Streaming<Bytes> {
+    let (sender, items) = Streaming::channel(DEFAULT_STREAM_CAPACITY);
+    let (line_sender, mut line_receiver) =
+        meshrpc::tokio::sync::mpsc::channel::<Result<String, String>>(DEFAULT_STREAM_CAPACITY);
+    // A thread of its own: stdin is read with blocking calls.
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let line = line.map_err(|error| format!("cannot read stdin: {error}"));
+            let failed = line.is_err();
+            if line_sender.blocking_send(line).is_err() || failed {
+                return;
+            }
+        }
+    });
+    meshrpc::tokio::spawn(async move {
+        let mut number = 0usize;
+        while let Some(line) = line_receiver.recv().await {
+            number += 1;
+            let item = line.and_then(|line| {
+                if line.trim().is_empty() {
+                    return Ok(None);
+                }
+                lines
+                    .json_item_to_msgpack(line.as_bytes())
+                    .map(|item| Some(Bytes::from(item)))
+                    .map_err(|error| format!("stdin line {number}: {error}"))
+            });
+            match item {
+                Ok(None) => {}
+                Ok(Some(item)) => {
+                    if sender.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                Err(message) => {
+                    sender.abort(Status::invalid_argument(message)).await;
+                    return;
+                }
+            }
+        }
+        sender.finish();
+    });
+    items
+}
+
+/// Prints a server stream's items as they come, one `{"item": <value>}` per line; an error at
+/// its end is the call's failure (after the items it delivered).
+async fn print_items(
+    mut items: Streaming<Bytes>,
+    service: &str,
+    method: &str,
+) -> Result<(), Failure> {
+    let mut count = 0usize;
+    loop {
+        match items.message().await {
+            Ok(Some(item)) => {
+                let line = gateway::transcode::msgpack_item_to_json(&item)
+                    .map_err(|error| Failure::mesh(format!("unreadable item: {error}")))?;
+                crate::failure::outln!("{}", String::from_utf8_lossy(&line));
+                count += 1;
+            }
+            Ok(None) => return Ok(()),
+            Err(status) => {
+                return Err(Failure::status(format!(
+                    "{} (after {count} items)",
+                    status_message(service, method, &status)
+                )));
+            }
+        }
+    }
 }
 
 /// Prints the reply map as JSON (pretty, or one line with `--json`).

@@ -333,6 +333,92 @@ async fn a_call_answers_json_from_an_argument_a_file_or_stdin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_calls_read_items_from_stdin_and_print_items_as_lines() {
+    let mesh = Mesh::start().await;
+    let numbers = Node::builder("numbers")
+        .cluster(CLUSTER)
+        .state_dir(mesh.state.path())
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .seeds([mesh.seed_addr().to_string()])
+        .publish(numbers::NumbersServer::new(numbers::NumbersService))
+        .start()
+        .await
+        .expect("numbers starts");
+    for _ in 0..200 {
+        if mesh.seed.view().members().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A server stream: each item a line, then a clean exit.
+    let counted = mesh
+        .meshctl(&[
+            "call",
+            "numbers.count",
+            r#"{"from": 1, "to": 3, "every_ms": 1}"#,
+        ])
+        .await;
+    counted.assert_success();
+    assert_eq!(
+        counted.stdout, "{\"item\":1}\n{\"item\":2}\n{\"item\":3}\n",
+        "{counted:?}"
+    );
+
+    // A client stream from stdin, answered with one message.
+    let summed = mesh
+        .meshctl_with_stdin(
+            &["call", "numbers.sum"],
+            Some("{\"item\": 40}\n\n{\"item\": 2}\n"),
+        )
+        .await;
+    summed.assert_success();
+    assert_eq!(summed.json(), serde_json::json!({"sum": 42}));
+
+    // Both ways.
+    let totals = mesh
+        .meshctl_with_stdin(
+            &["call", "numbers.running_total"],
+            Some("{\"item\": 1}\n{\"item\": 2}\n{\"item\": 3}\n"),
+        )
+        .await;
+    totals.assert_success();
+    assert_eq!(
+        totals.stdout, "{\"item\":1}\n{\"item\":3}\n{\"item\":6}\n",
+        "{totals:?}"
+    );
+
+    // A bad line aborts the upload: the call fails naming the line, never sums what came before.
+    let bad = mesh
+        .meshctl_with_stdin(
+            &["call", "numbers.sum"],
+            Some("{\"item\": 1}\n{\"item\": \"two\"}\n"),
+        )
+        .await;
+    assert_eq!(bad.code, Some(1), "{bad:?}");
+    assert!(bad.stdout.is_empty(), "{bad:?}");
+    assert!(
+        bad.stderr.contains("invalid_argument") && bad.stderr.contains("stdin line 2"),
+        "{bad:?}"
+    );
+
+    // A stream cut off by its deadline exits non-zero after the items it delivered.
+    let cut = mesh
+        .meshctl(&[
+            "call",
+            "numbers.count",
+            r#"{"from": 1, "to": 100000, "every_ms": 5}"#,
+            "--deadline",
+            "300ms",
+        ])
+        .await;
+    assert_eq!(cut.code, Some(1), "{cut:?}");
+    assert!(cut.stdout.lines().count() > 1, "{cut:?}");
+    assert!(cut.stderr.contains("deadline_exceeded"), "{cut:?}");
+    numbers.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_answered_with_a_non_ok_status_exits_1_naming_the_code() {
     let mesh = Mesh::start().await;
     let card =
