@@ -808,8 +808,12 @@ impl Core {
             self.time_out_heard_suspicions(&mut effects);
         }
         for down in &effects.downs {
-            // A newer identity at the same address (a restart) keeps the connection.
-            if !self.active_members().any(|(id, _)| id.addr == down.addr) {
+            // A member that drained closes its connections itself, once it answered what it
+            // accepted and named the streams it never read (their callers retry them
+            // elsewhere); closing here would cut calls still on their way back, and a call
+            // whose connection this side closed cannot tell whether it ran. A newer identity
+            // at the same address (a restart) keeps the connection.
+            if !down.draining && !self.active_members().any(|(id, _)| id.addr == down.addr) {
                 effects.close.push(down.addr);
             }
         }
@@ -1051,6 +1055,65 @@ pub(crate) fn decode_members_frame(frame: &[u8]) -> Result<Vec<Member<MemberId>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drained_member_that_leaves_keeps_its_connection_open_for_it_to_close() {
+        let relay = |from: &mut Effects, to: &mut Core, to_addr: SocketAddr| -> Effects {
+            let mut out = Effects::default();
+            for (addr, data) in std::mem::take(&mut from.sends) {
+                if addr == to_addr {
+                    let effects = to.datagram(&data);
+                    out.close.extend(effects.close);
+                    out.sends.extend(effects.sends);
+                }
+            }
+            out
+        };
+        for drained in [true, false] {
+            let member = |index: u8| MemberId {
+                addr: SocketAddr::from(([127, 0, 0, index], 7100)),
+                name: format!("node-{index}"),
+                cluster: "test".to_owned(),
+                generation: 1_764_000_000_000_000 + u64::from(index),
+                draining: false,
+                services: Vec::new(),
+                http: Vec::new(),
+                tags: Vec::new(),
+            };
+            let (a_id, b_id) = (member(1), member(2));
+            let (a_addr, b_addr) = (a_id.addr, b_id.addr);
+            let mut a = Core::new(a_id, swim_config(), rand::SeedableRng::seed_from_u64(1));
+            let mut b = Core::new(b_id, swim_config(), rand::SeedableRng::seed_from_u64(2));
+            let mut announce = b.announce(a_addr);
+            let mut answer = relay(&mut announce, &mut a, a_addr);
+            relay(&mut answer, &mut b, b_addr);
+            let knowing_b = a.member_count();
+            assert!(
+                a.active_members().any(|(id, _)| id.addr == b_addr),
+                "a knows b"
+            );
+            let mut closes = Vec::new();
+            if drained {
+                let mut draining = b.set_draining();
+                closes.extend(relay(&mut draining, &mut a, a_addr).close);
+            }
+            let mut left = b.leave();
+            closes.extend(relay(&mut left, &mut a, a_addr).close);
+            assert_eq!(
+                a.member_count(),
+                knowing_b - 1,
+                "a saw b leave (drained: {drained})"
+            );
+            if drained {
+                assert!(
+                    closes.is_empty(),
+                    "a drained member closes its own connections"
+                );
+            } else {
+                assert_eq!(closes, vec![b_addr], "a member gone without draining");
+            }
+        }
+    }
 
     #[test]
     fn transmissions_grow_with_the_mesh() {
