@@ -344,12 +344,15 @@ async fn streaming_calls_read_items_from_stdin_and_print_items_as_lines() {
         .start()
         .await
         .expect("numbers starts");
+    let mut joined = false;
     for _ in 0..200 {
         if mesh.seed.view().members().len() == 3 {
+            joined = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(joined, "the seed did not see the numbers node within 10 s");
 
     // A server stream: each item a line, then a clean exit.
     let counted = mesh
@@ -730,12 +733,15 @@ async fn services_says_when_replicas_disagree_on_the_schema() {
         .start()
         .await
         .expect("greeter-next starts");
+    let mut joined = false;
     for _ in 0..200 {
         if mesh.seed.view().members().len() == 3 {
+            joined = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(joined, "the seed did not see the numbers node within 10 s");
     assert_eq!(mesh.seed.view().members().len(), 3, "greeter-next joined");
 
     let table = mesh.meshctl(&["services"]).await;

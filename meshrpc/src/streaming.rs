@@ -35,8 +35,9 @@ pub const DEFAULT_STREAM_CAPACITY: usize = 16;
 /// [`Stream`].
 pub struct Streaming<T> {
     inner: Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>,
-    /// Set once an `Err` or the end was yielded: nothing follows either.
-    done: bool,
+    /// How the stream ended, once an `Err` or the end was yielded (nothing follows either):
+    /// `ok`, or the error's code.
+    end: Option<Code>,
     /// What the runtime attached to a call's stream (nothing on a stream a user built).
     attached: Option<Box<Attached>>,
 }
@@ -57,7 +58,7 @@ struct Attached {
 impl<T> fmt::Debug for Streaming<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Streaming")
-            .field("done", &self.done)
+            .field("end", &self.end)
             .finish_non_exhaustive()
     }
 }
@@ -68,7 +69,7 @@ impl<T: Send + 'static> Streaming<T> {
     pub fn new(stream: impl Stream<Item = Result<T, Status>> + Send + 'static) -> Streaming<T> {
         Streaming {
             inner: Box::pin(stream),
-            done: false,
+            end: None,
             attached: None,
         }
     }
@@ -165,9 +166,9 @@ impl<T> Streaming<T> {
     /// The same stream, running `f` once when it ends: with `ok` at a clean end, the error's
     /// code, or `cancelled` if it is dropped first. Costs nothing per item.
     pub(crate) fn on_end(mut self, f: impl FnOnce(Code) + Send + 'static) -> Streaming<T> {
-        if self.done {
-            // Ended already: whatever ended it was seen before `f` was attached.
-            f(Code::Cancelled);
+        if let Some(code) = self.end {
+            // Ended already: `f` learns how.
+            f(code);
         } else {
             self.attached
                 .get_or_insert_default()
@@ -189,7 +190,7 @@ impl<T> Streaming<T> {
 
 impl<T> Drop for Streaming<T> {
     fn drop(&mut self) {
-        if !self.done {
+        if self.end.is_none() {
             self.ended(Code::Cancelled);
         }
     }
@@ -207,7 +208,7 @@ impl<T> Stream for Streaming<T> {
     type Item = Result<T, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
+        if self.end.is_some() {
             return Poll::Ready(None);
         }
         let this = &mut *self;
@@ -222,11 +223,11 @@ impl<T> Stream for Streaming<T> {
         };
         match &item {
             Poll::Ready(None) => {
-                self.done = true;
+                self.end = Some(Code::Ok);
                 self.ended(Code::Ok);
             }
             Poll::Ready(Some(Err(status))) => {
-                self.done = true;
+                self.end = Some(status.code());
                 self.ended(status.code());
             }
             _ => {}
@@ -414,6 +415,12 @@ mod tests {
         ])));
         while failed.next().await.is_some() {}
         drop(failed);
+        assert_eq!(*ends.lock().expect("lock"), vec![Code::Internal]);
+
+        // Attached after the end, a callback learns how it ended.
+        let mut ended = Streaming::<u8>::failed(Status::internal("broke"));
+        while ended.next().await.is_some() {}
+        let (_, ends) = recorded(ended);
         assert_eq!(*ends.lock().expect("lock"), vec![Code::Internal]);
 
         let (mut dropped, ends) = recorded(Streaming::iter([1, 2]));

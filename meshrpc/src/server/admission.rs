@@ -265,9 +265,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use futures_util::FutureExt;
-
-    use futures_util::StreamExt;
+    use futures_util::{FutureExt, StreamExt};
 
     use super::*;
     use crate::server::tests::{call_to, echo_service};

@@ -74,13 +74,12 @@ pub(crate) async fn write_reply(
 /// `resource_exhausted` instead of being sent.
 pub(crate) async fn write_stream(
     send: SendStream,
-    items: Streaming<Bytes>,
+    mut items: Streaming<Bytes>,
     max_message: usize,
     target: &str,
     ending: impl Future<Output = ()>,
 ) -> (Written, Option<SendStream>) {
     let mut send = SendGuard::new(send);
-    let mut items = items;
     // The items' context is set once per poll of the writer (a batch of items), not once per
     // item by the stream itself.
     let written = match items.take_context() {
