@@ -140,6 +140,41 @@ fn wire_item(names: &Names, method: &Method, ty: &Ty, client_stream: bool) -> To
     }
 }
 
+/// A closure appending the encoding of one stream item of `ty` to a buffer, for
+/// `meshrpc::__generated::encoded`: `Bytes` items are written as binaries directly.
+fn item_encoder(names: &Names, method: &Method, ty: &Ty, client_stream: bool) -> TokenStream {
+    let messages = &names.messages;
+    if *ty == Ty::Bytes {
+        return quote!(|item, out| ::meshrpc::__generated::encode_binary_into(&item, out));
+    }
+    match item_wrapper(method, ty, client_stream) {
+        Some(wrapper) => {
+            quote!(|item, out| ::meshrpc::__generated::encode_into(&#messages::#wrapper(item), out))
+        }
+        None => quote!(|item, out| ::meshrpc::__generated::encode_into(&item, out)),
+    }
+}
+
+/// An expression decoding `item` (the encoded `Bytes` of one stream item of `ty`); a client
+/// stream's bad item is the caller's fault, a server stream's a disagreement on the schema.
+fn decode_item(names: &Names, method: &Method, ty: &Ty, client_stream: bool) -> TokenStream {
+    let name = &method.name;
+    if *ty == Ty::Bytes {
+        return if client_stream {
+            quote!(::meshrpc::__generated::decode_request_binary_item(#name, item))
+        } else {
+            quote!(::meshrpc::__generated::decode_binary_item(#name, item))
+        };
+    }
+    let item = wire_item(names, method, ty, client_stream);
+    let unwrap = item_wrapper(method, ty, client_stream).map(|_| quote!(.map(|item| item.0)));
+    if client_stream {
+        quote!(::meshrpc::__generated::decode_request_item::<#item>(#name, &item)#unwrap)
+    } else {
+        quote!(::meshrpc::__generated::decode_item::<#item>(#name, &item)#unwrap)
+    }
+}
+
 fn request_ident(method: &Method) -> syn::Ident {
     format_ident!("{}Request", method.name.to_upper_camel_case())
 }
@@ -877,9 +912,7 @@ fn server_arm(service: &Service, names: &Names, index: usize, method: &Method) -
         None => TokenStream::new(),
         Some(stream) => {
             args.push(quote!(stream));
-            let item = wire_item(names, method, &stream.ty, true);
-            let unwrap =
-                item_wrapper(method, &stream.ty, true).map(|_| quote!(.map(|item| item.0)));
+            let decode = decode_item(names, method, &stream.ty, true);
             let missing = format!(
                 "`{}.{}` reads a stream of `{}` items after its request, and the call carried \
                  none: call it as a {} method",
@@ -892,20 +925,15 @@ fn server_arm(service: &Service, names: &Names, index: usize, method: &Method) -
                 let ::core::option::Option::Some(stream) = stream else {
                     return ::core::result::Result::Err(::meshrpc::Status::invalid_argument(#missing));
                 };
-                let stream = stream.try_map(|item| {
-                    ::meshrpc::__generated::decode_request_item::<#item>(#method_name, &item)#unwrap
-                });
+                let stream = stream.try_map(|item| #decode);
             }
         }
     };
     let respond = if method.result_streams {
-        let encode = match item_wrapper(method, &method.result, false) {
-            Some(wrapper) => quote!(::meshrpc::__generated::encode(&#messages::#wrapper(item))),
-            None => quote!(::meshrpc::__generated::encode(&item)),
-        };
+        let encoder = item_encoder(names, method, &method.result, false);
         quote! {
             let items = inner.#method_ident(#(#args),*).await?;
-            ::core::result::Result::Ok(::meshrpc::Body::Stream(items.try_map(|item| #encode)))
+            ::core::result::Result::Ok(::meshrpc::Body::Stream(::meshrpc::__generated::encoded(items, #encoder)))
         }
     } else if method.result == Ty::Unit {
         quote! {
@@ -947,7 +975,7 @@ fn client(service: &Service, names: &Names) -> TokenStream {
         let params = params_tokens(method, Place::TopLevel);
         let result = result_tokens(method);
         let many = many_arguments_allowance(method);
-        let body = client_body(names, method);
+        let body = client_body(service, names, method);
         quote! {
             #doc
             #many
@@ -1003,7 +1031,7 @@ fn client(service: &Service, names: &Names) -> TokenStream {
 
 /// The body of a client method: build the first message, wrap the client stream's items if
 /// they travel wrapped, call through the channel and unwrap the answer.
-fn client_body(names: &Names, method: &Method) -> TokenStream {
+fn client_body(service: &Service, names: &Names, method: &Method) -> TokenStream {
     let messages = &names.messages;
     let methods = &names.methods;
     let constant = method_const(method);
@@ -1017,30 +1045,38 @@ fn client_body(names: &Names, method: &Method) -> TokenStream {
     let message = quote!(&#messages::#request { #(#fields),* });
     let items = method.stream.as_ref().map(|stream| {
         let name = format_ident!("{}", stream.name);
-        match item_wrapper(method, &stream.ty, true) {
-            Some(wrapper) => quote! {
-                #name.try_map(|item| ::core::result::Result::Ok(#messages::#wrapper(item)))
-            },
-            None => quote!(#name),
-        }
+        let encoder = item_encoder(names, method, &stream.ty, true);
+        quote!(::meshrpc::__generated::encoded(#name, #encoder))
     });
-    let call = match (&items, method.result_streams) {
-        (None, false) => quote!(self.channel.unary(#spec, #message, &self.options)),
-        (Some(items), false) => {
-            quote!(self.channel.client_streaming(#spec, #message, #items, &self.options))
-        }
-        (None, true) => quote!(self.channel.server_streaming(#spec, #message, &self.options)),
-        (Some(items), true) => {
-            quote!(self.channel.bidi_streaming(#spec, #message, #items, &self.options))
-        }
+    let streams = items.is_some() || method.result_streams;
+    let call = if streams {
+        let items = match &items {
+            Some(items) => quote!(::core::option::Option::Some(#items)),
+            None => quote!(::core::option::Option::None),
+        };
+        quote!(self.channel.streaming_encoded(#spec, #message, #items, &self.options))
+    } else {
+        quote!(self.channel.unary(#spec, #message, &self.options))
     };
     if method.result_streams {
-        let item = wire_item(names, method, &method.result, false);
-        let unwrap = item_wrapper(method, &method.result, false)
-            .map(|_| quote!(.try_map(|item| ::core::result::Result::Ok(item.0))));
+        let decode = decode_item(names, method, &method.result, false);
         quote! {
-            let items: ::meshrpc::Streaming<#item> = #call.await?;
-            ::core::result::Result::Ok(items #unwrap)
+            let body = #call.await?;
+            ::core::result::Result::Ok(body.into_stream().try_map(|item| #decode))
+        }
+    } else if streams {
+        let target = format!("{}.{}", service.name, method.name);
+        let name = &method.name;
+        let field = (method.result != Ty::Unit).then(|| format_ident!("{}", method.returns));
+        let answer = match field {
+            Some(field) => quote!(::core::result::Result::Ok(response.#field)),
+            None => quote!(::core::result::Result::Ok(())),
+        };
+        quote! {
+            let body = #call.await?;
+            let response: #messages::#response =
+                ::meshrpc::__generated::decode_response(#name, &body.into_message(#target)?)?;
+            #answer
         }
     } else if method.result == Ty::Unit {
         quote! {

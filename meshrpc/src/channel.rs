@@ -285,6 +285,27 @@ impl Channel {
         Ok(decode_items(method, body))
     }
 
+    /// Calls a streaming method with its items already encoded: sends the first message and
+    /// then `items` (for a method with a client stream), and returns the reply as it arrives
+    /// (one encoded message, or the stream of encoded items). The typed methods above and
+    /// generated clients are built on this.
+    #[doc(hidden)]
+    pub async fn streaming_encoded<Req>(
+        &self,
+        method: &'static MethodSpec,
+        request: &Req,
+        items: Option<Streaming<Bytes>>,
+        options: &CallOptions,
+    ) -> Result<Body, Status>
+    where
+        Req: Serialize + ?Sized,
+    {
+        let payload = codec::encode(request)?;
+        let mut call = prepare_call(method, payload, options);
+        call.stream = items.map(OutgoingStream::new);
+        self.send(call).await
+    }
+
     /// Calls a method with a client stream and one reply (`(items: Stream<T>) -> R`): sends
     /// the first message, then each item of `items` as it comes; an `Err` from `items` aborts
     /// the call (the callee sees the error, never a clean end).
@@ -332,7 +353,7 @@ impl Channel {
 
 /// Encodes each item of a client stream; an item that cannot be encoded aborts the stream.
 fn encode_items<Item: Serialize + Send + 'static>(items: Streaming<Item>) -> Streaming<Bytes> {
-    items.try_map(|item| codec::encode(&item))
+    crate::streaming::encoded(items, |item, out| codec::encode_into(&item, out))
 }
 
 /// Decodes each item of a server stream; an undecodable item ends the stream with its error.

@@ -64,6 +64,81 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, Status> {
     Ok(Bytes::from(payload))
 }
 
+/// Appends the MessagePack map payload of `value` to `out`, as [`encode`] encodes it: how
+/// the items of a stream are encoded, straight into the frames that carry them. On an error,
+/// what was appended is left for the caller to cut off.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), Status> {
+    value
+        .serialize(&mut rmp_serde::Serializer::new(out).with_struct_map())
+        .map_err(|error| Status::internal(format!("could not encode payload: {error}")))
+}
+
+/// Appends `bytes` to `out` as one MessagePack binary (its marker, length and the bytes): how
+/// `Bytes` items travel.
+pub fn encode_binary_into(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), Status> {
+    let len = bytes.len();
+    let mut head = [0u8; 5];
+    let head = if let Ok(len) = u8::try_from(len) {
+        head[0] = 0xc4;
+        head[1] = len;
+        &head[..2]
+    } else if let Ok(len) = u16::try_from(len) {
+        head[0] = 0xc5;
+        head[1..3].copy_from_slice(&len.to_be_bytes());
+        &head[..3]
+    } else {
+        head[0] = 0xc6;
+        head[1..5].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+        &head[..5]
+    };
+    out.reserve(head.len() + len);
+    out.extend_from_slice(head);
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// The binary that is the whole of `payload`, which it becomes; `Err(payload)` when it is
+/// anything else (which the general decoder then reads or refuses).
+fn whole_binary(mut payload: Bytes) -> Result<Bytes, Bytes> {
+    let head = match payload.first() {
+        Some(0xc4) => payload.get(1).map(|&len| (usize::from(len), 2)),
+        Some(0xc5) => payload
+            .get(1..3)
+            .map(|len| (usize::from(u16::from_be_bytes([len[0], len[1]])), 3)),
+        Some(0xc6) => payload.get(1..5).map(|len| {
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+            (usize::try_from(len).unwrap_or(usize::MAX), 5)
+        }),
+        _ => None,
+    };
+    match head {
+        Some((len, head)) if payload.len().checked_sub(head) == Some(len) => {
+            bytes::Buf::advance(&mut payload, head);
+            Ok(payload)
+        }
+        _ => Err(payload),
+    }
+}
+
+/// A `Bytes` item as the general decoder reads it.
+#[derive(serde::Deserialize)]
+#[serde(transparent)]
+struct Binary(#[serde(with = "shared_bytes")] Bytes);
+
+/// Decodes one `Bytes` item of a server stream, which shares `payload`'s memory; as
+/// [`decode_item`] otherwise.
+pub fn decode_binary_item(method: &str, payload: Bytes) -> Result<Bytes, Status> {
+    whole_binary(payload)
+        .or_else(|payload| decode_item::<Binary>(method, &payload).map(|binary| binary.0))
+}
+
+/// Decodes one `Bytes` item of a client stream, which shares `payload`'s memory; as
+/// [`decode_request_item`] otherwise.
+pub fn decode_request_binary_item(method: &str, payload: Bytes) -> Result<Bytes, Status> {
+    whole_binary(payload)
+        .or_else(|payload| decode_request_item::<Binary>(method, &payload).map(|binary| binary.0))
+}
+
 /// A writer that only counts what is written to it.
 struct ByteCounter(usize);
 
@@ -307,6 +382,63 @@ mod tests {
         let start = outer.as_ptr() as usize;
         let at = inner.as_ptr() as usize;
         at >= start && at + inner.len() <= start + outer.len()
+    }
+
+    #[test]
+    fn binary_items_are_what_the_general_encoder_writes_and_decode_in_place() {
+        // Every length class of a MessagePack binary: bin8, bin16, bin32.
+        for len in [0, 1, 255, 256, 65_535, 65_536] {
+            let item = Bytes::from(vec![9u8; len]);
+            let mut out = Vec::new();
+            encode_binary_into(&item, &mut out).expect("encodes");
+            let general = rmp_serde::to_vec(&serde_bytes::Bytes::new(&item)).expect("encodes");
+            assert_eq!(out, general, "{len} bytes");
+            let payload = Bytes::from(out);
+            let back = decode_binary_item("m", payload.clone()).expect("decodes");
+            assert_eq!(back, item);
+            assert!(inside(&payload, &back), "{len} bytes were copied");
+            assert_eq!(decode_request_binary_item("m", payload).expect("decodes"), item);
+        }
+    }
+
+    #[test]
+    fn a_binary_item_of_another_shape_is_left_to_the_general_decoder() {
+        // A binary with bytes after it, an array of bytes, and something else entirely.
+        let mut trailing = Vec::new();
+        encode_binary_into(b"ab", &mut trailing).expect("encodes");
+        trailing.push(0xc0);
+        let general: Bytes = decode_item::<Binary>("m", &Bytes::from(trailing.clone()))
+            .expect("the general decoder reads the binary")
+            .0;
+        assert_eq!(
+            decode_binary_item("m", Bytes::from(trailing)).expect("decodes"),
+            general
+        );
+        let array = Bytes::from(rmp_serde::to_vec(&[1u8, 2, 3]).expect("encodes"));
+        assert_eq!(
+            decode_binary_item("m", array).expect("an array of bytes decodes"),
+            Bytes::from_static(&[1, 2, 3])
+        );
+        let number = Bytes::from(rmp_serde::to_vec(&7u32).expect("encodes"));
+        let error = decode_binary_item("m", number.clone()).expect_err("not bytes");
+        assert_eq!(error.code(), crate::Code::Internal);
+        let error = decode_request_binary_item("m", number).expect_err("not bytes");
+        assert_eq!(error.code(), crate::Code::InvalidArgument);
+        // A binary whose length runs past the payload is refused, never read past its end.
+        let cut = Bytes::from_static(&[0xc5, 0x01, 0x00, 1, 2]);
+        assert!(decode_binary_item("m", cut).is_err());
+    }
+
+    #[test]
+    fn encode_into_appends_what_encode_writes() {
+        let value = Blob {
+            data: Bytes::from_static(b"abc"),
+            extra: None,
+        };
+        let mut out = vec![1, 2];
+        encode_into(&value, &mut out).expect("encodes");
+        assert_eq!(&out[..2], &[1, 2]);
+        assert_eq!(&out[2..], &encode(&value).expect("encodes")[..]);
     }
 
     #[test]

@@ -75,8 +75,11 @@ pub mod wire;
 #[doc(hidden)]
 pub mod __generated {
     pub use crate::codec::{
-        decode_item, decode_request, decode_request_item, decode_response, encode, shared_bytes,
+        decode_binary_item, decode_item, decode_request, decode_request_binary_item,
+        decode_request_item, decode_response, encode, encode_binary_into, encode_into,
+        shared_bytes,
     };
+    pub use crate::streaming::encoded;
     pub use crate::schema::openapi3;
     pub use crate::service::unknown_method;
 }

@@ -22,6 +22,11 @@ use tokio::sync::mpsc;
 use crate::context::CallContext;
 use crate::status::{Code, Status};
 
+mod encoded;
+
+pub(crate) use encoded::{FrameOut, Frames};
+pub use encoded::encoded;
+
 /// Items a [`Streaming::channel`] holds before [`StreamSender::send`] waits; the default
 /// capacity of the runtime's own stream buffers.
 pub const DEFAULT_STREAM_CAPACITY: usize = 16;
@@ -34,7 +39,7 @@ pub const DEFAULT_STREAM_CAPACITY: usize = 16;
 /// behind ([`Streaming::channel`]). Read it with [`Streaming::message`] or as a
 /// [`Stream`].
 pub struct Streaming<T> {
-    inner: Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>,
+    source: Source<T>,
     /// How the stream ended, once an `Err` or the end was yielded (nothing follows either):
     /// `ok`, or the error's code.
     end: Option<Code>,
@@ -42,14 +47,55 @@ pub struct Streaming<T> {
     attached: Option<Box<Attached>>,
 }
 
+/// Where the items of a [`Streaming`] come from.
+enum Source<T> {
+    /// Any stream of items.
+    Items(BoxedItems<T>),
+    /// Typed items encoded as they are taken, which a writer can have encoded straight into
+    /// its frames ([`Streaming::poll_frames`]).
+    Encoded(Pin<Box<dyn encoded::EncodedSource<T>>>),
+    /// Nothing more: the source was dropped.
+    Done,
+}
+
+/// A boxed stream of items, as [`Streaming::wrap_source`] hands it over.
+pub(crate) type BoxedItems<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl<T> Source<T> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Status>>> {
+        match self {
+            Source::Items(items) => items.as_mut().poll_next(cx),
+            Source::Encoded(items) => items.as_mut().poll_next(cx),
+            Source::Done => Poll::Ready(None),
+        }
+    }
+}
+
+impl<T: Send + 'static> Source<T> {
+    /// The source as a plain stream of items.
+    fn into_items(self) -> BoxedItems<T> {
+        match self {
+            Source::Items(items) => items,
+            Source::Encoded(items) => items,
+            Source::Done => Box::pin(futures_util::stream::empty()),
+        }
+    }
+}
+
 /// What the runtime attaches to a call's stream instead of wrapping it once more: the context
-/// its items are produced in, and what must happen when it ends. Every wrapper costs a virtual
-/// call per item; these cost nothing until the end, and the context nothing per item when the
-/// writer of the stream takes it ([`Streaming::take_context`]) to set it once per batch.
+/// its items are produced in, how its producer is guarded, and what must happen when it ends.
+/// Every wrapper costs a virtual call per item; these cost nothing until the end, and the
+/// context nothing per item when the writer of the stream takes it
+/// ([`Streaming::take_context`]) to set it once per batch.
 #[derive(Default)]
 struct Attached {
     /// The call's context, current while an item is produced.
     context: Option<CallContext>,
+    /// Set when a panic of the producer must end the stream with `internal` instead of
+    /// unwinding: the method, for the log.
+    catch_panics: Option<&'static str>,
+    /// When the stream is cut off, and the status it then ends with.
+    deadline: Option<(Pin<Box<tokio::time::Sleep>>, Status)>,
     /// Run once, with the code the stream ended with: `ok` at a clean end, the error's code,
     /// `cancelled` when it is dropped before its end.
     on_end: Vec<Box<dyn FnOnce(Code) + Send>>,
@@ -68,7 +114,7 @@ impl<T: Send + 'static> Streaming<T> {
     /// `Err`.
     pub fn new(stream: impl Stream<Item = Result<T, Status>> + Send + 'static) -> Streaming<T> {
         Streaming {
-            inner: Box::pin(stream),
+            source: Source::Items(Box::pin(stream)),
             end: None,
             attached: None,
         }
@@ -129,23 +175,98 @@ impl<T: Send + 'static> Streaming<T> {
     }
 
     /// The same stream with each item mapped by `f`; an `Err` from `f` ends the stream with it.
+    ///
+    /// The mapping wraps the stream's own source: a mapped stream costs one virtual call per
+    /// item however often it was mapped before.
     pub fn try_map<U: Send + 'static>(
         self,
         mut f: impl FnMut(T) -> Result<U, Status> + Send + 'static,
     ) -> Streaming<U> {
-        Streaming::new(self.map(move |item| item.and_then(&mut f)))
+        self.wrap_source(move |source| source.map(move |item| item.and_then(&mut f)))
     }
 
-    /// `wrap(self)` as a stream, with what the runtime attached to `self` moved to the outer
-    /// stream, so the context is set and the end is seen once, outside every wrapper.
-    pub(crate) fn wrapped<S>(mut self, wrap: impl FnOnce(Streaming<T>) -> S) -> Streaming<T>
+    /// The stream with its source replaced by `wrap(source)`, keeping how it ended and what
+    /// the runtime attached: no second `Streaming` (and no second virtual call per item)
+    /// around the first. The wrapper is never polled after it yielded an `Err` or its end.
+    pub(crate) fn wrap_source<U, S>(
+        mut self,
+        wrap: impl FnOnce(BoxedItems<T>) -> S,
+    ) -> Streaming<U>
     where
-        S: Stream<Item = Result<T, Status>> + Send + 'static,
+        U: Send + 'static,
+        S: Stream<Item = Result<U, Status>> + Send + 'static,
     {
+        let source = self.take_source();
+        let end = self.end;
         let attached = self.attached.take();
-        let mut outer = Streaming::new(wrap(self));
-        outer.attached = attached;
-        outer
+        // Nothing attached is left for `self`'s drop to run.
+        Streaming {
+            source: Source::Items(Box::pin(wrap(source.into_items()))),
+            end,
+            attached,
+        }
+    }
+}
+
+impl<T> Streaming<T> {
+    /// Takes the source out, leaving one that ends at once.
+    fn take_source(&mut self) -> Source<T> {
+        std::mem::replace(&mut self.source, Source::Done)
+    }
+
+    /// The same stream, ending with `internal` (and a warning naming `method`) if its
+    /// producer panics, instead of unwinding into whoever polls it.
+    pub(crate) fn catch_panics(mut self, method: &'static str) -> Streaming<T> {
+        self.attached.get_or_insert_default().catch_panics = Some(method);
+        self
+    }
+
+    /// Polls the source with what is attached: in the call's context, catching a panic when
+    /// asked to, and cut off by the deadline when it has nothing ready. `Err` when the stream
+    /// must end with that status instead (its source is then dropped).
+    fn poll_guarded<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut Source<T>, &mut Context<'_>) -> Poll<R>,
+    ) -> Result<Poll<R>, Status> {
+        let Some(attached) = self.attached.as_deref_mut() else {
+            return Ok(poll(&mut self.source, cx));
+        };
+        let source = &mut self.source;
+        let polled = || match attached.catch_panics {
+            None => Ok(poll(source, cx)),
+            Some(method) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                poll(source, cx)
+            }))
+            .map_err(|_| {
+                tracing::warn!(%method, "the handler's reply stream panicked");
+                Status::internal("the handler's reply stream panicked")
+            }),
+        };
+        let outcome = match attached.context.as_ref() {
+            Some(context) => context.sync_scope(polled),
+            None => polled(),
+        };
+        let outcome = match outcome {
+            Ok(Poll::Pending) => match attached.deadline.as_mut() {
+                Some((sleep, expired)) => match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Err(expired.clone()),
+                    Poll::Pending => Ok(Poll::Pending),
+                },
+                None => Ok(Poll::Pending),
+            },
+            outcome => outcome,
+        };
+        if outcome.is_err() {
+            drop(self.take_source());
+        }
+        outcome
+    }
+
+    /// Records that the stream ended with `code` and runs the end callbacks.
+    fn end_with(&mut self, code: Code) {
+        self.end = Some(code);
+        self.ended(code);
     }
 }
 
@@ -208,29 +329,25 @@ impl<T> Stream for Streaming<T> {
     type Item = Result<T, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.end.is_some() {
+        let this = &mut *self;
+        if this.end.is_some() {
             return Poll::Ready(None);
         }
-        let this = &mut *self;
-        let inner = &mut this.inner;
-        let item = match this
-            .attached
-            .as_ref()
-            .and_then(|attached| attached.context.as_ref())
-        {
-            Some(context) => context.sync_scope(|| inner.as_mut().poll_next(cx)),
-            None => inner.as_mut().poll_next(cx),
+        let guarded = this.attached.as_deref().is_some_and(|attached| {
+            attached.context.is_some()
+                || attached.catch_panics.is_some()
+                || attached.deadline.is_some()
+        });
+        let item = if !guarded {
+            this.source.poll_next(cx)
+        } else {
+            this.poll_guarded(cx, |source, cx| source.poll_next(cx))
+                .unwrap_or_else(|status| Poll::Ready(Some(Err(status))))
         };
         match &item {
-            Poll::Ready(None) => {
-                self.end = Some(Code::Ok);
-                self.ended(Code::Ok);
-            }
-            Poll::Ready(Some(Err(status))) => {
-                self.end = Some(status.code());
-                self.ended(status.code());
-            }
-            _ => {}
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+            Poll::Ready(None) => this.end_with(Code::Ok),
+            Poll::Ready(Some(Err(status))) => this.end_with(status.code()),
         }
         item
     }
@@ -239,30 +356,20 @@ impl<T> Stream for Streaming<T> {
 /// `stream`, cut off at `deadline` with `expired`: a stream never outlives its call's
 /// deadline, and its end then is an error, not a finish.
 pub fn until_deadline<T: Send + 'static>(
-    stream: Streaming<T>,
+    mut stream: Streaming<T>,
     deadline: tokio::time::Instant,
     expired: Status,
 ) -> Streaming<T> {
-    let sleep = Box::pin(tokio::time::sleep_until(deadline));
-    stream.wrapped(move |stream| {
-        let mut state = Some((stream, sleep, expired));
-        futures_util::stream::poll_fn(move |cx| {
-            let Some((stream, sleep, _)) = state.as_mut() else {
-                return Poll::Ready(None);
-            };
-            if let Poll::Ready(item) = Pin::new(stream).poll_next(cx) {
-                if !matches!(item, Some(Ok(_))) {
-                    state = None;
-                }
-                return Poll::Ready(item);
-            }
-            if sleep.as_mut().poll(cx).is_ready() {
-                let (_, _, expired) = state.take().expect("checked above");
-                return Poll::Ready(Some(Err(expired)));
-            }
-            Poll::Pending
-        })
-    })
+    let attached = stream.attached.get_or_insert_default();
+    // Of two deadlines (the caller's and the callee's), the earlier one holds.
+    if attached
+        .deadline
+        .as_ref()
+        .is_none_or(|(sleep, _)| deadline < sleep.deadline())
+    {
+        attached.deadline = Some((Box::pin(tokio::time::sleep_until(deadline)), expired));
+    }
+    stream
 }
 
 /// The sending half of [`Streaming::channel`].
@@ -433,7 +540,7 @@ mod tests {
     async fn a_wrapper_carries_the_end_callbacks_and_its_own_end_is_what_they_see() {
         let (stream, ends) = recorded(Streaming::iter([1, 2, 3]));
         // A wrapper that cuts the stream off with an error after its first item.
-        let mut cut = stream.wrapped(|inner| {
+        let mut cut = stream.wrap_source(|inner| {
             inner
                 .take(1)
                 .chain(futures_util::stream::iter([Err(Status::deadline_passed(

@@ -6,7 +6,6 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures_util::Stream;
 use tower::{Layer, Service};
 use tracing::warn;
 
@@ -106,24 +105,7 @@ fn catch_stream_panics(
     stream: Streaming<bytes::Bytes>,
     method: &'static str,
 ) -> Streaming<bytes::Bytes> {
-    stream.wrapped(move |stream| {
-        let mut stream = Some(stream);
-        futures_util::stream::poll_fn(move |cx| {
-            let Some(inner) = stream.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll_next(cx))) {
-                Ok(item) => item,
-                Err(_) => {
-                    warn!(%method, "the handler's reply stream panicked");
-                    stream = None;
-                    Poll::Ready(Some(Err(Status::internal(
-                        "the handler's reply stream panicked",
-                    ))))
-                }
-            }
-        })
-    })
+    stream.catch_panics(method)
 }
 
 #[cfg(test)]

@@ -6,13 +6,12 @@
 use std::future::Future;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::StreamExt;
 use quinn::SendStream;
 use tracing::debug;
 
 use crate::status::{Code, Status};
 use crate::streaming::{Body, Streaming};
-use crate::transport::streams::{End, SendGuard, batch_ready, status_frame};
+use crate::transport::streams::{End, SendGuard, poll_batch, status_frame};
 use crate::wire::{FrameKind, StatusBody};
 
 /// The `STATUS` frame of every successful reply.
@@ -117,38 +116,35 @@ async fn write_items(
         status_frame(&StatusBody::from(&status))
     };
     loop {
-        let next = tokio::select! {
+        let (mut chunks, end) = tokio::select! {
             biased;
             () = &mut ending => return Ok(shut_down()),
             _ = send.get().stopped() => {
                 debug!(%target, "the caller stopped reading the stream; producer dropped");
                 return Err(());
             }
-            next = stream.next() => next,
+            batch = std::future::poll_fn(|cx| poll_batch(&mut stream, cx, max_message, target)) => batch,
         };
-        let first = match next {
-            None => return Ok(Bytes::from_static(OK_STATUS_FRAME)),
-            Some(Err(status)) => return Ok(end_frame(status)),
-            Some(Ok(item)) => item,
-        };
-        let (mut chunks, end) = batch_ready(first, &mut stream, max_message, target);
-        let write = send.get().write_all_chunks(&mut chunks);
-        let written = tokio::select! {
-            biased;
-            written = write => written.is_ok(),
-            () = &mut ending => {
-                // Part of a frame may be out: a status cannot follow it, a reset can.
-                send.reset_in_place(crate::transport::error_code::SHUTDOWN);
+        if !chunks.is_empty() {
+            let write = send.get().write_all_chunks(&mut chunks);
+            let written = tokio::select! {
+                biased;
+                written = write => written.is_ok(),
+                () = &mut ending => {
+                    // Part of a frame may be out: a status cannot follow it, a reset can.
+                    send.reset_in_place(crate::transport::error_code::SHUTDOWN);
+                    return Err(());
+                }
+            };
+            if !written {
                 return Err(());
             }
-        };
-        if !written {
-            return Err(());
+            // A producer that is always ready and a peer that always has room would otherwise
+            // keep this task running (tokio's budget lets a task run 128 batches, megabytes)
+            // and delay the connection's new streams by seconds on a busy thread: yield per
+            // batch.
+            tokio::task::yield_now().await;
         }
-        // A producer that is always ready and a peer that always has room would otherwise
-        // keep this task running (tokio's budget lets a task run 128 batches, megabytes) and
-        // delay the connection's new streams by seconds on a busy thread: yield per batch.
-        tokio::task::yield_now().await;
         match end {
             None => {}
             Some(End::Finished) => return Ok(Bytes::from_static(OK_STATUS_FRAME)),

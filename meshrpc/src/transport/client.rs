@@ -12,7 +12,7 @@ use tower::Service;
 use super::connections::Connections;
 use super::io::{ReadFrameError, read_frame};
 use super::streams::{
-    Direction, End, SendGuard, batch_ready, first_reply_item, incoming_items, status_frame,
+    Direction, End, SendGuard, first_reply_item, incoming_items, poll_batch, status_frame,
 };
 use crate::channel::Call;
 use crate::service::BoxFuture;
@@ -21,7 +21,7 @@ use crate::status::{Code, Status};
 use crate::streaming::{Body, Streaming};
 use crate::wire::frame::encode_frame_with;
 use crate::wire::{CallHeader, FrameDecoder, FrameKind, StatusBody};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 
 /// Sends `call` to the peer at `addr` over a new stream of the pooled connection and waits for
 /// the reply. Dropping the returned future stops the stream, which cancels the handler.
@@ -229,38 +229,30 @@ impl Drop for PumpTask {
 /// the callee stops reading (it answered, or refused the call).
 async fn pump_items(mut send: SendGuard, mut items: Streaming<Bytes>, max: usize, target: String) {
     loop {
-        let next = tokio::select! {
+        let batch = std::future::poll_fn(|cx| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                poll_batch(&mut items, cx, max, &target)
+            }))
+            .map_or(Poll::Ready(None), |batch| batch.map(Some))
+        });
+        let batch = tokio::select! {
             biased;
             _ = send.get().stopped() => return,
-            next = std::panic::AssertUnwindSafe(items.next()).catch_unwind() => next,
+            batch = batch => batch,
         };
-        let first = match next {
-            Err(_panic) => {
-                tracing::warn!(%target, "the stream of items of a call panicked");
-                send.reset(super::error_code::PANICKED);
-                return;
-            }
-            Ok(None) => {
-                send.finish();
-                return;
-            }
-            Ok(Some(Err(status))) => return abort_items(send, status).await,
-            Ok(Some(Ok(item))) => item,
-        };
-        let batched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            batch_ready(first, &mut items, max, &target)
-        }));
-        let Ok((mut chunks, end)) = batched else {
+        let Some((mut chunks, end)) = batch else {
             tracing::warn!(%target, "the stream of items of a call panicked");
             send.reset(super::error_code::PANICKED);
             return;
         };
-        if send.get().write_all_chunks(&mut chunks).await.is_err() {
-            return;
+        if !chunks.is_empty() {
+            if send.get().write_all_chunks(&mut chunks).await.is_err() {
+                return;
+            }
+            // As the callee's writer does: let the thread's other tasks (other streams, the
+            // connection) run between batches.
+            tokio::task::yield_now().await;
         }
-        // As the callee's writer does: let the thread's other tasks (other streams, the
-        // connection) run between batches.
-        tokio::task::yield_now().await;
         match end {
             None => {}
             Some(End::Finished) => {

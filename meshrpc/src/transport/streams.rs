@@ -25,8 +25,8 @@ use quinn::{RecvStream, SendStream, VarInt};
 
 use super::error_code;
 use crate::status::{Code, Status};
-use crate::streaming::Streaming;
-use crate::wire::items::{ItemDecoder, ItemEvent, Violation};
+use crate::streaming::{FrameOut, Frames, Streaming};
+use crate::wire::items::{ItemAssembler, ItemDecoder, ItemEvent, Violation};
 use crate::wire::{FrameDecoder, FrameKind, StatusBody, encode_frame};
 
 pub(crate) use crate::wire::items::Direction;
@@ -76,8 +76,7 @@ fn items_of(reader: ItemReader) -> Streaming<Bytes> {
 /// item decoded from the buffered bytes without a future per item.
 struct ItemReader {
     recv: RecvStream,
-    decoder: ItemDecoder,
-    buffer: BytesMut,
+    items: ItemAssembler,
     who: String,
     /// An item read ahead (the first of a reply), yielded before anything else.
     first: Option<Bytes>,
@@ -96,8 +95,7 @@ impl ItemReader {
     ) -> ItemReader {
         ItemReader {
             recv,
-            decoder: ItemDecoder::new(max_message, direction),
-            buffer,
+            items: ItemAssembler::new(ItemDecoder::new(max_message, direction), buffer),
             who,
             first: None,
             closing: None,
@@ -107,7 +105,7 @@ impl ItemReader {
     /// The next item, the end (`None`), or how the stream failed.
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Status>>> {
         if let Some(last) = self.closing.take() {
-            if self.buffer.is_empty() {
+            if self.items.is_drained() {
                 let read = std::pin::pin!(self.recv.read_chunk(usize::MAX, true));
                 if read.poll(cx).is_pending() {
                     self.closing = Some(last);
@@ -117,10 +115,10 @@ impl ItemReader {
             return Poll::Ready(last);
         }
         loop {
-            if self.decoder.is_ended() {
+            if self.items.is_ended() {
                 return Poll::Ready(None);
             }
-            if let Some(event) = self.decoder.decode(&mut self.buffer) {
+            if let Some(event) = self.items.next_event() {
                 return self.on_event(event, cx);
             }
             let read = {
@@ -128,9 +126,9 @@ impl ItemReader {
                 std::task::ready!(read.poll(cx))
             };
             match read {
-                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk.bytes),
+                Ok(Some(chunk)) => self.items.push(chunk.bytes),
                 Ok(None) => {
-                    let event = match self.decoder.finish(&self.buffer) {
+                    let event = match self.items.finish() {
                         ItemEvent::Failed(status, None) if status.code() == Code::Unavailable => {
                             ItemEvent::Failed(
                                 Status::unavailable(format!(
@@ -145,11 +143,11 @@ impl ItemReader {
                     return self.on_event(event, cx);
                 }
                 Err(quinn::ReadError::Reset(code)) => {
-                    self.stop_decoding();
+                    self.items.end();
                     return Poll::Ready(Some(Err(reset_status(code, &self.who))));
                 }
                 Err(quinn::ReadError::ConnectionLost(error)) => {
-                    self.stop_decoding();
+                    self.items.end();
                     // A peer that closed the connection saying it never read this stream never
                     // ran the call: a refusal, retried elsewhere (docs/PROTOCOL.md, 8.5).
                     if super::goaway::never_read(&error, self.recv.id()) {
@@ -164,7 +162,7 @@ impl ItemReader {
                     )))));
                 }
                 Err(error) => {
-                    self.stop_decoding();
+                    self.items.end();
                     return Poll::Ready(Some(Err(Status::unavailable(format!(
                         "the stream from {} failed: {error}",
                         self.who
@@ -202,10 +200,6 @@ impl ItemReader {
         }
     }
 
-    /// Marks the stream ended after a failure the decoder did not see.
-    fn stop_decoding(&mut self) {
-        self.decoder = ItemDecoder::ended();
-    }
 }
 
 impl futures_util::Stream for ItemReader {
@@ -216,8 +210,12 @@ impl futures_util::Stream for ItemReader {
         if let Some(first) = this.first.take() {
             return Poll::Ready(Some(Ok(first)));
         }
-        // Items already buffered are read without waiting; a consumer that keeps up must
-        // still leave the thread to the connection's other streams now and then.
+        // The common case, first: a whole item at the front of the last chunk read.
+        if let Some(item) = this.items.next_item() {
+            return Poll::Ready(Some(Ok(item)));
+        }
+        // Items already read are taken without waiting; a consumer that keeps up must still
+        // leave the thread to the connection's other streams now and then: once per chunk.
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let polled = this.poll_item(cx);
         if polled.is_ready() {
@@ -229,7 +227,7 @@ impl futures_util::Stream for ItemReader {
 
 impl Drop for ItemReader {
     fn drop(&mut self) {
-        if !self.decoder.is_ended() {
+        if !self.items.is_ended() {
             let _ = self.recv.stop(error_code::CANCELLED);
         }
     }
@@ -382,6 +380,44 @@ pub(crate) fn batch_ready(
         chunks.push(small.freeze());
     }
     (chunks, end)
+}
+
+/// The chunks carrying the items `items` has ready now (up to [`BATCH_BYTES`]), and how the
+/// stream ended if it did meanwhile; `Pending` while it has neither. A stream of typed items
+/// (see [`crate::streaming::encoded`]) has its items encoded straight into one chunk of
+/// frames; any other is gathered item by item as [`batch_ready`] does.
+pub(crate) fn poll_batch(
+    items: &mut Streaming<Bytes>,
+    cx: &mut Context<'_>,
+    max: usize,
+    target: &str,
+) -> Poll<(Vec<Bytes>, Option<End>)> {
+    let mut out = FrameOut {
+        buf: Vec::new(),
+        whole: 0,
+        budget: BATCH_BYTES,
+        max_item: max,
+        target,
+    };
+    if let Some(frames) = items.poll_frames(cx, &mut out) {
+        let end = match frames {
+            Frames::Pending | Frames::Full => None,
+            Frames::End(Ok(())) => Some(End::Finished),
+            Frames::End(Err(status)) => Some(End::Failed(status)),
+        };
+        if out.buf.is_empty() {
+            return match end {
+                None => Poll::Pending,
+                end => Poll::Ready((Vec::new(), end)),
+            };
+        }
+        return Poll::Ready((vec![Bytes::from(out.buf)], end));
+    }
+    Poll::Ready(match std::task::ready!(items.poll_next_unpin(cx)) {
+        None => (Vec::new(), Some(End::Finished)),
+        Some(Err(status)) => (Vec::new(), Some(End::Failed(status))),
+        Some(Ok(first)) => batch_ready(first, items, max, target),
+    })
 }
 
 /// The status for an item over the message limit, before it is sent.

@@ -166,6 +166,41 @@ impl FrameDecoder {
         Ok(Some(Frame { kind, body }))
     }
 
+    /// Takes the next complete frame off the front of `chunk` without copying it (the body
+    /// shares the chunk's memory), or `None` when `chunk` holds only part of a frame (then
+    /// `chunk` is left as it was: gather it with the bytes that follow and use
+    /// [`FrameDecoder::decode`]). A prefix is judged as soon as it is whole.
+    pub fn decode_shared(&self, chunk: &mut Bytes) -> Result<Option<Frame>, FrameError> {
+        if let Some(&kind) = chunk.first() {
+            if FrameKind::from_u8(kind).is_none() {
+                return Err(FrameError::UnknownKind(kind));
+            }
+        }
+        let Some(prefix) = chunk.first_chunk::<PREFIX_LEN>() else {
+            return Ok(None);
+        };
+        let (kind, len) = self.check_prefix(prefix)?;
+        if chunk.len() < PREFIX_LEN + len {
+            return Ok(None);
+        }
+        let body = chunk.slice(PREFIX_LEN..PREFIX_LEN + len);
+        chunk.advance(PREFIX_LEN + len);
+        Ok(Some(Frame { kind, body }))
+    }
+
+    /// How many more bytes the partial frame at the front of `buffer` needs to be whole (its
+    /// prefix first, then its body), once [`FrameDecoder::decode`] has judged any whole
+    /// prefix.
+    pub fn missing(&self, buffer: &[u8]) -> usize {
+        match buffer.first_chunk::<PREFIX_LEN>() {
+            None => PREFIX_LEN - buffer.len(),
+            Some(prefix) => {
+                let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+                (PREFIX_LEN + len).saturating_sub(buffer.len())
+            }
+        }
+    }
+
     /// Called when the stream has ended: an error if a partial frame is left over.
     pub fn finish(&self, buffer: &BytesMut) -> Result<(), FrameError> {
         if buffer.is_empty() {

@@ -77,7 +77,46 @@ impl ItemDecoder {
         if self.ended {
             return None;
         }
-        let frame = match self.frames.decode(buffer) {
+        let frame = self.frames.decode(buffer);
+        self.event(frame)
+    }
+
+    /// The next event decoded from the front of `chunk` without copying it, or `None` when
+    /// `chunk` holds only part of a frame (it is then left as it was: gather it with what
+    /// follows, and [`ItemDecoder::decode`] the gathered bytes).
+    pub fn decode_shared(&mut self, chunk: &mut Bytes) -> Option<ItemEvent> {
+        if self.ended {
+            return None;
+        }
+        let frame = self.frames.decode_shared(chunk);
+        self.event(frame)
+    }
+
+    /// The body of the `DATA` frame at the front of `chunk` if it is whole and within the
+    /// limit, taken off `chunk` without a copy; `None` for anything else (a partial frame,
+    /// another kind, an oversized one), which [`ItemDecoder::decode_shared`] then judges.
+    pub fn data_at_front(&mut self, chunk: &mut Bytes) -> Option<Bytes> {
+        let &[kind, a, b, c, d] = chunk.first_chunk::<5>()?;
+        if self.ended || kind != FrameKind::Data as u8 {
+            return None;
+        }
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
+        if len > self.frames.max_message() || chunk.len() < 5 + len {
+            return None;
+        }
+        let mut frame = chunk.split_to(5 + len);
+        bytes::Buf::advance(&mut frame, 5);
+        Some(frame)
+    }
+
+    /// How many more bytes the partial frame in `buffer` needs (see [`FrameDecoder::missing`]).
+    pub fn missing(&self, buffer: &[u8]) -> usize {
+        self.frames.missing(buffer)
+    }
+
+    /// The event a decoded frame (or a failure to decode one) stands for.
+    fn event(&mut self, frame: Result<Option<super::frame::Frame>, FrameError>) -> Option<ItemEvent> {
+        let frame = match frame {
             Ok(None) => return None,
             Ok(Some(frame)) => frame,
             Err(error) => return Some(self.fail_frame(&error)),
@@ -158,6 +197,106 @@ impl ItemDecoder {
     }
 }
 
+/// Turns the chunks a stream delivers into [`ItemEvent`]s: a whole frame at the front of a
+/// chunk is taken without a copy (its body shares the chunk's memory); a frame split across
+/// chunks is gathered in a buffer, taking from each chunk only that frame's bytes.
+#[derive(Debug)]
+pub struct ItemAssembler {
+    decoder: ItemDecoder,
+    /// A frame gathered from several chunks (or bytes read before the items began).
+    buffer: BytesMut,
+    /// What is left of the last chunk.
+    chunk: Bytes,
+}
+
+impl ItemAssembler {
+    /// An assembler decoding with `decoder`, starting with the bytes in `buffer`.
+    pub fn new(decoder: ItemDecoder, buffer: BytesMut) -> ItemAssembler {
+        ItemAssembler {
+            decoder,
+            buffer,
+            chunk: Bytes::new(),
+        }
+    }
+
+    /// Whether the stream has ended (cleanly or not).
+    pub fn is_ended(&self) -> bool {
+        self.decoder.is_ended()
+    }
+
+    /// Marks the stream ended after a failure the decoder did not see.
+    pub fn end(&mut self) {
+        self.decoder = ItemDecoder::ended();
+    }
+
+    /// Whether every byte given so far has been decoded.
+    pub fn is_drained(&self) -> bool {
+        self.buffer.is_empty() && self.chunk.is_empty()
+    }
+
+    /// The next item, when it is a whole `DATA` frame at the front of the chunk: the common
+    /// case, decided in a few instructions. `None` says nothing: ask [`Self::next_event`].
+    pub fn next_item(&mut self) -> Option<Bytes> {
+        if self.buffer.is_empty() {
+            self.decoder.data_at_front(&mut self.chunk)
+        } else {
+            None
+        }
+    }
+
+    /// The next event decoded from the bytes given so far, or `None` when more are needed
+    /// (or the stream has ended).
+    pub fn next_event(&mut self) -> Option<ItemEvent> {
+        loop {
+            if self.decoder.is_ended() {
+                return None;
+            }
+            if !self.buffer.is_empty() {
+                if let Some(event) = self.decoder.decode(&mut self.buffer) {
+                    return Some(event);
+                }
+                if self.chunk.is_empty() {
+                    return None;
+                }
+                // A partial frame: complete it from the chunk, taking only its own bytes.
+                let take = self.decoder.missing(&self.buffer).min(self.chunk.len());
+                self.buffer.extend_from_slice(&self.chunk[..take]);
+                bytes::Buf::advance(&mut self.chunk, take);
+            } else if !self.chunk.is_empty() {
+                if let Some(event) = self.decoder.decode_shared(&mut self.chunk) {
+                    return Some(event);
+                }
+                // The chunk ends inside a frame: gather it with the bytes that follow.
+                self.buffer.extend_from_slice(&self.chunk);
+                self.chunk.clear();
+            } else {
+                return None;
+            }
+        }
+    }
+
+    /// Gives the next chunk of the stream; call it once [`Self::next_event`] needs more.
+    pub fn push(&mut self, chunk: Bytes) {
+        debug_assert!(self.chunk.is_empty(), "a chunk is pushed once the last is used up");
+        if self.chunk.is_empty() {
+            self.chunk = chunk;
+        } else {
+            self.buffer.extend_from_slice(&self.chunk);
+            self.buffer.extend_from_slice(&chunk);
+            self.chunk.clear();
+        }
+    }
+
+    /// What the end of the stream (`FIN`) means, given what is left undecoded.
+    pub fn finish(&mut self) -> ItemEvent {
+        if !self.chunk.is_empty() {
+            self.buffer.extend_from_slice(&self.chunk);
+            self.chunk.clear();
+        }
+        self.decoder.finish(&self.buffer)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +360,88 @@ mod tests {
             assert!(
                 matches!(events.last(), Some(ItemEvent::Failed(s, Some(Violation::Protocol))) if s.code() == Code::InvalidArgument),
                 "{direction:?}: {events:?}"
+            );
+        }
+    }
+
+    /// The events an assembler yields for `bytes` delivered in chunks cut at `cuts`, taking
+    /// whole items by the fast path when `fast` says so.
+    fn assembled(direction: Direction, bytes: &[u8], cuts: &[usize], fast: bool) -> Vec<ItemEvent> {
+        let mut assembler = ItemAssembler::new(ItemDecoder::new(64, direction), BytesMut::new());
+        let mut events = Vec::new();
+        let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut % (bytes.len() + 1)).collect();
+        cuts.push(bytes.len());
+        cuts.sort_unstable();
+        let mut start = 0;
+        for cut in cuts {
+            if assembler.is_ended() {
+                break;
+            }
+            assembler.push(Bytes::copy_from_slice(&bytes[start..cut]));
+            start = cut;
+            loop {
+                if fast {
+                    if let Some(item) = assembler.next_item() {
+                        events.push(ItemEvent::Item(item));
+                        continue;
+                    }
+                }
+                match assembler.next_event() {
+                    Some(event) => events.push(event),
+                    None => break,
+                }
+            }
+        }
+        if !assembler.is_ended() {
+            events.push(assembler.finish());
+        }
+        events
+    }
+
+    #[test]
+    fn a_frame_split_across_chunks_is_gathered_and_whole_ones_are_shared() {
+        let mut bytes = data(b"one");
+        bytes.extend(data(b"two"));
+        bytes.extend(status(0));
+        // Cut inside the first frame's prefix and inside the second one's body.
+        let events = assembled(Direction::Reply, &bytes, &[2, 11], true);
+        assert_eq!(events, self::events(Direction::Reply, &bytes));
+        assert_eq!(events.len(), 3);
+        // Whole frames at the front of a chunk are not copied out of it.
+        let chunk = Bytes::from(data(b"shared"));
+        let mut assembler = ItemAssembler::new(ItemDecoder::new(64, Direction::Reply), BytesMut::new());
+        assembler.push(chunk.clone());
+        let item = assembler.next_item().expect("a whole frame");
+        assert_eq!(item.as_ptr(), chunk[5..].as_ptr());
+        assert!(assembler.is_drained());
+    }
+
+    proptest::proptest! {
+        /// However a stream is cut into chunks, and whichever way items are taken, the
+        /// assembler yields what decoding the whole stream at once yields: the same items,
+        /// the same end, the same errors (oversized frames and garbage included).
+        #[test]
+        fn any_chunking_yields_what_the_whole_stream_yields(
+            frames in proptest::collection::vec(
+                (0u8..4, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..90)),
+                0..6,
+            ),
+            cuts in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..8),
+            request in proptest::prelude::any::<bool>(),
+            fast in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = Vec::new();
+            for (kind, body) in &frames {
+                match kind {
+                    0 | 1 => bytes.extend(data(body)),
+                    2 => bytes.extend(status(u32::from(body.first().copied().unwrap_or(0) % 3))),
+                    _ => bytes.extend(body.iter().take(3)),
+                }
+            }
+            let direction = if request { Direction::Request } else { Direction::Reply };
+            proptest::prop_assert_eq!(
+                assembled(direction, &bytes, &cuts, fast),
+                events(direction, &bytes)
             );
         }
     }
