@@ -397,7 +397,10 @@ mod tests {
             let back = decode_binary_item("m", payload.clone()).expect("decodes");
             assert_eq!(back, item);
             assert!(inside(&payload, &back), "{len} bytes were copied");
-            assert_eq!(decode_request_binary_item("m", payload).expect("decodes"), item);
+            assert_eq!(
+                decode_request_binary_item("m", payload).expect("decodes"),
+                item
+            );
         }
     }
 

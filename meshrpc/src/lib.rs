@@ -79,9 +79,9 @@ pub mod __generated {
         decode_request_item, decode_response, encode, encode_binary_into, encode_into,
         shared_bytes,
     };
-    pub use crate::streaming::encoded;
     pub use crate::schema::openapi3;
     pub use crate::service::unknown_method;
+    pub use crate::streaming::encoded;
 }
 
 pub use channel::{Call, Channel};

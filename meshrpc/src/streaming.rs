@@ -24,8 +24,8 @@ use crate::status::{Code, Status};
 
 mod encoded;
 
-pub(crate) use encoded::{FrameOut, Frames};
 pub use encoded::encoded;
+pub(crate) use encoded::{FrameOut, Frames};
 
 /// Items a [`Streaming::channel`] holds before [`StreamSender::send`] waits; the default
 /// capacity of the runtime's own stream buffers.
@@ -188,10 +188,7 @@ impl<T: Send + 'static> Streaming<T> {
     /// The stream with its source replaced by `wrap(source)`, keeping how it ended and what
     /// the runtime attached: no second `Streaming` (and no second virtual call per item)
     /// around the first. The wrapper is never polled after it yielded an `Err` or its end.
-    pub(crate) fn wrap_source<U, S>(
-        mut self,
-        wrap: impl FnOnce(BoxedItems<T>) -> S,
-    ) -> Streaming<U>
+    pub(crate) fn wrap_source<U, S>(mut self, wrap: impl FnOnce(BoxedItems<T>) -> S) -> Streaming<U>
     where
         U: Send + 'static,
         S: Stream<Item = Result<U, Status>> + Send + 'static,
@@ -235,13 +232,14 @@ impl<T> Streaming<T> {
         let source = &mut self.source;
         let polled = || match attached.catch_panics {
             None => Ok(poll(source, cx)),
-            Some(method) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                poll(source, cx)
-            }))
-            .map_err(|_| {
-                tracing::warn!(%method, "the handler's reply stream panicked");
-                Status::internal("the handler's reply stream panicked")
-            }),
+            Some(method) => {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll(source, cx))).map_err(
+                    |_| {
+                        tracing::warn!(%method, "the handler's reply stream panicked");
+                        Status::internal("the handler's reply stream panicked")
+                    },
+                )
+            }
         };
         let outcome = match attached.context.as_ref() {
             Some(context) => context.sync_scope(polled),

@@ -24,8 +24,7 @@ const SCRATCH_LIMIT: usize = 64 * 1024;
 pub(crate) trait EncodedSource<T>: Stream<Item = Result<T, Status>> + Send {
     /// Encodes the items ready now into `out`, each as one `DATA` frame, until `out` is full
     /// or the producer has none ready.
-    fn poll_frames(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut FrameOut<'_>)
-    -> Frames;
+    fn poll_frames(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut FrameOut<'_>) -> Frames;
 }
 
 /// How [`Streaming::poll_frames`] stopped.
@@ -241,7 +240,10 @@ mod tests {
             .on_end(move |code| seen.lock().expect("lock").push(code));
         // Each frame is 5 + 2 + 10 bytes: a 40-byte batch is full after three.
         let mut first = out(40, 1024);
-        assert!(matches!(poll_frames(&mut stream, &mut first), Some(Frames::Full)));
+        assert!(matches!(
+            poll_frames(&mut stream, &mut first),
+            Some(Frames::Full)
+        ));
         assert_eq!(items_in(&first.buf), items[..3]);
         let mut rest = out(40, 1024);
         assert!(matches!(

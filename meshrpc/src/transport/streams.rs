@@ -199,7 +199,6 @@ impl ItemReader {
             },
         }
     }
-
 }
 
 impl futures_util::Stream for ItemReader {

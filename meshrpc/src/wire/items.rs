@@ -115,7 +115,10 @@ impl ItemDecoder {
     }
 
     /// The event a decoded frame (or a failure to decode one) stands for.
-    fn event(&mut self, frame: Result<Option<super::frame::Frame>, FrameError>) -> Option<ItemEvent> {
+    fn event(
+        &mut self,
+        frame: Result<Option<super::frame::Frame>, FrameError>,
+    ) -> Option<ItemEvent> {
         let frame = match frame {
             Ok(None) => return None,
             Ok(Some(frame)) => frame,
@@ -277,7 +280,10 @@ impl ItemAssembler {
 
     /// Gives the next chunk of the stream; call it once [`Self::next_event`] needs more.
     pub fn push(&mut self, chunk: Bytes) {
-        debug_assert!(self.chunk.is_empty(), "a chunk is pushed once the last is used up");
+        debug_assert!(
+            self.chunk.is_empty(),
+            "a chunk is pushed once the last is used up"
+        );
         if self.chunk.is_empty() {
             self.chunk = chunk;
         } else {
@@ -409,7 +415,8 @@ mod tests {
         assert_eq!(events.len(), 3);
         // Whole frames at the front of a chunk are not copied out of it.
         let chunk = Bytes::from(data(b"shared"));
-        let mut assembler = ItemAssembler::new(ItemDecoder::new(64, Direction::Reply), BytesMut::new());
+        let mut assembler =
+            ItemAssembler::new(ItemDecoder::new(64, Direction::Reply), BytesMut::new());
         assembler.push(chunk.clone());
         let item = assembler.next_item().expect("a whole frame");
         assert_eq!(item.as_ptr(), chunk[5..].as_ptr());
