@@ -12,4 +12,4 @@ pub mod items;
 
 pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, encode_frame};
 pub use header::{CallHeader, HttpHeader, StatusBody};
-pub use items::{Direction, ItemDecoder, ItemEvent};
+pub use items::{Direction, ItemAssembler, ItemDecoder, ItemEvent};

@@ -1,12 +1,17 @@
-//! Feeds bytes to [`ItemDecoder`] in arbitrary chunks, in both directions, and checks what the
+//! Feeds bytes to [`ItemAssembler`] (the decoder a stream's reader uses: whole frames taken
+//! from each chunk, split ones gathered) in arbitrary chunks, in both directions, taking items
+//! by its fast path or not as the input says, and checks what the
 //! streaming rule of docs/PROTOCOL.md section 15 guarantees: a stream is complete only when its
 //! sender said so. Shared by `streaming_wire.rs` and the `stream_items` fuzz target (`fuzz/`),
 //! so it depends on nothing but meshrpc.
 #![allow(dead_code, unreachable_pub)]
 
 use meshrpc::Code;
+use meshrpc::bytes::Bytes;
 use meshrpc::bytes::BytesMut;
-use meshrpc::wire::{Direction, FrameDecoder, FrameKind, ItemDecoder, ItemEvent, StatusBody};
+use meshrpc::wire::{
+    Direction, FrameDecoder, FrameKind, ItemAssembler, ItemDecoder, ItemEvent, StatusBody,
+};
 
 /// The message limit of the decoder under test: small, so mutated lengths often exceed it.
 pub const MAX_MESSAGE: usize = 4096;
@@ -31,38 +36,54 @@ pub enum Ending {
 ///   read); never otherwise;
 /// - an ending reported as an error never carries the code `ok`.
 pub fn check(input: &[u8], direction: Direction, mut next_cut: impl FnMut() -> usize) -> Ending {
-    let mut decoder = ItemDecoder::new(MAX_MESSAGE, direction);
-    let mut buffer = BytesMut::new();
+    check_taking(input, direction, &mut next_cut, false)
+}
+
+/// [`check`], taking whole items by the assembler's fast path first when `fast` is set.
+pub fn check_taking(
+    input: &[u8],
+    direction: Direction,
+    mut next_cut: impl FnMut() -> usize,
+    fast: bool,
+) -> Ending {
+    let mut assembler =
+        ItemAssembler::new(ItemDecoder::new(MAX_MESSAGE, direction), BytesMut::new());
     let mut items = Vec::new();
     let mut ending = None;
     let mut at = 0;
-    while ending.is_none() {
-        if at >= input.len() {
-            while let Some(event) = decoder.decode(&mut buffer) {
-                if let Some(end) = take(event, &mut items) {
-                    ending = Some(end);
-                    break;
+    let drain = |assembler: &mut ItemAssembler, items: &mut Vec<Bytes>| loop {
+        if fast {
+            if let Some(item) = assembler.next_item() {
+                items.push(item);
+                continue;
+            }
+        }
+        match assembler.next_event() {
+            Some(event) => {
+                if let Some(end) = take(event, items) {
+                    return Some(end);
                 }
             }
+            None => return None,
+        }
+    };
+    while ending.is_none() {
+        if at >= input.len() {
+            ending = drain(&mut assembler, &mut items);
             if ending.is_none() {
-                ending = take(decoder.finish(&buffer), &mut items);
+                ending = take(assembler.finish(), &mut items);
             }
             break;
         }
         let cut = next_cut().max(1).min(input.len() - at);
-        buffer.extend_from_slice(&input[at..at + cut]);
+        assembler.push(Bytes::copy_from_slice(&input[at..at + cut]));
         at += cut;
-        while let Some(event) = decoder.decode(&mut buffer) {
-            if let Some(end) = take(event, &mut items) {
-                ending = Some(end);
-                break;
-            }
-        }
+        ending = drain(&mut assembler, &mut items);
     }
     let ending = ending.expect("the decoder reports an ending");
-    assert!(decoder.is_ended(), "the decoder knows it ended");
+    assert!(assembler.is_ended(), "the decoder knows it ended");
     assert!(
-        decoder.decode(&mut BytesMut::from(input)).is_none(),
+        assembler.next_item().is_none() && assembler.next_event().is_none(),
         "nothing after the ending"
     );
     // What the input really is, frame by frame.
@@ -142,8 +163,8 @@ fn take(event: ItemEvent, items: &mut Vec<meshrpc::bytes::Bytes>) -> Option<Endi
     }
 }
 
-/// The fuzz target's entry: the first byte picks the direction and the chunk size, the rest is
-/// the stream.
+/// The fuzz target's entry: the first byte picks the direction, whether items are taken by the
+/// fast path, and the chunk size; the rest is the stream.
 pub fn check_fuzz_input(data: &[u8]) {
     let Some((&control, input)) = data.split_first() else {
         return;
@@ -153,6 +174,7 @@ pub fn check_fuzz_input(data: &[u8]) {
     } else {
         Direction::Reply
     };
-    let cut = usize::from(control >> 1) + 1;
-    check(input, direction, || cut);
+    let fast = control & 2 != 0;
+    let cut = usize::from(control >> 2) + 1;
+    check_taking(input, direction, || cut, fast);
 }
