@@ -55,7 +55,9 @@ pub(crate) struct FrameOut<'a> {
 
 /// Typed items encoded by `encode` as they are taken: the form generated code gives the
 /// runtime for a stream of typed items. `encode` appends one item's MessagePack encoding to
-/// the buffer it is given; an `Err` from it ends the stream with that status.
+/// the buffer it is given; an `Err` from it ends the stream with that status. Generated code
+/// reaches it as `meshrpc::__generated::encoded`.
+#[doc(hidden)]
 pub fn encoded<U, F>(items: Streaming<U>, encode: F) -> Streaming<Bytes>
 where
     U: Send + 'static,
