@@ -51,6 +51,7 @@ static STREAMS_SPEC: ServiceSpec = ServiceSpec {
         method("panic_after", MethodKind::ServerStreaming, 3, false),
         method("endless", MethodKind::ServerStreaming, 4, true),
         method("context", MethodKind::ServerStreaming, 5, true),
+        method("panic_after_typed", MethodKind::ServerStreaming, 6, false),
     ],
     schema_hash: 7,
     manifest: "",
@@ -143,6 +144,19 @@ impl Dispatch for Streams {
                         Some((encode(&next), next + 1))
                     });
                     Ok(Body::Stream(Streaming::new(items)))
+                }
+                // Typed items encoded as they are written, as generated code serves them.
+                "panic_after_typed" => {
+                    let request: CountRequest = decode_request(method.name, &request)?;
+                    let items = futures_util::stream::iter(0..request.n).map(Ok).chain(
+                        futures_util::stream::poll_fn(|_| {
+                            panic!("the producer panics after its items")
+                        }),
+                    );
+                    Ok(Body::Stream(meshrpc::streaming::encoded(
+                        Streaming::new(items),
+                        |item: u64, out| meshrpc::codec::encode_into(&item, out),
+                    )))
                 }
                 "sum" => {
                     let mut items = stream.ok_or_else(|| Status::invalid_argument("no stream"))?;
@@ -481,6 +495,28 @@ async fn a_producer_that_panics_ends_the_stream_with_internal_not_a_finish() {
         .expect("the call starts");
     let (items, end) = collect(stream).await;
     assert_eq!(items, vec![0, 1, 2]);
+    let end = end.expect("an error, not a clean end");
+    assert_eq!(end.code(), Code::Internal, "{end}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_producer_that_panics_ends_the_stream_with_internal_after_its_items() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let (server, client) = pair(state.path(), Streams::default(), Duration::from_secs(1)).await;
+    let channel = client.channel_to(server.local_addr());
+    let stream: Streaming<u64> = channel
+        .server_streaming(
+            spec("panic_after_typed"),
+            &CountRequest {
+                n: 500,
+                every_ms: 0,
+            },
+            &CallOptions::new(),
+        )
+        .await
+        .expect("the call starts");
+    let (items, end) = collect(stream).await;
+    assert_eq!(items, (0..500).collect::<Vec<u64>>());
     let end = end.expect("an error, not a clean end");
     assert_eq!(end.code(), Code::Internal, "{end}");
 }
