@@ -59,6 +59,27 @@ impl Mesh {
         self.seed.local_addr()
     }
 
+    /// Starts a third node, `name`, publishing `service` through the seed, and waits until the
+    /// seed sees it.
+    async fn join(&self, name: &str, service: impl meshrpc::Dispatch) -> Node {
+        let node = Node::builder(name)
+            .cluster(CLUSTER)
+            .state_dir(self.state.path())
+            .listen("127.0.0.1:0".parse().expect("addr"))
+            .seeds([self.seed_addr().to_string()])
+            .publish(service)
+            .start()
+            .await
+            .unwrap_or_else(|error| panic!("{name} starts: {error}"));
+        for _ in 0..200 {
+            if self.seed.view().members().len() == 3 {
+                return node;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the seed did not see {name} within 10 s");
+    }
+
     /// Runs meshctl with the mesh flags and `args`.
     async fn meshctl(&self, args: &[&str]) -> Run {
         self.meshctl_with_stdin(args, None).await
@@ -335,24 +356,12 @@ async fn a_call_answers_json_from_an_argument_a_file_or_stdin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_calls_read_items_from_stdin_and_print_items_as_lines() {
     let mesh = Mesh::start().await;
-    let numbers = Node::builder("numbers")
-        .cluster(CLUSTER)
-        .state_dir(mesh.state.path())
-        .listen("127.0.0.1:0".parse().expect("addr"))
-        .seeds([mesh.seed_addr().to_string()])
-        .publish(numbers::NumbersServer::new(numbers::NumbersService))
-        .start()
-        .await
-        .expect("numbers starts");
-    let mut joined = false;
-    for _ in 0..200 {
-        if mesh.seed.view().members().len() == 3 {
-            joined = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(joined, "the seed did not see the numbers node within 10 s");
+    let numbers = mesh
+        .join(
+            "numbers",
+            numbers::NumbersServer::new(numbers::NumbersService),
+        )
+        .await;
 
     // A server stream: each item a line, then a clean exit.
     let counted = mesh
@@ -724,24 +733,7 @@ impl meshrpc::Dispatch for NextGreeter {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_says_when_replicas_disagree_on_the_schema() {
     let mesh = Mesh::start().await;
-    let next = Node::builder("greeter-next")
-        .cluster(CLUSTER)
-        .state_dir(mesh.state.path())
-        .listen("127.0.0.1:0".parse().expect("addr"))
-        .seeds([mesh.seed_addr().to_string()])
-        .publish(NextGreeter)
-        .start()
-        .await
-        .expect("greeter-next starts");
-    let mut joined = false;
-    for _ in 0..200 {
-        if mesh.seed.view().members().len() == 3 {
-            joined = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(joined, "the seed did not see the numbers node within 10 s");
+    let next = mesh.join("greeter-next", NextGreeter).await;
     assert_eq!(mesh.seed.view().members().len(), 3, "greeter-next joined");
 
     let table = mesh.meshctl(&["services"]).await;
