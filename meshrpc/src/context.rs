@@ -62,6 +62,14 @@ impl CallContext {
         CURRENT.scope(self, future)
     }
 
+    /// [`CallContext::scope`] as a type the server can hold without boxing it.
+    pub(crate) fn scope_inline<F: Future>(
+        self,
+        future: F,
+    ) -> tokio::task::futures::TaskLocalFuture<CallContext, F> {
+        CURRENT.scope(self, future)
+    }
+
     /// `stream` with this context as the current one while it is polled: a server stream's
     /// items are produced after the handler returned, and calls made while producing them
     /// inherit the call's deadline and trace like calls made by the handler.

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::OnceLock;
+
+use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 use tower::{Layer, Service};
@@ -24,19 +26,22 @@ use crate::streaming::Body;
 use crate::transport::error_code;
 
 /// The node's admission state: a permit per call (or tunnel) in flight, and whether it drains.
+/// Clones share it.
 #[derive(Clone)]
-pub struct Admission {
-    permits: Arc<Semaphore>,
+pub struct Admission(Arc<Shared>);
+
+struct Shared {
+    permits: Semaphore,
     limit: usize,
-    draining: Arc<AtomicBool>,
+    draining: AtomicBool,
     /// Where the number in flight is reported, if anywhere.
-    metrics: Option<Arc<Metrics>>,
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admission")
-            .field("limit", &self.limit)
+            .field("limit", &self.limit())
             .field("in_flight", &self.in_flight())
             .field("draining", &self.is_draining())
             .finish()
@@ -46,13 +51,12 @@ impl std::fmt::Debug for Admission {
 /// A permit to serve one call or tunnel; released (and the in-flight gauge updated) on drop.
 #[derive(Debug)]
 pub struct Permit {
-    permit: Option<OwnedSemaphorePermit>,
     admission: Admission,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        drop(self.permit.take());
+        self.admission.0.permits.add_permits(1);
         self.admission.report();
     }
 }
@@ -90,66 +94,67 @@ impl Refusal {
 impl Admission {
     /// Admission for at most `limit` calls and tunnels at once.
     pub fn new(limit: usize) -> Admission {
-        Admission {
-            permits: Arc::new(Semaphore::new(limit)),
+        Admission(Arc::new(Shared {
+            permits: Semaphore::new(limit),
             limit,
-            draining: Arc::new(AtomicBool::new(false)),
-            metrics: None,
-        }
+            draining: AtomicBool::new(false),
+            metrics: OnceLock::new(),
+        }))
     }
 
     /// The same admission, reporting the number in flight to `metrics`
-    /// (`meshrpc_calls_in_flight`).
-    pub fn reporting_to(mut self, metrics: Arc<Metrics>) -> Admission {
-        self.metrics = Some(metrics);
+    /// (`meshrpc_calls_in_flight`). An admission reports to one registry: the first it is
+    /// given.
+    pub fn reporting_to(self, metrics: Arc<Metrics>) -> Admission {
+        let _ = self.0.metrics.set(metrics);
         self
     }
 
     fn report(&self) {
-        if let Some(metrics) = &self.metrics {
+        if let Some(metrics) = self.0.metrics.get() {
             metrics.set_in_flight(self.in_flight());
         }
     }
 
     /// A permit to serve one stream (hold it until the stream is done), or why not.
     pub fn admit(&self) -> Result<Permit, Refusal> {
-        let permit = self.permits.clone().try_acquire_owned();
+        let permit = self.0.permits.try_acquire();
         // Checked once the permit is held: a drain that began meanwhile has counted it.
         if self.is_draining() {
             return Err(Refusal::Draining);
         }
-        let permit = permit.map_err(|_| Refusal::Overloaded)?;
+        // Given back by the `Permit`'s drop, which needs no borrow of the semaphore.
+        permit.map_err(|_| Refusal::Overloaded)?.forget();
         self.report();
         Ok(Permit {
-            permit: Some(permit),
             admission: self.clone(),
         })
     }
 
     /// The limit of calls and tunnels in flight.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.0.limit
     }
 
     /// Starts refusing new calls and tunnels.
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.0.draining.store(true, Ordering::SeqCst);
     }
 
     /// Whether new calls and tunnels are refused.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        self.0.draining.load(Ordering::SeqCst)
     }
 
     /// Calls and tunnels being served right now.
     pub fn in_flight(&self) -> usize {
-        self.limit - self.permits.available_permits()
+        self.0.limit - self.0.permits.available_permits()
     }
 
     /// Waits until nothing is in flight, or `timeout` passes; returns whether all finished.
     pub async fn wait_idle(&self, timeout: Duration) -> bool {
-        let all = u32::try_from(self.limit).unwrap_or(u32::MAX);
-        tokio::time::timeout(timeout, self.permits.acquire_many(all))
+        let all = u32::try_from(self.0.limit).unwrap_or(u32::MAX);
+        tokio::time::timeout(timeout, self.0.permits.acquire_many(all))
             .await
             .is_ok()
     }

@@ -10,6 +10,7 @@ use tower::{Layer, Service};
 use tracing::warn;
 
 use super::IncomingCall;
+use crate::spec::MethodSpec;
 use crate::status::Status;
 use crate::streaming::{Body, Streaming};
 
@@ -49,13 +50,13 @@ where
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(call))) {
             Ok(inner) => Caught {
                 inner: Some(inner),
-                method: method.name,
+                method,
             },
             Err(_) => {
                 warn!(method = %method.name, "handler panicked");
                 Caught {
                     inner: None,
-                    method: method.name,
+                    method,
                 }
             }
         }
@@ -67,7 +68,7 @@ pin_project_lite::pin_project! {
     pub struct Caught<F> {
         #[pin]
         inner: Option<F>,
-        method: &'static str,
+        method: &'static MethodSpec,
     }
 }
 
@@ -79,7 +80,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let method = *this.method;
+        let method = this.method.name;
         let Some(inner) = this.inner.as_pin_mut() else {
             return Poll::Ready(Err(panicked()));
         };

@@ -4,28 +4,25 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::watch;
-use tower::{Service, ServiceExt};
 use tracing::{debug, warn};
 
+use super::answer::answer;
 use super::call::{Caller, PeerIdentity};
-use super::reply::{Written, encode_reply, write_reply, write_stream};
+use super::reply::encode_reply;
 use super::request::{Opened, Rules, read_call};
 use super::{IncomingCall, Server};
-use crate::spec::{MethodKind, MethodSpec};
 use crate::status::{Code, Status};
-use crate::streaming::Body;
 use crate::transport::error_code;
 use crate::transport::goaway;
 use crate::transport::io::{ReadFrameError, read_frame};
 use crate::wire::{FrameDecoder, FrameKind, StatusBody};
-use std::future::Future;
 
 /// How long a stopping node waits for the streams it accepted to be answered before it
 /// closes their connection anyway.
@@ -101,19 +98,17 @@ impl Server {
                 limit = limit.saturating_mul(2).min(ceiling);
                 connection.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(limit));
             }
+            let served = StreamServed(open.clone());
+            let reading =
+                self.clone()
+                    .read_stream(connection.clone(), identity.clone(), send, recv);
             let server = self.clone();
-            let connection = connection.clone();
-            let open = open.clone();
-            let identity = identity.clone();
-            tokio::spawn(async move {
-                // The reading phase is boxed and freed before the handler runs, so the task of
-                // a held call is only as large as answering needs.
-                let call = Box::pin(server.read_stream(connection, identity, send, recv)).await;
-                if let Some((call, send)) = call {
-                    server.answer(call, send).await;
-                }
-                open.finish_one();
-            });
+            // The reading phase is boxed and freed before the handler runs, so the task of a
+            // held call is only as large as answering needs.
+            tokio::spawn(Box::pin(reading).then(move |call| match call {
+                Some((call, send)) => Either::Left(answer(server, call, send, served)),
+                None => Either::Right(std::future::ready(())),
+            }));
         }
         if !open.wait_idle(CLOSE_GRACE).await {
             warn!(
@@ -128,7 +123,7 @@ impl Server {
     /// Reads a stream's opening frame. A call is read and returned for [`Server::answer`];
     /// any other stream kind is served here by its handler.
     async fn read_stream(
-        &self,
+        self: Arc<Self>,
         connection: Connection,
         identity: Option<Arc<PeerIdentity>>,
         send: SendStream,
@@ -196,105 +191,6 @@ impl Server {
         }
     }
 
-    /// Runs a call through the server stack (until the caller stops the stream, or the node
-    /// ends its calls) and writes the reply.
-    async fn answer(&self, call: IncomingCall, send: SendStream) {
-        // Counted until the reply is written, so a drain never closes the connection under
-        // an answer that is still on its way.
-        let _answering = self.answering.start();
-        let method = call.method;
-        let mut stack = self.stack.clone();
-        let outcome = {
-            // In a block of its own, so the handler's state is gone while the reply is written.
-            let Ok(stack) = stack.ready().await else {
-                return;
-            };
-            let mut handler = std::pin::pin!(stack.call(call));
-            // Most handlers finish on their first poll: they need no cancellation watch (which
-            // costs a registration with the connection).
-            match (&mut handler).now_or_never() {
-                Some(outcome) => outcome,
-                None => match self.run_handler(handler, &send, method).await {
-                    Some(outcome) => outcome,
-                    None => {
-                        debug!(method = %method.name, "caller cancelled; handler dropped");
-                        return;
-                    }
-                },
-            }
-        };
-        let written = match outcome {
-            Ok(Body::Stream(items)) => {
-                let target = format!("{}.{}", method.service, method.name);
-                let mut ending = self.ending.subscribe();
-                let ending = async move {
-                    let _ = ending.wait_for(|end| *end).await;
-                };
-                // Boxed: a unary call's task does not carry a stream writer's state.
-                Box::pin(write_stream(
-                    send,
-                    items,
-                    self.limits.max_message_size,
-                    &target,
-                    ending,
-                ))
-                .await
-            }
-            outcome => write_reply(send, outcome).await,
-        };
-        if let (Written::Finished, Some(send)) = written {
-            self.await_delivery(&send).await;
-        }
-    }
-
-    /// Polls a handler that did not answer at once until it answers (`Some`) or the caller
-    /// stops the stream (`None`). A streaming call also ends when the node ends its calls
-    /// after the drain timeout; a unary one is left to the connection's close, so a held unary
-    /// call carries no watch of its own.
-    async fn run_handler(
-        &self,
-        mut handler: std::pin::Pin<&mut impl Future<Output = Result<Body, Status>>>,
-        send: &SendStream,
-        method: &'static MethodSpec,
-    ) -> Option<Result<Body, Status>> {
-        let mut cancelled = std::pin::pin!(send.stopped());
-        if method.kind == MethodKind::Unary {
-            return std::future::poll_fn(|cx| {
-                if let Poll::Ready(outcome) = handler.as_mut().poll(cx) {
-                    return Poll::Ready(Some(outcome));
-                }
-                cancelled.as_mut().poll(cx).map(|_| None)
-            })
-            .await;
-        }
-        // Boxed: a unary call's task does not carry the shutdown watch.
-        Box::pin(self.until_ended(handler, cancelled, method)).await
-    }
-
-    /// [`Server::run_handler`] for a streaming call: also ends when the node ends its calls.
-    async fn until_ended(
-        &self,
-        mut handler: std::pin::Pin<&mut impl Future<Output = Result<Body, Status>>>,
-        mut cancelled: std::pin::Pin<&mut impl Future>,
-        method: &'static MethodSpec,
-    ) -> Option<Result<Body, Status>> {
-        let mut ending = self.ending.subscribe();
-        let mut ended = std::pin::pin!(ending.wait_for(|end| *end));
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(outcome) = handler.as_mut().poll(cx) {
-                return Poll::Ready(Some(outcome));
-            }
-            if ended.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Some(Err(Status::unavailable(format!(
-                    "this node shut down before `{}.{}` finished",
-                    method.service, method.name
-                )))));
-            }
-            cancelled.as_mut().poll(cx).map(|_| None)
-        })
-        .await
-    }
-
     /// Answers a stream with `status` and discards whatever else the peer sends on it.
     async fn reject(&self, send: SendStream, recv: RecvStream, status: &Status) {
         let code = if status.code() == Code::ResourceExhausted {
@@ -323,7 +219,7 @@ impl Server {
 
     /// While draining, waits (at most [`DELIVERY_WAIT`]) until the peer has acknowledged all of
     /// a finished stream's data, so closing the connection next cannot discard the answer.
-    async fn await_delivery(&self, send: &SendStream) {
+    pub(super) async fn await_delivery(&self, send: &SendStream) {
         if self.is_draining() {
             let _ = tokio::time::timeout(DELIVERY_WAIT, send.stopped()).await;
         }
@@ -337,13 +233,17 @@ pub(super) struct Answering {
     idle: tokio::sync::Notify,
 }
 
-/// Counts one call as answering while it lives.
-pub(super) struct AnsweringGuard<'a>(&'a Answering);
-
 impl Answering {
-    fn start(&self) -> AnsweringGuard<'_> {
+    /// Counts one more call as answering (until [`Answering::finish`]).
+    pub(super) fn start(&self) {
         self.count.fetch_add(1, Ordering::SeqCst);
-        AnsweringGuard(self)
+    }
+
+    /// Counts a call as answered.
+    pub(super) fn finish(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
     }
 
     /// Waits until no reply is being written.
@@ -358,22 +258,23 @@ impl Answering {
     }
 }
 
-impl Drop for AnsweringGuard<'_> {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
 /// The streams of one connection still being served.
 #[derive(Default)]
-struct OpenStreams {
+pub(super) struct OpenStreams {
     count: AtomicU32,
     /// Set once the connection stops accepting streams; from then on the last stream to
     /// finish wakes [`OpenStreams::wait_idle`].
     closing: AtomicBool,
     idle: tokio::sync::Notify,
+}
+
+/// Counts a stream of a connection as served while it lives.
+pub(super) struct StreamServed(Arc<OpenStreams>);
+
+impl Drop for StreamServed {
+    fn drop(&mut self) {
+        self.0.finish_one();
+    }
 }
 
 impl OpenStreams {

@@ -9,6 +9,7 @@ use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
 use super::IncomingCall;
+use crate::spec::MethodSpec;
 use crate::status::Status;
 use crate::streaming::{Body, until_deadline};
 
@@ -48,12 +49,11 @@ where
         let method = call.method;
         UntilDeadline {
             inner: self.inner.call(call),
-            // Created lazily on the first poll that finds the handler pending, so handlers
-            // that answer at once cost no timer.
-            sleep: None,
-            deadline,
-            service: method.service,
-            method: method.name,
+            timer: match deadline {
+                Some(deadline) => Timer::Unarmed { deadline },
+                None => Timer::None,
+            },
+            method,
         }
     }
 }
@@ -64,10 +64,35 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         #[pin]
-        sleep: Option<Sleep>,
-        deadline: Option<Instant>,
-        service: &'static str,
-        method: &'static str,
+        timer: Timer,
+        method: &'static MethodSpec,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's deadline timer. It is armed on the first poll that finds the handler pending,
+    /// so handlers that answer at once cost no timer.
+    #[project = TimerProj]
+    enum Timer {
+        /// The call has no deadline.
+        None,
+        /// The call has a deadline, and no timer yet.
+        Unarmed { deadline: Instant },
+        /// The timer runs.
+        Armed {
+            #[pin]
+            sleep: Sleep,
+        },
+    }
+}
+
+impl Timer {
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Timer::None => None,
+            Timer::Unarmed { deadline } => Some(*deadline),
+            Timer::Armed { sleep } => Some(sleep.deadline()),
+        }
     }
 }
 
@@ -79,26 +104,25 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let method = *this.method;
         if let Poll::Ready(outcome) = this.inner.poll(cx) {
-            return Poll::Ready(match (outcome, *this.deadline) {
+            return Poll::Ready(match (outcome, this.timer.deadline()) {
                 (Ok(Body::Stream(stream)), Some(deadline)) => Ok(Body::Stream(until_deadline(
                     stream,
                     deadline,
-                    Status::deadline_passed(this.service, this.method),
+                    Status::deadline_passed(method.service, method.name),
                 ))),
                 (outcome, _) => outcome,
             });
         }
-        let Some(deadline) = *this.deadline else {
-            return Poll::Pending;
-        };
-        if this.sleep.is_none() {
-            this.sleep.set(Some(tokio::time::sleep_until(deadline)));
+        if let TimerProj::Unarmed { deadline } = this.timer.as_mut().project() {
+            let sleep = tokio::time::sleep_until(*deadline);
+            this.timer.set(Timer::Armed { sleep });
         }
-        match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
-            Some(Poll::Ready(())) => {
-                Poll::Ready(Err(Status::deadline_passed(this.service, this.method)))
-            }
+        match this.timer.project() {
+            TimerProj::Armed { sleep } => sleep
+                .poll(cx)
+                .map(|()| Err(Status::deadline_passed(method.service, method.name))),
             _ => Poll::Pending,
         }
     }

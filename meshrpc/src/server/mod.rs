@@ -18,6 +18,7 @@
 //! [`Admission`].
 
 pub mod admission;
+mod answer;
 pub mod authorize;
 pub mod call;
 pub mod catch_panic;

@@ -46,10 +46,7 @@ pub(crate) fn encode_reply(payload: Option<&Bytes>, status: &StatusBody) -> Vec<
 }
 
 /// Writes a reply of one message (or a failure's status) on `send` and finishes it.
-pub(crate) async fn write_reply(
-    mut send: SendStream,
-    outcome: Result<Body, Status>,
-) -> (Written, Option<SendStream>) {
+pub(crate) async fn write_reply(send: &mut SendStream, outcome: Result<Body, Status>) -> Written {
     let mut chunks = match outcome {
         Ok(Body::Message(payload)) => encode_reply(Some(&payload), &StatusBody::ok()),
         Err(status) => encode_reply(None, &StatusBody::from(&status)),
@@ -61,10 +58,10 @@ pub(crate) async fn write_reply(
         ),
     };
     if send.write_all_chunks(&mut chunks).await.is_err() {
-        return (Written::Abandoned, None);
+        return Written::Abandoned;
     }
     let _ = send.finish();
-    (Written::Finished, Some(send))
+    Written::Finished
 }
 
 /// Writes a stream of items on `send`, item by item until it ends, the caller stops reading,

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::task::futures::TaskLocalFuture;
 use tower::Service;
 use tower::util::BoxCloneSyncService;
 
@@ -62,10 +63,14 @@ impl Service<IncomingCall> for Route {
         // The connection resolved the method against these services; a layer may have
         // changed it since, to a method of a service this node does not publish.
         let Some(service) = self.services.get(method.service) else {
-            return Routed::Refused(Some(Box::new(Status::refused(
-                Code::Unimplemented,
-                format!("no service `{}` on this node", method.service),
-            ))));
+            return Routed {
+                state: RoutedState::Refused {
+                    status: Some(Box::new(Status::refused(
+                        Code::Unimplemented,
+                        format!("no service `{}` on this node", method.service),
+                    ))),
+                },
+            };
         };
         let dispatch = service.dispatch(method, call.request, call.stream);
         let context = call.context;
@@ -74,30 +79,47 @@ impl Service<IncomingCall> for Route {
             .kind
             .server_streams()
             .then(|| Box::new(context.clone()));
-        Routed::Running {
-            handler: Box::pin(context.scope(dispatch)),
-            for_items,
+        Routed {
+            state: RoutedState::Running {
+                handler: context.scope_inline(dispatch),
+                for_items,
+            },
         }
     }
 }
 
-/// The future of a [`Route`]d call.
-pub enum Routed {
-    /// The handler runs.
-    Running {
-        /// The handler, inside the call's context.
-        handler: BoxFuture<'static, Result<Body, Status>>,
-        /// The context again, for the items of a server stream.
-        for_items: Option<Box<CallContext>>,
-    },
-    /// The call was refused before a handler ran (`None` once answered).
-    Refused(Option<Box<Status>>),
+pin_project_lite::pin_project! {
+    /// The future of a [`Route`]d call.
+    pub struct Routed {
+        #[pin]
+        state: RoutedState,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = RoutedProj]
+    enum RoutedState {
+        // The handler runs, inside the call's context (held here, not boxed again), with the
+        // context again for the items of a server stream.
+        Running {
+            #[pin]
+            handler: TaskLocalFuture<CallContext, BoxFuture<'static, Result<Body, Status>>>,
+            for_items: Option<Box<CallContext>>,
+        },
+        // The call was refused before a handler ran (`None` once answered).
+        Refused {
+            status: Option<Box<Status>>,
+        },
+    }
 }
 
 impl std::fmt::Debug for Routed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Routed")
-            .field("running", &matches!(self, Routed::Running { .. }))
+            .field(
+                "running",
+                &matches!(self.state, RoutedState::Running { .. }),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -105,14 +127,14 @@ impl std::fmt::Debug for Routed {
 impl Future for Routed {
     type Output = Result<Body, Status>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut *self {
-            Routed::Refused(status) => Poll::Ready(Err(status.take().map_or_else(
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            RoutedProj::Refused { status } => Poll::Ready(Err(status.take().map_or_else(
                 || Status::internal("a routed call was polled twice"),
                 |status| *status,
             ))),
-            Routed::Running { handler, for_items } => {
-                let outcome = std::task::ready!(handler.as_mut().poll(cx));
+            RoutedProj::Running { handler, for_items } => {
+                let outcome = std::task::ready!(handler.poll(cx));
                 let for_items = for_items.take();
                 Poll::Ready(match (outcome, for_items) {
                     // Items are produced after the handler returned: they see the call's

@@ -1,0 +1,229 @@
+//! Answering a call that was read: run it through the server stack until the handler answers
+//! (or the caller stops the stream, or the node ends its calls), then write the reply.
+//!
+//! A held call's memory is mostly its task, so the answering future is built to be small: the
+//! stack's future is created before the task waits on anything (not kept beside the call it was
+//! made from), the handler's watch ([`Handling`]) and the reply's writing
+//! ([`deliver`]) are two stages that share the same memory, and what only a streaming call or
+//! a draining node needs is boxed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt;
+use futures_util::future::{Either, OptionFuture};
+use quinn::SendStream;
+use tower::{Service, ServiceExt};
+use tracing::debug;
+
+use super::connection::StreamServed;
+use super::reply::{Written, write_reply, write_stream};
+use super::{IncomingCall, Server};
+use crate::spec::{MethodKind, MethodSpec};
+use crate::status::Status;
+use crate::streaming::Body;
+
+/// The answer to `call`, to be run as (the rest of) its stream's task.
+pub(super) fn answer(
+    server: Arc<Server>,
+    call: IncomingCall,
+    send: SendStream,
+    served: StreamServed,
+) -> impl Future<Output = ()> + Send + 'static {
+    let method = call.method;
+    let answering = AnsweringCall::start(server, served);
+    let mut stack = answering.server.stack.clone();
+    // The stack is ready at once unless a layer a user added holds calls back: only then does
+    // the call wait (boxed) before its handler starts.
+    match stack.ready().now_or_never() {
+        Some(Ok(ready)) => {
+            let handler = ready.call(call);
+            Either::Left(
+                Handling::new(handler, send, answering, method, SendStream::stopped).then(
+                    |handled| {
+                        OptionFuture::from(handled.map(|(outcome, send, answering)| {
+                            deliver(outcome, send, answering, method)
+                        }))
+                        .map(drop)
+                    },
+                ),
+            )
+        }
+        Some(Err(_)) => Either::Right(Either::Left(std::future::ready(()))),
+        None => Either::Right(Either::Right(Box::pin(async move {
+            let Ok(ready) = stack.ready().await else {
+                return;
+            };
+            let handler = ready.call(call);
+            if let Some((outcome, send, answering)) =
+                Handling::new(handler, send, answering, method, SendStream::stopped).await
+            {
+                deliver(outcome, send, answering, method).await;
+            }
+        }))),
+    }
+}
+
+/// Writes the reply (a message, a status, or a stream item by item) and, while draining,
+/// waits until the peer has it.
+async fn deliver(
+    outcome: Result<Body, Status>,
+    mut send: SendStream,
+    answering: AnsweringCall,
+    method: &'static MethodSpec,
+) {
+    let server = &answering.server;
+    let written = match outcome {
+        Ok(Body::Stream(items)) => {
+            let target = format!("{}.{}", method.service, method.name);
+            let mut ending = server.ending.subscribe();
+            let ending = async move {
+                let _ = ending.wait_for(|end| *end).await;
+            };
+            // Boxed: a unary call's task does not carry a stream writer's state.
+            let (written, finished) = Box::pin(write_stream(
+                send,
+                items,
+                server.limits.max_message_size,
+                &target,
+                ending,
+            ))
+            .await;
+            match finished {
+                Some(finished) => send = finished,
+                None => return,
+            }
+            written
+        }
+        outcome => write_reply(&mut send, outcome).await,
+    };
+    if written == Written::Finished && server.is_draining() {
+        // Boxed: only a draining node waits for delivery.
+        Box::pin(server.await_delivery(&send)).await;
+    }
+}
+
+/// One call being answered: the server counts it (a drain waits for it) until this is
+/// dropped, and its stream's guard goes with it.
+struct AnsweringCall {
+    server: Arc<Server>,
+    _served: StreamServed,
+}
+
+impl AnsweringCall {
+    fn start(server: Arc<Server>, served: StreamServed) -> AnsweringCall {
+        server.answering.start();
+        AnsweringCall {
+            server,
+            _served: served,
+        }
+    }
+}
+
+impl Drop for AnsweringCall {
+    fn drop(&mut self) {
+        self.server.answering.finish();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Polls a call's handler (the server stack's future) until it answers, or the caller stops
+    /// the stream (the handler is then dropped: `None`), or, for a streaming call, the node
+    /// ends its calls after the drain timeout (`unavailable`). A unary call is left to the
+    /// connection's close, so a held unary call carries no watch of the node's end.
+    struct Handling<F, W, C> {
+        #[pin]
+        handler: F,
+        // Created when the handler first waits: most answer on their first poll and need no
+        // watch (which costs a registration with the connection).
+        #[pin]
+        cancelled: Option<C>,
+        watch: W,
+        ended: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+        call: Option<(SendStream, AnsweringCall)>,
+        method: &'static MethodSpec,
+    }
+}
+
+impl<F, W, C> Handling<F, W, C>
+where
+    W: Fn(&SendStream) -> C,
+{
+    /// Watches `handler`, the stack's future for a call to `method` on `send`; `watch` makes
+    /// the future that resolves when the caller stops the stream.
+    fn new(
+        handler: F,
+        send: SendStream,
+        answering: AnsweringCall,
+        method: &'static MethodSpec,
+        watch: W,
+    ) -> Self {
+        Handling {
+            handler,
+            cancelled: None,
+            watch,
+            ended: None,
+            call: Some((send, answering)),
+            method,
+        }
+    }
+}
+
+impl<F, W, C> Future for Handling<F, W, C>
+where
+    F: Future<Output = Result<Body, Status>>,
+    W: Fn(&SendStream) -> C,
+    C: Future,
+{
+    type Output = Option<(Result<Body, Status>, SendStream, AnsweringCall)>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some((send, answering)) = this.call.as_ref() else {
+            return Poll::Pending;
+        };
+        let outcome = match this.handler.poll(cx) {
+            Poll::Ready(outcome) => Some(outcome),
+            Poll::Pending => {
+                if this.method.kind != MethodKind::Unary {
+                    let ended = this.ended.get_or_insert_with(|| {
+                        let mut ending = answering.server.ending.subscribe();
+                        Box::pin(async move {
+                            let _ = ending.wait_for(|end| *end).await;
+                        })
+                    });
+                    if ended.as_mut().poll(cx).is_ready() {
+                        Some(Err(Status::unavailable(format!(
+                            "this node shut down before `{}.{}` finished",
+                            this.method.service, this.method.name
+                        ))))
+                    } else {
+                        None
+                    }
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(outcome) = outcome {
+            let (send, answering) = this.call.take().expect("checked above");
+            return Poll::Ready(Some((outcome, send, answering)));
+        }
+        if this.cancelled.is_none() {
+            let watch = (this.watch)(send);
+            this.cancelled.set(Some(watch));
+        }
+        let stopped = this
+            .cancelled
+            .as_pin_mut()
+            .is_some_and(|cancelled| cancelled.poll(cx).is_ready());
+        if stopped {
+            debug!(method = %this.method.name, "caller cancelled; handler dropped");
+            this.call.take();
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+}
