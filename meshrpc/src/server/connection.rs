@@ -203,7 +203,7 @@ impl Server {
         let mut recv = recv;
         let mut reply = encode_reply(None, &StatusBody::from(status));
         let _ = recv.stop(code);
-        if send.write_all_chunks(&mut reply).await.is_ok() {
+        if send.write_all_chunks(reply.as_mut_slice()).await.is_ok() {
             let _ = send.finish();
             self.await_delivery(&send).await;
         }

@@ -118,7 +118,7 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("services", &self.services.keys().collect::<Vec<_>>())
+            .field("services", &self.services.names().collect::<Vec<_>>())
             .field("limits", &self.limits)
             .field("draining", &self.is_draining())
             .finish_non_exhaustive()
@@ -159,10 +159,7 @@ impl Server {
             .layer(catch_panic::CatchPanicLayer)
             .service(handlers);
         Server {
-            services: services
-                .into_iter()
-                .map(|service| (service.spec().name.to_owned(), service))
-                .collect(),
+            services: route::Published::new(&services),
             stream_handlers: HashMap::new(),
             connection_hook: None,
             cluster: String::new(),
@@ -199,7 +196,7 @@ impl Server {
 
     /// The published services, by name.
     pub fn services(&self) -> impl Iterator<Item = &Arc<dyn Dispatch>> {
-        self.services.values()
+        self.services.services()
     }
 
     /// The limits in force.

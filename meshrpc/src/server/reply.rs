@@ -11,7 +11,7 @@ use tracing::debug;
 
 use crate::status::{Code, Status};
 use crate::streaming::{Body, Streaming};
-use crate::transport::streams::{End, SendGuard, poll_batch, status_frame};
+use crate::transport::streams::{COALESCE_BELOW, Chunks, End, SendGuard, poll_batch, status_frame};
 use crate::wire::{FrameKind, StatusBody};
 
 /// The `STATUS` frame of every successful reply.
@@ -26,28 +26,39 @@ pub(crate) enum Written {
     Abandoned,
 }
 
-/// The chunks of a reply: `[DATA prefix, payload, STATUS frame]`, or `[STATUS frame]` alone;
-/// the payload is sent as is, never copied.
-pub(crate) fn encode_reply(payload: Option<&Bytes>, status: &StatusBody) -> Vec<Bytes> {
+/// A reply's chunks: `[DATA frame and STATUS frame]` in one buffer for a small payload (copied:
+/// one chunk for QUIC and one allocation), `[DATA prefix, payload, STATUS frame]` for a large
+/// one (never copied), or `[STATUS frame]` alone.
+pub(crate) type ReplyChunks = Chunks<3>;
+
+/// Encodes a reply of `payload` (if any) ended by `status`.
+pub(crate) fn encode_reply(payload: Option<&Bytes>, status: &StatusBody) -> ReplyChunks {
     let status_frame = if status.is_ok() {
         Bytes::from_static(OK_STATUS_FRAME)
     } else {
         status_frame(status)
     };
-    match payload {
-        Some(payload) => {
-            let mut prefix = BytesMut::with_capacity(5);
-            prefix.put_u8(FrameKind::Data as u8);
-            prefix.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
-            vec![prefix.freeze(), payload.clone(), status_frame]
-        }
-        None => vec![status_frame],
+    let Some(payload) = payload else {
+        return Chunks::new([status_frame, Bytes::new(), Bytes::new()], 1);
+    };
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    if payload.len() < COALESCE_BELOW {
+        let mut reply = BytesMut::with_capacity(5 + payload.len() + status_frame.len());
+        reply.put_u8(FrameKind::Data as u8);
+        reply.put_u32(len);
+        reply.put_slice(payload);
+        reply.put_slice(&status_frame);
+        return Chunks::new([reply.freeze(), Bytes::new(), Bytes::new()], 1);
     }
+    let mut prefix = BytesMut::with_capacity(5);
+    prefix.put_u8(FrameKind::Data as u8);
+    prefix.put_u32(len);
+    Chunks::new([prefix.freeze(), payload.clone(), status_frame], 3)
 }
 
 /// Writes a reply of one message (or a failure's status) on `send` and finishes it.
 pub(crate) async fn write_reply(send: &mut SendStream, outcome: Result<Body, Status>) -> Written {
-    let mut chunks = match outcome {
+    let mut reply = match outcome {
         Ok(Body::Message(payload)) => encode_reply(Some(&payload), &StatusBody::ok()),
         Err(status) => encode_reply(None, &StatusBody::from(&status)),
         Ok(Body::Stream(_)) => encode_reply(
@@ -57,7 +68,7 @@ pub(crate) async fn write_reply(send: &mut SendStream, outcome: Result<Body, Sta
             )),
         ),
     };
-    if send.write_all_chunks(&mut chunks).await.is_err() {
+    if send.write_all_chunks(reply.as_mut_slice()).await.is_err() {
         return Written::Abandoned;
     }
     let _ = send.finish();

@@ -2,8 +2,6 @@
 //! its deadline taken), the first request message, and for methods with a client stream the
 //! items that follow. Whatever fails here is answered on the stream without running anything.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -12,7 +10,7 @@ use tokio::time::Instant;
 
 use super::call::{Caller, IncomingCall};
 use crate::context::CallContext;
-use crate::service::{Dispatch, unknown_method};
+use crate::service::unknown_method;
 use crate::spec::MethodSpec;
 use crate::status::{Code, Status};
 use crate::transport::io::read_frame;
@@ -23,7 +21,7 @@ use crate::wire::{CallHeader, FrameDecoder, FrameKind};
 const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The published services by name, as calls are routed to them.
-pub(crate) type Services = HashMap<String, Arc<dyn Dispatch>>;
+pub(crate) type Services = super::route::Published;
 
 /// The rest of a stream whose opening frame was read: the receiving half, its decoder, and
 /// any bytes already read past the opening frame.
@@ -58,14 +56,16 @@ pub(crate) async fn read_call(
         request_read_timeout,
         draining,
     } = rules;
-    let header: CallHeader<'_> =
-        match crate::codec::from_slice_bounded(header, crate::codec::MAX_HEADER_DEPTH) {
+    let header: CallHeader<'_> = match crate::wire::fast::read_call_header(header) {
+        Some(header) => header,
+        None => match crate::codec::from_slice_bounded(header, crate::codec::MAX_HEADER_DEPTH) {
             Ok(header) => header,
             Err(error) => {
                 let status = Status::invalid_argument(format!("malformed call header: {error}"));
                 return Err((status, recv));
             }
-        };
+        },
+    };
     let deadline = header
         .deadline_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms).min(MAX_DEADLINE));
@@ -127,8 +127,7 @@ pub(crate) async fn read_call(
 /// The method a header names, or the status that refuses it.
 fn route(services: &Services, header: &CallHeader<'_>) -> Result<&'static MethodSpec, Status> {
     let Some(service) = services.get(header.service.as_ref()) else {
-        let mut published: Vec<&str> = services.keys().map(String::as_str).collect();
-        published.sort_unstable();
+        let published: Vec<&str> = services.names().collect();
         // Not `not_found`, which handlers answer for "no such item": a caller must be able
         // to tell the wrong place from a missing thing. The handler never ran, so the
         // caller may try a node that publishes the service.

@@ -2,7 +2,6 @@
 //! belongs to, inside the call's [`CallContext`], and [`Handlers`] puts the
 //! layers a user added (`NodeBuilder::layer`) above it.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,16 +20,53 @@ use crate::streaming::Body;
 /// The server stack below the layers a user added, boxed: what `NodeBuilder::layer` wraps.
 pub type BoxServerService = BoxCloneSyncService<IncomingCall, Body, Status>;
 
+/// The services a node publishes, by name. A node publishes a handful, so a scan of their
+/// names is faster than hashing the name of every call.
+#[derive(Clone)]
+pub(crate) struct Published(Arc<[(&'static str, Arc<dyn Dispatch>)]>);
+
+impl Published {
+    /// `services` by name; of two with the same name, the later is published.
+    pub(crate) fn new(services: &[Arc<dyn Dispatch>]) -> Published {
+        let mut published: Vec<(&'static str, Arc<dyn Dispatch>)> = Vec::new();
+        for service in services {
+            let name = service.spec().name;
+            published.retain(|(published, _)| *published != name);
+            published.push((name, service.clone()));
+        }
+        published.sort_by_key(|(name, _)| *name);
+        Published(published.into())
+    }
+
+    /// The service named `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<dyn Dispatch>> {
+        self.0
+            .iter()
+            .find(|(published, _)| *published == name)
+            .map(|(_, service)| service)
+    }
+
+    /// The names of the services, in order.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.0.iter().map(|(name, _)| *name)
+    }
+
+    /// The services, in the order of their names.
+    pub(crate) fn services(&self) -> impl Iterator<Item = &Arc<dyn Dispatch>> {
+        self.0.iter().map(|(_, service)| service)
+    }
+}
+
 /// Runs each call on the published service its method belongs to.
 #[derive(Clone)]
 pub struct Route {
-    services: Arc<HashMap<&'static str, Arc<dyn Dispatch>>>,
+    services: Published,
 }
 
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Route")
-            .field("services", &self.services.keys().collect::<Vec<_>>())
+            .field("services", &self.services.names().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -39,12 +75,7 @@ impl Route {
     /// Routes to `services`.
     pub fn new(services: &[Arc<dyn Dispatch>]) -> Route {
         Route {
-            services: Arc::new(
-                services
-                    .iter()
-                    .map(|service| (service.spec().name, service.clone()))
-                    .collect(),
-            ),
+            services: Published::new(services),
         }
     }
 }

@@ -12,15 +12,15 @@ use tower::Service;
 use super::connections::Connections;
 use super::io::{ReadFrameError, read_frame};
 use super::streams::{
-    Direction, End, SendGuard, first_reply_item, incoming_items, poll_batch, status_frame,
+    COALESCE_BELOW, Chunks, Direction, End, SendGuard, first_reply_item, incoming_items,
+    poll_batch, status_frame,
 };
 use crate::channel::Call;
 use crate::service::BoxFuture;
 use crate::spec::MethodKind;
 use crate::status::{Code, Status};
 use crate::streaming::{Body, Streaming};
-use crate::wire::frame::encode_frame_with;
-use crate::wire::{CallHeader, FrameDecoder, FrameKind, StatusBody};
+use crate::wire::{FrameDecoder, FrameKind, StatusBody};
 use futures_util::StreamExt;
 
 /// Sends `call` to the peer at `addr` over a new stream of the pooled connection and waits for
@@ -67,7 +67,7 @@ async fn exchange(
         )
     })?;
     let stream = send.id();
-    match send.write_all_chunks(&mut request).await {
+    match send.write_all_chunks(request.as_mut_slice()).await {
         Ok(_) => {
             // Finishing can only fail if the peer already stopped the stream; its reply says why.
             let _ = send.finish();
@@ -100,11 +100,14 @@ async fn exchange(
                 payload = Some(frame.body);
             }
             Some(frame) if frame.kind == FrameKind::Status => {
-                let status: StatusBody =
+                let status: StatusBody = if frame.body == crate::wire::fast::OK_STATUS_BODY {
+                    StatusBody::ok()
+                } else {
                     crate::codec::from_slice_bounded(&frame.body, crate::codec::MAX_HEADER_DEPTH)
                         .map_err(|error| {
-                        Status::internal(format!("{addr} sent an undecodable status: {error}"))
-                    })?;
+                            Status::internal(format!("{addr} sent an undecodable status: {error}"))
+                        })?
+                };
                 // Read the FIN (it normally arrives with the status): dropping a stream that
                 // is not read to its end would send STOP_SENDING, one more packet per call.
                 if buffer.is_empty() {
@@ -151,7 +154,7 @@ async fn exchange_streams(
     })?;
     let stream = send.id();
     let mut send = SendGuard::new(send);
-    match send.get().write_all_chunks(&mut request).await {
+    match send.get().write_all_chunks(request.as_mut_slice()).await {
         Ok(_) => {}
         // The peer refused the call before reading all of it; its reply says why.
         Err(quinn::WriteError::Stopped(_)) => {}
@@ -291,9 +294,10 @@ fn connection_lost(addr: SocketAddr, stream: quinn::StreamId, error: &Connection
     }
 }
 
-/// Encodes the `CALL` frame and the `DATA` frame's prefix into one buffer; the payload
-/// follows as its own chunk, so it is never copied. Both go out in one write.
-fn encode_request(call: &Call, max_message_size: usize) -> Result<[Bytes; 2], Status> {
+/// Encodes the `CALL` frame and the `DATA` frame's prefix into one buffer, with a small payload
+/// copied after them (one chunk for QUIC); a large payload follows as its own chunk, so it is
+/// never copied. Both go out in one write.
+fn encode_request(call: &Call, max_message_size: usize) -> Result<Chunks<2>, Status> {
     if call.payload.len() > max_message_size {
         return Err(Status::new(
             Code::ResourceExhausted,
@@ -318,21 +322,25 @@ fn encode_request(call: &Call, max_message_size: usize) -> Result<[Bytes; 2], St
             Some(remaining.as_micros().div_ceil(1000) as u64)
         }
     };
-    let header = CallHeader {
-        service: std::borrow::Cow::Borrowed(&call.service),
-        method: std::borrow::Cow::Borrowed(&call.method),
+    let small = call.payload.len() < COALESCE_BELOW;
+    let mut buffer = BytesMut::with_capacity(
+        64 + call.service.len() + call.method.len() + if small { call.payload.len() } else { 0 },
+    );
+    crate::wire::fast::put_call_frame(
+        &mut buffer,
+        &call.service,
+        &call.method,
         deadline_ms,
-        metadata: call.metadata.clone(),
-        sticky_key: call.sticky_key.clone(),
-    };
-    let mut buffer = BytesMut::with_capacity(64 + call.service.len() + call.method.len());
-    encode_frame_with(FrameKind::Call, &mut buffer, |out| {
-        rmp_serde::encode::write_named(out, &header)
-    })
-    .map_err(|error| Status::internal(format!("cannot encode call header: {error}")))?;
+        &call.metadata,
+        call.sticky_key.as_deref(),
+    );
     buffer.put_u8(FrameKind::Data as u8);
     buffer.put_u32(call.payload.len() as u32);
-    Ok([buffer.freeze(), call.payload.clone()])
+    if small {
+        buffer.put_slice(&call.payload);
+        return Ok(Chunks::new([buffer.freeze(), Bytes::new()], 1));
+    }
+    Ok(Chunks::new([buffer.freeze(), call.payload.clone()], 2))
 }
 
 /// A tower service that sends every call to one peer address.

@@ -302,6 +302,27 @@ impl Drop for SendGuard {
     }
 }
 
+/// Up to `N` chunks to write in one go (no allocation to hold them).
+pub(crate) struct Chunks<const N: usize> {
+    chunks: [Bytes; N],
+    used: usize,
+}
+
+impl<const N: usize> Chunks<N> {
+    /// The first `used` of `chunks`.
+    pub(crate) fn new(chunks: [Bytes; N], used: usize) -> Chunks<N> {
+        Chunks {
+            chunks,
+            used: used.min(N),
+        }
+    }
+
+    /// The chunks to write.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [Bytes] {
+        &mut self.chunks[..self.used]
+    }
+}
+
 /// The chunks of one `DATA` frame carrying `item`: its prefix and the item itself (not copied).
 pub(crate) fn data_frame(item: Bytes) -> [Bytes; 2] {
     let mut prefix = BytesMut::with_capacity(5);
@@ -320,7 +341,7 @@ pub(crate) fn status_frame(status: &StatusBody) -> Bytes {
 
 /// Items smaller than this are copied into a batch with the items ready after them, so a
 /// stream of small items costs one write (and one buffer in QUIC) per batch, not per item.
-const COALESCE_BELOW: usize = 4 * 1024;
+pub(crate) const COALESCE_BELOW: usize = 4 * 1024;
 
 /// The most bytes one batch gathers.
 const BATCH_BYTES: usize = 64 * 1024;

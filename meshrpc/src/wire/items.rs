@@ -128,10 +128,12 @@ impl ItemDecoder {
             FrameKind::Data => ItemEvent::Item(frame.body),
             FrameKind::Status => {
                 self.ended = true;
-                let status: StatusBody = match crate::codec::from_slice_bounded(
-                    &frame.body,
-                    crate::codec::MAX_HEADER_DEPTH,
-                ) {
+                let decoded = if frame.body == super::fast::OK_STATUS_BODY {
+                    Ok(StatusBody::ok())
+                } else {
+                    crate::codec::from_slice_bounded(&frame.body, crate::codec::MAX_HEADER_DEPTH)
+                };
+                let status: StatusBody = match decoded {
                     Ok(status) => status,
                     Err(error) => {
                         return Some(ItemEvent::Failed(

@@ -6,6 +6,7 @@
 //! `DATA` frames in either half, decoded by [`ItemDecoder`]. `docs/PROTOCOL.md` is the
 //! byte-level reference.
 
+pub mod fast;
 pub mod frame;
 pub mod header;
 pub mod items;

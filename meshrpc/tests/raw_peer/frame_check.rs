@@ -108,6 +108,15 @@ fn check_frame(frame: &Frame) {
     assert!(frame.body.len() <= frame.kind.max_len(MAX_MESSAGE));
     match frame.kind {
         FrameKind::Call => {
+            // The server's fast path reads only what the general decoder reads the same way.
+            if let Some(fast) = meshrpc::wire::fast::read_call_header(&frame.body) {
+                let general: CallHeader = meshrpc::codec::from_slice_bounded(
+                    &frame.body,
+                    meshrpc::codec::MAX_HEADER_DEPTH,
+                )
+                .expect("a header the fast path reads, the general decoder reads");
+                assert_eq!(fast, general);
+            }
             if let Ok(header) = rmp_serde::from_slice::<CallHeader>(&frame.body) {
                 let again = rmp_serde::to_vec_named(&header).expect("a decoded header encodes");
                 let back: CallHeader =
