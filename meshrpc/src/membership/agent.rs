@@ -166,7 +166,7 @@ impl Membership {
         send.write_chunk(encode_members(&ours)?).await?;
         let _ = send.finish();
         let decoder = FrameDecoder::new(MAX_SYNC_MESSAGE);
-        let mut buffer = BytesMut::new();
+        let mut buffer = crate::wire::FrameBuffer::default();
         let frame = tokio::time::timeout(
             EXCHANGE_TIMEOUT,
             read_frame(&mut recv, &decoder, &mut buffer),

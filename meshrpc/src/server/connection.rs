@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures_util::FutureExt;
 use futures_util::future::Either;
 use quinn::{Connection, RecvStream, SendStream};
@@ -22,7 +21,7 @@ use crate::status::{Code, Status};
 use crate::transport::error_code;
 use crate::transport::goaway;
 use crate::transport::io::{ReadFrameError, read_frame};
-use crate::wire::{FrameDecoder, FrameKind, StatusBody};
+use crate::wire::{FrameBuffer, FrameDecoder, FrameKind, StatusBody};
 
 /// How long a stopping node waits for the streams it accepted to be answered before it
 /// closes their connection anyway.
@@ -130,7 +129,7 @@ impl Server {
         mut recv: RecvStream,
     ) -> Option<(IncomingCall, SendStream)> {
         let decoder = FrameDecoder::new(self.limits.max_message_size);
-        let mut buffer = BytesMut::new();
+        let mut buffer = FrameBuffer::default();
         let opening = tokio::time::timeout(
             self.limits.request_read_timeout,
             read_frame(&mut recv, &decoder, &mut buffer),
@@ -177,7 +176,7 @@ impl Server {
             kind => {
                 match self.stream_handlers.get(&(kind as u8)) {
                     Some(handler) => {
-                        handler(connection, frame, send, recv, buffer.freeze()).await;
+                        handler(connection, frame, send, recv, buffer.into_bytes()).await;
                     }
                     None => {
                         let status = Status::invalid_argument(format!(

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use quinn::RecvStream;
 use tokio::time::Instant;
 
@@ -15,7 +15,7 @@ use crate::spec::MethodSpec;
 use crate::status::{Code, Status};
 use crate::transport::io::read_frame;
 use crate::transport::streams::{Direction, incoming_items};
-use crate::wire::{CallHeader, FrameDecoder, FrameKind};
+use crate::wire::{CallHeader, FrameBuffer, FrameDecoder, FrameKind};
 
 /// Longest deadline a caller may ask for; longer ones are clamped (a day).
 const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -28,7 +28,7 @@ pub(crate) type Services = super::route::Published;
 pub(crate) struct Opened {
     pub(crate) recv: RecvStream,
     pub(crate) decoder: FrameDecoder,
-    pub(crate) buffer: BytesMut,
+    pub(crate) buffer: FrameBuffer,
 }
 
 /// What the server's state says about a new call.
@@ -155,7 +155,7 @@ fn route(services: &Services, header: &CallHeader<'_>) -> Result<&'static Method
 async fn read_first_message(
     recv: &mut RecvStream,
     decoder: &FrameDecoder,
-    buffer: &mut BytesMut,
+    buffer: &mut FrameBuffer,
     then_end: bool,
 ) -> Result<Bytes, Status> {
     let payload = match read_frame(recv, decoder, buffer).await {

@@ -20,7 +20,7 @@ use crate::service::BoxFuture;
 use crate::spec::MethodKind;
 use crate::status::{Code, Status};
 use crate::streaming::{Body, Streaming};
-use crate::wire::{FrameDecoder, FrameKind, StatusBody};
+use crate::wire::{FrameBuffer, FrameDecoder, FrameKind, StatusBody};
 use futures_util::StreamExt;
 
 /// Sends `call` to the peer at `addr` over a new stream of the pooled connection and waits for
@@ -85,7 +85,7 @@ async fn exchange(
     }
 
     let decoder = FrameDecoder::new(max_message_size);
-    let mut buffer = BytesMut::new();
+    let mut buffer = FrameBuffer::default();
     let mut payload = None;
     loop {
         let frame = match read_frame(&mut recv, &decoder, &mut buffer).await {
@@ -190,7 +190,7 @@ async fn exchange_streams(
     let decoder = FrameDecoder::new(max_message_size);
     let who = addr.to_string();
     if call.kind == MethodKind::Bidirectional {
-        let items = incoming_items(recv, decoder, BytesMut::new(), Direction::Reply, who);
+        let items = incoming_items(recv, decoder, FrameBuffer::default(), Direction::Reply, who);
         return Ok(Body::Stream(items.on_end(move |_| drop(pump))));
     }
     if call.kind.server_streams() {
@@ -198,7 +198,7 @@ async fn exchange_streams(
         return Ok(Body::Stream(items.on_end(move |_| drop(pump))));
     }
     // A client stream and one reply: the reply ends the call, pumped or not.
-    let mut reply = incoming_items(recv, decoder, BytesMut::new(), Direction::Reply, who);
+    let mut reply = incoming_items(recv, decoder, FrameBuffer::default(), Direction::Reply, who);
     let message = match reply.next().await {
         Some(Ok(message)) => message,
         Some(Err(status)) => return Err(status),
@@ -323,9 +323,16 @@ fn encode_request(call: &Call, max_message_size: usize) -> Result<Chunks<2>, Sta
         }
     };
     let small = call.payload.len() < COALESCE_BELOW;
-    let mut buffer = BytesMut::with_capacity(
-        64 + call.service.len() + call.method.len() + if small { call.payload.len() } else { 0 },
+    let header_len = crate::wire::fast::call_frame_len(
+        &call.service,
+        &call.method,
+        deadline_ms,
+        &call.metadata,
+        call.sticky_key.as_deref(),
     );
+    // Exactly the bytes written: a buffer frozen with room to spare costs an allocation more.
+    let mut buffer =
+        BytesMut::with_capacity(header_len + 5 + if small { call.payload.len() } else { 0 });
     crate::wire::fast::put_call_frame(
         &mut buffer,
         &call.service,

@@ -1,10 +1,9 @@
 //! Reading frames off a quinn stream, with the limits checked before memory is reserved.
 
-use bytes::BytesMut;
 use quinn::RecvStream;
 
 use crate::status::{Code, Status};
-use crate::wire::{Frame, FrameDecoder, FrameError};
+use crate::wire::{Frame, FrameBuffer, FrameDecoder, FrameError};
 
 /// Why a frame could not be read.
 #[derive(Debug)]
@@ -33,14 +32,15 @@ impl ReadFrameError {
     }
 }
 
-/// Reads the next frame, or `None` at a clean end of stream.
+/// Reads the next frame, or `None` at a clean end of stream. A frame that arrives whole in one
+/// chunk is not copied: its body shares the chunk's memory.
 pub(crate) async fn read_frame(
     recv: &mut RecvStream,
     decoder: &FrameDecoder,
-    buffer: &mut BytesMut,
+    buffer: &mut FrameBuffer,
 ) -> Result<Option<Frame>, ReadFrameError> {
     loop {
-        if let Some(frame) = decoder.decode(buffer).map_err(ReadFrameError::Frame)? {
+        if let Some(frame) = buffer.decode(decoder).map_err(ReadFrameError::Frame)? {
             return Ok(Some(frame));
         }
         match recv
@@ -48,9 +48,9 @@ pub(crate) async fn read_frame(
             .await
             .map_err(ReadFrameError::Stream)?
         {
-            Some(chunk) => buffer.extend_from_slice(&chunk.bytes),
+            Some(chunk) => buffer.push(chunk.bytes),
             None => {
-                decoder.finish(buffer).map_err(ReadFrameError::Frame)?;
+                buffer.finish(decoder).map_err(ReadFrameError::Frame)?;
                 return Ok(None);
             }
         }

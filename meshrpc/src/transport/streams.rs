@@ -27,7 +27,7 @@ use super::error_code;
 use crate::status::{Code, Status};
 use crate::streaming::{FrameOut, Frames, Streaming};
 use crate::wire::items::{ItemAssembler, ItemDecoder, ItemEvent, Violation};
-use crate::wire::{FrameDecoder, FrameKind, StatusBody, encode_frame};
+use crate::wire::{FrameBuffer, FrameDecoder, FrameKind, StatusBody, encode_frame};
 
 pub(crate) use crate::wire::items::Direction;
 
@@ -60,11 +60,11 @@ pub(crate) fn reset_status(code: VarInt, who: &str) -> Status {
 pub(crate) fn incoming_items(
     recv: RecvStream,
     decoder: FrameDecoder,
-    buffer: BytesMut,
+    leftover: FrameBuffer,
     direction: Direction,
     who: String,
 ) -> Streaming<Bytes> {
-    let reader = ItemReader::new(recv, decoder.max_message(), buffer, direction, who);
+    let reader = ItemReader::new(recv, decoder.max_message(), leftover, direction, who);
     items_of(reader)
 }
 
@@ -89,13 +89,13 @@ impl ItemReader {
     fn new(
         recv: RecvStream,
         max_message: usize,
-        buffer: BytesMut,
+        leftover: FrameBuffer,
         direction: Direction,
         who: String,
     ) -> ItemReader {
         ItemReader {
             recv,
-            items: ItemAssembler::new(ItemDecoder::new(max_message, direction), buffer),
+            items: ItemAssembler::resuming(ItemDecoder::new(max_message, direction), leftover),
             who,
             first: None,
             closing: None,
@@ -243,7 +243,7 @@ pub(crate) async fn first_reply_item(
     let mut reader = ItemReader::new(
         recv,
         decoder.max_message(),
-        BytesMut::new(),
+        FrameBuffer::default(),
         Direction::Reply,
         who,
     );

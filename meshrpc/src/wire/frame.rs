@@ -218,6 +218,86 @@ impl FrameDecoder {
     }
 }
 
+/// The bytes read off a stream and not yet decoded into frames: what is left of the last chunk
+/// QUIC delivered, whose whole frames are taken without a copy (a frame's body shares the
+/// chunk's memory), and a frame split across chunks, gathered in a buffer from only its own
+/// bytes.
+#[derive(Debug, Default)]
+pub struct FrameBuffer {
+    gathered: BytesMut,
+    chunk: Bytes,
+}
+
+impl FrameBuffer {
+    /// The next whole frame, or `None` until more bytes are pushed.
+    pub fn decode(&mut self, decoder: &FrameDecoder) -> Result<Option<Frame>, FrameError> {
+        loop {
+            if !self.gathered.is_empty() {
+                if let Some(frame) = decoder.decode(&mut self.gathered)? {
+                    return Ok(Some(frame));
+                }
+                if self.chunk.is_empty() {
+                    return Ok(None);
+                }
+                // A partial frame: complete it from the chunk, taking only its own bytes.
+                let take = decoder.missing(&self.gathered).min(self.chunk.len());
+                self.gathered.extend_from_slice(&self.chunk[..take]);
+                self.chunk.advance(take);
+            } else if self.chunk.is_empty() {
+                return Ok(None);
+            } else {
+                if let Some(frame) = decoder.decode_shared(&mut self.chunk)? {
+                    return Ok(Some(frame));
+                }
+                // The chunk ends inside a frame: gather it with the bytes that follow.
+                self.gathered.extend_from_slice(&self.chunk);
+                self.chunk.clear();
+            }
+        }
+    }
+
+    /// Adds the next chunk read off the stream (once [`FrameBuffer::decode`] needs more).
+    pub fn push(&mut self, chunk: Bytes) {
+        if self.chunk.is_empty() && self.gathered.is_empty() {
+            self.chunk = chunk;
+        } else {
+            self.gathered.extend_from_slice(&self.chunk);
+            self.gathered.extend_from_slice(&chunk);
+            self.chunk.clear();
+        }
+    }
+
+    /// Called when the stream has ended: an error if a partial frame is left over.
+    pub fn finish(&mut self, decoder: &FrameDecoder) -> Result<(), FrameError> {
+        if !self.chunk.is_empty() {
+            self.gathered.extend_from_slice(&self.chunk);
+            self.chunk.clear();
+        }
+        decoder.finish(&self.gathered)
+    }
+
+    /// Whether every byte pushed has been decoded.
+    pub fn is_empty(&self) -> bool {
+        self.gathered.is_empty() && self.chunk.is_empty()
+    }
+
+    /// The bytes not yet decoded: a partial frame gathered so far, and the rest of the last
+    /// chunk (which follows it).
+    pub fn into_parts(self) -> (BytesMut, Bytes) {
+        (self.gathered, self.chunk)
+    }
+
+    /// The bytes not yet decoded, in one piece.
+    pub fn into_bytes(self) -> Bytes {
+        if self.gathered.is_empty() {
+            return self.chunk;
+        }
+        let mut gathered = self.gathered;
+        gathered.extend_from_slice(&self.chunk);
+        gathered.freeze()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -5,7 +5,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::frame::{FrameDecoder, FrameError, FrameKind};
+use super::frame::{FrameBuffer, FrameDecoder, FrameError, FrameKind};
 use super::header::StatusBody;
 use crate::status::{Code, Status};
 
@@ -221,6 +221,17 @@ impl ItemAssembler {
             decoder,
             buffer,
             chunk: Bytes::new(),
+        }
+    }
+
+    /// An assembler decoding with `decoder`, starting with the bytes a [`FrameBuffer`] had
+    /// not yet decoded.
+    pub fn resuming(decoder: ItemDecoder, leftover: FrameBuffer) -> ItemAssembler {
+        let (buffer, chunk) = leftover.into_parts();
+        ItemAssembler {
+            decoder,
+            buffer,
+            chunk,
         }
     }
 

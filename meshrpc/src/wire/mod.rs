@@ -11,6 +11,6 @@ pub mod frame;
 pub mod header;
 pub mod items;
 
-pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, encode_frame};
+pub use frame::{Frame, FrameBuffer, FrameDecoder, FrameError, FrameKind, encode_frame};
 pub use header::{CallHeader, HttpHeader, StatusBody};
 pub use items::{Direction, ItemAssembler, ItemDecoder, ItemEvent};
