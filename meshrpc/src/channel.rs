@@ -163,7 +163,39 @@ where
     S::Future: Send + 'static,
 {
     fn send(&self, call: Call) -> crate::service::BoxFuture<'static, Result<Body, Status>> {
-        Box::pin(self.0.clone().oneshot(call))
+        let mut service = self.0.clone();
+        // Services that are always ready (the transport's, the balancer's) are called at once;
+        // when their future is boxed already (as theirs are), it is returned as it is rather
+        // than boxed again inside a `oneshot`.
+        let mut probe = Context::from_waker(std::task::Waker::noop());
+        match service.poll_ready(&mut probe) {
+            Poll::Ready(Ok(())) => boxed_once(service.call(call)),
+            Poll::Ready(Err(status)) => Box::pin(std::future::ready(Err(status))),
+            Poll::Pending => Box::pin(service.oneshot(call)),
+        }
+    }
+}
+
+/// `future` as a [`BoxFuture`](crate::service::BoxFuture), boxed only if it is not one
+/// already.
+fn boxed_once<F>(future: F) -> crate::service::BoxFuture<'static, Result<Body, Status>>
+where
+    F: std::future::Future<Output = Result<Body, Status>> + Send + 'static,
+{
+    let mut slot = Some(future);
+    let any: &mut dyn std::any::Any = &mut slot;
+    if let Some(boxed) = any
+        .downcast_mut::<Option<crate::service::BoxFuture<'static, Result<Body, Status>>>>()
+        .and_then(Option::take)
+    {
+        return boxed;
+    }
+    match slot {
+        Some(future) => Box::pin(future),
+        // Taken only when it was a boxed future, which returned above.
+        None => Box::pin(std::future::ready(Err(Status::internal(
+            "a call's future was lost",
+        )))),
     }
 }
 
@@ -485,6 +517,58 @@ mod tests {
             .expect_err("times out");
         assert_eq!(error.code(), Code::DeadlineExceeded);
         assert_eq!(started.elapsed(), Duration::from_millis(50));
+    }
+
+    /// Answers with the method's name; boxed or not, ready at once or after a wake-up.
+    #[derive(Clone)]
+    struct Echo {
+        boxed: bool,
+        ready_after: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Service<Call> for Echo {
+        type Response = Body;
+        type Error = Status;
+        type Future = futures_util::future::Either<
+            crate::service::BoxFuture<'static, Result<Body, Status>>,
+            std::future::Ready<Result<Body, Status>>,
+        >;
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+            use std::sync::atomic::Ordering;
+            if self.ready_after.load(Ordering::SeqCst) == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            self.ready_after.fetch_sub(1, Ordering::SeqCst);
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+        fn call(&mut self, call: Call) -> Self::Future {
+            let answer = Ok(Body::Message(Bytes::from(call.method.into_owned())));
+            if self.boxed {
+                futures_util::future::Either::Left(Box::pin(std::future::ready(answer)))
+            } else {
+                futures_util::future::Either::Right(std::future::ready(answer))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_channel_answers_through_services_ready_at_once_or_later_boxed_or_not() {
+        for boxed in [true, false] {
+            for ready_after in [0, 2] {
+                let channel = Channel::new(Echo {
+                    boxed,
+                    ready_after: Arc::new(ready_after.into()),
+                });
+                let call = prepare_call(&SLOW, Bytes::new(), &CallOptions::new());
+                let answer = channel.call(call).await.expect("answered");
+                assert_eq!(
+                    &answer[..],
+                    b"slow",
+                    "boxed {boxed}, ready after {ready_after}"
+                );
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

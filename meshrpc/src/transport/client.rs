@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use quinn::ConnectionError;
+use quinn::{Connection, ConnectionError};
 use tokio::time::Instant;
 use tower::Service;
 
@@ -34,32 +34,48 @@ pub async fn call_peer(
     call: Call,
     max_message_size: usize,
 ) -> Result<Body, Status> {
+    call_peer_owned(connections.clone(), addr, call, max_message_size).await
+}
+
+/// [`call_peer`] as one future that owns what it uses: what a [`PeerService`] boxes per call
+/// (the call is held once, and lent to the exchange).
+async fn call_peer_owned(
+    connections: Connections,
+    addr: SocketAddr,
+    #[cfg_attr(not(feature = "otel"), allow(unused_mut))] mut call: Call,
+    max_message_size: usize,
+) -> Result<Body, Status> {
     #[cfg(feature = "otel")]
-    let mut call = call;
-    #[cfg(feature = "otel")]
-    if let Some(span) = crate::telemetry::client_span(&mut call, addr) {
+    {
         use tracing::Instrument as _;
-        let outcome = exchange(connections, addr, call, max_message_size)
-            .instrument(span.clone())
+        // One exchange future either way (a disabled span costs a check per poll), so the
+        // call's future is not the size of two.
+        let span = crate::telemetry::client_span(&mut call, addr);
+        let outcome = exchange(&connections, addr, &call, max_message_size)
+            .instrument(span.clone().unwrap_or_else(tracing::Span::none))
             .await;
-        crate::telemetry::record_outcome(&span, &outcome);
-        return outcome;
+        if let Some(span) = span {
+            crate::telemetry::record_outcome(&span, &outcome);
+        }
+        outcome
     }
-    exchange(connections, addr, call, max_message_size).await
+    #[cfg(not(feature = "otel"))]
+    exchange(&connections, addr, &call, max_message_size).await
 }
 
 /// The call itself: the request out, the reply in.
 async fn exchange(
     connections: &Connections,
     addr: SocketAddr,
-    call: Call,
+    call: &Call,
     max_message_size: usize,
 ) -> Result<Body, Status> {
     if call.kind != MethodKind::Unary {
-        return exchange_streams(connections, addr, call, max_message_size).await;
+        // Boxed: a unary call's future does not carry a streaming call's state.
+        return Box::pin(exchange_streams(connections, addr, call, max_message_size)).await;
     }
-    let mut request = encode_request(&call, max_message_size)?;
-    let connection = connections.get(addr).await?;
+    let mut request = encode_request(call, max_message_size)?;
+    let connection = connection_to(connections, addr).await?;
     let (mut send, mut recv) = connection.open_bi().await.map_err(|error| {
         Status::refused(
             Code::Unavailable,
@@ -134,6 +150,15 @@ async fn exchange(
     }
 }
 
+/// The pooled connection to `addr`; connecting (boxed: a call's future does not carry a
+/// connection attempt's state) only when there is none.
+async fn connection_to(connections: &Connections, addr: SocketAddr) -> Result<Connection, Status> {
+    match connections.live(addr) {
+        Some(connection) => Ok(connection),
+        None => Box::pin(connections.get(addr)).await,
+    }
+}
+
 /// A call with a stream either way: the first message out, then the caller's items (a
 /// separate task pumps them, so the caller may read replies while it still sends), and the
 /// reply — one message, or the callee's items once the first has arrived (a bidirectional
@@ -141,11 +166,11 @@ async fn exchange(
 async fn exchange_streams(
     connections: &Connections,
     addr: SocketAddr,
-    call: Call,
+    call: &Call,
     max_message_size: usize,
 ) -> Result<Body, Status> {
-    let mut request = encode_request(&call, max_message_size)?;
-    let connection = connections.get(addr).await?;
+    let mut request = encode_request(call, max_message_size)?;
+    let connection = connection_to(connections, addr).await?;
     let (send, recv) = connection.open_bi().await.map_err(|error| {
         Status::refused(
             Code::Unavailable,
@@ -379,9 +404,11 @@ impl Service<Call> for PeerService {
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        let connections = self.connections.clone();
-        let addr = self.addr;
-        let max = self.max_message_size;
-        Box::pin(async move { call_peer(&connections, addr, call, max).await })
+        Box::pin(call_peer_owned(
+            self.connections.clone(),
+            self.addr,
+            call,
+            self.max_message_size,
+        ))
     }
 }
