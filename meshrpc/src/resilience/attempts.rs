@@ -227,37 +227,43 @@ impl<R: Route> Attempts<R> {
 
     /// Streams and methods that are not idempotent: attempts one after the other, retried
     /// only while the rule allows and the request can be sent again.
-    async fn plain(self, mut call: Call) -> Result<Body, Status> {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let started = Instant::now();
-            let result = match self.balance.route(call.clone()) {
-                Ok((_, _, attempt)) => attempt.await,
-                Err(status) => Err(status),
-            };
-            let status = match result {
-                Ok(body) => {
-                    if call.kind == MethodKind::Unary {
-                        self.latencies().record(started.elapsed());
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would move its arguments once more into its body: twice their size in the future"
+    )]
+    fn plain(self, mut call: Call) -> impl Future<Output = Result<Body, Status>> + Send + 'static {
+        async move {
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let started = Instant::now();
+                let result = match self.balance.route(call.clone()) {
+                    Ok((_, _, attempt)) => attempt.await,
+                    Err(status) => Err(status),
+                };
+                let status = match result {
+                    Ok(body) => {
+                        if call.kind == MethodKind::Unary {
+                            self.latencies().record(started.elapsed());
+                        }
+                        return Ok(body);
                     }
-                    return Ok(body);
+                    Err(status) => status,
+                };
+                if let Some(peer) = status.peer() {
+                    call.tried.push(peer);
                 }
-                Err(status) => status,
-            };
-            if let Some(peer) = status.peer() {
-                call.tried.push(peer);
-            }
-            let replayable = call.is_replayable();
-            match self.retry.retry_after(
-                attempts,
-                call.idempotent,
-                replayable,
-                &status,
-                call.deadline,
-            ) {
-                Some(pause) if self.time_for_another(&call) => tokio::time::sleep(pause).await,
-                _ => return Err(status),
+                let replayable = call.is_replayable();
+                match self.retry.retry_after(
+                    attempts,
+                    call.idempotent,
+                    replayable,
+                    &status,
+                    call.deadline,
+                ) {
+                    Some(pause) if self.time_for_another(&call) => tokio::time::sleep(pause).await,
+                    _ => return Err(status),
+                }
             }
         }
     }
@@ -291,155 +297,166 @@ impl<R: Route> Attempts<R> {
 
     /// Idempotent unary calls: up to two attempts in flight (a hedge), attempt timeouts, and
     /// retries of failures, the first answer winning.
-    async fn tolerant(self, mut call: Call) -> Result<Body, Status> {
-        let tail = self.tail.clone();
-        tail.hedge_budget.deposit();
-        let attempt_timeout = self.attempt_timeout(&call);
-        let hedge_after = self.hedge_after(&call);
-        let max_attempts = self.retry.max_attempts();
-        let mut attempts = 1;
-        let mut first = Some(self.launch(&mut call, false)?);
-        let mut second: Option<InFlight> = None;
-        let mut hedged = false;
-        let mut last: Option<Status> = None;
-        loop {
-            let far = Instant::now() + Duration::from_secs(86_400);
-            let hedge_at = match (&first, &second, hedge_after) {
-                (Some(flight), None, Some(after)) if !hedged && attempts < max_attempts => {
-                    Some(flight.started + after)
-                }
-                _ => None,
-            };
-            let overdue_at = |slot: &Option<InFlight>| match (slot, attempt_timeout) {
-                (Some(flight), Some(timeout)) if !flight.overdue => Some(flight.started + timeout),
-                _ => None,
-            };
-            let (first_overdue, second_overdue) = (overdue_at(&first), overdue_at(&second));
-            // One timer for whichever of the three comes first, not one each: a timer costs
-            // a registration with the runtime per call.
-            let wake_at = [first_overdue, second_overdue, hedge_at]
-                .into_iter()
-                .flatten()
-                .min();
-            let event = tokio::select! {
-                result = answer(&mut first) => Event::Done(false, result),
-                result = answer(&mut second) => Event::Done(true, result),
-                _ = tokio::time::sleep_until(wake_at.unwrap_or(far)), if wake_at.is_some() => {
-                    if first_overdue == wake_at {
-                        Event::Overdue(false)
-                    } else if second_overdue == wake_at {
-                        Event::Overdue(true)
-                    } else {
-                        Event::HedgeDue
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would move its arguments once more into its body: twice their size in the future"
+    )]
+    fn tolerant(
+        self,
+        mut call: Call,
+    ) -> impl Future<Output = Result<Body, Status>> + Send + 'static {
+        async move {
+            let tail = self.tail.clone();
+            tail.hedge_budget.deposit();
+            let attempt_timeout = self.attempt_timeout(&call);
+            let hedge_after = self.hedge_after(&call);
+            let max_attempts = self.retry.max_attempts();
+            let mut attempts = 1;
+            let mut first = Some(self.launch(&mut call, false)?);
+            let mut second: Option<InFlight> = None;
+            let mut hedged = false;
+            let mut last: Option<Status> = None;
+            loop {
+                let far = Instant::now() + Duration::from_secs(86_400);
+                let hedge_at = match (&first, &second, hedge_after) {
+                    (Some(flight), None, Some(after)) if !hedged && attempts < max_attempts => {
+                        Some(flight.started + after)
                     }
-                }
-            };
-            match event {
-                Event::Done(in_second, result) => {
-                    let done = if in_second {
-                        second.take()
-                    } else {
-                        first.take()
-                    };
-                    let Some(done) = done else { continue };
-                    match result {
-                        Ok(body) => {
-                            self.latencies().record(done.started.elapsed());
-                            if done.hedge {
-                                tail.metrics.hedge(&call.service, HedgeOutcome::Won);
-                                // The first attempt, still unanswered, lost to a later one on
-                                // another replica: its replica left it hanging, as a timeout.
-                                let loser = if in_second {
-                                    first.take()
-                                } else {
-                                    second.take()
-                                };
-                                if let Some(loser) = loser.filter(|loser| !loser.hedge) {
-                                    self.balance
-                                        .state()
-                                        .breakers()
-                                        .record_timeout(loser.addr, loser.replicas);
-                                }
-                            }
-                            // The other attempt, if any, is dropped here: its stream is reset.
-                            return Ok(body);
+                    _ => None,
+                };
+                let overdue_at = |slot: &Option<InFlight>| match (slot, attempt_timeout) {
+                    (Some(flight), Some(timeout)) if !flight.overdue => {
+                        Some(flight.started + timeout)
+                    }
+                    _ => None,
+                };
+                let (first_overdue, second_overdue) = (overdue_at(&first), overdue_at(&second));
+                // One timer for whichever of the three comes first, not one each: a timer costs
+                // a registration with the runtime per call.
+                let wake_at = [first_overdue, second_overdue, hedge_at]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                let event = tokio::select! {
+                    result = answer(&mut first) => Event::Done(false, result),
+                    result = answer(&mut second) => Event::Done(true, result),
+                    _ = tokio::time::sleep_until(wake_at.unwrap_or(far)), if wake_at.is_some() => {
+                        if first_overdue == wake_at {
+                            Event::Overdue(false)
+                        } else if second_overdue == wake_at {
+                            Event::Overdue(true)
+                        } else {
+                            Event::HedgeDue
                         }
-                        Err(status) => {
-                            if first.is_some() || second.is_some() {
-                                // The other attempt may still answer.
-                                last = Some(status);
-                                continue;
-                            }
-                            let pause = self.retry.retry_after(
-                                attempts,
-                                true,
-                                true,
-                                &status,
-                                call.deadline,
-                            );
-                            match pause {
-                                Some(pause) if self.time_for_another(&call) => {
-                                    tokio::time::sleep(pause).await;
-                                    attempts += 1;
-                                    match self.launch(&mut call, false) {
-                                        Ok(flight) => first = Some(flight),
-                                        Err(refused) => return Err(last.unwrap_or(refused)),
+                    }
+                };
+                match event {
+                    Event::Done(in_second, result) => {
+                        let done = if in_second {
+                            second.take()
+                        } else {
+                            first.take()
+                        };
+                        let Some(done) = done else { continue };
+                        match result {
+                            Ok(body) => {
+                                self.latencies().record(done.started.elapsed());
+                                if done.hedge {
+                                    tail.metrics.hedge(&call.service, HedgeOutcome::Won);
+                                    // The first attempt, still unanswered, lost to a later one on
+                                    // another replica: its replica left it hanging, as a timeout.
+                                    let loser = if in_second {
+                                        first.take()
+                                    } else {
+                                        second.take()
+                                    };
+                                    if let Some(loser) = loser.filter(|loser| !loser.hedge) {
+                                        self.balance
+                                            .state()
+                                            .breakers()
+                                            .record_timeout(loser.addr, loser.replicas);
                                     }
                                 }
-                                _ => return Err(status),
+                                // The other attempt, if any, is dropped here: its stream is reset.
+                                return Ok(body);
+                            }
+                            Err(status) => {
+                                if first.is_some() || second.is_some() {
+                                    // The other attempt may still answer.
+                                    last = Some(status);
+                                    continue;
+                                }
+                                let pause = self.retry.retry_after(
+                                    attempts,
+                                    true,
+                                    true,
+                                    &status,
+                                    call.deadline,
+                                );
+                                match pause {
+                                    Some(pause) if self.time_for_another(&call) => {
+                                        tokio::time::sleep(pause).await;
+                                        attempts += 1;
+                                        match self.launch(&mut call, false) {
+                                            Ok(flight) => first = Some(flight),
+                                            Err(refused) => return Err(last.unwrap_or(refused)),
+                                        }
+                                    }
+                                    _ => return Err(status),
+                                }
                             }
                         }
                     }
-                }
-                Event::HedgeDue => {
-                    hedged = true;
-                    if !self.time_for_another(&call) {
-                        continue;
-                    }
-                    if !tail.hedge_budget.withdraw() {
-                        tail.metrics.hedge(&call.service, HedgeOutcome::Refused);
-                        continue;
-                    }
-                    if let Ok(flight) = self.launch(&mut call, true) {
-                        if first.as_ref().is_some_and(|f| f.addr == flight.addr) {
-                            // Only one replica can take it: a hedge would go to the same one.
+                    Event::HedgeDue => {
+                        hedged = true;
+                        if !self.time_for_another(&call) {
                             continue;
                         }
-                        attempts += 1;
-                        tail.metrics.hedge(&call.service, HedgeOutcome::Sent);
-                        second = Some(flight);
-                    }
-                }
-                Event::Overdue(in_second) => {
-                    let slot = if in_second { &mut second } else { &mut first };
-                    let Some(flight) = slot.as_mut() else {
-                        continue;
-                    };
-                    flight.overdue = true;
-                    tail.metrics.attempt_timeout(&call.service);
-                    let breakers = self.balance.state().breakers().clone();
-                    breakers.record_timeout(flight.addr, flight.replicas);
-                    let other_busy = if in_second {
-                        first.is_some()
-                    } else {
-                        second.is_some()
-                    };
-                    // Abandon it for another replica only if a retry may be sent now.
-                    if other_busy
-                        || attempts >= max_attempts
-                        || !self.time_for_another(&call)
-                        || !self.retry.withdraw()
-                    {
-                        continue;
-                    }
-                    match self.launch(&mut call, false) {
-                        Ok(flight) => {
-                            attempts += 1;
-                            let slot = if in_second { &mut second } else { &mut first };
-                            // Dropping the overdue attempt resets its stream.
-                            *slot = Some(flight);
+                        if !tail.hedge_budget.withdraw() {
+                            tail.metrics.hedge(&call.service, HedgeOutcome::Refused);
+                            continue;
                         }
-                        Err(status) => last = Some(status),
+                        if let Ok(flight) = self.launch(&mut call, true) {
+                            if first.as_ref().is_some_and(|f| f.addr == flight.addr) {
+                                // Only one replica can take it: a hedge would go to the same one.
+                                continue;
+                            }
+                            attempts += 1;
+                            tail.metrics.hedge(&call.service, HedgeOutcome::Sent);
+                            second = Some(flight);
+                        }
+                    }
+                    Event::Overdue(in_second) => {
+                        let slot = if in_second { &mut second } else { &mut first };
+                        let Some(flight) = slot.as_mut() else {
+                            continue;
+                        };
+                        flight.overdue = true;
+                        tail.metrics.attempt_timeout(&call.service);
+                        let breakers = self.balance.state().breakers().clone();
+                        breakers.record_timeout(flight.addr, flight.replicas);
+                        let other_busy = if in_second {
+                            first.is_some()
+                        } else {
+                            second.is_some()
+                        };
+                        // Abandon it for another replica only if a retry may be sent now.
+                        if other_busy
+                            || attempts >= max_attempts
+                            || !self.time_for_another(&call)
+                            || !self.retry.withdraw()
+                        {
+                            continue;
+                        }
+                        match self.launch(&mut call, false) {
+                            Ok(flight) => {
+                                attempts += 1;
+                                let slot = if in_second { &mut second } else { &mut first };
+                                // Dropping the overdue attempt resets its stream.
+                                *slot = Some(flight);
+                            }
+                            Err(status) => last = Some(status),
+                        }
                     }
                 }
             }

@@ -68,40 +68,46 @@ pub(super) fn answer(
 
 /// Writes the reply (a message, a status, or a stream item by item) and, while draining,
 /// waits until the peer has it.
-async fn deliver(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would move its arguments once more into its body: twice their size in the future"
+)]
+fn deliver(
     outcome: Result<Body, Status>,
     mut send: SendStream,
     answering: AnsweringCall,
     method: &'static MethodSpec,
-) {
-    let server = &answering.server;
-    let written = match outcome {
-        Ok(Body::Stream(items)) => {
-            let target = format!("{}.{}", method.service, method.name);
-            let mut ending = server.ending.subscribe();
-            let ending = async move {
-                let _ = ending.wait_for(|end| *end).await;
-            };
-            // Boxed: a unary call's task does not carry a stream writer's state.
-            let (written, finished) = Box::pin(write_stream(
-                send,
-                items,
-                server.limits.max_message_size,
-                &target,
-                ending,
-            ))
-            .await;
-            match finished {
-                Some(finished) => send = finished,
-                None => return,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let server = &answering.server;
+        let written = match outcome {
+            Ok(Body::Stream(items)) => {
+                let target = format!("{}.{}", method.service, method.name);
+                let mut ending = server.ending.subscribe();
+                let ending = async move {
+                    let _ = ending.wait_for(|end| *end).await;
+                };
+                // Boxed: a unary call's task does not carry a stream writer's state.
+                let (written, finished) = Box::pin(write_stream(
+                    send,
+                    items,
+                    server.limits.max_message_size,
+                    &target,
+                    ending,
+                ))
+                .await;
+                match finished {
+                    Some(finished) => send = finished,
+                    None => return,
+                }
+                written
             }
-            written
+            outcome => write_reply(&mut send, outcome).await,
+        };
+        if written == Written::Finished && server.is_draining() {
+            // Boxed: only a draining node waits for delivery.
+            Box::pin(server.await_delivery(&send)).await;
         }
-        outcome => write_reply(&mut send, outcome).await,
-    };
-    if written == Written::Finished && server.is_draining() {
-        // Boxed: only a draining node waits for delivery.
-        Box::pin(server.await_delivery(&send)).await;
     }
 }
 

@@ -1,7 +1,9 @@
 //! The caller's half of a call on a QUIC stream, and [`PeerService`], the tower service that
 //! sends every call to one known peer.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -34,33 +36,40 @@ pub async fn call_peer(
     call: Call,
     max_message_size: usize,
 ) -> Result<Body, Status> {
-    call_peer_owned(connections.clone(), addr, call, max_message_size).await
+    call_peer_owned(Arc::new(connections.clone()), addr, call, max_message_size).await
 }
 
-/// [`call_peer`] as one future that owns what it uses: what a [`PeerService`] boxes per call
-/// (the call is held once, and lent to the exchange).
-async fn call_peer_owned(
-    connections: Connections,
+/// [`call_peer`] as one future that owns what it uses: what a [`PeerService`] boxes per call.
+/// Not an `async fn`, whose arguments would be moved once more into its body: the call is held
+/// once, in place, and lent to the exchange.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would move its arguments once more into its body: twice their size in the future"
+)]
+fn call_peer_owned(
+    connections: Arc<Connections>,
     addr: SocketAddr,
     #[cfg_attr(not(feature = "otel"), allow(unused_mut))] mut call: Call,
     max_message_size: usize,
-) -> Result<Body, Status> {
-    #[cfg(feature = "otel")]
-    {
-        use tracing::Instrument as _;
-        // One exchange future either way (a disabled span costs a check per poll), so the
-        // call's future is not the size of two.
-        let span = crate::telemetry::client_span(&mut call, addr);
-        let outcome = exchange(&connections, addr, &call, max_message_size)
-            .instrument(span.clone().unwrap_or_else(tracing::Span::none))
-            .await;
-        if let Some(span) = span {
-            crate::telemetry::record_outcome(&span, &outcome);
+) -> impl Future<Output = Result<Body, Status>> + Send + 'static {
+    async move {
+        #[cfg(feature = "otel")]
+        {
+            use tracing::Instrument as _;
+            // One exchange future either way (a disabled span costs a check per poll), so
+            // the call's future is not the size of two.
+            let span = crate::telemetry::client_span(&mut call, addr);
+            let outcome = exchange(&connections, addr, &call, max_message_size)
+                .instrument(span.clone().unwrap_or_else(tracing::Span::none))
+                .await;
+            if let Some(span) = span {
+                crate::telemetry::record_outcome(&span, &outcome);
+            }
+            outcome
         }
-        outcome
+        #[cfg(not(feature = "otel"))]
+        exchange(&connections, addr, &call, max_message_size).await
     }
-    #[cfg(not(feature = "otel"))]
-    exchange(&connections, addr, &call, max_message_size).await
 }
 
 /// The call itself: the request out, the reply in.
@@ -378,7 +387,7 @@ fn encode_request(call: &Call, max_message_size: usize) -> Result<Chunks<2>, Sta
 /// A tower service that sends every call to one peer address.
 #[derive(Debug, Clone)]
 pub struct PeerService {
-    connections: Connections,
+    connections: Arc<Connections>,
     addr: SocketAddr,
     max_message_size: usize,
 }
@@ -387,7 +396,7 @@ impl PeerService {
     /// Calls go to `addr` over `connections`.
     pub fn new(connections: Connections, addr: SocketAddr, max_message_size: usize) -> PeerService {
         PeerService {
-            connections,
+            connections: Arc::new(connections),
             addr,
             max_message_size,
         }
