@@ -902,7 +902,15 @@ fn server_arm(service: &Service, names: &Names, index: usize, method: &Method) -
             }
         })
         .collect();
-    let decode = quote!(::meshrpc::__generated::decode_request(#method_name, &request)?);
+    // Decoded before the handler's future is made, so the future holds the arguments, not the
+    // encoded request as well (nor the received packets its bytes may share).
+    let failed = quote!(return ::meshrpc::__generated::failed(status));
+    let decode = quote! {
+        match ::meshrpc::__generated::decode_request(#method_name, &request) {
+            ::core::result::Result::Ok(request) => request,
+            ::core::result::Result::Err(status) => #failed,
+        }
+    };
     let decode = if method.params.is_empty() {
         quote!(let _: #messages::#request = #decode;)
     } else {
@@ -923,7 +931,8 @@ fn server_arm(service: &Service, names: &Names, index: usize, method: &Method) -
             );
             quote! {
                 let ::core::option::Option::Some(stream) = stream else {
-                    return ::core::result::Result::Err(::meshrpc::Status::invalid_argument(#missing));
+                    let status = ::meshrpc::Status::invalid_argument(#missing);
+                    #failed
                 };
                 let stream = stream.try_map(|item| #decode);
             }
@@ -948,11 +957,13 @@ fn server_arm(service: &Service, names: &Names, index: usize, method: &Method) -
         }
     };
     quote! {
-        #index => ::std::boxed::Box::pin(async move {
+        #index => {
             #decode
             #items
-            #respond
-        }),
+            ::std::boxed::Box::pin(async move {
+                #respond
+            })
+        }
     }
 }
 

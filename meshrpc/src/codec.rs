@@ -1,7 +1,7 @@
 //! Payload encoding: MessagePack with named fields (maps), so fields can be added without
 //! breaking older peers and JSON can be transcoded without knowing the Rust types.
 //!
-//! Payloads are decoded from the [`Bytes`] of the frame they arrived in, so `Bytes` fields
+//! Payloads are decoded from the [`Bytes`] of the frame they arrived in, so large `Bytes` fields
 //! (see [`shared_bytes`]) point into that frame instead of being copied out of it.
 
 use std::cell::RefCell;
@@ -232,7 +232,8 @@ pub fn decode_request_item<T: DeserializeOwned>(
 
 /// Serde for `Bytes` fields of generated messages (`#[serde(with = "...")]`): written as a
 /// MessagePack binary, and read without a copy when the binary lies inside the payload being
-/// decoded by [`decode_request`] or [`decode_response`] (anywhere else it is copied).
+/// decoded by [`decode_request`] or [`decode_response`] and is at least
+/// [`DETACH_BELOW`](crate::wire::frame::DETACH_BELOW) bytes long (anything else is copied).
 pub mod shared_bytes {
     use std::fmt;
 
@@ -312,6 +313,12 @@ pub mod shared_bytes {
         }
 
         fn visit_borrowed_bytes<E: Error>(self, bytes: &'de [u8]) -> Result<Bytes, E> {
+            // A small binary is copied: sharing would keep the whole payload alive, and with it
+            // the batch of received packets it may share (up to 64 KiB), for as long as the
+            // value is held.
+            if bytes.len() < crate::wire::frame::DETACH_BELOW {
+                return Ok(Bytes::copy_from_slice(bytes));
+            }
             let shared = DECODING.with(|current| {
                 let current = current.borrow();
                 let payload = current.as_ref()?;
@@ -445,7 +452,7 @@ mod tests {
     }
 
     #[test]
-    fn bytes_fields_share_the_payload_instead_of_copying_it() {
+    fn large_bytes_fields_share_the_payload_and_small_ones_are_copied_out_of_it() {
         let sent = Blob {
             data: Bytes::from(vec![7u8; 4096]),
             extra: Some(Bytes::from_static(b"tail")),
@@ -458,9 +465,10 @@ mod tests {
         let back: Blob = decode_request("put", &payload).expect("decodes");
         assert_eq!(back, sent);
         assert!(inside(&payload, &back.data), "data was copied");
+        // A small value must not keep the whole payload (and the packets it shares) alive.
         assert!(
-            inside(&payload, back.extra.as_ref().expect("some")),
-            "extra was copied"
+            !inside(&payload, back.extra.as_ref().expect("some")),
+            "extra shares the payload"
         );
 
         let none = encode(&Blob {

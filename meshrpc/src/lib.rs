@@ -80,7 +80,7 @@ pub mod __generated {
         shared_bytes,
     };
     pub use crate::schema::openapi3;
-    pub use crate::service::unknown_method;
+    pub use crate::service::{failed, unknown_method};
     pub use crate::streaming::encoded;
 }
 

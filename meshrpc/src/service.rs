@@ -43,6 +43,12 @@ pub trait ServiceClient: Sized {
     fn from_channel(channel: Channel) -> Self;
 }
 
+/// The future of a call that failed before its handler ran (generated servers answer an
+/// undecodable request with it).
+pub fn failed(status: Status) -> BoxFuture<'static, Result<Body, Status>> {
+    Box::pin(std::future::ready(Err(status)))
+}
+
 /// The error generated servers return for a method name they do not know.
 pub fn unknown_method(spec: &ServiceSpec, method: &str) -> Status {
     let known: Vec<&str> = spec.method_names().collect();

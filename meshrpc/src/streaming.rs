@@ -38,6 +38,10 @@ pub const DEFAULT_STREAM_CAPACITY: usize = 16;
 /// ([`Streaming::iter`]), or as a bounded channel whose sender waits while the consumer is
 /// behind ([`Streaming::channel`]). Read it with [`Streaming::message`] or as a
 /// [`Stream`].
+///
+/// Received `Bytes` items (`Stream<Bytes>`) share the memory of the QUIC packets they arrived
+/// in, which a batch of packets (up to 64 KiB) shares: copy small items you keep for long
+/// (`Bytes::copy_from_slice`). Typed items are decoded out of it.
 pub struct Streaming<T> {
     source: Source<T>,
     /// How the stream ended, once an `Err` or the end was yielded (nothing follows either):

@@ -66,9 +66,11 @@ pub(crate) async fn read_call(
             }
         },
     };
+    // Read once: the clock is read per call, not per use.
+    let now = Instant::now();
     let deadline = header
         .deadline_ms
-        .map(|ms| Instant::now() + Duration::from_millis(ms).min(MAX_DEADLINE));
+        .map(|ms| now + Duration::from_millis(ms).min(MAX_DEADLINE));
     let method = match route(services, &header) {
         Ok(method) => method,
         Err(status) => return Err((status, recv)),
@@ -87,8 +89,8 @@ pub(crate) async fn read_call(
         ));
     }
     let read_by = deadline
-        .unwrap_or_else(|| Instant::now() + request_read_timeout)
-        .min(Instant::now() + request_read_timeout);
+        .unwrap_or(now + request_read_timeout)
+        .min(now + request_read_timeout);
     let client_streams = method.kind.client_streams();
     let read = read_first_message(&mut recv, &decoder, &mut buffer, !client_streams);
     let request = match tokio::time::timeout_at(read_by, read).await {

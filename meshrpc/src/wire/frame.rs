@@ -218,6 +218,12 @@ impl FrameDecoder {
     }
 }
 
+/// `Bytes` fields smaller than this are copied out of the payload they are decoded from
+/// (`codec::shared_bytes`): QUIC receives a batch of packets into one allocation (up to 64 KiB
+/// with GRO), and a small value sharing it would keep all of it alive for as long as the value
+/// is held. Larger ones share the payload's memory (copying them would cost more than it saves).
+pub const DETACH_BELOW: usize = 4 * 1024;
+
 /// The bytes read off a stream and not yet decoded into frames: what is left of the last chunk
 /// QUIC delivered, whose whole frames are taken without a copy (a frame's body shares the
 /// chunk's memory), and a frame split across chunks, gathered in a buffer from only its own
