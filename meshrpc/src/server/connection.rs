@@ -119,8 +119,8 @@ impl Server {
         connection.close(error_code::SHUTDOWN, reason.as_bytes());
     }
 
-    /// Reads a stream's opening frame. A call is read and returned for [`Server::answer`];
-    /// any other stream kind is served here by its handler.
+    /// Reads a stream's opening frame. A call is read and returned, to be answered
+    /// (`server/answer.rs`); any other stream kind is served here by its handler.
     async fn read_stream(
         self: Arc<Self>,
         connection: Connection,
