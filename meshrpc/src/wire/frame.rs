@@ -262,9 +262,34 @@ impl FrameBuffer {
         }
     }
 
+    /// A buffer that starts with `bytes` (read before the frames began).
+    pub fn starting_with(bytes: BytesMut) -> FrameBuffer {
+        FrameBuffer {
+            gathered: bytes,
+            chunk: Bytes::new(),
+        }
+    }
+
+    /// The rest of the last chunk, when no partial frame is gathered before it: the place a
+    /// whole frame is taken from without a copy.
+    pub(crate) fn ungathered_chunk(&mut self) -> Option<&mut Bytes> {
+        self.gathered.is_empty().then_some(&mut self.chunk)
+    }
+
+    /// Every byte not yet decoded, gathered in one buffer (at the end of the stream).
+    pub(crate) fn gather_rest(&mut self) -> &BytesMut {
+        if !self.chunk.is_empty() {
+            self.gathered.extend_from_slice(&self.chunk);
+            self.chunk.clear();
+        }
+        &self.gathered
+    }
+
     /// Adds the next chunk read off the stream (once [`FrameBuffer::decode`] needs more).
     pub fn push(&mut self, chunk: Bytes) {
-        if self.chunk.is_empty() && self.gathered.is_empty() {
+        // A partial frame gathered so far takes only its own bytes from the new chunk (in
+        // `decode`); the frames after it are still taken from the chunk without a copy.
+        if self.chunk.is_empty() {
             self.chunk = chunk;
         } else {
             self.gathered.extend_from_slice(&self.chunk);
@@ -275,11 +300,7 @@ impl FrameBuffer {
 
     /// Called when the stream has ended: an error if a partial frame is left over.
     pub fn finish(&mut self, decoder: &FrameDecoder) -> Result<(), FrameError> {
-        if !self.chunk.is_empty() {
-            self.gathered.extend_from_slice(&self.chunk);
-            self.chunk.clear();
-        }
-        decoder.finish(&self.gathered)
+        decoder.finish(self.gather_rest())
     }
 
     /// Whether every byte pushed has been decoded.

@@ -204,34 +204,26 @@ impl ItemDecoder {
 
 /// Turns the chunks a stream delivers into [`ItemEvent`]s: a whole frame at the front of a
 /// chunk is taken without a copy (its body shares the chunk's memory); a frame split across
-/// chunks is gathered in a buffer, taking from each chunk only that frame's bytes.
+/// chunks is gathered in a buffer, taking from each chunk only that frame's bytes (a
+/// [`FrameBuffer`]).
 #[derive(Debug)]
 pub struct ItemAssembler {
     decoder: ItemDecoder,
-    /// A frame gathered from several chunks (or bytes read before the items began).
-    buffer: BytesMut,
-    /// What is left of the last chunk.
-    chunk: Bytes,
+    frames: FrameBuffer,
 }
 
 impl ItemAssembler {
     /// An assembler decoding with `decoder`, starting with the bytes in `buffer`.
     pub fn new(decoder: ItemDecoder, buffer: BytesMut) -> ItemAssembler {
-        ItemAssembler {
-            decoder,
-            buffer,
-            chunk: Bytes::new(),
-        }
+        ItemAssembler::resuming(decoder, FrameBuffer::starting_with(buffer))
     }
 
     /// An assembler decoding with `decoder`, starting with the bytes a [`FrameBuffer`] had
     /// not yet decoded.
     pub fn resuming(decoder: ItemDecoder, leftover: FrameBuffer) -> ItemAssembler {
-        let (buffer, chunk) = leftover.into_parts();
         ItemAssembler {
             decoder,
-            buffer,
-            chunk,
+            frames: leftover,
         }
     }
 
@@ -247,72 +239,35 @@ impl ItemAssembler {
 
     /// Whether every byte given so far has been decoded.
     pub fn is_drained(&self) -> bool {
-        self.buffer.is_empty() && self.chunk.is_empty()
+        self.frames.is_empty()
     }
 
     /// The next item, when it is a whole `DATA` frame at the front of the chunk: the common
     /// case, decided in a few instructions. `None` says nothing: ask [`Self::next_event`].
     pub fn next_item(&mut self) -> Option<Bytes> {
-        if self.buffer.is_empty() {
-            self.decoder.data_at_front(&mut self.chunk)
-        } else {
-            None
-        }
+        let chunk = self.frames.ungathered_chunk()?;
+        self.decoder.data_at_front(chunk)
     }
 
     /// The next event decoded from the bytes given so far, or `None` when more are needed
     /// (or the stream has ended).
     pub fn next_event(&mut self) -> Option<ItemEvent> {
-        loop {
-            if self.decoder.is_ended() {
-                return None;
-            }
-            if !self.buffer.is_empty() {
-                if let Some(event) = self.decoder.decode(&mut self.buffer) {
-                    return Some(event);
-                }
-                if self.chunk.is_empty() {
-                    return None;
-                }
-                // A partial frame: complete it from the chunk, taking only its own bytes.
-                let take = self.decoder.missing(&self.buffer).min(self.chunk.len());
-                self.buffer.extend_from_slice(&self.chunk[..take]);
-                bytes::Buf::advance(&mut self.chunk, take);
-            } else if !self.chunk.is_empty() {
-                if let Some(event) = self.decoder.decode_shared(&mut self.chunk) {
-                    return Some(event);
-                }
-                // The chunk ends inside a frame: gather it with the bytes that follow.
-                self.buffer.extend_from_slice(&self.chunk);
-                self.chunk.clear();
-            } else {
-                return None;
-            }
+        if self.decoder.is_ended() {
+            return None;
         }
+        let frame = self.frames.decode(&self.decoder.frames);
+        self.decoder.event(frame)
     }
 
     /// Gives the next chunk of the stream; call it once [`Self::next_event`] needs more.
     pub fn push(&mut self, chunk: Bytes) {
-        debug_assert!(
-            self.chunk.is_empty(),
-            "a chunk is pushed once the last is used up"
-        );
-        if self.chunk.is_empty() {
-            self.chunk = chunk;
-        } else {
-            self.buffer.extend_from_slice(&self.chunk);
-            self.buffer.extend_from_slice(&chunk);
-            self.chunk.clear();
-        }
+        self.frames.push(chunk);
     }
 
     /// What the end of the stream (`FIN`) means, given what is left undecoded.
     pub fn finish(&mut self) -> ItemEvent {
-        if !self.chunk.is_empty() {
-            self.buffer.extend_from_slice(&self.chunk);
-            self.chunk.clear();
-        }
-        self.decoder.finish(&self.buffer)
+        let rest = self.frames.gather_rest();
+        self.decoder.finish(rest)
     }
 }
 
