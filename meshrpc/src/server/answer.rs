@@ -32,38 +32,37 @@ pub(super) fn answer(
     send: SendStream,
     served: StreamServed,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let method = call.method;
-    let answering = AnsweringCall::start(server, served);
+    let answering = AnsweringCall::start(server, served, call.method);
     let mut stack = answering.server.stack.clone();
     // The stack is ready at once unless a layer a user added holds calls back: only then does
     // the call wait (boxed) before its handler starts.
     match stack.ready().now_or_never() {
-        Some(Ok(ready)) => {
-            let handler = ready.call(call);
-            Either::Left(
-                Handling::new(handler, send, answering, method, SendStream::stopped).then(
-                    |handled| {
-                        OptionFuture::from(handled.map(|(outcome, send, answering)| {
-                            deliver(outcome, send, answering, method)
-                        }))
-                        .map(drop)
-                    },
-                ),
-            )
-        }
+        Some(Ok(ready)) => Either::Left(handle_then_deliver(ready.call(call), send, answering)),
         Some(Err(_)) => Either::Right(Either::Left(std::future::ready(()))),
         None => Either::Right(Either::Right(Box::pin(async move {
-            let Ok(ready) = stack.ready().await else {
-                return;
-            };
-            let handler = ready.call(call);
-            if let Some((outcome, send, answering)) =
-                Handling::new(handler, send, answering, method, SendStream::stopped).await
-            {
-                deliver(outcome, send, answering, method).await;
+            if let Ok(ready) = stack.ready().await {
+                handle_then_deliver(ready.call(call), send, answering).await;
             }
         }))),
     }
+}
+
+/// The two stages of answering, in one piece of memory: [`Handling`] the stack's future
+/// `handler`, then [`deliver`]ing what it answered.
+fn handle_then_deliver<F>(
+    handler: F,
+    send: SendStream,
+    answering: AnsweringCall,
+) -> impl Future<Output = ()> + Send
+where
+    F: Future<Output = Result<Body, Status>> + Send,
+{
+    Handling::new(handler, send, answering, SendStream::stopped).then(|handled| {
+        OptionFuture::from(
+            handled.map(|(outcome, send, answering)| deliver(outcome, send, answering)),
+        )
+        .map(drop)
+    })
 }
 
 /// Writes the reply (a message, a status, or a stream item by item) and, while draining,
@@ -76,17 +75,14 @@ fn deliver(
     outcome: Result<Body, Status>,
     mut send: SendStream,
     answering: AnsweringCall,
-    method: &'static MethodSpec,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let server = &answering.server;
+        let method = answering.method;
         let written = match outcome {
             Ok(Body::Stream(items)) => {
                 let target = format!("{}.{}", method.service, method.name);
-                let mut ending = server.ending.subscribe();
-                let ending = async move {
-                    let _ = ending.wait_for(|end| *end).await;
-                };
+                let ending = server.calls_ended();
                 // Boxed: a unary call's task does not carry a stream writer's state.
                 let (written, finished) = Box::pin(write_stream(
                     send,
@@ -115,14 +111,20 @@ fn deliver(
 /// dropped, and its stream's guard goes with it.
 struct AnsweringCall {
     server: Arc<Server>,
+    method: &'static MethodSpec,
     _served: StreamServed,
 }
 
 impl AnsweringCall {
-    fn start(server: Arc<Server>, served: StreamServed) -> AnsweringCall {
+    fn start(
+        server: Arc<Server>,
+        served: StreamServed,
+        method: &'static MethodSpec,
+    ) -> AnsweringCall {
         server.answering.start();
         AnsweringCall {
             server,
+            method,
             _served: served,
         }
     }
@@ -149,7 +151,6 @@ pin_project_lite::pin_project! {
         watch: W,
         ended: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
         call: Option<(SendStream, AnsweringCall)>,
-        method: &'static MethodSpec,
     }
 }
 
@@ -157,22 +158,15 @@ impl<F, W, C> Handling<F, W, C>
 where
     W: Fn(&SendStream) -> C,
 {
-    /// Watches `handler`, the stack's future for a call to `method` on `send`; `watch` makes
-    /// the future that resolves when the caller stops the stream.
-    fn new(
-        handler: F,
-        send: SendStream,
-        answering: AnsweringCall,
-        method: &'static MethodSpec,
-        watch: W,
-    ) -> Self {
+    /// Watches `handler`, the stack's future for the call `answering` on `send`; `watch`
+    /// makes the future that resolves when the caller stops the stream.
+    fn new(handler: F, send: SendStream, answering: AnsweringCall, watch: W) -> Self {
         Handling {
             handler,
             cancelled: None,
             watch,
             ended: None,
             call: Some((send, answering)),
-            method,
         }
     }
 }
@@ -190,20 +184,18 @@ where
         let Some((send, answering)) = this.call.as_ref() else {
             return Poll::Pending;
         };
+        let method = answering.method;
         let outcome = match this.handler.poll(cx) {
             Poll::Ready(outcome) => Some(outcome),
             Poll::Pending => {
-                if this.method.kind != MethodKind::Unary {
-                    let ended = this.ended.get_or_insert_with(|| {
-                        let mut ending = answering.server.ending.subscribe();
-                        Box::pin(async move {
-                            let _ = ending.wait_for(|end| *end).await;
-                        })
-                    });
+                if method.kind != MethodKind::Unary {
+                    let ended = this
+                        .ended
+                        .get_or_insert_with(|| Box::pin(answering.server.calls_ended()));
                     if ended.as_mut().poll(cx).is_ready() {
                         Some(Err(Status::unavailable(format!(
                             "this node shut down before `{}.{}` finished",
-                            this.method.service, this.method.name
+                            method.service, method.name
                         ))))
                     } else {
                         None
@@ -226,7 +218,7 @@ where
             .as_pin_mut()
             .is_some_and(|cancelled| cancelled.poll(cx).is_ready());
         if stopped {
-            debug!(method = %this.method.name, "caller cancelled; handler dropped");
+            debug!(method = %method.name, "caller cancelled; handler dropped");
             this.call.take();
             return Poll::Ready(None);
         }

@@ -235,6 +235,15 @@ impl Server {
         self.ending.send_replace(true);
     }
 
+    /// Resolves once the node ends its calls ([`Server::end_calls`]): what a streaming call
+    /// that is still running watches for.
+    pub(crate) fn calls_ended(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut ending = self.ending.subscribe();
+        async move {
+            let _ = ending.wait_for(|end| *end).await;
+        }
+    }
+
     /// Stops accepting connections and streams. Each connection then answers the streams it
     /// accepted and closes, telling the peer which of its streams were never read
     /// (docs/PROTOCOL.md, section 8.5): callers retry exactly those elsewhere.
