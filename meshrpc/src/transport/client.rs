@@ -125,14 +125,9 @@ async fn exchange(
                 payload = Some(frame.body);
             }
             Some(frame) if frame.kind == FrameKind::Status => {
-                let status: StatusBody = if frame.body == crate::wire::fast::OK_STATUS_BODY {
-                    StatusBody::ok()
-                } else {
-                    crate::codec::from_slice_bounded(&frame.body, crate::codec::MAX_HEADER_DEPTH)
-                        .map_err(|error| {
-                            Status::internal(format!("{addr} sent an undecodable status: {error}"))
-                        })?
-                };
+                let status = StatusBody::decode(&frame.body).map_err(|error| {
+                    Status::internal(format!("{addr} sent an undecodable status: {error}"))
+                })?;
                 // Read the FIN (it normally arrives with the status): dropping a stream that
                 // is not read to its end would send STOP_SENDING, one more packet per call.
                 if buffer.is_empty() {

@@ -63,6 +63,15 @@ impl StatusBody {
         }
     }
 
+    /// Decodes a `STATUS` frame's body: the `ok` of every successful call recognised by its
+    /// bytes, anything else read by the general decoder.
+    pub fn decode(body: &[u8]) -> Result<StatusBody, rmp_serde::decode::Error> {
+        if body == super::fast::OK_STATUS_BODY {
+            return Ok(StatusBody::ok());
+        }
+        crate::codec::from_slice_bounded(body, crate::codec::MAX_HEADER_DEPTH)
+    }
+
     /// Whether this ends the call successfully.
     pub fn is_ok(&self) -> bool {
         self.code == 0

@@ -81,20 +81,9 @@ impl ItemDecoder {
         self.event(frame)
     }
 
-    /// The next event decoded from the front of `chunk` without copying it, or `None` when
-    /// `chunk` holds only part of a frame (it is then left as it was: gather it with what
-    /// follows, and [`ItemDecoder::decode`] the gathered bytes).
-    pub fn decode_shared(&mut self, chunk: &mut Bytes) -> Option<ItemEvent> {
-        if self.ended {
-            return None;
-        }
-        let frame = self.frames.decode_shared(chunk);
-        self.event(frame)
-    }
-
     /// The body of the `DATA` frame at the front of `chunk` if it is whole and within the
     /// limit, taken off `chunk` without a copy; `None` for anything else (a partial frame,
-    /// another kind, an oversized one), which [`ItemDecoder::decode_shared`] then judges.
+    /// another kind, an oversized one), which [`ItemAssembler::next_event`] then judges.
     pub fn data_at_front(&mut self, chunk: &mut Bytes) -> Option<Bytes> {
         let &[kind, a, b, c, d] = chunk.first_chunk::<5>()?;
         if self.ended || kind != FrameKind::Data as u8 {
@@ -107,11 +96,6 @@ impl ItemDecoder {
         let mut frame = chunk.split_to(5 + len);
         bytes::Buf::advance(&mut frame, 5);
         Some(frame)
-    }
-
-    /// How many more bytes the partial frame in `buffer` needs (see [`FrameDecoder::missing`]).
-    pub fn missing(&self, buffer: &[u8]) -> usize {
-        self.frames.missing(buffer)
     }
 
     /// The event a decoded frame (or a failure to decode one) stands for.
@@ -128,12 +112,7 @@ impl ItemDecoder {
             FrameKind::Data => ItemEvent::Item(frame.body),
             FrameKind::Status => {
                 self.ended = true;
-                let decoded = if frame.body == super::fast::OK_STATUS_BODY {
-                    Ok(StatusBody::ok())
-                } else {
-                    crate::codec::from_slice_bounded(&frame.body, crate::codec::MAX_HEADER_DEPTH)
-                };
-                let status: StatusBody = match decoded {
+                let status = match StatusBody::decode(&frame.body) {
                     Ok(status) => status,
                     Err(error) => {
                         return Some(ItemEvent::Failed(
