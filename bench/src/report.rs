@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::load::Percentiles;
 use crate::systems::System;
 
+mod overhead;
 mod streaming;
 
 /// The whole run.
@@ -252,6 +253,19 @@ pub(crate) struct Latency {
     pub(crate) calls: u64,
     #[serde(flatten)]
     pub(crate) percentiles: Percentiles,
+    /// The client process's CPU (user + system) per call over the measured phase.
+    #[serde(default)]
+    pub(crate) client_cpu_us_per_call: f64,
+    /// The server process's CPU (user + system) per call over the measured phase.
+    #[serde(default)]
+    pub(crate) server_cpu_us_per_call: f64,
+}
+
+impl Latency {
+    /// Client and server CPU per call: what one call at a time costs the machine.
+    pub(crate) fn total_cpu_us_per_call(&self) -> f64 {
+        self.client_cpu_us_per_call + self.server_cpu_us_per_call
+    }
 }
 
 /// Calls per second with `in_flight` calls outstanding, 64 B.
@@ -456,9 +470,9 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "| system | p50 | p90 | p99 | mean | calls | meshrpc ÷ this (p50, <1 better) |"
+            "| system | p50 | p90 | p99 | mean | CPU µs/call (client + server) | calls | meshrpc ÷ this (p50, <1 better) |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
         let m = meshrpc
             .and_then(|r| r.latency.as_ref())
             .map(|l| l.percentiles.p50_us);
@@ -466,14 +480,21 @@ impl Report {
             match &r.latency {
                 Some(l) => {
                     let p = &l.percentiles;
+                    let cpu = format!(
+                        "{:.1} ({:.1} + {:.1})",
+                        l.total_cpu_us_per_call(),
+                        l.client_cpu_us_per_call,
+                        l.server_cpu_us_per_call
+                    );
                     let _ = writeln!(
                         md,
-                        "| {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {} | {} | {} |",
                         r.system,
                         us(p.p50_us),
                         us(p.p90_us),
                         us(p.p99_us),
                         us(p.mean_us),
+                        cpu,
                         l.calls,
                         row_ratio(r.system, m, Some(p.p50_us))
                     );
@@ -481,7 +502,7 @@ impl Report {
                 None => {
                     let _ = writeln!(
                         md,
-                        "| {} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |",
+                        "| {} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |",
                         r.system
                     );
                 }
@@ -764,7 +785,9 @@ impl Report {
         let _ = writeln!(
             md,
             "## Targets (ratios in one run, same placement)\n\n\
-             **baseline**: what meshrpc must reach; **DESIGN**: the stricter goals of DESIGN.md.\n"
+             **baseline**: what meshrpc must reach; **DESIGN**: the stricter goals of DESIGN.md; \
+             **overhead**: meshrpc against the floor (bare quinn, tarpc, and a gateway that costs \
+             no more than its two hops: axum's direct answer plus one meshrpc call).\n"
         );
         let _ = writeln!(md, "| target | level | placement | measured | met |");
         let _ = writeln!(md, "|---|---|---|---:|---|");
@@ -933,6 +956,7 @@ impl Report {
                 ),
             ];
             rows.extend(streaming::target_rows(placement));
+            rows.extend(overhead::target_rows(placement));
             for (target, level, value, bound, at_most) in rows {
                 let met = match value {
                     Some(v) if (at_most && v <= bound) || (!at_most && v >= bound) => "yes",
@@ -949,7 +973,8 @@ impl Report {
         }
         let _ = writeln!(
             md,
-            "\nRatios are meshrpc ÷ the other system (for the gateway: through the gateway ÷ direct); \
+            "\nRatios are meshrpc ÷ the other system (for the gateway: through the gateway ÷ direct, \
+             or, in the overhead rows at one in flight, ÷ the sum of direct and one meshrpc call); \
              bytes per held call are in KB (1,000 bytes); the held-call rows are shares (1.00 = all); \
              the slow consumer's growth is in MiB and its stop in ms.\n"
         );

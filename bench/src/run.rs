@@ -446,10 +446,13 @@ impl Bench {
         let s = &self.settings;
         match scenario {
             Scenario::Latency => {
-                let (outcome, _) = self.load(placement, system, 64, 1)?;
+                let (outcome, server_cpu_s) = self.load(placement, system, 64, 1)?;
                 progress.inc(1);
+                let per_call = |seconds: f64| seconds * 1e6 / outcome.calls.max(1) as f64;
                 result.latency = Some(report::Latency {
                     calls: outcome.calls,
+                    client_cpu_us_per_call: per_call(outcome.client_cpu_s),
+                    server_cpu_us_per_call: per_call(server_cpu_s),
                     percentiles: outcome.latency.unwrap_or_default(),
                 });
             }

@@ -72,6 +72,12 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
                 result["latency"]["p50_us"].as_f64() > Some(0.0),
                 "{name}: latency p50"
             );
+            for side in ["client_cpu_us_per_call", "server_cpu_us_per_call"] {
+                assert!(
+                    result["latency"][side].as_f64() > Some(0.0),
+                    "{name}: latency {side}"
+                );
+            }
             let throughput = result["throughput"].as_array().expect("throughput");
             let in_flight: Vec<u64> = throughput
                 .iter()
@@ -166,6 +172,11 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
         "| server bytes per held call ≤ 2 KB | DESIGN | separate |",
         "| stream msgs/s (64 B, 16 streams) ≥ 2× tonic-tls | baseline | same |",
         "| slow consumer: producer stops ≤ 100 ms after the consumer leaves | baseline | separate |",
+        "| CPU per call at 64 in flight ≤ 1.15× bare quinn | overhead | same |",
+        "| 256 in flight ≥ 1.0× tarpc | overhead | separate |",
+        "| server bytes per held call ≤ 1,500 | overhead | same |",
+        "| gateway server CPU per GET ≤ 1.25× (direct server CPU + meshrpc CPU per call), 1 in flight | overhead | separate |",
+        "| idle server ≤ 10 MiB | overhead | same |",
         "| tarpc | tarpc has no server streaming |",
     ] {
         assert!(markdown.contains(row), "the report has `{row}`");
@@ -178,7 +189,7 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
             line.ends_with("| yes |") || line.ends_with("| **no** |") || line.ends_with("| — |")
         })
         .collect();
-    assert_eq!(rows.len(), 2 * 27, "27 targets per placement:\n{targets}");
+    assert_eq!(rows.len(), 2 * 41, "41 targets per placement:\n{targets}");
     assert!(
         rows.iter().all(|row| !row.ends_with("| — |")),
         "a target without a figure:\n{targets}"
