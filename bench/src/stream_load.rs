@@ -3,13 +3,13 @@
 //! the resident sets of both processes are sampled, then dropped). Every loop is bounded in
 //! messages and in time.
 
-use std::cell::Cell;
-use std::pin::pin;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::{Either, select};
 use futures::stream::FuturesUnordered;
-use futures::{Stream, StreamExt as _};
+use futures::{Future, Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -26,6 +26,11 @@ const STALL: Duration = Duration::from_secs(10);
 
 /// How long the slow consumer's process runs on after dropping its stream.
 const LINGER: Duration = Duration::from_millis(500);
+
+/// How many items a throughput run reads between two looks at the clock: a run whose streams
+/// are always ready never waits on its timer, and reading the clock per item would cost more
+/// than a small message itself.
+const CLOCK_EVERY: u32 = 64;
 
 /// How often the slow consumer samples the resident sets.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
@@ -64,31 +69,20 @@ pub(crate) async fn run_stream_job<C: BenchClient>(
             // Each stream is read as soon as it opens: a stream left unread while the others
             // open would fill the connection's flow-control window and stall them.
             let streams = streams.max(1);
-            let opened = Cell::new(0usize);
-            let opening: FuturesUnordered<_> = (0..streams)
-                .map(|_| async {
-                    let stream = client.server_stream(size, ENDLESS).await;
-                    opened.set(opened.get() + 1);
-                    stream
-                })
-                .collect();
-            let mut merged = Box::pin(
-                opening
-                    .map(|opened| match opened {
-                        Ok(stream) => stream,
-                        Err(error) => futures::stream::once(async { Err(error) }).boxed(),
-                    })
-                    .flatten_unordered(None),
+            let mut merged = Merged::new(
+                (0..streams)
+                    .map(|_| client.server_stream(size, ENDLESS))
+                    .collect(),
             );
             let warmup = Duration::from_secs_f64(warmup_s);
             let warming = Instant::now();
             read(&mut merged, warmup, max_messages / 4 + 1).await?;
             // Every stream open before the measured phase, however slow the machine.
-            while opened.get() < streams {
+            while merged.open() < streams {
                 if warming.elapsed() > warmup + STALL {
                     return Err(format!(
                         "only {} of {streams} streams opened within {:?}",
-                        opened.get(),
+                        merged.open(),
                         warmup + STALL
                     )
                     .into());
@@ -159,7 +153,8 @@ async fn next(stream: &mut MessageStream) -> Result<Option<Received>> {
 }
 
 /// Reads `streams` as fast as they come for `duration` or `max_messages`; a stream that ends or
-/// fails fails the run (every stream asked for more than a run reads).
+/// fails fails the run (every stream asked for more than a run reads). A window in which nothing
+/// arrived is extended once, by [`STALL`], for the first message.
 async fn read(
     streams: &mut (impl Stream<Item = Result<Received>> + Unpin),
     duration: Duration,
@@ -167,14 +162,17 @@ async fn read(
 ) -> Result<Outcome> {
     let mut outcome = Outcome::default();
     let start = Instant::now();
-    let mut over = pin!(tokio::time::sleep(duration));
+    let mut end = start + duration;
+    let mut over = pin!(tokio::time::sleep_until(end));
+    let mut unchecked = 0;
     while outcome.calls < max_messages {
         let item = match select(streams.next(), over.as_mut()).await {
             Either::Left((item, _)) => item,
             // A window with nothing read says nothing: on a loaded machine (a debug build among
             // other tests) the first message may come later; wait for it, up to the stall bound.
-            Either::Right(((), _)) if outcome.calls == 0 && start.elapsed() < duration + STALL => {
-                over.set(tokio::time::sleep(STALL));
+            Either::Right(((), _)) if outcome.calls == 0 && end == start + duration => {
+                end += STALL;
+                over.set(tokio::time::sleep_until(end));
                 continue;
             }
             Either::Right(((), _)) => break,
@@ -196,12 +194,75 @@ async fn read(
                 break;
             }
         }
-        if start.elapsed() > duration + STALL {
-            break;
+        // Streams that are always ready never let the timer above fire: look at the clock.
+        unchecked += 1;
+        if unchecked == CLOCK_EVERY {
+            unchecked = 0;
+            if Instant::now() >= end {
+                break;
+            }
         }
     }
     outcome.elapsed_s = start.elapsed().as_secs_f64();
     Ok(outcome)
+}
+
+/// The streams of a throughput run read as one: each is read from the moment it opens, and the
+/// open ones take turns, one item each. (`flatten_unordered` would queue a stream again after
+/// every item it yields, which costs more than a small message.)
+struct Merged<O> {
+    opening: FuturesUnordered<O>,
+    open: Vec<MessageStream>,
+    /// The stream whose turn is next.
+    turn: usize,
+}
+
+impl<O: Future<Output = Result<MessageStream>>> Merged<O> {
+    fn new(opening: FuturesUnordered<O>) -> Merged<O> {
+        Merged {
+            opening,
+            open: Vec::new(),
+            turn: 0,
+        }
+    }
+
+    /// How many streams are open.
+    fn open(&self) -> usize {
+        self.open.len()
+    }
+}
+
+impl<O: Future<Output = Result<MessageStream>>> Stream for Merged<O> {
+    type Item = Result<Received>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        while !this.opening.is_empty() {
+            match this.opening.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(stream))) => this.open.push(stream),
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        let count = this.open.len();
+        for step in 0..count {
+            let at = (this.turn + step) % count;
+            match this.open[at].poll_next_unpin(cx) {
+                Poll::Pending => continue,
+                // One stream's end ends the merged one: every stream asked for more than a run
+                // reads, so `read` reports it as a failure.
+                ready => {
+                    this.turn = (at + 1) % count;
+                    return ready;
+                }
+            }
+        }
+        if this.opening.is_empty() && this.open.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// Reads `stream` at `rate` bytes a second for at most `duration` (or `total` bytes),
