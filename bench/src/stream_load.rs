@@ -114,10 +114,13 @@ pub(crate) async fn run_stream_job<C: BenchClient>(
             let first = next(&mut stream).await?;
             ready()?;
             let mut outcome = Outcome::default();
+            // One message short of the whole stream at most: the producer is still running
+            // when the consumer leaves, even when it reads for as long as the stream lasts
+            // (`--long`), so its stop is measured either way.
             let figures = slow_read(
                 &mut stream,
                 first.map_or(0, |r| r.bytes),
-                total_bytes,
+                total_bytes.saturating_sub(u64::from(size)),
                 rate_bytes_per_s.max(1),
                 Duration::from_secs_f64(duration_s),
                 server_pid,

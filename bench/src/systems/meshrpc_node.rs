@@ -7,11 +7,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use futures::StreamExt as _;
 use meshrpc::{Limits, Node, Status, Streaming};
 
 use super::{
-    BenchClient, Handler, MAX_IN_FLIGHT, MessageStream, Producer, Received, Rendezvous, Result, Tls,
+    BenchClient, Handler, MAX_IN_FLIGHT, MessageStream, Producer, Rendezvous, Result, Tls, counted,
 };
 
 #[allow(unreachable_pub, missing_docs, dead_code, clippy::all)]
@@ -77,15 +76,7 @@ impl BenchClient for Client {
 
     async fn server_stream(&self, size: u32, count: u64) -> Result<MessageStream> {
         let stream = self.inner.produce(size, count).await?;
-        Ok(stream
-            .map(|item| match item {
-                Ok(payload) => Ok(Received {
-                    messages: 1,
-                    bytes: payload.len() as u64,
-                }),
-                Err(status) => Err(status.into()),
-            })
-            .boxed())
+        Ok(counted(stream, Bytes::len))
     }
 }
 

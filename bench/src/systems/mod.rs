@@ -14,6 +14,7 @@
 //! Servers share [`Handler`] and [`Producer`] for the behaviour, so systems differ only in
 //! transport and codec.
 
+mod counted;
 pub(crate) mod greet;
 pub(crate) mod http_json;
 pub(crate) mod meshrpc_node;
@@ -34,6 +35,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use counted::counted;
 pub(crate) use producer::Producer;
 
 /// Errors of the harness: boxed, since every one ends up as a line in the report.

@@ -5,14 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt as _;
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
 };
 
 use super::{
-    BenchClient, Handler, MAX_IN_FLIGHT, MAX_MESSAGE, MessageStream, Producer, Received,
-    Rendezvous, Result, SERVER_NAME, Tls,
+    BenchClient, Handler, MAX_IN_FLIGHT, MAX_MESSAGE, MessageStream, Producer, Rendezvous, Result,
+    SERVER_NAME, Tls, counted,
 };
 
 #[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
@@ -124,16 +123,9 @@ impl<const TLS: bool> BenchClient for Client<TLS> {
             .produce(ProduceRequest { size, count })
             .await?;
         // Dropping tonic's stream resets the HTTP/2 stream: the server's producer is dropped.
-        Ok(reply
-            .into_inner()
-            .map(|item| match item {
-                Ok(reply) => Ok(Received {
-                    messages: 1,
-                    bytes: reply.payload.len() as u64,
-                }),
-                Err(status) => Err(status.into()),
-            })
-            .boxed())
+        Ok(counted(reply.into_inner(), |reply: &ProduceReply| {
+            reply.payload.len()
+        }))
     }
 }
 
