@@ -77,22 +77,16 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
 /// `Bytes` items travel.
 pub fn encode_binary_into(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), Status> {
     let len = bytes.len();
-    let mut head = [0u8; 5];
-    let head = if let Ok(len) = u8::try_from(len) {
-        head[0] = 0xc4;
-        head[1] = len;
-        &head[..2]
+    out.reserve(5 + len);
+    if let Ok(len) = u8::try_from(len) {
+        out.extend_from_slice(&[0xc4, len]);
     } else if let Ok(len) = u16::try_from(len) {
-        head[0] = 0xc5;
-        head[1..3].copy_from_slice(&len.to_be_bytes());
-        &head[..3]
+        let [a, b] = len.to_be_bytes();
+        out.extend_from_slice(&[0xc5, a, b]);
     } else {
-        head[0] = 0xc6;
-        head[1..5].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-        &head[..5]
-    };
-    out.reserve(head.len() + len);
-    out.extend_from_slice(head);
+        let [a, b, c, d] = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
+        out.extend_from_slice(&[0xc6, a, b, c, d]);
+    }
     out.extend_from_slice(bytes);
     Ok(())
 }

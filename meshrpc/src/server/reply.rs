@@ -123,6 +123,7 @@ async fn write_items(
         ));
         status_frame(&StatusBody::from(&status))
     };
+    let mut last_size = 0;
     loop {
         let (mut chunks, end) = tokio::select! {
             biased;
@@ -131,7 +132,9 @@ async fn write_items(
                 debug!(%target, "the caller stopped reading the stream; producer dropped");
                 return Err(());
             }
-            batch = std::future::poll_fn(|cx| poll_batch(&mut stream, cx, max_message, target)) => batch,
+            batch = std::future::poll_fn(|cx| {
+                poll_batch(&mut stream, cx, max_message, target, &mut last_size)
+            }) => batch,
         };
         if !chunks.is_empty() {
             let write = send.get().write_all_chunks(&mut chunks);

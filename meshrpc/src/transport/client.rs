@@ -260,10 +260,11 @@ impl Drop for PumpTask {
 /// the stream with [`error_code::PANICKED`](super::error_code::PANICKED). Stops as soon as
 /// the callee stops reading (it answered, or refused the call).
 async fn pump_items(mut send: SendGuard, mut items: Streaming<Bytes>, max: usize, target: String) {
+    let mut last_size = 0;
     loop {
         let batch = std::future::poll_fn(|cx| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                poll_batch(&mut items, cx, max, &target)
+                poll_batch(&mut items, cx, max, &target, &mut last_size)
             }))
             .map_or(Poll::Ready(None), |batch| batch.map(Some))
         });

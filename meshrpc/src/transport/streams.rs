@@ -405,15 +405,19 @@ pub(crate) fn batch_ready(
 /// The chunks carrying the items `items` has ready now (up to [`BATCH_BYTES`]), and how the
 /// stream ended if it did meanwhile; `Pending` while it has neither. A stream of typed items
 /// (see [`crate::streaming::encoded`]) has its items encoded straight into one chunk of
-/// frames; any other is gathered item by item as [`batch_ready`] does.
+/// frames; any other is gathered item by item as [`batch_ready`] does. `last_size` is the
+/// size of the writer's previous batch of encoded frames, which this one starts with room for
+/// (a stream that keeps its producer busy fills batches of about the same size, and growing a
+/// buffer to 64 KiB copies it over and over); it is updated for the next.
 pub(crate) fn poll_batch(
     items: &mut Streaming<Bytes>,
     cx: &mut Context<'_>,
     max: usize,
     target: &str,
+    last_size: &mut usize,
 ) -> Poll<(Vec<Bytes>, Option<End>)> {
     let mut out = FrameOut {
-        buf: Vec::new(),
+        buf: Vec::with_capacity(*last_size),
         whole: 0,
         budget: BATCH_BYTES,
         max_item: max,
@@ -431,6 +435,7 @@ pub(crate) fn poll_batch(
                 end => Poll::Ready((Vec::new(), end)),
             };
         }
+        *last_size = out.buf.len();
         return Poll::Ready((vec![Bytes::from(out.buf)], end));
     }
     Poll::Ready(match std::task::ready!(items.poll_next_unpin(cx)) {
