@@ -14,8 +14,8 @@ use tower::Service;
 use super::connections::Connections;
 use super::io::{ReadFrameError, read_frame};
 use super::streams::{
-    COALESCE_BELOW, Chunks, Direction, End, SendGuard, first_reply_item, incoming_items,
-    poll_batch, status_frame,
+    COALESCE_BELOW, Chunks, Direction, End, SendGuard, YIELD_AFTER_BYTES, first_reply_item,
+    incoming_items, poll_batch, status_frame,
 };
 use crate::channel::Call;
 use crate::service::BoxFuture;
@@ -261,6 +261,7 @@ impl Drop for PumpTask {
 /// the callee stops reading (it answered, or refused the call).
 async fn pump_items(mut send: SendGuard, mut items: Streaming<Bytes>, max: usize, target: String) {
     let mut last_size = 0;
+    let mut unyielded = 0;
     loop {
         let batch = std::future::poll_fn(|cx| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -279,12 +280,17 @@ async fn pump_items(mut send: SendGuard, mut items: Streaming<Bytes>, max: usize
             return;
         };
         if !chunks.is_empty() {
+            let batch_bytes: usize = chunks.iter().map(Bytes::len).sum();
             if send.get().write_all_chunks(&mut chunks).await.is_err() {
                 return;
             }
             // As the callee's writer does: let the thread's other tasks (other streams, the
-            // connection) run between batches.
-            tokio::task::yield_now().await;
+            // connection) run every few batches.
+            unyielded += batch_bytes;
+            if unyielded >= YIELD_AFTER_BYTES {
+                unyielded = 0;
+                tokio::task::yield_now().await;
+            }
         }
         match end {
             None => {}

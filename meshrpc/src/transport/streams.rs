@@ -343,6 +343,11 @@ pub(crate) fn status_frame(status: &StatusBody) -> Bytes {
 /// stream of small items costs one write (and one buffer in QUIC) per batch, not per item.
 pub(crate) const COALESCE_BELOW: usize = 4 * 1024;
 
+/// How many bytes a stream's writer writes between two yields to its thread's other tasks
+/// (four full batches): often enough that a producer which is always ready does not hold up
+/// the connection's other streams, seldom enough that the connection sends full transmits.
+pub(crate) const YIELD_AFTER_BYTES: usize = 4 * BATCH_BYTES;
+
 /// The most bytes one batch gathers.
 const BATCH_BYTES: usize = 64 * 1024;
 
