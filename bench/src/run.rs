@@ -162,7 +162,7 @@ pub(crate) struct Options {
     /// Seconds the streaming scenario's slow consumer reads (default 20, quick 5).
     #[arg(long)]
     slow_consumer_s: Option<f64>,
-    /// The slow consumer reads its 1 GiB stream at 1 MB/s, all but the last message (about 18
+    /// The slow consumer reads its 1 GiB stream at 1 MB/s, all but its last 16 MiB (about 18
     /// minutes per system and placement), instead of `--slow-consumer-s`.
     #[arg(long)]
     long: bool,

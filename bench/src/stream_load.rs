@@ -24,6 +24,11 @@ const ENDLESS: u64 = 1 << 50;
 /// Longest wait for one message before a run is declared hung.
 const STALL: Duration = Duration::from_secs(10);
 
+/// How far from its stream's end the slow consumer stops at the latest: more than the transport
+/// holds between the producer and the consumer (a stream's flow-control window, about 4 MiB,
+/// and the writer's batch), so the producer has not finished when the consumer leaves.
+const END_MARGIN: u64 = 16 * 1024 * 1024;
+
 /// How long the slow consumer's process runs on after dropping its stream.
 const LINGER: Duration = Duration::from_millis(500);
 
@@ -114,13 +119,14 @@ pub(crate) async fn run_stream_job<C: BenchClient>(
             let first = next(&mut stream).await?;
             ready()?;
             let mut outcome = Outcome::default();
-            // One message short of the whole stream at most: the producer is still running
-            // when the consumer leaves, even when it reads for as long as the stream lasts
-            // (`--long`), so its stop is measured either way.
+            // Short of the stream's end by more than the transport holds between producer and
+            // consumer: the producer is still running when the consumer leaves, even when it
+            // reads for as long as the stream lasts (`--long`), so its stop is measured either
+            // way.
             let figures = slow_read(
                 &mut stream,
                 first.map_or(0, |r| r.bytes),
-                total_bytes.saturating_sub(u64::from(size)),
+                total_bytes.saturating_sub(END_MARGIN),
                 rate_bytes_per_s.max(1),
                 Duration::from_secs_f64(duration_s),
                 server_pid,
