@@ -12,7 +12,7 @@ use tracing::debug;
 use crate::status::{Code, Status};
 use crate::streaming::{Body, Streaming};
 use crate::transport::streams::{
-    COALESCE_BELOW, Chunks, End, SendGuard, YIELD_AFTER_BYTES, poll_batch, status_frame,
+    COALESCE_BELOW, Chunks, End, FairShare, SendGuard, poll_batch, status_frame,
 };
 use crate::wire::{FrameKind, StatusBody};
 
@@ -126,7 +126,7 @@ async fn write_items(
         status_frame(&StatusBody::from(&status))
     };
     let mut last_size = 0;
-    let mut unyielded = 0;
+    let mut share = FairShare::default();
     loop {
         let (mut chunks, end) = tokio::select! {
             biased;
@@ -140,7 +140,7 @@ async fn write_items(
             }) => batch,
         };
         if !chunks.is_empty() {
-            let batch_bytes: usize = chunks.iter().map(Bytes::len).sum();
+            let len = FairShare::batch_len(&chunks);
             let write = send.get().write_all_chunks(&mut chunks);
             let written = tokio::select! {
                 biased;
@@ -154,16 +154,7 @@ async fn write_items(
             if !written {
                 return Err(());
             }
-            // A producer that is always ready and a peer that always has room would otherwise
-            // keep this task running (tokio's budget lets a task run 128 batches, megabytes)
-            // and delay the connection's new streams by seconds on a busy thread: yield every
-            // few batches. Not after each: the connection would then send each batch's few
-            // packets on its own, in more and smaller transmits.
-            unyielded += batch_bytes;
-            if unyielded >= YIELD_AFTER_BYTES {
-                unyielded = 0;
-                tokio::task::yield_now().await;
-            }
+            share.wrote(len).await;
         }
         match end {
             None => {}

@@ -14,8 +14,8 @@ use tower::Service;
 use super::connections::Connections;
 use super::io::{ReadFrameError, read_frame};
 use super::streams::{
-    COALESCE_BELOW, Chunks, Direction, End, SendGuard, YIELD_AFTER_BYTES, first_reply_item,
-    incoming_items, poll_batch, status_frame,
+    COALESCE_BELOW, Chunks, Direction, End, FairShare, SendGuard, first_reply_item, incoming_items,
+    poll_batch, status_frame,
 };
 use crate::channel::Call;
 use crate::service::BoxFuture;
@@ -261,7 +261,7 @@ impl Drop for PumpTask {
 /// the callee stops reading (it answered, or refused the call).
 async fn pump_items(mut send: SendGuard, mut items: Streaming<Bytes>, max: usize, target: String) {
     let mut last_size = 0;
-    let mut unyielded = 0;
+    let mut share = FairShare::default();
     loop {
         let batch = std::future::poll_fn(|cx| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -280,17 +280,11 @@ async fn pump_items(mut send: SendGuard, mut items: Streaming<Bytes>, max: usize
             return;
         };
         if !chunks.is_empty() {
-            let batch_bytes: usize = chunks.iter().map(Bytes::len).sum();
+            let len = FairShare::batch_len(&chunks);
             if send.get().write_all_chunks(&mut chunks).await.is_err() {
                 return;
             }
-            // As the callee's writer does: let the thread's other tasks (other streams, the
-            // connection) run every few batches.
-            unyielded += batch_bytes;
-            if unyielded >= YIELD_AFTER_BYTES {
-                unyielded = 0;
-                tokio::task::yield_now().await;
-            }
+            share.wrote(len).await;
         }
         match end {
             None => {}

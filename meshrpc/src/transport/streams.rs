@@ -346,7 +346,33 @@ pub(crate) const COALESCE_BELOW: usize = 4 * 1024;
 /// How many bytes a stream's writer writes between two yields to its thread's other tasks
 /// (four full batches): often enough that a producer which is always ready does not hold up
 /// the connection's other streams, seldom enough that the connection sends full transmits.
-pub(crate) const YIELD_AFTER_BYTES: usize = 4 * BATCH_BYTES;
+const YIELD_AFTER_BYTES: usize = 4 * BATCH_BYTES;
+
+/// A stream writer's share of its thread: a producer that is always ready and a peer that
+/// always has room would otherwise keep the writer's task running (tokio's budget lets a task
+/// run 128 batches, megabytes) and delay the connection's other streams by seconds on a busy
+/// thread. Yielding after every batch instead made the connection send each batch's few
+/// packets on their own, in more and smaller transmits.
+#[derive(Debug, Default)]
+pub(crate) struct FairShare {
+    unyielded: usize,
+}
+
+impl FairShare {
+    /// The bytes of a batch, counted before it is written (writing empties its chunks).
+    pub(crate) fn batch_len(chunks: &[Bytes]) -> usize {
+        chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// Counts `len` bytes just written; yields every [`YIELD_AFTER_BYTES`].
+    pub(crate) async fn wrote(&mut self, len: usize) {
+        self.unyielded += len;
+        if self.unyielded >= YIELD_AFTER_BYTES {
+            self.unyielded = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+}
 
 /// The most bytes one batch gathers.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -458,4 +484,26 @@ pub(crate) fn item_too_large(len: usize, max: usize, target: &str) -> Status {
             "an item of the stream of `{target}` is {len} bytes, over the limit of {max} bytes"
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_writer_yields_once_every_four_full_batches() {
+        let batch = [Bytes::from(vec![0u8; BATCH_BYTES])];
+        let mut share = FairShare::default();
+        let mut yields = Vec::new();
+        for _ in 0..8 {
+            let len = FairShare::batch_len(&batch);
+            yields.push(share.wrote(len).now_or_never().is_none());
+        }
+        assert_eq!(
+            yields,
+            [false, false, false, true, false, false, false, true]
+        );
+    }
 }
