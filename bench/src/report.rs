@@ -10,6 +10,14 @@ use crate::systems::System;
 mod overhead;
 mod streaming;
 
+/// `a ÷ b`, when both are measured and `b` is not zero.
+fn quotient(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
 /// The whole run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Report {
@@ -809,10 +817,6 @@ impl Report {
                     .and_then(|r| r.payload(1 << 20))
                     .map(|p| p.p50_us)
             };
-            let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
-                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-                _ => None,
-            };
             let gateway = placement.gateway.as_ref();
             // Cost of a GET through gateway, mesh and greeter over the same GET served by axum:
             // latency at one in flight, time per call (1 / calls/s) at 64.
@@ -829,91 +833,91 @@ impl Report {
                 (
                     "unary p50 ≤ 0.8× tonic-tls",
                     BASE,
-                    div(p50(m), p50(System::TonicTls)),
+                    quotient(p50(m), p50(System::TonicTls)),
                     0.8,
                     true,
                 ),
                 (
                     "unary p50 ≤ 0.5× tonic-tls",
                     DESIGN,
-                    div(p50(m), p50(System::TonicTls)),
+                    quotient(p50(m), p50(System::TonicTls)),
                     0.5,
                     true,
                 ),
                 (
                     "unary p50 ≤ 1.0× tarpc",
                     DESIGN,
-                    div(p50(m), p50(System::Tarpc)),
+                    quotient(p50(m), p50(System::Tarpc)),
                     1.0,
                     true,
                 ),
                 (
                     "unary p50 ≤ 1.15× bare quinn",
                     DESIGN,
-                    div(p50(m), p50(System::Quinn)),
+                    quotient(p50(m), p50(System::Quinn)),
                     1.15,
                     true,
                 ),
                 (
                     "64 in flight ≥ 1.5× tonic-tls",
                     BASE,
-                    div(tput(m), tput(System::TonicTls)),
+                    quotient(tput(m), tput(System::TonicTls)),
                     1.5,
                     false,
                 ),
                 (
                     "64 in flight ≥ 4× tonic-tls",
                     DESIGN,
-                    div(tput(m), tput(System::TonicTls)),
+                    quotient(tput(m), tput(System::TonicTls)),
                     4.0,
                     false,
                 ),
                 (
                     "64 in flight ≥ 1.0× tarpc",
                     DESIGN,
-                    div(tput(m), tput(System::Tarpc)),
+                    quotient(tput(m), tput(System::Tarpc)),
                     1.0,
                     false,
                 ),
                 (
                     "ring per hop ≤ 0.8× tonic-tls",
                     BASE,
-                    div(hop(m), hop(System::TonicTls)),
+                    quotient(hop(m), hop(System::TonicTls)),
                     0.8,
                     true,
                 ),
                 (
                     "ring per hop ≤ 0.8× tonic-h2c",
                     BASE,
-                    div(hop(m), hop(System::TonicH2c)),
+                    quotient(hop(m), hop(System::TonicH2c)),
                     0.8,
                     true,
                 ),
                 (
                     "ring per hop ≤ 0.75× tonic-h2c",
                     DESIGN,
-                    div(hop(m), hop(System::TonicH2c)),
+                    quotient(hop(m), hop(System::TonicH2c)),
                     0.75,
                     true,
                 ),
                 (
                     "ring per hop ≤ 1.1× bare quinn",
                     DESIGN,
-                    div(hop(m), hop(System::Quinn)),
+                    quotient(hop(m), hop(System::Quinn)),
                     1.1,
                     true,
                 ),
                 (
                     "1 MiB p50 ≤ 1.5× tonic-tls",
                     BASE,
-                    div(mib1(m), mib1(System::TonicTls)),
+                    quotient(mib1(m), mib1(System::TonicTls)),
                     1.5,
                     true,
                 ),
                 (
                     "1 MiB p50 ≤ 0.8× tonic-tls",
                     DESIGN,
-                    div(mib1(m), mib1(System::TonicTls)),
+                    quotient(mib1(m), mib1(System::TonicTls)),
                     0.8,
                     true,
                 ),

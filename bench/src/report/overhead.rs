@@ -2,7 +2,7 @@
 //! latency and held-call memory against bare quinn and tarpc, and the gateway against what its
 //! two hops cost on their own (axum's direct answer plus one meshrpc call).
 
-use super::{PlacementReport, Route, SystemResult};
+use super::{PlacementReport, Route, SystemResult, quotient};
 use crate::systems::System;
 
 /// The level these rows are listed under.
@@ -11,18 +11,10 @@ const LEVEL: &str = "overhead";
 /// `(target, level, measured, bound, at_most)`, as the other rows of the targets table.
 type Row = (&'static str, &'static str, Option<f64>, f64, bool);
 
-/// `a ÷ b`, when both are measured and `b` is not zero.
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    }
-}
-
 /// meshrpc's calls/s at `in_flight` divided by `other`'s.
 fn throughput_ratio(placement: &PlacementReport, in_flight: usize, other: System) -> Option<f64> {
     let calls_per_s = |system| result(placement, system)?.throughput_at(in_flight);
-    ratio(calls_per_s(System::Meshrpc), calls_per_s(other))
+    quotient(calls_per_s(System::Meshrpc), calls_per_s(other))
 }
 
 fn result(placement: &PlacementReport, system: System) -> Option<&SystemResult> {
@@ -58,14 +50,14 @@ pub(super) fn target_rows(placement: &PlacementReport) -> Vec<Row> {
     let direct = get_run(Route::Direct);
     let through = get_run(Route::Gateway);
     let sum = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
-    let gateway_p50 = ratio(
+    let gateway_p50 = quotient(
         through.map(|r| r.latency.p50_us),
         sum(
             direct.map(|r| r.latency.p50_us),
             meshrpc_latency.map(|l| l.percentiles.p50_us),
         ),
     );
-    let gateway_cpu = ratio(
+    let gateway_cpu = quotient(
         through.map(|r| r.server_cpu_us_per_call),
         sum(
             direct.map(|r| r.server_cpu_us_per_call),
@@ -78,7 +70,7 @@ pub(super) fn target_rows(placement: &PlacementReport) -> Vec<Row> {
         (
             "CPU per call at 64 in flight ≤ 1.15× bare quinn",
             LEVEL,
-            ratio(cpu(System::Meshrpc), cpu(System::Quinn)),
+            quotient(cpu(System::Meshrpc), cpu(System::Quinn)),
             1.15,
             true,
         ),
@@ -127,14 +119,14 @@ pub(super) fn target_rows(placement: &PlacementReport) -> Vec<Row> {
         (
             "unary p50 ≤ 1.1× bare quinn",
             LEVEL,
-            ratio(p50(System::Meshrpc), p50(System::Quinn)),
+            quotient(p50(System::Meshrpc), p50(System::Quinn)),
             1.1,
             true,
         ),
         (
             "ring per hop ≤ 1.1× bare quinn",
             LEVEL,
-            ratio(hop(System::Meshrpc), hop(System::Quinn)),
+            quotient(hop(System::Meshrpc), hop(System::Quinn)),
             1.1,
             true,
         ),
