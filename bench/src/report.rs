@@ -82,6 +82,13 @@ pub(crate) struct PlacementReport {
     pub(crate) gateway: Option<Gateway>,
 }
 
+impl PlacementReport {
+    /// `system`'s figures under this placement, if it was measured.
+    fn result(&self, system: System) -> Option<&SystemResult> {
+        self.results.iter().find(|r| r.system == system)
+    }
+}
+
 /// The gateway scenario under one placement: the same `GET` served directly by axum and
 /// through the gateway, mesh and a greeter.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -174,6 +181,16 @@ impl SystemResult {
             streaming: None,
             errors: Vec::new(),
         }
+    }
+
+    /// Unary p50 at one call in flight.
+    fn p50_us(&self) -> Option<f64> {
+        self.latency.as_ref().map(|l| l.percentiles.p50_us)
+    }
+
+    /// The hop ring's p50 per hop.
+    fn per_hop_p50_us(&self) -> Option<f64> {
+        self.ring.as_ref().map(|r| r.per_hop_p50_us)
     }
 
     fn throughput_at(&self, in_flight: usize) -> Option<f64> {
@@ -481,9 +498,7 @@ impl Report {
             "| system | p50 | p90 | p99 | mean | CPU µs/call (client + server) | calls | meshrpc ÷ this (p50, <1 better) |"
         );
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
-        let m = meshrpc
-            .and_then(|r| r.latency.as_ref())
-            .map(|l| l.percentiles.p50_us);
+        let m = meshrpc.and_then(SystemResult::p50_us);
         for r in results {
             match &r.latency {
                 Some(l) => {
@@ -639,9 +654,7 @@ impl Report {
             "| system | per hop p50 | per hop mean | rounds | meshrpc ÷ this (p50, <1 better) |"
         );
         let _ = writeln!(md, "|---|---:|---:|---:|---:|");
-        let m = meshrpc
-            .and_then(|r| r.ring.as_ref())
-            .map(|g| g.per_hop_p50_us);
+        let m = meshrpc.and_then(SystemResult::per_hop_p50_us);
         for r in results {
             match &r.ring {
                 Some(g) => {
@@ -800,18 +813,10 @@ impl Report {
         let _ = writeln!(md, "| target | level | placement | measured | met |");
         let _ = writeln!(md, "|---|---|---|---:|---|");
         for placement in &self.placements {
-            let get = |system: System| placement.results.iter().find(|r| r.system == system);
-            let p50 = |system| {
-                get(system)
-                    .and_then(|r| r.latency.as_ref())
-                    .map(|l| l.percentiles.p50_us)
-            };
+            let get = |system| placement.result(system);
+            let p50 = |system| get(system).and_then(SystemResult::p50_us);
             let tput = |system| get(system).and_then(|r| r.throughput_at(64));
-            let hop = |system| {
-                get(system)
-                    .and_then(|r| r.ring.as_ref())
-                    .map(|g| g.per_hop_p50_us)
-            };
+            let hop = |system| get(system).and_then(SystemResult::per_hop_p50_us);
             let mib1 = |system| {
                 get(system)
                     .and_then(|r| r.payload(1 << 20))

@@ -13,33 +13,21 @@ type Row = (&'static str, &'static str, Option<f64>, f64, bool);
 
 /// meshrpc's calls/s at `in_flight` divided by `other`'s.
 fn throughput_ratio(placement: &PlacementReport, in_flight: usize, other: System) -> Option<f64> {
-    let calls_per_s = |system| result(placement, system)?.throughput_at(in_flight);
+    let calls_per_s = |system| placement.result(system)?.throughput_at(in_flight);
     quotient(calls_per_s(System::Meshrpc), calls_per_s(other))
-}
-
-fn result(placement: &PlacementReport, system: System) -> Option<&SystemResult> {
-    placement.results.iter().find(|r| r.system == system)
 }
 
 /// The overhead rows for one placement.
 pub(super) fn target_rows(placement: &PlacementReport) -> Vec<Row> {
-    let get = |system| result(placement, system);
+    let get = |system| placement.result(system);
     let meshrpc_latency = get(System::Meshrpc).and_then(|r| r.latency.as_ref());
-    let p50 = |system| {
-        get(system)
-            .and_then(|r| r.latency.as_ref())
-            .map(|l| l.percentiles.p50_us)
-    };
+    let p50 = |system| get(system).and_then(SystemResult::p50_us);
     let cpu = |system| {
         get(system)
             .and_then(|r| r.cpu.as_ref())
             .map(|c| c.total_us_per_call)
     };
-    let hop = |system| {
-        get(system)
-            .and_then(|r| r.ring.as_ref())
-            .map(|r| r.per_hop_p50_us)
-    };
+    let hop = |system| get(system).and_then(SystemResult::per_hop_p50_us);
     let memory = get(System::Meshrpc).and_then(|r| r.memory.as_ref());
     let tput = |in_flight, other| throughput_ratio(placement, in_flight, other);
 

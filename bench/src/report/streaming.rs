@@ -124,7 +124,7 @@ impl Report {
 pub(super) fn target_rows(
     placement: &PlacementReport,
 ) -> Vec<(&'static str, &'static str, Option<f64>, f64, bool)> {
-    let get = |system: System| placement.results.iter().find(|r| r.system == system);
+    let get = |system| placement.result(system);
     let div = |figure: fn(&SystemResult, usize) -> Option<f64>, streams, other| {
         let m = figure(get(System::Meshrpc)?, streams)?;
         let o = figure(get(other)?, streams)?;
