@@ -15,13 +15,15 @@ use tracing::{debug, warn};
 use super::answer::answer;
 use super::call::{Caller, PeerIdentity};
 use super::reply::encode_reply;
-use super::request::{Opened, Rules, read_call};
+use super::request::{
+    AcceptedCall, ReadTimer, Rules, accept_call, read_first_message, request_items,
+};
 use super::{IncomingCall, Server};
 use crate::status::{Code, Status};
 use crate::transport::error_code;
 use crate::transport::goaway;
 use crate::transport::io::{ReadFrameError, read_frame};
-use crate::wire::{FrameBuffer, FrameDecoder, FrameKind, StatusBody};
+use crate::wire::{Frame, FrameBuffer, FrameDecoder, FrameKind, StatusBody};
 
 /// How long a stopping node waits for the streams it accepted to be answered before it
 /// closes their connection anyway.
@@ -102,12 +104,20 @@ impl Server {
                 self.clone()
                     .read_stream(connection.clone(), identity.clone(), send, recv);
             let server = self.clone();
-            // The reading phase is boxed and freed before the handler runs, so the task of a
-            // held call is only as large as answering needs.
-            tokio::spawn(Box::pin(reading).then(move |call| match call {
-                Some((call, send)) => Either::Left(answer(server, call, send, served)),
-                None => Either::Right(std::future::ready(())),
-            }));
+            // One task reads the call, then answers it. The reading state is kept no larger
+            // than answering's, so it lives in the task rather than in a box of its own and a
+            // held call's task is only as large as answering needs (tests/allocations.rs pins
+            // the heap a held call keeps).
+            let task = reading.then(move |read| match read {
+                Ok((call, send)) => Either::Left(answer(server, call, send, served)),
+                Err(NotACall::Nothing) => Either::Right(Either::Left(std::future::ready(()))),
+                // Boxed: only a refused or unusual stream needs this state.
+                Err(other) => Either::Right(Either::Right(Box::pin(async move {
+                    server.serve_not_a_call(other).await;
+                    drop(served);
+                }))),
+            });
+            tokio::spawn(task);
         }
         if !open.wait_idle(CLOSE_GRACE).await {
             warn!(
@@ -119,61 +129,117 @@ impl Server {
         connection.close(error_code::SHUTDOWN, reason.as_bytes());
     }
 
-    /// Reads a stream's opening frame. A call is read and returned, to be answered
-    /// (`server/answer.rs`); any other stream kind is served here by its handler.
+    /// Reads a stream's opening frame and, for a call, its request: the call, to be answered
+    /// (`server/answer.rs`), or what else the stream needs ([`NotACall`]). The reading state
+    /// lives in the stream's task until the call is answered, so everything but the two
+    /// reads happens outside it.
     async fn read_stream(
         self: Arc<Self>,
         connection: Connection,
         identity: Option<Arc<PeerIdentity>>,
         send: SendStream,
         mut recv: RecvStream,
-    ) -> Option<(IncomingCall, SendStream)> {
+    ) -> Result<(IncomingCall, SendStream), NotACall> {
         let decoder = FrameDecoder::new(self.limits.max_message_size);
         let mut buffer = FrameBuffer::default();
-        let opening = tokio::time::timeout(
-            self.limits.request_read_timeout,
-            read_frame(&mut recv, &decoder, &mut buffer),
-        )
-        .await;
-        let frame = match opening {
-            Err(_) => {
-                let status = Status::deadline_exceeded("no call header arrived in time");
-                self.reject(send, recv, &status).await;
-                return None;
-            }
-            Ok(Err(error)) => {
-                self.reject_read_error(send, recv, &error).await;
-                return None;
-            }
-            Ok(Ok(None)) => return None,
-            Ok(Ok(Some(frame))) => frame,
-        };
-        match frame.kind {
-            FrameKind::Call => {
-                let caller = Caller {
-                    addr: connection.remote_address(),
-                    identity,
-                };
-                let rules = Rules {
-                    services: &self.services,
-                    request_read_timeout: self.limits.request_read_timeout,
-                    draining: self.is_draining(),
-                };
-                let opened = Opened {
-                    recv,
-                    decoder,
-                    buffer,
-                };
-                let read = read_call(rules, &frame.body, caller, opened).await;
-                match read {
-                    Ok(call) => Some((call, send)),
-                    Err((status, recv)) => {
-                        self.reject(send, recv, &status).await;
-                        None
-                    }
+        let mut timer = ReadTimer::default();
+        // Each step in a block of its own and no future in a named variable: what a step
+        // leaves behind is out of scope at the next read, so it takes no room in this state.
+        let AcceptedCall {
+            method,
+            deadline,
+            metadata,
+            read_by,
+        } = {
+            let frame = match timer
+                .within(
+                    self.limits.request_read_timeout,
+                    read_frame(&mut recv, &decoder, &mut buffer),
+                )
+                .await
+            {
+                None => {
+                    let status = Status::deadline_exceeded("no call header arrived in time");
+                    return Err(NotACall::Refused(send, recv, status));
                 }
+                Some(Err(error)) => return Err(NotACall::Broken(send, recv, error)),
+                Some(Ok(None)) => return Err(NotACall::Nothing),
+                Some(Ok(Some(frame))) => frame,
+            };
+            if frame.kind != FrameKind::Call {
+                return Err(NotACall::OtherKind(Box::new(OtherKind {
+                    connection,
+                    frame,
+                    send,
+                    recv,
+                    buffer,
+                })));
             }
-            kind => {
+            let rules = Rules {
+                services: &self.services,
+                request_read_timeout: self.limits.request_read_timeout,
+                draining: self.is_draining(),
+            };
+            match accept_call(rules, &frame.body) {
+                Ok(accepted) => accepted,
+                Err(status) => return Err(NotACall::Refused(send, recv, status)),
+            }
+        };
+        let client_streams = method.kind.client_streams();
+        let request = match timer
+            .until(
+                read_by,
+                read_first_message(&mut recv, &decoder, &mut buffer, !client_streams),
+            )
+            .await
+        {
+            Some(Ok(request)) => request,
+            Some(Err(status)) => return Err(NotACall::Refused(send, recv, status)),
+            None => {
+                let status =
+                    Status::deadline_exceeded("the request did not arrive before the deadline");
+                return Err(NotACall::Refused(send, recv, status));
+            }
+        };
+        let caller = Caller {
+            addr: connection.remote_address(),
+            identity,
+        };
+        let stream = if client_streams {
+            Some(request_items(recv, decoder, buffer, &caller))
+        } else {
+            // The request was read to its end: dropping the receiving half sends nothing.
+            drop(recv);
+            None
+        };
+        let call = IncomingCall {
+            method,
+            context: AcceptedCall::context(method, deadline, metadata),
+            caller,
+            request,
+            stream,
+        };
+        Ok((call, send))
+    }
+
+    /// Serves a stream that is not a call to answer: refuses it, or hands it to the handler
+    /// of the frame kind it opened with.
+    async fn serve_not_a_call(&self, stream: NotACall) {
+        match stream {
+            NotACall::Nothing => {}
+            NotACall::Refused(send, recv, status) => self.reject(send, recv, &status).await,
+            NotACall::Broken(send, recv, error) => {
+                self.reject_read_error(send, recv, &error).await;
+            }
+            NotACall::OtherKind(other) => {
+                let OtherKind {
+                    connection,
+                    frame,
+                    send,
+                    recv,
+                    buffer,
+                } = *other;
+                let kind = frame.kind;
                 match self.stream_handlers.get(&(kind as u8)) {
                     Some(handler) => {
                         handler(connection, frame, send, recv, buffer.into_bytes()).await;
@@ -185,7 +251,6 @@ impl Server {
                         self.reject(send, recv, &status).await;
                     }
                 }
-                None
             }
         }
     }
@@ -223,6 +288,27 @@ impl Server {
             let _ = tokio::time::timeout(DELIVERY_WAIT, send.stopped()).await;
         }
     }
+}
+
+/// A stream that is not a call to answer, and what serving it needs.
+pub(super) enum NotACall {
+    /// The peer ended the stream before its first frame: nothing to do.
+    Nothing,
+    /// A call refused before it ran, with the status that says why.
+    Refused(SendStream, RecvStream, Status),
+    /// A stream whose frames could not be read.
+    Broken(SendStream, RecvStream, ReadFrameError),
+    /// A stream that opened with another kind of frame than `CALL`.
+    OtherKind(Box<OtherKind>),
+}
+
+/// A stream that opened with a frame other than `CALL`, for the handler of its kind.
+pub(super) struct OtherKind {
+    connection: Connection,
+    frame: Frame,
+    send: SendStream,
+    recv: RecvStream,
+    buffer: FrameBuffer,
 }
 
 /// The calls of the whole server whose reply is not yet written.

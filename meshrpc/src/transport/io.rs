@@ -1,5 +1,7 @@
 //! Reading frames off a quinn stream, with the limits checked before memory is reserved.
 
+use std::future::Future;
+
 use quinn::RecvStream;
 
 use crate::status::{Code, Status};
@@ -34,24 +36,30 @@ impl ReadFrameError {
 
 /// Reads the next frame, or `None` at a clean end of stream. A frame that arrives whole in one
 /// chunk is not copied: its body shares the chunk's memory.
-pub(crate) async fn read_frame(
-    recv: &mut RecvStream,
-    decoder: &FrameDecoder,
-    buffer: &mut FrameBuffer,
-) -> Result<Option<Frame>, ReadFrameError> {
-    loop {
-        if let Some(frame) = buffer.decode(decoder).map_err(ReadFrameError::Frame)? {
-            return Ok(Some(frame));
-        }
-        match recv
-            .read_chunk(usize::MAX, true)
-            .await
-            .map_err(ReadFrameError::Stream)?
-        {
-            Some(chunk) => buffer.push(chunk.bytes),
-            None => {
-                buffer.finish(decoder).map_err(ReadFrameError::Frame)?;
-                return Ok(None);
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would move its arguments once more into its body: a server's reading state carries this future"
+)]
+pub(crate) fn read_frame<'a>(
+    recv: &'a mut RecvStream,
+    decoder: &'a FrameDecoder,
+    buffer: &'a mut FrameBuffer,
+) -> impl Future<Output = Result<Option<Frame>, ReadFrameError>> + Send + 'a {
+    async move {
+        loop {
+            if let Some(frame) = buffer.decode(decoder).map_err(ReadFrameError::Frame)? {
+                return Ok(Some(frame));
+            }
+            match recv
+                .read_chunk(usize::MAX, true)
+                .await
+                .map_err(ReadFrameError::Stream)?
+            {
+                Some(chunk) => buffer.push(chunk.bytes),
+                None => {
+                    buffer.finish(decoder).map_err(ReadFrameError::Frame)?;
+                    return Ok(None);
+                }
             }
         }
     }
