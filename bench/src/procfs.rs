@@ -1,5 +1,6 @@
 //! Process figures from `/proc`: CPU time from `/proc/<pid>/stat` and peak resident set
-//! (`VmHWM`) and current resident set (`VmRSS`) from `/proc/<pid>/status`.
+//! (`VmHWM`), current resident set (`VmRSS`) and its private part (`RssAnon`) from
+//! `/proc/<pid>/status`.
 
 use crate::systems::Result;
 
@@ -30,6 +31,12 @@ pub(crate) fn peak_rss_kib(pid: u32) -> Result<u64> {
 /// Current resident set size of process `pid` (`VmRSS`), KiB.
 pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     status_kib(pid, "VmRSS:")
+}
+
+/// The part of process `pid`'s resident set that is its own memory (`RssAnon`: heap,
+/// stacks), not pages of files it maps (its executable and libraries), KiB.
+pub(crate) fn private_rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "RssAnon:")
 }
 
 /// A `kB` figure of `/proc/<pid>/status`, by its key (`VmRSS:`, `VmHWM:`).

@@ -514,9 +514,10 @@ impl Bench {
                     calls: s.hold_calls,
                     sleep_ms: s.hold_ms,
                 };
-                let mut idle_kib = 0;
+                let (mut idle_kib, mut idle_private_kib) = (0, 0);
                 let outcome = self.client_with(system, &server, job, || {
                     idle_kib = procfs::peak_rss_kib(server.pid())?;
+                    idle_private_kib = procfs::private_rss_kib(server.pid())?;
                     Ok(())
                 });
                 progress.inc(1);
@@ -524,6 +525,7 @@ impl Bench {
                 let loaded_kib = procfs::peak_rss_kib(server.pid())?;
                 result.memory = Some(report::Memory {
                     idle_kib,
+                    idle_private_kib,
                     loaded_kib,
                     calls: s.hold_calls,
                     answered: outcome.calls,

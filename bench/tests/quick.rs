@@ -105,6 +105,11 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
                 result["memory"]["idle_kib"].as_u64() > Some(0),
                 "{name}: idle rss"
             );
+            let private = result["memory"]["idle_private_kib"].as_u64();
+            assert!(
+                private > Some(0) && private < result["memory"]["idle_kib"].as_u64(),
+                "{name}: the idle resident set's private part is a part of it"
+            );
             check_streaming(&name, result);
         }
     }
