@@ -707,6 +707,34 @@ async fn a_stream_never_written_to_is_answered_with_deadline_exceeded_after_the_
 }
 
 #[tokio::test]
+async fn a_header_that_trickles_in_then_gives_the_request_its_own_deadline() {
+    // The header arrives in two parts, so the server waits for it (and starts its read timer);
+    // once the header is whole, the request is due by the call's deadline, which is much
+    // earlier than the read timeout the timer was started with.
+    let read_timeout = Duration::from_secs(4);
+    let setup = Setup::with_limits(Limits::default().request_read_timeout(read_timeout)).await;
+    let (mut send, recv) = setup.peer.connection.open_bi().await.expect("stream");
+    let header = call_frame("probe", "add", Some(100));
+    let started = Instant::now();
+    send.write_all(&header[..3]).await.expect("sent");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send.write_all(&header[3..]).await.expect("sent");
+    let answer = read_answer(recv).await;
+    let elapsed = started.elapsed();
+    answer.assert_status(
+        Code::DeadlineExceeded,
+        "the request did not arrive before the deadline",
+    );
+    assert!(
+        elapsed < read_timeout / 2,
+        "answered after {elapsed:?}: the request waited for the read timeout, not the deadline"
+    );
+    assert_eq!(setup.started(), 0);
+    drop(send);
+    setup.assert_still_serving().await;
+}
+
+#[tokio::test]
 async fn a_call_whose_request_never_arrives_is_answered_with_deadline_exceeded() {
     let setup =
         Setup::with_limits(Limits::default().request_read_timeout(SHORT_READ_TIMEOUT)).await;
