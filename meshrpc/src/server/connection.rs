@@ -19,6 +19,7 @@ use super::request::{
     AcceptedCall, ReadTimer, Rules, accept_call, read_first_message, request_items,
 };
 use super::{IncomingCall, Server};
+use crate::context::CallContext;
 use crate::status::{Code, Status};
 use crate::transport::error_code;
 use crate::transport::goaway;
@@ -214,7 +215,7 @@ impl Server {
         };
         let call = IncomingCall {
             method,
-            context: AcceptedCall::context(method, deadline, metadata),
+            context: CallContext::new(method.service, method.name, deadline, metadata),
             caller,
             request,
             stream,

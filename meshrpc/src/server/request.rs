@@ -16,7 +16,6 @@ use quinn::RecvStream;
 use tokio::time::{Instant, Sleep};
 
 use super::call::Caller;
-use crate::context::CallContext;
 use crate::metadata::Metadata;
 use crate::service::unknown_method;
 use crate::spec::MethodSpec;
@@ -48,17 +47,6 @@ pub(crate) struct AcceptedCall {
     pub(crate) metadata: Metadata,
     /// The caller's deadline or `request_read_timeout` from now, whichever comes first.
     pub(crate) read_by: Instant,
-}
-
-impl AcceptedCall {
-    /// The context the call's handler runs in.
-    pub(crate) fn context(
-        method: &'static MethodSpec,
-        deadline: Option<Instant>,
-        metadata: Metadata,
-    ) -> CallContext {
-        CallContext::new(method.service, method.name, deadline, metadata)
-    }
 }
 
 /// Decodes a `CALL` header and resolves its method; refuses a call that cannot run (unknown,
