@@ -5,7 +5,9 @@
 //!
 //! The server and the client run on their own threads, each with its own single-threaded
 //! runtime, so that each side's allocations are counted apart (per thread). Both talk over
-//! loopback, as two processes would.
+//! loopback, as two processes would. `bench/tests/allocations.rs` counts both sides together
+//! through generated code, and a streamed item's allocations; this test tells the sides apart
+//! and adds what a held call keeps.
 
 mod common;
 
