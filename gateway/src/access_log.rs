@@ -9,47 +9,72 @@
 //! stream's whole life), so `RUST_LOG=mesh_api::access=off` silences it and JSON subscribers
 //! can pick it up.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request};
-use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::stream_end::StreamEnd;
 
-/// The middleware.
-pub async fn log(request: Request, next: Next) -> Response {
-    // Silenced (`mesh_api::access=off`): nothing to keep for a line nobody prints.
-    if !tracing::enabled!(target: "mesh_api::access", tracing::Level::INFO) {
-        let mut response = next.run(request).await;
-        response.extensions_mut().remove::<StreamEnd>();
-        return response;
+/// What a request's line needs from the request, taken as it arrives.
+#[derive(Debug)]
+pub struct Entry {
+    started: Instant,
+    client: Option<IpAddr>,
+    method: http::Method,
+    path: String,
+}
+
+impl Entry {
+    /// The entry for `request`, which arrived at `started`; `None` when the log is silenced
+    /// (`mesh_api::access=off`): nothing is kept for a line nobody prints.
+    pub fn begin(request: &Request, started: Instant) -> Option<Entry> {
+        if !tracing::enabled!(target: "mesh_api::access", tracing::Level::INFO) {
+            return None;
+        }
+        Some(Entry {
+            started,
+            client: request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0.ip()),
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+        })
     }
-    let started = Instant::now();
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip());
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let mut response = next.run(request).await;
-    let status = response.status().as_u16();
-    let emit = move || {
-        let client = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+
+    fn emit(self, status: u16) {
+        let client = self
+            .client
+            .map_or_else(|| "-".to_owned(), |ip| ip.to_string());
         tracing::info!(
             target: "mesh_api::access",
             "{}",
-            line(status, started.elapsed(), &client, method.as_str(), &path)
+            line(
+                status,
+                self.started.elapsed(),
+                &client,
+                self.method.as_str(),
+                &self.path
+            )
         );
-    };
-    // The outermost middleware that waits for the end: the response no longer carries it, so
-    // the end comes with the stream's last holder.
-    match response.extensions_mut().remove::<StreamEnd>() {
-        Some(end) => end.defer(emit),
-        None => emit(),
     }
-    response
+}
+
+/// Logs `response`'s line now, or when its stream ends. The outermost step of the gateway's
+/// middleware ([`crate::middleware`]) that waits for a stream's end: it takes the
+/// [`StreamEnd`] out of the response, so the end comes with the stream's last holder.
+pub fn finish(entry: Option<Entry>, response: &mut Response) {
+    let end = response.extensions_mut().remove::<StreamEnd>();
+    let Some(entry) = entry else {
+        return;
+    };
+    let status = response.status().as_u16();
+    match end {
+        Some(end) => end.defer(move || entry.emit(status)),
+        None => entry.emit(status),
+    }
 }
 
 /// The log line, GIN's layout.

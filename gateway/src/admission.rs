@@ -19,10 +19,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 use crate::stream_end::StreamEnd;
@@ -87,45 +86,66 @@ impl Admission {
     }
 }
 
-/// The middleware.
-pub async fn admit(State(admission): State<Admission>, request: Request, next: Next) -> Response {
-    if EXEMPT_PATHS.contains(&request.uri().path()) {
-        return next.run(request).await;
-    }
-    let Ok(_request) = admission.requests.clone().try_acquire_owned() else {
-        return ApiError::overloaded(
-            format!(
-                "the gateway is at its limit of {} requests in flight; retry shortly",
-                admission.max_in_flight
-            ),
-            RETRY_AFTER_SECS,
-        )
-        .into_response();
-    };
-    let bytes = admission.reservation(request.headers());
-    let _bytes = if bytes == 0 {
-        None
-    } else {
-        match admission.bytes.clone().try_acquire_many_owned(bytes) {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                return ApiError::overloaded(
-                    format!(
-                        "the gateway is at its limit of {} buffered body bytes; retry shortly",
-                        admission.max_buffered
-                    ),
-                    RETRY_AFTER_SECS,
-                )
-                .into_response();
-            }
+/// What an admitted request holds: its share of both budgets, given back when it is dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    _request: OwnedSemaphorePermit,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+impl Admitted {
+    /// Gives the budgets back when `response` is done: at once for a plain answer, when its
+    /// stream ends for a streamed one.
+    pub fn release_with(self, response: &Response) {
+        if let Some(end) = response.extensions().get::<StreamEnd>() {
+            end.defer(move || drop(self));
         }
-    };
-    let response = next.run(request).await;
-    if let Some(end) = response.extensions().get::<StreamEnd>() {
-        // A stream holds its budgets until it ends.
-        end.defer(move || drop((_request, _bytes)));
     }
-    response
+}
+
+impl Admission {
+    /// Takes `request`'s share of the budgets: `Ok(None)` for an exempt path, the 503 answer
+    /// when either budget is spent (boxed: the rare path). A step of the gateway's middleware
+    /// ([`crate::middleware`]).
+    pub fn admit(&self, request: &Request) -> Result<Option<Admitted>, Box<Response>> {
+        if EXEMPT_PATHS.contains(&request.uri().path()) {
+            return Ok(None);
+        }
+        let Ok(permit) = self.requests.clone().try_acquire_owned() else {
+            return Err(ApiError::overloaded(
+                format!(
+                    "the gateway is at its limit of {} requests in flight; retry shortly",
+                    self.max_in_flight
+                ),
+                RETRY_AFTER_SECS,
+            )
+            .into_response()
+            .into());
+        };
+        let bytes = self.reservation(request.headers());
+        let bytes = if bytes == 0 {
+            None
+        } else {
+            match self.bytes.clone().try_acquire_many_owned(bytes) {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    return Err(ApiError::overloaded(
+                        format!(
+                            "the gateway is at its limit of {} buffered body bytes; retry shortly",
+                            self.max_buffered
+                        ),
+                        RETRY_AFTER_SECS,
+                    )
+                    .into_response()
+                    .into());
+                }
+            }
+        };
+        Ok(Some(Admitted {
+            _request: permit,
+            _bytes: bytes,
+        }))
+    }
 }
 
 #[cfg(test)]

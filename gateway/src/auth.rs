@@ -12,8 +12,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use meshrpc::Code;
 use subtle::ConstantTimeEq;
@@ -110,10 +109,12 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
-/// The middleware: lets requests with a valid key (or to an open path) through.
-pub async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
+/// Lets a request with a valid key (or to an open path) through; anything else gets the 401
+/// answer (boxed: the rare path), with `WWW-Authenticate` offering `Bearer` (and `Basic` on the
+/// browser paths). A step of the gateway's middleware ([`crate::middleware`]).
+pub fn require_key(keys: &ApiKeys, request: &Request) -> Result<(), Box<Response>> {
     if !keys.enabled() || OPEN_PATHS.contains(&request.uri().path()) {
-        return next.run(request).await;
+        return Ok(());
     }
     let authorization = request
         .headers()
@@ -121,25 +122,24 @@ pub async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Ne
         .map(http::HeaderValue::as_bytes);
     let browser = BROWSER_PATHS.contains(&request.uri().path());
     if keys.accepts(authorization) || (browser && keys.accepts_basic(authorization)) {
-        next.run(request).await
-    } else {
-        let mut response =
-            ApiError::new(Code::Unauthenticated, "missing or invalid API key").into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            http::header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer"),
-        );
-        if browser {
-            headers.append(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static(
-                    r#"Basic realm="mesh-api dashboard: any user, the API key as password", charset="UTF-8""#,
-                ),
-            );
-        }
-        response
+        return Ok(());
     }
+    let mut response =
+        ApiError::new(Code::Unauthenticated, "missing or invalid API key").into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
+    if browser {
+        headers.append(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(
+                r#"Basic realm="mesh-api dashboard: any user, the API key as password", charset="UTF-8""#,
+            ),
+        );
+    }
+    Err(Box::new(response))
 }
 
 #[cfg(test)]

@@ -83,12 +83,10 @@ impl Extension {
         self.spec
     }
 
-    /// The routes, with failed calls answered in the gateway's error shape.
+    /// The routes, as built; the gateway's middleware ([`crate::middleware`]) answers their
+    /// failed calls in its error shape.
     pub(crate) fn routes(&self, context: &ExtensionContext) -> Router {
-        let service = self.spec.name;
-        (self.build)(context).layer(axum::middleware::map_response(
-            move |response: Response| async move { render_failed_call(response, service) },
-        ))
+        (self.build)(context)
     }
 }
 
@@ -118,8 +116,9 @@ impl ExtensionContext {
     }
 }
 
-/// `response`, or the gateway's error for the [`Status`] it carries.
-fn render_failed_call(mut response: Response, service: &str) -> Response {
+/// `response`, or the gateway's error for the [`Status`] it carries (a failed call of
+/// `service`).
+pub(crate) fn render_failed_call(mut response: Response, service: &str) -> Response {
     match response.extensions_mut().remove::<Status>() {
         Some(status) => ApiError::from_call(status, service).into_response(),
         None => response,

@@ -38,6 +38,7 @@ pub mod error;
 pub mod extension;
 pub mod framing;
 pub mod metrics;
+pub mod middleware;
 pub mod openapi;
 pub mod routes;
 pub mod stream_end;
@@ -48,7 +49,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{any, get};
 use meshrpc::Node;
 use tokio::sync::oneshot;
@@ -131,15 +131,32 @@ impl Shared {
 
 /// The gateway's routes and middleware over `shared`.
 pub fn router(shared: Arc<Shared>) -> Router {
-    let keys = shared.keys.clone();
-    let metrics = shared.metrics.clone();
-    let admission = shared.admission.clone();
+    let middleware = middleware::Middleware::new(
+        shared.keys.clone(),
+        shared.admission.clone(),
+        shared.metrics.clone(),
+    );
+    // One `Router::layer` call per set of routes (see `middleware`), before the extensions
+    // are merged in, so each route is wrapped once.
+    let stack = |middleware: middleware::Middleware| {
+        tower::ServiceBuilder::new()
+            .layer(trace::layer())
+            .layer(middleware)
+    };
     let context = ExtensionContext::new(shared.node.clone(), shared.config.request_timeout);
-    let mut app = Router::new();
-    for extension in &shared.extensions {
-        app = app.merge(extension.routes(&context).with_state(()));
-    }
-    app.route("/healthz", get(routes::ops::healthz))
+    let extensions: Vec<Router> = shared
+        .extensions
+        .iter()
+        .map(|extension| {
+            extension
+                .routes(&context)
+                // Their other methods get the gateway's 405, JSON, with `Allow`.
+                .method_not_allowed_fallback(routes::method_not_allowed)
+                .layer(stack(middleware.for_extension(extension.spec().name)))
+        })
+        .collect();
+    let mut app = Router::new()
+        .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))
@@ -150,17 +167,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/{service}/{*rest}", any(routes::dispatch))
         .fallback(routes::not_found)
         .with_state(shared)
-        // One layer of the whole stack (outermost first), not one `Router::layer` per concern:
-        // axum boxes each route once per `layer` call and clones every box of a route for
-        // each request, so five calls made some eighty allocations per request.
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(trace::layer())
-                .layer(from_fn(access_log::log))
-                .layer(from_fn_with_state(metrics, metrics::record))
-                .layer(from_fn_with_state(admission, admission::admit))
-                .layer(from_fn_with_state(keys, auth::require_key)),
-        )
+        .layer(stack(middleware));
+    for extension in extensions {
+        app = app.merge(extension);
+    }
+    app
 }
 
 /// A running gateway.

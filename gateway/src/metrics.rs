@@ -11,8 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::MatchedPath;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -209,29 +208,30 @@ impl HttpMetrics {
 #[derive(Debug, Clone)]
 pub struct KnownService(pub String);
 
-/// The middleware: times every request and counts its answer, when the answer's head is ready
-/// (for a streamed answer, the time to its head: a stream is counted as it starts).
-pub async fn record(
-    State(metrics): State<std::sync::Arc<HttpMetrics>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let method = method_label(request.method());
-    let pattern = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
-    let route = match (response.extensions().get::<KnownService>(), &pattern) {
-        (Some(service), _) => metrics.service_route(&service.0),
-        (None, Some(pattern)) => metrics.route(pattern.as_str()),
-        (None, None) => metrics.route(UNMATCHED),
-    };
-    metrics.observe(
-        method,
-        route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
+impl HttpMetrics {
+    /// Times and counts `response`, the answer to a request with `method` that arrived at
+    /// `started` and matched the router pattern `pattern`, when its head is ready (for a
+    /// streamed answer, the time to its head: a stream is counted as it starts). A step of the
+    /// gateway's middleware ([`crate::middleware`]).
+    pub fn answered(
+        &self,
+        method: &'static str,
+        pattern: Option<&MatchedPath>,
+        response: &Response,
+        started: Instant,
+    ) {
+        let route = match (response.extensions().get::<KnownService>(), pattern) {
+            (Some(service), _) => self.service_route(&service.0),
+            (None, Some(pattern)) => self.route(pattern.as_str()),
+            (None, None) => self.route(UNMATCHED),
+        };
+        self.observe(
+            method,
+            route,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
 }
 
 #[cfg(test)]
