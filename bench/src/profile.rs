@@ -36,7 +36,8 @@ pub(crate) struct Options {
     #[arg(long, default_value_t = 16)]
     payload: usize,
     /// Instead of calls: one server stream of `--calls` messages of `--payload` bytes, read to
-    /// its end (after one such stream to warm up). Systems with server streaming only.
+    /// its end (after one such stream to warm up); with `--in-flight K`, K streams at once on
+    /// the connection, each of an equal share. Systems with server streaming only.
     #[arg(long)]
     stream: bool,
 }
@@ -55,8 +56,11 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     let micros = elapsed.as_secs_f64() * 1e6 / options.calls.max(1) as f64;
     if options.stream {
         println!(
-            "{}: one stream of {} messages of {} B: {rate:.0} messages/s, {micros:.2} µs per message (every side, one thread)",
-            options.target, options.calls, options.payload,
+            "{}: {} messages of {} B on {} stream(s) at once: {rate:.0} messages/s, {micros:.2} µs per message (every side, one thread)",
+            options.target,
+            options.calls,
+            options.payload,
+            options.in_flight.max(1),
         );
     } else {
         println!(
@@ -136,20 +140,25 @@ async fn echo<C: BenchClient>(addr: SocketAddr, tls: &Tls, options: &Options) ->
     .await
 }
 
-/// Reads one server stream of `options.calls` messages to its end.
+/// Reads `options.calls` messages to their end: one server stream, or `--in-flight` streams at
+/// once on the connection, each of an equal share.
 async fn drain<C: BenchClient>(client: &C, options: &Options) -> Result<()> {
     let size = u32::try_from(options.payload)?;
-    let mut stream = client.server_stream(size, options.calls).await?;
+    let streams = options.in_flight.max(1) as u64;
+    let share = options.calls / streams;
+    futures::future::try_join_all((0..streams).map(|_| drain_one(client, size, share))).await?;
+    Ok(())
+}
+
+/// Reads one server stream of `count` messages of `size` bytes to its end.
+async fn drain_one<C: BenchClient>(client: &C, size: u32, count: u64) -> Result<()> {
+    let mut stream = client.server_stream(size, count).await?;
     let mut messages = 0;
     while let Some(received) = stream.next().await {
         messages += received?.messages;
     }
-    if messages != options.calls {
-        return Err(format!(
-            "the stream ended after {messages} of {} messages",
-            options.calls
-        )
-        .into());
+    if messages != count {
+        return Err(format!("the stream ended after {messages} of {count} messages").into());
     }
     Ok(())
 }
