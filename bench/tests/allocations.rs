@@ -31,8 +31,9 @@ use generated::{Echo, EchoClient, EchoServer};
 /// counts each side apart.
 const DIRECT_CALL_BUDGET: f64 = 21.0;
 
-/// The same through the balanced, retried, hedged client (`Node::client`). Measured: 23.0.
-const BALANCED_CALL_BUDGET: f64 = 24.0;
+/// The same through the balanced, retried, hedged client (`Node::client`). Measured: 21.9 (the
+/// balancer keeps its few candidate replicas inline, not in a list allocated per attempt).
+const BALANCED_CALL_BUDGET: f64 = 23.0;
 
 /// Allocations per 64 B item of a server stream, client and server together: an item costs
 /// none of its own (it is encoded into the writer's batch and read out of the received

@@ -56,9 +56,10 @@ pub struct Call {
     pub(crate) tried: Tried,
 }
 
-/// The replicas earlier attempts of a call went to, so a balancer can try another one.
+/// The replicas earlier attempts of a call went to, so a balancer can try another one. The
+/// first is kept inline: a call answered at its first attempt allocates nothing for it.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Tried(Vec<std::net::SocketAddr>);
+pub(crate) struct Tried(smallvec::SmallVec<[std::net::SocketAddr; 1]>);
 
 impl Tried {
     pub(crate) fn push(&mut self, addr: std::net::SocketAddr) {

@@ -456,7 +456,7 @@ fn pick_http(
             format!("every member serving HTTP for `{service}` is draining; try again shortly"),
         ));
     }
-    let chosen = choose(serving, None, strategy, state, &|addr| {
+    let chosen = choose(&serving, None, strategy, state, &|addr| {
         tried.contains(&addr)
     });
     Ok((chosen.id.addr, replicas))

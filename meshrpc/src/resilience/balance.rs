@@ -17,6 +17,7 @@
 //! grow them without bound.
 
 use rand::RngExt;
+use smallvec::SmallVec;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
@@ -63,7 +64,8 @@ pub fn pick<'a>(
     state: &BalanceState,
     tried: &dyn Fn(SocketAddr) -> bool,
 ) -> Result<&'a MemberView, Status> {
-    let serving: Vec<&MemberView> = view
+    // Inline for up to eight members: no allocation per attempt.
+    let serving: SmallVec<[&MemberView; 8]> = view
         .publishing(service)
         .filter(|member| {
             schema_hash.is_none_or(|hash| member.id.schema_hash(service) == Some(hash))
@@ -74,12 +76,12 @@ pub fn pick<'a>(
     if serving.is_empty() {
         return Err(no_member(view, service, schema_hash));
     }
-    Ok(choose(serving, sticky_key, strategy, state, tried))
+    Ok(choose(&serving, sticky_key, strategy, state, tried))
 }
 
 /// Chooses among `serving` (members that can take the call; not empty) by key or strategy.
 pub fn choose<'a>(
-    serving: Vec<&'a MemberView>,
+    serving: &[&'a MemberView],
     sticky_key: Option<&str>,
     strategy: Strategy,
     state: &BalanceState,
@@ -95,19 +97,23 @@ pub fn choose<'a>(
         &|m| m.liveness == Liveness::Alive && !tried(m.id.addr),
         &|m| !tried(m.id.addr),
     ];
+    let kept: SmallVec<[&MemberView; 8]>;
     let candidates = match tiers.iter().find(|keep| serving.iter().any(|m| keep(m))) {
         // The first tier usually keeps everyone: no second list then.
         Some(keep) if serving.iter().all(|m| keep(m)) => serving,
-        Some(keep) => serving.into_iter().filter(|m| keep(m)).collect(),
+        Some(keep) => {
+            kept = serving.iter().copied().filter(|m| keep(m)).collect();
+            &kept
+        }
         None => serving,
     };
     match (sticky_key, strategy) {
-        (Some(key), _) => rendezvous(key, &candidates),
+        (Some(key), _) => rendezvous(key, candidates),
         (None, Strategy::RoundRobin) => {
             let turn = state.next_turn.fetch_add(1, Ordering::Relaxed);
             candidates[turn % candidates.len()]
         }
-        (None, Strategy::PeakEwma) => state.pick_p2c(&candidates),
+        (None, Strategy::PeakEwma) => state.pick_p2c(candidates),
     }
 }
 
