@@ -1,6 +1,6 @@
 //! Members that left the gateway's view in the last minute, so the dashboard can show a killed
 //! replica as `down` for a while instead of letting it vanish. Bounded: at most
-//! [`MAX_DEPARTED`] entries, none older than [`WINDOW`](super::history::WINDOW). No I/O.
+//! [`MAX_DEPARTED`] entries, none older than [`WINDOW`]. No I/O.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
