@@ -380,10 +380,27 @@ async fn a_reply_stream_never_read_holds_no_more_than_its_window() {
         send.finish().expect("finished");
         held.push((send, recv));
     }
+    // Each producer waits once QUIC's windows are full (its stream's, within the connection's
+    // receive and send windows: a few tens of MiB in all, not growing). Filling them with tiny
+    // items takes a debug build a second or more on a busy machine, so memory is sampled until
+    // a quarter of a second adds less than 1 MiB, and must stay under the bound all along.
+    let settle_by = tokio::time::Instant::now() + Duration::from_secs(10);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // Each producer waits once QUIC's stream window is full: a few MiB in all, not growing.
-    let grown = memory_kib("VmRSS").saturating_sub(before);
+    let mut grown = memory_kib("VmRSS").saturating_sub(before);
     assert!(grown < 64 * 1024, "resident memory grew by {grown} KiB");
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = memory_kib("VmRSS").saturating_sub(before);
+        assert!(now < 64 * 1024, "resident memory grew by {now} KiB");
+        if now < grown + 1024 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < settle_by,
+            "memory kept growing for 10 s while nobody read: {now} KiB"
+        );
+        grown = now;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let later = memory_kib("VmRSS").saturating_sub(before);
     assert!(
