@@ -22,6 +22,17 @@ const MIB: u64 = 1024;
 /// Handshakes the hostile peer runs at once.
 const CONNECTING_AT_ONCE: usize = 16;
 
+/// The live connections a node keeps per peer address (`meshrpc::transport::connections`).
+const MAX_PER_PEER: usize = meshrpc::transport::connections::MAX_PER_PEER;
+
+/// How many of `connections` are still open.
+fn open(connections: &[quinn::Connection]) -> usize {
+    connections
+        .iter()
+        .filter(|connection| connection.close_reason().is_none())
+        .count()
+}
+
 fn good_caller(node: &Node, max_time: Duration) -> Load {
     let client: GreeterClient = node.client();
     let client = client.with_options(CallOptions::new().timeout(Duration::from_secs(5)));
@@ -64,7 +75,7 @@ async fn a_flood_from_one_peer_leaves_another_caller_served_and_memory_bounded()
     tokio::time::sleep(Duration::from_millis(500)).await;
     let attack_started = good.elapsed();
 
-    // 1. Connections: 300 at once from one endpoint, all kept open.
+    // 1. Connections: 300 at once from one endpoint, all kept open by the peer.
     let endpoint = peer::member_endpoint(&target.mesh.state, &target.mesh.cluster);
     let mut connecting = tokio::task::JoinSet::new();
     let opening = Arc::new(tokio::sync::Semaphore::new(CONNECTING_AT_ONCE));
@@ -84,14 +95,35 @@ async fn a_flood_from_one_peer_leaves_another_caller_served_and_memory_bounded()
         }
     }
     let connected = good.elapsed();
-    eprintln!("flood: {} of 300 connections accepted", connections.len());
-    assert!(!connections.is_empty());
+    let accepted = connections.len();
+    assert!(accepted > 0, "no connection was accepted");
+    // The node keeps at most `MAX_PER_PEER` live connections per peer address (the newest),
+    // and closes the others: one endpoint cannot make it hold 300.
+    let capped_by = Instant::now() + Duration::from_secs(2);
+    while open(&connections) > MAX_PER_PEER && Instant::now() < capped_by {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let capped = open(&connections) <= MAX_PER_PEER;
+    let survivors: Vec<_> = connections
+        .iter()
+        .filter(|connection| connection.close_reason().is_none())
+        .cloned()
+        .collect();
+    eprintln!(
+        "flood: {accepted} of 300 connections accepted, {} left open",
+        survivors.len()
+    );
+    assert!(
+        capped && survivors.len() == MAX_PER_PEER,
+        "{} of one peer's connections left open",
+        survivors.len()
+    );
 
     // 2. Streams that send a call header and never the request, on one connection, until the
     //    per-connection stream limit stops the opening.
     let held = Arc::new(AtomicUsize::new(0));
     let stalled = {
-        let connection = connections[0].clone();
+        let connection = survivors[0].clone();
         let held = held.clone();
         let header = header_only();
         tokio::spawn(async move {
@@ -110,10 +142,19 @@ async fn a_flood_from_one_peer_leaves_another_caller_served_and_memory_bounded()
         })
     };
 
-    // 3. Garbage streams and garbage datagrams on the other connections.
+    // 3. Garbage streams and garbage datagrams on 40 more connections, each from an endpoint
+    //    of its own (one endpoint keeps only `MAX_PER_PEER`).
     let mut garbage = tokio::task::JoinSet::new();
-    for (index, connection) in connections.iter().skip(1).take(40).enumerate() {
-        let connection = connection.clone();
+    for index in 0..40 {
+        let Ok(connection) = peer::connect(
+            &peer::member_endpoint(&target.mesh.state, &target.mesh.cluster),
+            target.addr,
+            &target.mesh.cluster,
+        )
+        .await
+        else {
+            continue;
+        };
         garbage.spawn(async move {
             let mut rng = faults::fuzzing::mutate::XorShift::new(index as u64);
             for _ in 0..100 {
@@ -139,7 +180,7 @@ async fn a_flood_from_one_peer_leaves_another_caller_served_and_memory_bounded()
     let rss_during = rss_kib(pid).expect("rss");
     // A well-formed call on a flooded connection's neighbour still works.
     let reply = greet_raw(
-        &connections[connections.len() - 1],
+        &survivors[survivors.len() - 1],
         "after",
         Duration::from_secs(5),
     )
@@ -148,10 +189,9 @@ async fn a_flood_from_one_peer_leaves_another_caller_served_and_memory_bounded()
     let report = good.finish().await;
 
     eprintln!(
-        "flood: {} connections, {stream_count} header-only streams on one (opening stopped by \
-         the limit: {limited}), 40 x 100 garbage streams and datagrams; server RSS {} MiB \
-         before, {} MiB after, peak {} MiB",
-        connections.len(),
+        "flood: {accepted} connections, {stream_count} header-only streams on one (opening \
+         stopped by the limit: {limited}), 40 x 100 garbage streams and datagrams; server RSS \
+         {} MiB before, {} MiB after, peak {} MiB",
         rss_before / MIB,
         rss_during / MIB,
         peak / MIB
