@@ -25,6 +25,9 @@ pub(crate) struct Report {
     pub(crate) settings: Settings,
     pub(crate) systems: Vec<SystemInfo>,
     pub(crate) placements: Vec<PlacementReport>,
+    /// A real node's idle resident set, measured once per run with the memory scenario.
+    #[serde(default)]
+    pub(crate) idle_node: Option<IdleNode>,
     pub(crate) elapsed_s: f64,
 }
 
@@ -350,6 +353,76 @@ pub(crate) struct Memory {
     pub(crate) client_kib: u64,
 }
 
+/// The idle resident set of a real node: a release `greeter` joined to a release `mesh-api`
+/// gateway, both started as the demo starts them, read after `idle_s` alone. Its executable
+/// holds one service, where the bench server's (the memory table) holds every system.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct IdleNode {
+    /// The cargo profile of the binaries (`release`, or `debug` in tests): the directory the
+    /// bench executable and they are in.
+    pub(crate) profile: String,
+    /// How long the greeter was idle after joining before it was read, seconds.
+    pub(crate) idle_s: f64,
+    /// Its peak resident set (`VmHWM`), KiB.
+    pub(crate) peak_kib: Option<u64>,
+    /// The private part of its resident set (`RssAnon`), KiB.
+    pub(crate) private_kib: Option<u64>,
+    /// Why it was not measured (a binary not built, say).
+    pub(crate) error: Option<String>,
+}
+
+impl IdleNode {
+    /// Its peak resident set, MiB, when measured.
+    fn peak_mib(&self) -> Option<f64> {
+        self.peak_kib.map(|kib| kib as f64 / 1024.0)
+    }
+
+    /// Its line in the memory section.
+    fn markdown(&self) -> String {
+        let what = format!(
+            "Idle node ({} `greeter`, joined to a gateway, alone)",
+            self.profile
+        );
+        match (self.peak_kib, self.private_kib) {
+            (Some(peak), Some(private)) => format!(
+                "{what}: {} MiB resident, {} MiB private (`VmHWM` and `RssAnon` after {} s idle; \
+                 once per run, not pinned). The server idle column above is the bench's own \
+                 executable, which links every system.",
+                mib(peak),
+                mib(private),
+                self.idle_s
+            ),
+            _ => format!(
+                "{what}: not measured: {}",
+                self.error.as_deref().unwrap_or("no figure")
+            ),
+        }
+    }
+}
+
+/// One row of the targets table. `beside`, when given, follows the measured figure: another
+/// figure to read with it.
+fn target_row(
+    target: &str,
+    level: &str,
+    placement: &str,
+    value: Option<f64>,
+    bound: f64,
+    at_most: bool,
+    beside: Option<&str>,
+) -> String {
+    let met = match value {
+        Some(v) if (at_most && v <= bound) || (!at_most && v >= bound) => "yes",
+        Some(_) => "**no**",
+        None => DASH,
+    };
+    let mut shown = value.map_or_else(|| DASH.to_owned(), |v| format!("{v:.2}"));
+    if let Some(beside) = beside {
+        shown = format!("{shown} ({beside})");
+    }
+    format!("| {target} | {level} | {placement} | {shown} | {met} |")
+}
+
 const DASH: &str = "—";
 
 fn us(value: f64) -> String {
@@ -471,6 +544,12 @@ impl Report {
                 });
                 systems.chain(gateway)
             })
+            .chain(
+                self.idle_node
+                    .iter()
+                    .filter_map(|node| node.error.as_ref())
+                    .map(|e| format!("- idle node: {e}")),
+            )
             .collect();
         let _ = writeln!(md, "## Errors\n");
         if errors.is_empty() {
@@ -716,6 +795,9 @@ impl Report {
                     );
                 }
             }
+        }
+        if let Some(node) = &self.idle_node {
+            let _ = writeln!(md, "\n{}", node.markdown());
         }
         let _ = writeln!(md);
         if self.settings.scenarios.iter().any(|s| s == "streaming") {
@@ -972,25 +1054,92 @@ impl Report {
             rows.extend(streaming::target_rows(placement));
             rows.extend(overhead::target_rows(placement));
             for (target, level, value, bound, at_most) in rows {
-                let met = match value {
-                    Some(v) if (at_most && v <= bound) || (!at_most && v >= bound) => "yes",
-                    Some(_) => "**no**",
-                    None => DASH,
-                };
-                let shown = value.map_or_else(|| DASH.to_owned(), |v| format!("{v:.2}"));
-                let _ = writeln!(
-                    md,
-                    "| {target} | {level} | {} | {shown} | {met} |",
-                    placement.key
-                );
+                let row = target_row(target, level, &placement.key, value, bound, at_most, None);
+                let _ = writeln!(md, "{row}");
             }
+            // A real node's figure, with the bench server's beside it.
+            let node = self.idle_node.as_ref().and_then(IdleNode::peak_mib);
+            let beside = format!(
+                "greeter; bench server {}",
+                opt(idle_mib, |v| format!("{v:.2}"))
+            );
+            let row = target_row(
+                "idle node ≤ 10 MiB",
+                overhead::LEVEL,
+                &placement.key,
+                node,
+                10.0,
+                true,
+                Some(&beside),
+            );
+            let _ = writeln!(md, "{row}");
         }
         let _ = writeln!(
             md,
             "\nRatios are meshrpc ÷ the other system (for the gateway: through the gateway ÷ direct, \
              or, in the overhead rows at one in flight, ÷ the sum of direct and one meshrpc call); \
              bytes per held call are in KB (1,000 bytes); the held-call rows are shares (1.00 = all); \
-             the slow consumer's growth is in MiB and its stop in ms.\n"
+             the slow consumer's growth is in MiB and its stop in ms; the idle rows are peak resident \
+             sets in MiB: the idle server's is the bench server's (an executable that links every \
+             system), the idle node's a release `greeter`'s (the bench server's beside it).\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(peak_kib: Option<u64>, private_kib: Option<u64>, error: Option<&str>) -> IdleNode {
+        IdleNode {
+            profile: "release".to_owned(),
+            idle_s: 2.0,
+            peak_kib,
+            private_kib,
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_measured_idle_node_gives_its_resident_and_private_mib() {
+        let line = node(Some(8499), Some(614), None).markdown();
+        assert!(
+            line.starts_with(
+                "Idle node (release `greeter`, joined to a gateway, alone): \
+                 8.3 MiB resident, 0.6 MiB private (`VmHWM` and `RssAnon` after 2 s idle"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn an_idle_node_not_measured_says_why() {
+        let line = node(None, None, Some("`target/release/greeter` is not built")).markdown();
+        assert_eq!(
+            line,
+            "Idle node (release `greeter`, joined to a gateway, alone): not measured: \
+             `target/release/greeter` is not built"
+        );
+    }
+
+    #[test]
+    fn a_target_row_shows_the_figure_beside_another_and_is_judged_on_the_first() {
+        let row = target_row(
+            "idle node ≤ 10 MiB",
+            "overhead",
+            "same",
+            Some(8.3),
+            10.0,
+            true,
+            Some("greeter; bench server 11.01"),
+        );
+        assert_eq!(
+            row,
+            "| idle node ≤ 10 MiB | overhead | same | 8.30 (greeter; bench server 11.01) | yes |"
+        );
+        let missed = target_row("x ≥ 1", "DESIGN", "separate", Some(0.5), 1.0, false, None);
+        assert_eq!(missed, "| x ≥ 1 | DESIGN | separate | 0.50 | **no** |");
+        let missing = target_row("x ≤ 1", "baseline", "same", None, 1.0, true, None);
+        assert_eq!(missing, "| x ≤ 1 | baseline | same | — | — |");
     }
 }

@@ -1,7 +1,8 @@
 //! The parent process: plans the scenarios, starts servers and clients as pinned child
 //! processes of this binary, collects their figures and writes the report. The streaming
-//! scenario's runs are in [`streaming`].
+//! scenario's runs are in [`streaming`], the idle node of the memory scenario in [`node`].
 
+mod node;
 mod streaming;
 
 use std::cell::RefCell;
@@ -266,8 +267,11 @@ pub(crate) fn run(options: Options) -> Result<()> {
     } else {
         0
     };
-    let total =
-        (jobs_per_system * systems.len() as u64 + gateway_jobs) * options.placements.len() as u64;
+    // A real node's idle resident set, once per run, beside the memory scenario's servers.
+    let idle_node = scenarios.contains(&Scenario::Memory) && systems.contains(&System::Meshrpc);
+    let total = (jobs_per_system * systems.len() as u64 + gateway_jobs)
+        * options.placements.len() as u64
+        + u64::from(idle_node);
     let progress = if options.no_progress {
         ProgressBar::hidden()
     } else {
@@ -310,6 +314,12 @@ pub(crate) fn run(options: Options) -> Result<()> {
             gateway,
         });
     }
+    let idle_node = idle_node.then(|| {
+        progress.set_message("idle node");
+        let node = bench.idle_node(&options.out.join("node-state"));
+        progress.inc(1);
+        node
+    });
     progress.finish_and_clear();
 
     let report = Report {
@@ -323,6 +333,7 @@ pub(crate) fn run(options: Options) -> Result<()> {
             })
             .collect(),
         placements,
+        idle_node,
         elapsed_s: started.elapsed().as_secs_f64(),
     };
     write_report(&report, &options.out)
@@ -843,6 +854,27 @@ impl Process {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Asks the process to stop with SIGTERM (a meshrpc binary drains and exits) and waits up
+    /// to `limit` for it to exit; kills it after that.
+    fn stop(&mut self, limit: Duration) {
+        self.stdin.take();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.pid().to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn stderr_tail(&self) -> String {

@@ -1,6 +1,6 @@
 //! The harness end to end in a tiny mode: every system answers in every scenario under both
-//! placements, the greet `GET` answers directly and through gateway, mesh and greeter, and the
-//! report has every table. Nothing here is about speed: this runs the
+//! placements, the greet `GET` answers directly and through gateway, mesh and greeter, a real
+//! node's idle resident set is measured (or said to be unbuilt), and the report has every table. Nothing here is about speed: this runs the
 //! debug build that `cargo test` makes (a release build of tonic, quinn and friends would cost
 //! CI minutes for figures nobody reads), with runs of 0.1 s.
 
@@ -181,12 +181,15 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
         "| 256 in flight ≥ 1.0× tarpc | overhead | separate |",
         "| server bytes per held call ≤ 1,500 | overhead | same |",
         "| gateway server CPU per GET ≤ 1.25× (direct server CPU + meshrpc CPU per call), 1 in flight | overhead | separate |",
-        "| idle server ≤ 10 MiB | overhead | same |",
+        "| idle server ≤ 20 MiB | baseline | separate |",
+        "| idle node ≤ 10 MiB | overhead | same |",
         "| tarpc | tarpc has no server streaming |",
     ] {
         assert!(markdown.contains(row), "the report has `{row}`");
     }
-    // Every target row has a figure: every system answered every scenario it needs.
+    let node_built = check_idle_node(&report, &markdown);
+    // Every target row has a figure: every system answered every scenario it needs (and the
+    // idle node's, when its binaries are built).
     let targets = &markdown[markdown.find("## Targets").expect("targets table")..];
     let rows: Vec<&str> = targets
         .lines()
@@ -196,7 +199,9 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
         .collect();
     assert_eq!(rows.len(), 2 * 41, "41 targets per placement:\n{targets}");
     assert!(
-        rows.iter().all(|row| !row.ends_with("| — |")),
+        rows.iter()
+            .filter(|row| node_built || !row.starts_with("| idle node "))
+            .all(|row| !row.ends_with("| — |")),
         "a target without a figure:\n{targets}"
     );
     for system in SYSTEMS {
@@ -205,16 +210,83 @@ fn a_quick_run_measures_every_system_in_every_scenario_and_writes_every_table() 
             "{system} has rows"
         );
     }
-    assert!(
-        markdown.contains("## Errors\n\nNone."),
-        "no errors:\n{markdown}"
-    );
+    let errors = &markdown[markdown.find("## Errors").expect("errors")..];
+    if node_built {
+        assert_eq!(errors.trim_end(), "## Errors\n\nNone.", "no errors");
+    } else {
+        assert!(
+            errors
+                .lines()
+                .skip(1)
+                .filter(|line| !line.is_empty())
+                .all(|line| line.starts_with("- idle node: ")),
+            "no errors but the idle node's:\n{errors}"
+        );
+    }
 
     let chart = std::fs::read_to_string(out.path().join("chart.svg")).expect("chart.svg");
     assert!(
         chart.contains("<svg") && chart.contains("tonic-tls"),
         "the chart names the systems"
     );
+}
+
+/// The idle node: with `greeter` and `mesh-api` built beside the bench binary, the greeter's
+/// resident set and its private part are measured and shown under each memory table and in
+/// the idle-node target row; without them the report says which binary is missing and how to
+/// build it. Answers whether they were built.
+fn check_idle_node(report: &Value, markdown: &str) -> bool {
+    let dir = Path::new(env!("CARGO_BIN_EXE_bench"))
+        .parent()
+        .expect("the bench binary's directory");
+    let built = ["greeter", "mesh-api"]
+        .iter()
+        .all(|name| dir.join(name).is_file());
+    let profile = dir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let node = &report["idle_node"];
+    assert_eq!(node["profile"].as_str(), Some(profile.as_str()), "{node}");
+    let line = format!("Idle node ({profile} `greeter`, joined to a gateway, alone): ");
+    assert_eq!(
+        markdown.matches(&line).count(),
+        2,
+        "one line per memory table"
+    );
+    if built {
+        assert_eq!(node["error"], Value::Null, "idle node: {node}");
+        let peak = node["peak_kib"].as_u64();
+        let private = node["private_kib"].as_u64();
+        assert!(peak > Some(0), "idle node: {node}");
+        assert!(
+            private > Some(0) && private < peak,
+            "the idle node's private part is a part of its resident set: {node}"
+        );
+        assert!(
+            markdown.contains(&format!(
+                "{line}{:.1} MiB resident",
+                peak.unwrap_or(0) as f64 / 1024.0
+            )),
+            "{markdown}"
+        );
+    } else {
+        let error = node["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("is not built") && error.contains("cargo build -p greeter -p gateway"),
+            "a missing binary is named with the command that builds it: {node}"
+        );
+        assert!(
+            markdown.contains(&format!("{line}not measured: ")),
+            "{markdown}"
+        );
+    }
+    assert!(
+        markdown.contains("| idle node ≤ 10 MiB | overhead | same | ")
+            && markdown.contains("(greeter; bench server "),
+        "the idle node's target row gives the bench server's figure beside it"
+    );
+    built
 }
 
 /// The streaming scenario of one system: every run of the systems that stream read messages,

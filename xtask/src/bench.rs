@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: builds the `bench` crate in release and runs `bench run`, which
-//! writes `target/bench/report.md`, `report.json` and `chart.svg`. See `bench/README.md`.
+//! `cargo xtask bench`: builds the `bench` crate in release, and the `greeter` and `mesh-api`
+//! binaries the memory scenario's idle node runs, then runs `bench run`, which writes
+//! `target/bench/report.md`, `report.json` and `chart.svg`. See `bench/README.md`.
 
 use std::process::Command;
 
@@ -32,6 +33,14 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args) -> Result<(), String> {
     let profile = if args.debug { "debug" } else { "release" };
     crate::cargo_build(&["-p", "bench"], !args.debug, "the bench")?;
+    // The idle node's binaries, built as the demo builds them. Not in the bench's cargo
+    // invocation: cargo unifies the features of the packages it builds together, which would
+    // turn on meshrpc's `otel` (a default of both) in the bench and change the code it measures.
+    crate::cargo_build(
+        &["-p", "greeter", "-p", "gateway"],
+        !args.debug,
+        "the idle node's binaries (greeter, mesh-api)",
+    )?;
     let target = crate::target_dir();
     let exe = target.join(profile).join("bench");
     let mut bench = Command::new(&exe);
