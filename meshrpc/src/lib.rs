@@ -132,6 +132,12 @@ pub use schemars;
 /// Re-exported so generated code can send `Vec<u8>` fields as MessagePack binaries.
 pub use serde_bytes;
 
+/// A map keyed by peer address, hashed with foldhash (seeded per process) instead of SipHash:
+/// the connection pool, the balancer and the breakers look a peer up on every call, and
+/// SipHash over a `SocketAddr` cost about 1 % of a call's instructions.
+pub(crate) type AddrMap<V> =
+    std::collections::HashMap<std::net::SocketAddr, V, foldhash::fast::RandomState>;
+
 /// Locks `mutex`, carrying on if a thread panicked while holding it: every map and list the
 /// runtime guards this way stays sound between two operations, so the poison carries no news.
 /// Public so the gateway follows the same rule with the same code; not part of the API.

@@ -18,7 +18,7 @@
 
 use rand::RngExt;
 use smallvec::SmallVec;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,6 +29,7 @@ use tower::Service;
 use super::breaker::{BreakerConfig, Breakers, Guarded};
 use super::latency::Latencies;
 use super::load::{LoadEstimate, Measured};
+use crate::AddrMap;
 use crate::channel::Call;
 use crate::membership::{Liveness, MemberView, Membership, View};
 use crate::spec::Fnv1a;
@@ -185,7 +186,7 @@ struct Slot {
 #[derive(Debug, Default)]
 pub struct BalanceState {
     next_turn: AtomicUsize,
-    endpoints: Mutex<HashMap<SocketAddr, Slot>>,
+    endpoints: Mutex<AddrMap<Slot>>,
     breakers: Arc<Breakers>,
     latencies: Latencies,
     /// A digest of the member addresses of the view the state was last pruned for.

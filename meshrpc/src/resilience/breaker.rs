@@ -14,7 +14,6 @@
 //!
 //! [`Guarded`] is the per-endpoint layer that records every attempt's outcome.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,6 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::Service;
 
+use crate::AddrMap;
 use crate::status::{Code, Status};
 
 /// Tuning for [`Breakers`].
@@ -144,7 +144,7 @@ pub type EjectHook = Arc<dyn Fn(SocketAddr, Ejection) + Send + Sync>;
 #[derive(Default)]
 pub struct Breakers {
     config: BreakerConfig,
-    records: Mutex<HashMap<SocketAddr, Record>>,
+    records: Mutex<AddrMap<Record>>,
     on_eject: std::sync::OnceLock<EjectHook>,
 }
 
@@ -182,7 +182,7 @@ impl Breakers {
         let _ = self.on_eject.set(hook);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Record>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AddrMap<Record>> {
         crate::lock(&self.records)
     }
 

@@ -8,7 +8,6 @@
 //! stay. And a peer address holds at most [`MAX_PER_PEER`] live connections (the pooled one
 //! and those it replaced, which a restarting or redialling peer leaves behind).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -16,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use quinn::{Connection, Endpoint};
 use tokio::sync::OnceCell;
 
+use crate::AddrMap;
 use crate::status::{Code, Status};
 
 /// How long a connection attempt may take before the peer is reported unavailable.
@@ -74,7 +74,7 @@ pub type ConnectHook = Arc<dyn Fn(&Connection) + Send + Sync>;
 pub struct Connections {
     endpoint: Endpoint,
     server_name: Arc<str>,
-    slots: Arc<Mutex<HashMap<SocketAddr, Slot>>>,
+    slots: Arc<Mutex<AddrMap<Slot>>>,
     /// Live connections that a newer one to the same address replaced in `slots`; kept so a
     /// restart of the peer can close them (calls on them would wait for their deadline).
     retired: Arc<Mutex<Vec<(SocketAddr, Pooled)>>>,
@@ -320,7 +320,7 @@ impl Connections {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Slot>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AddrMap<Slot>> {
         crate::lock(&self.slots)
     }
 
@@ -366,7 +366,7 @@ impl Connections {
 
 /// The pool's state as its reaper task holds it: the task ends once the pool is dropped.
 struct WeakPool {
-    slots: std::sync::Weak<Mutex<HashMap<SocketAddr, Slot>>>,
+    slots: std::sync::Weak<Mutex<AddrMap<Slot>>>,
     retired: std::sync::Weak<Mutex<Vec<(SocketAddr, Pooled)>>>,
     gossip_idle: Arc<Mutex<Duration>>,
 }
@@ -385,7 +385,7 @@ impl WeakPool {
 
 /// Closes and removes the pooled connections of `slots` that never carried a stream and that
 /// membership has not used for `idle`; returns how many.
-fn close_idle_gossip(slots: &Mutex<HashMap<SocketAddr, Slot>>, idle: Duration) -> usize {
+fn close_idle_gossip(slots: &Mutex<AddrMap<Slot>>, idle: Duration) -> usize {
     let idle: Vec<Pooled> = {
         let mut slots = crate::lock(slots);
         let addrs: Vec<SocketAddr> = slots
