@@ -85,16 +85,7 @@ impl Bench {
 
         wait_joined(http, &mut [&mut gateway, &mut greeter])?;
         std::thread::sleep(IDLE);
-        for process in [&mut gateway, &mut greeter] {
-            if let Ok(Some(status)) = process.child.try_wait() {
-                return Err(format!(
-                    "{} exited while idle ({status}): {}",
-                    process.name,
-                    process.stderr_tail()
-                )
-                .into());
-            }
-        }
+        still_running(&mut [&mut gateway, &mut greeter], "idle")?;
         let figures = (
             procfs::peak_rss_kib(greeter.pid())?,
             procfs::private_rss_kib(greeter.pid())?,
@@ -186,16 +177,7 @@ fn greeter_addr(line: &str) -> Result<SocketAddr> {
 fn wait_joined(http: SocketAddr, processes: &mut [&mut Process]) -> Result<()> {
     let started = Instant::now();
     loop {
-        for process in processes.iter_mut() {
-            if let Ok(Some(status)) = process.child.try_wait() {
-                return Err(format!(
-                    "{} exited while the greeter joined ({status}): {}",
-                    process.name,
-                    process.stderr_tail()
-                )
-                .into());
-            }
-        }
+        still_running(processes, "the greeter joined")?;
         if let Ok(200) = http_status(http, "/readyz") {
             return Ok(());
         }
@@ -208,6 +190,22 @@ fn wait_joined(http: SocketAddr, processes: &mut [&mut Process]) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Fails, naming the process, how it exited and the end of its stderr, if one of
+/// `processes` exited (`while_` says what it was doing: for the error).
+fn still_running(processes: &mut [&mut Process], while_: &str) -> Result<()> {
+    for process in processes.iter_mut() {
+        if let Ok(Some(status)) = process.child.try_wait() {
+            return Err(format!(
+                "{} exited while {while_} ({status}): {}",
+                process.name,
+                process.stderr_tail()
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// The status code of `GET <path>` on a fresh HTTP/1.1 connection.
