@@ -145,18 +145,14 @@ where
                 call.method.name,
                 call.caller.addr,
                 call.context.metadata_mut(),
-            ),
+            )
+            .map(Box::new),
         };
-        #[cfg(feature = "otel")]
-        let inner = match &record.span {
-            Some(span) => futures_util::future::Either::Left(tracing::Instrument::instrument(
-                self.inner.call(call),
-                span.clone(),
-            )),
-            None => futures_util::future::Either::Right(self.inner.call(call)),
+        let inner = {
+            #[cfg(feature = "otel")]
+            let _entered = record.span.as_deref().map(tracing::Span::enter);
+            self.inner.call(call)
         };
-        #[cfg(not(feature = "otel"))]
-        let inner = self.inner.call(call);
         Observed {
             inner,
             record: Some(record),
@@ -164,16 +160,13 @@ where
     }
 }
 
-#[cfg(feature = "otel")]
-type Instrumented<F> = futures_util::future::Either<tracing::instrument::Instrumented<F>, F>;
-#[cfg(not(feature = "otel"))]
-type Instrumented<F> = F;
-
 pin_project_lite::pin_project! {
-    /// The future of an [`Observe`]d call.
+    /// The future of an [`Observe`]d call. With trace export on, the call's span is entered
+    /// whenever the call is polled (as `tracing::Instrument` would, without a second handle
+    /// to the span in every call's future).
     pub struct Observed<F> {
         #[pin]
-        inner: Instrumented<F>,
+        inner: F,
         record: Option<Record>,
     }
 }
@@ -186,7 +179,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let outcome = std::task::ready!(this.inner.poll(cx));
+        let outcome = {
+            #[cfg(feature = "otel")]
+            let _entered = this
+                .record
+                .as_ref()
+                .and_then(|record| record.span.as_deref())
+                .map(tracing::Span::enter);
+            std::task::ready!(this.inner.poll(cx))
+        };
         let Some(record) = this.record.take() else {
             return Poll::Ready(outcome);
         };
@@ -210,8 +211,10 @@ struct Record {
     method: &'static MethodSpec,
     peer: SocketAddr,
     started: Instant,
+    /// The call's SERVER span, when trace export is on. Boxed: a held call's future carries
+    /// one pointer for it, whether export is on or not.
     #[cfg(feature = "otel")]
-    span: Option<tracing::Span>,
+    span: Option<Box<tracing::Span>>,
 }
 
 impl Record {

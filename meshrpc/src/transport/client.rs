@@ -55,15 +55,19 @@ fn call_peer_owned(
     async move {
         #[cfg(feature = "otel")]
         {
-            use tracing::Instrument as _;
-            // One exchange future either way (a disabled span costs a check per poll), so
-            // the call's future is not the size of two.
-            let span = crate::telemetry::client_span(&mut call, addr);
-            let outcome = exchange(&connections, addr, &call, max_message_size)
-                .instrument(span.clone().unwrap_or_else(tracing::Span::none))
-                .await;
-            if let Some(span) = span {
-                crate::telemetry::record_outcome(&span, &outcome);
+            // One exchange future either way, and the span (boxed: one pointer in the call's
+            // future whether export is on or not) entered whenever it is polled, as
+            // `tracing::Instrument` would, without a second handle to it.
+            let span = crate::telemetry::client_span(&mut call, addr).map(Box::new);
+            let mut exchange =
+                std::pin::pin!(exchange(&connections, addr, &call, max_message_size));
+            let outcome = std::future::poll_fn(|cx| {
+                let _entered = span.as_deref().map(tracing::Span::enter);
+                exchange.as_mut().poll(cx)
+            })
+            .await;
+            if let Some(span) = &span {
+                crate::telemetry::record_outcome(span, &outcome);
             }
             outcome
         }
