@@ -534,10 +534,12 @@ impl Bench {
                 progress.inc(1);
                 let (outcome, _) = outcome?;
                 let loaded_kib = procfs::peak_rss_kib(server.pid())?;
+                let loaded_private_kib = procfs::private_rss_kib(server.pid())?;
                 result.memory = Some(report::Memory {
                     idle_kib,
                     idle_private_kib,
                     loaded_kib,
+                    loaded_private_kib,
                     calls: s.hold_calls,
                     answered: outcome.calls,
                     server_bytes_per_call: (loaded_kib.saturating_sub(idle_kib) * 1024) as f64
