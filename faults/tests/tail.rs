@@ -122,6 +122,46 @@ async fn a_frozen_replica_is_routed_around_before_the_membership_notices() {
     );
 }
 
+/// How long the membership takes to declare a silent member down (a probe round, then the
+/// suspicion timeout: `membership/core.rs`); a caller must not wait for it.
+const FAILURE_DETECTION: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_light_traffic_a_killed_and_a_frozen_replica_cost_no_caller_the_failure_detection() {
+    let _exclusive = faults::exclusive();
+    let (_state, _mesh, node, mut replicas) = three_greeters("tail-light").await;
+    let client: GreeterClient = node.client();
+    let client = client.with_options(CallOptions::new().timeout(DEADLINE));
+    // A handful of calls, far fewer than the latency histogram needs for its quantiles: a
+    // quiet service's callers must be protected too.
+    for n in 0..6 {
+        let name = format!("before-{n}");
+        assert_eq!(
+            client.greet(name.clone()).await.expect("answered"),
+            format!("Hello, {name}")
+        );
+    }
+    replicas[0].kill9();
+    replicas[1].signal("STOP");
+    let mut slowest = Duration::ZERO;
+    for n in 0..20 {
+        let name = format!("after-{n}");
+        let started = std::time::Instant::now();
+        let reply = client.greet(name.clone()).await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(reply.expect("answered"), format!("Hello, {name}"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    replicas[1].signal("CONT");
+    eprintln!(
+        "TAIL light traffic, kill -9 and SIGSTOP of two of three replicas: slowest call {slowest:?}"
+    );
+    assert!(
+        slowest < FAILURE_DETECTION / 2,
+        "a call took {slowest:?}: it waited for the failure detection instead of an attempt timeout"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long variant: cargo xtask faults --long"]
 async fn a_replica_starved_of_cpu_fails_no_call() {

@@ -1,29 +1,38 @@
-//! The observed latency of a service's successful attempts, as a histogram over the last
-//! 5–10 seconds: the clock of [per-attempt timeouts](super::attempts) and hedges.
+//! The observed latency of a service's successful attempts, as a histogram of its recent past:
+//! the clock of [per-attempt timeouts](super::attempts) and hedges.
 //!
 //! Fixed memory whatever the traffic: 4 buckets per power of two from 1 µs to about 70 s
-//! (each bucket about 19 % wide), counted in two windows that take turns every
-//! [`WINDOW`]. Recording is one atomic increment; quantiles are recomputed at most every
-//! [`REFRESH`] and read from a cache in between.
+//! (each bucket about 19 % wide), counted in two windows that take turns every [`WINDOW`], once
+//! the one collecting holds [`MIN_SAMPLES`]. So the histogram covers the last 5–10 s of a busy
+//! service and the last 100–200 answers of a quiet one, which keeps its timings however long it
+//! was idle. Until a service has [`MIN_SAMPLES`] answers, every quantile is the slowest answer
+//! seen so far: a cautious guess (only a call slower than all so far is hedged, and abandoned
+//! only past four times that), so that a replica that dies or freezes under light traffic still
+//! costs its callers an attempt timeout rather than the wait for failure detection. Before the
+//! first answer there is no quantile. Recording is two atomic increments; quantiles are
+//! recomputed at most every [`REFRESH`] and read from a cache in between.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// How long one window collects before the other takes over (the older one is cleared then).
+/// How long one window collects before the other takes over (the older one is cleared then),
+/// if it holds [`MIN_SAMPLES`] by then; a window of a quiet service collects until it does.
 pub const WINDOW: Duration = Duration::from_secs(5);
 
 /// How often the cached quantiles are recomputed.
 pub const REFRESH: Duration = Duration::from_millis(50);
 
-/// Samples needed (in the two windows together) before any quantile is given.
+/// Samples needed (in the two windows together) before quantiles are read off the histogram;
+/// with fewer, every quantile is the slowest sample.
 pub const MIN_SAMPLES: u64 = 100;
 
 const SUB_BUCKETS: u32 = 4;
 const BUCKETS: usize = 26 * SUB_BUCKETS as usize;
 
-/// Latency quantiles of a service over its last few seconds.
+/// Latency quantiles of a service over its recent past (its last few seconds, or its last
+/// 100–200 answers if it is quiet).
 #[derive(Debug)]
 pub struct Latencies {
     epoch: Instant,
@@ -32,7 +41,7 @@ pub struct Latencies {
     /// When `current` last changed, in milliseconds since `epoch`.
     rotated_at: AtomicU64,
     /// The cache: when it was computed (ms since `epoch`, `u64::MAX` for never), p50, p95 and p99 in
-    /// microseconds (0 for "not enough samples").
+    /// microseconds (0 for "no samples").
     computed_at: AtomicU64,
     p50_micros: AtomicU64,
     p95_micros: AtomicU64,
@@ -42,12 +51,15 @@ pub struct Latencies {
 #[derive(Debug)]
 struct Window {
     counts: [AtomicU64; BUCKETS],
+    /// The samples in `counts`, so that a window is not retired before it holds enough.
+    samples: AtomicU64,
 }
 
 impl Default for Window {
     fn default() -> Window {
         Window {
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            samples: AtomicU64::new(0),
         }
     }
 }
@@ -97,7 +109,9 @@ impl Latencies {
     pub fn record(&self, latency: Duration) {
         let now = self.now_ms();
         let rotated = self.rotated_at.load(Ordering::Relaxed);
+        let collecting = &self.windows[self.current.load(Ordering::Relaxed)];
         if now.saturating_sub(rotated) >= WINDOW.as_millis() as u64
+            && collecting.samples.load(Ordering::Relaxed) >= MIN_SAMPLES
             && self
                 .rotated_at
                 .compare_exchange(rotated, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -107,15 +121,23 @@ impl Latencies {
             for count in &self.windows[next].counts {
                 count.store(0, Ordering::Relaxed);
             }
+            self.windows[next].samples.store(0, Ordering::Relaxed);
             self.current.store(next, Ordering::Relaxed);
         }
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.windows[self.current.load(Ordering::Relaxed)].counts[bucket(micros)]
-            .fetch_add(1, Ordering::Relaxed);
+        let window = &self.windows[self.current.load(Ordering::Relaxed)];
+        window.counts[bucket(micros)].fetch_add(1, Ordering::Relaxed);
+        window.samples.fetch_add(1, Ordering::Relaxed);
+        if self.p99_micros.load(Ordering::Relaxed) == 0 {
+            // The cache says "no samples", which is no longer true: the next read recomputes
+            // it rather than keep a caller unprotected for up to [`REFRESH`].
+            self.computed_at.store(u64::MAX, Ordering::Relaxed);
+        }
     }
 
-    /// The `q` quantile (0 to 1) of the last 5–10 s, computed now; `None` with fewer than
-    /// [`MIN_SAMPLES`] samples.
+    /// The `q` quantile (0 to 1) of the recent past, computed now: with fewer than
+    /// [`MIN_SAMPLES`] samples the slowest of them (the upper edge of its bucket), with none
+    /// `None`.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
         let mut counts = [0u64; BUCKETS];
         for window in &self.windows {
@@ -124,8 +146,12 @@ impl Latencies {
             }
         }
         let total: u64 = counts.iter().sum();
-        if total < MIN_SAMPLES {
+        if total == 0 {
             return None;
+        }
+        if total < MIN_SAMPLES {
+            let slowest = counts.iter().rposition(|&count| count > 0).unwrap_or(0);
+            return Some(Duration::from_micros(upper_edge(slowest)));
         }
         let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
         let mut seen = 0;
@@ -165,18 +191,20 @@ impl Latencies {
         }
     }
 
-    /// The median latency (cached for up to [`REFRESH`]); `None` until there are enough
-    /// samples.
+    /// The median latency (cached for up to [`REFRESH`]); the slowest answer while there are
+    /// few, `None` before the first.
     pub fn p50(&self) -> Option<Duration> {
         self.cached(&self.p50_micros)
     }
 
-    /// The p95 latency (cached for up to [`REFRESH`]); `None` until there are enough samples.
+    /// The p95 latency (cached for up to [`REFRESH`]); the slowest answer while there are few,
+    /// `None` before the first.
     pub fn p95(&self) -> Option<Duration> {
         self.cached(&self.p95_micros)
     }
 
-    /// The p99 latency (cached for up to [`REFRESH`]); `None` until there are enough samples.
+    /// The p99 latency (cached for up to [`REFRESH`]); the slowest answer while there are few,
+    /// `None` before the first.
     pub fn p99(&self) -> Option<Duration> {
         self.cached(&self.p99_micros)
     }
@@ -206,12 +234,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn quantiles_need_enough_samples_and_follow_the_recent_past() {
+    async fn few_samples_give_the_slowest_and_enough_give_quantiles_of_the_recent_past() {
         let latencies = Latencies::default();
-        for _ in 0..(MIN_SAMPLES - 1) {
+        assert_eq!(latencies.quantile(0.5), None, "no samples, no guess");
+        assert_eq!(latencies.p99(), None);
+        latencies.record(Duration::from_millis(1));
+        assert!(
+            latencies.p99().is_some(),
+            "the first sample counts at once, not after the cached \"none\" expires"
+        );
+        latencies.record(Duration::from_millis(30));
+        for _ in 0..(MIN_SAMPLES - 3) {
             latencies.record(Duration::from_millis(1));
         }
-        assert_eq!(latencies.quantile(0.5), None, "too few samples");
+        for q in [0.5, 0.95, 0.99] {
+            let guess = latencies.quantile(q).expect("the slowest so far");
+            assert!(
+                guess >= Duration::from_millis(30) && guess < Duration::from_millis(40),
+                "with {} samples every quantile is the slowest: {guess:?}",
+                MIN_SAMPLES - 1
+            );
+        }
         for _ in 0..900 {
             latencies.record(Duration::from_millis(1));
         }
@@ -220,11 +263,18 @@ mod tests {
         }
         let p50 = latencies.quantile(0.5).expect("enough samples");
         assert!(p50 >= Duration::from_millis(1) && p50 < Duration::from_micros(1_300));
+        tokio::time::advance(REFRESH).await;
         let p95 = latencies.p95().expect("enough samples");
         assert!(p95 >= Duration::from_millis(30), "{p95:?}");
-        // Two windows later, only the new latencies count.
-        tokio::time::advance(WINDOW).await;
+        // A quiet service keeps its timings: nothing is forgotten while nothing new arrives.
+        tokio::time::advance(WINDOW * 20).await;
         latencies.record(Duration::from_millis(2));
+        tokio::time::advance(REFRESH).await;
+        assert!(latencies.p95().expect("kept") >= Duration::from_millis(30));
+        // New answers take over once a window of them is full: then only they count.
+        for _ in 0..200 {
+            latencies.record(Duration::from_millis(2));
+        }
         tokio::time::advance(WINDOW).await;
         for _ in 0..200 {
             latencies.record(Duration::from_millis(2));

@@ -312,9 +312,25 @@ async fn hedges_and_attempt_timeouts_follow_the_observed_latency() {
     assert_eq!(
         stack.hedge_after(&fresh),
         None,
-        "no hedges before enough samples"
+        "no hedges before the first answer"
     );
     assert_eq!(stack.attempt_timeout(&fresh), None);
+    // One answer is enough for a cautious guess: the slowest answer so far.
+    let (result, _) = send(&stack, idempotent_call(Duration::from_secs(1))).await;
+    assert!(result.is_ok());
+    tokio::time::advance(crate::resilience::latency::REFRESH).await;
+    let hedge = stack
+        .hedge_after(&fresh)
+        .expect("the slowest answer so far");
+    assert!(
+        hedge >= Duration::from_millis(4) && hedge <= Duration::from_millis(5),
+        "{hedge:?}"
+    );
+    assert_eq!(
+        stack.attempt_timeout(&fresh),
+        Some(Duration::from_millis(50)),
+        "4 × the slowest answer is under the floor"
+    );
     for _ in 0..200 {
         let (result, _) = send(&stack, idempotent_call(Duration::from_secs(1))).await;
         assert!(result.is_ok());
