@@ -304,6 +304,21 @@ async fn hedges_stay_within_their_budget() {
     assert_eq!(attempts as u64, 400 + sent);
 }
 
+/// Asserts that `call` is hedged after about 4 ms (the replicas' latency, as `what` gives it)
+/// and abandoned after the 50 ms floor (4 × 4 ms is under it).
+fn assert_timed_by_a_4_ms_latency(stack: &Attempts<Replicas>, call: &Call, what: &str) {
+    let hedge = stack.hedge_after(call).expect(what);
+    assert!(
+        hedge >= Duration::from_millis(4) && hedge <= Duration::from_millis(5),
+        "hedged after {hedge:?} from {what}"
+    );
+    assert_eq!(
+        stack.attempt_timeout(call),
+        Some(Duration::from_millis(50)),
+        "4 × {what} is under the floor"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn hedges_and_attempt_timeouts_follow_the_observed_latency() {
     let replicas = Replicas::new(vec![Behaviour::Answers(Duration::from_millis(4)); 2]);
@@ -319,33 +334,13 @@ async fn hedges_and_attempt_timeouts_follow_the_observed_latency() {
     let (result, _) = send(&stack, idempotent_call(Duration::from_secs(1))).await;
     assert!(result.is_ok());
     tokio::time::advance(crate::resilience::latency::REFRESH).await;
-    let hedge = stack
-        .hedge_after(&fresh)
-        .expect("the slowest answer so far");
-    assert!(
-        hedge >= Duration::from_millis(4) && hedge <= Duration::from_millis(5),
-        "{hedge:?}"
-    );
-    assert_eq!(
-        stack.attempt_timeout(&fresh),
-        Some(Duration::from_millis(50)),
-        "4 × the slowest answer is under the floor"
-    );
+    assert_timed_by_a_4_ms_latency(&stack, &fresh, "the slowest answer so far");
     for _ in 0..200 {
         let (result, _) = send(&stack, idempotent_call(Duration::from_secs(1))).await;
         assert!(result.is_ok());
     }
     tokio::time::advance(crate::resilience::latency::REFRESH).await;
-    let hedge = stack.hedge_after(&fresh).expect("adaptive");
-    assert!(
-        hedge >= Duration::from_millis(4) && hedge <= Duration::from_millis(5),
-        "{hedge:?}"
-    );
-    assert_eq!(
-        stack.attempt_timeout(&fresh),
-        Some(Duration::from_millis(50)),
-        "4 × p99 is under the floor"
-    );
+    assert_timed_by_a_4_ms_latency(&stack, &fresh, "the p95 and p99");
     let mut manifest = idempotent_call(Duration::from_secs(1));
     manifest.hedge_after = Some(Duration::from_millis(20));
     manifest.attempt_timeout = Some(Duration::from_millis(30));
