@@ -309,6 +309,10 @@ impl<R: Route> Attempts<R> {
             let tail = self.tail.clone();
             tail.hedge_budget.deposit();
             let attempt_timeout = self.attempt_timeout(&call);
+            // Before the service has quantiles, its attempt timeout is a guess from its slowest
+            // answers so far: an attempt past it is sent elsewhere, but not held against its
+            // replica (one a little slower than the first answers would be ejected for it).
+            let guessed = call.attempt_timeout.is_none() && self.latencies().p95().is_none();
             let hedge_after = self.hedge_after(&call);
             let max_attempts = self.retry.max_attempts();
             let mut attempts = 1;
@@ -433,8 +437,10 @@ impl<R: Route> Attempts<R> {
                         };
                         flight.overdue = true;
                         tail.metrics.attempt_timeout(&call.service);
-                        let breakers = self.balance.state().breakers().clone();
-                        breakers.record_timeout(flight.addr, flight.replicas);
+                        if !guessed {
+                            let breakers = self.balance.state().breakers();
+                            breakers.record_timeout(flight.addr, flight.replicas);
+                        }
                         let other_busy = if in_second {
                             first.is_some()
                         } else {

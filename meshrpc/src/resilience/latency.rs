@@ -5,12 +5,13 @@
 //! (each bucket about 19 % wide), counted in two windows that take turns every [`WINDOW`], once
 //! the one collecting holds [`MIN_SAMPLES`]. So the histogram covers the last 5–10 s of a busy
 //! service and the last 100–200 answers of a quiet one, which keeps its timings however long it
-//! was idle. Until a service has [`MIN_SAMPLES`] answers, every quantile is the slowest answer
-//! seen so far: a cautious guess (only a call slower than all so far is hedged, and abandoned
-//! only past four times that), so that a replica that dies or freezes under light traffic still
-//! costs its callers an attempt timeout rather than the wait for failure detection. Before the
-//! first answer there is no quantile. Recording is two atomic increments; quantiles are
-//! recomputed at most every [`REFRESH`] and read from a cache in between.
+//! was idle. Until a service has [`MIN_SAMPLES`] answers there are no quantiles, but
+//! [`Latencies::p99`] gives the slowest answer seen so far: attempt timeouts (four times it, at
+//! least 50 ms) then protect a quiet service's callers from a replica that dies or freezes,
+//! instead of leaving them to wait for failure detection. Hedges wait for the quantiles: a
+//! replica a little slower than the first few answers is not a reason to send calls twice.
+//! Recording is two atomic increments; quantiles are recomputed at most every [`REFRESH`] and
+//! read from a cache in between.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -24,8 +25,8 @@ pub const WINDOW: Duration = Duration::from_secs(5);
 /// How often the cached quantiles are recomputed.
 pub const REFRESH: Duration = Duration::from_millis(50);
 
-/// Samples needed (in the two windows together) before quantiles are read off the histogram;
-/// with fewer, every quantile is the slowest sample.
+/// Samples needed (in the two windows together) before any quantile is given (with fewer,
+/// [`Latencies::p99`] is the slowest sample).
 pub const MIN_SAMPLES: u64 = 100;
 
 const SUB_BUCKETS: u32 = 4;
@@ -135,9 +136,8 @@ impl Latencies {
         }
     }
 
-    /// The `q` quantile (0 to 1) of the recent past, computed now: with fewer than
-    /// [`MIN_SAMPLES`] samples the slowest of them (the upper edge of its bucket), with none
-    /// `None`.
+    /// The `q` quantile (0 to 1) of the recent past, computed now; `None` with fewer than
+    /// [`MIN_SAMPLES`] samples.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
         let mut counts = [0u64; BUCKETS];
         for window in &self.windows {
@@ -146,12 +146,8 @@ impl Latencies {
             }
         }
         let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
         if total < MIN_SAMPLES {
-            let slowest = counts.iter().rposition(|&count| count > 0).unwrap_or(0);
-            return Some(Duration::from_micros(upper_edge(slowest)));
+            return None;
         }
         let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
         let mut seen = 0;
@@ -162,6 +158,18 @@ impl Latencies {
             }
         }
         Some(Duration::from_micros(upper_edge(BUCKETS - 1)))
+    }
+
+    /// The slowest sample of the recent past (the upper edge of its bucket), if any.
+    pub fn slowest(&self) -> Option<Duration> {
+        (0..BUCKETS)
+            .rev()
+            .find(|&index| {
+                self.windows
+                    .iter()
+                    .any(|window| window.counts[index].load(Ordering::Relaxed) > 0)
+            })
+            .map(|index| Duration::from_micros(upper_edge(index)))
     }
 
     fn refresh(&self) {
@@ -180,7 +188,9 @@ impl Latencies {
         let micros = |q| self.quantile(q).map_or(0, |d| d.as_micros() as u64);
         self.p50_micros.store(micros(0.5), Ordering::Relaxed);
         self.p95_micros.store(micros(0.95), Ordering::Relaxed);
-        self.p99_micros.store(micros(0.99), Ordering::Relaxed);
+        let p99 = self.quantile(0.99).or_else(|| self.slowest());
+        self.p99_micros
+            .store(p99.map_or(0, |d| d.as_micros() as u64), Ordering::Relaxed);
     }
 
     fn cached(&self, slot: &AtomicU64) -> Option<Duration> {
@@ -191,20 +201,19 @@ impl Latencies {
         }
     }
 
-    /// The median latency (cached for up to [`REFRESH`]); the slowest answer while there are
-    /// few, `None` before the first.
+    /// The median latency (cached for up to [`REFRESH`]); `None` until there are enough
+    /// samples.
     pub fn p50(&self) -> Option<Duration> {
         self.cached(&self.p50_micros)
     }
 
-    /// The p95 latency (cached for up to [`REFRESH`]); the slowest answer while there are few,
-    /// `None` before the first.
+    /// The p95 latency (cached for up to [`REFRESH`]); `None` until there are enough samples.
     pub fn p95(&self) -> Option<Duration> {
         self.cached(&self.p95_micros)
     }
 
-    /// The p99 latency (cached for up to [`REFRESH`]); the slowest answer while there are few,
-    /// `None` before the first.
+    /// The p99 latency (cached for up to [`REFRESH`]); until there are enough samples, the
+    /// slowest answer so far (`None` before the first).
     pub fn p99(&self) -> Option<Duration> {
         self.cached(&self.p99_micros)
     }
@@ -234,7 +243,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn few_samples_give_the_slowest_and_enough_give_quantiles_of_the_recent_past() {
+    async fn few_samples_give_the_slowest_as_p99_and_enough_give_quantiles_of_the_recent_past() {
         let latencies = Latencies::default();
         assert_eq!(latencies.quantile(0.5), None, "no samples, no guess");
         assert_eq!(latencies.p99(), None);
@@ -247,14 +256,19 @@ mod tests {
         for _ in 0..(MIN_SAMPLES - 3) {
             latencies.record(Duration::from_millis(1));
         }
-        for q in [0.5, 0.95, 0.99] {
-            let guess = latencies.quantile(q).expect("the slowest so far");
-            assert!(
-                guess >= Duration::from_millis(30) && guess < Duration::from_millis(40),
-                "with {} samples every quantile is the slowest: {guess:?}",
-                MIN_SAMPLES - 1
-            );
-        }
+        tokio::time::advance(REFRESH).await;
+        assert_eq!(
+            latencies.quantile(0.5),
+            None,
+            "too few samples for quantiles"
+        );
+        assert_eq!(latencies.p95(), None, "no hedges on a guess");
+        let guess = latencies.p99().expect("the slowest so far");
+        assert!(
+            guess >= Duration::from_millis(30) && guess < Duration::from_millis(40),
+            "with {} samples the p99 is the slowest: {guess:?}",
+            MIN_SAMPLES - 1
+        );
         for _ in 0..900 {
             latencies.record(Duration::from_millis(1));
         }

@@ -304,21 +304,6 @@ async fn hedges_stay_within_their_budget() {
     assert_eq!(attempts as u64, 400 + sent);
 }
 
-/// Asserts that `call` is hedged after about 4 ms (the replicas' latency, as `what` gives it)
-/// and abandoned after the 50 ms floor (4 × 4 ms is under it).
-fn assert_timed_by_a_4_ms_latency(stack: &Attempts<Replicas>, call: &Call, what: &str) {
-    let hedge = stack.hedge_after(call).expect(what);
-    assert!(
-        hedge >= Duration::from_millis(4) && hedge <= Duration::from_millis(5),
-        "hedged after {hedge:?} from {what}"
-    );
-    assert_eq!(
-        stack.attempt_timeout(call),
-        Some(Duration::from_millis(50)),
-        "4 × {what} is under the floor"
-    );
-}
-
 #[tokio::test(start_paused = true)]
 async fn hedges_and_attempt_timeouts_follow_the_observed_latency() {
     let replicas = Replicas::new(vec![Behaviour::Answers(Duration::from_millis(4)); 2]);
@@ -330,17 +315,32 @@ async fn hedges_and_attempt_timeouts_follow_the_observed_latency() {
         "no hedges before the first answer"
     );
     assert_eq!(stack.attempt_timeout(&fresh), None);
-    // One answer is enough for a cautious guess: the slowest answer so far.
+    // One answer is enough for an attempt timeout (from the slowest answer so far), not for
+    // hedges.
     let (result, _) = send(&stack, idempotent_call(Duration::from_secs(1))).await;
     assert!(result.is_ok());
     tokio::time::advance(crate::resilience::latency::REFRESH).await;
-    assert_timed_by_a_4_ms_latency(&stack, &fresh, "the slowest answer so far");
+    assert_eq!(stack.hedge_after(&fresh), None, "no hedges on a guess");
+    assert_eq!(
+        stack.attempt_timeout(&fresh),
+        Some(Duration::from_millis(50)),
+        "4 × the slowest answer is under the floor"
+    );
     for _ in 0..200 {
         let (result, _) = send(&stack, idempotent_call(Duration::from_secs(1))).await;
         assert!(result.is_ok());
     }
     tokio::time::advance(crate::resilience::latency::REFRESH).await;
-    assert_timed_by_a_4_ms_latency(&stack, &fresh, "the p95 and p99");
+    let hedge = stack.hedge_after(&fresh).expect("adaptive");
+    assert!(
+        hedge >= Duration::from_millis(4) && hedge <= Duration::from_millis(5),
+        "{hedge:?}"
+    );
+    assert_eq!(
+        stack.attempt_timeout(&fresh),
+        Some(Duration::from_millis(50)),
+        "4 × p99 is under the floor"
+    );
     let mut manifest = idempotent_call(Duration::from_secs(1));
     manifest.hedge_after = Some(Duration::from_millis(20));
     manifest.attempt_timeout = Some(Duration::from_millis(30));
@@ -445,4 +445,31 @@ async fn a_call_with_a_sticky_key_is_never_hedged_to_another_replica() {
     assert_eq!(metrics.client_tail().hedges("svc", HedgeOutcome::Sent), 0);
     let served: Vec<usize> = (1..=3).map(|port| replicas.attempts(port)).collect();
     assert_eq!(served.iter().filter(|n| **n > 0).count(), 1, "{served:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_guessed_attempt_timeout_retries_elsewhere_without_holding_it_against_the_replica() {
+    let replicas = Replicas::new(vec![Behaviour::Frozen, FAST, FAST]);
+    let stack = stack(&replicas, TailConfig::default(), &Metrics::new());
+    // A few answers: too few for quantiles, enough for a guessed attempt timeout.
+    for _ in 0..6 {
+        stack.latencies().record(Duration::from_millis(1));
+    }
+    tokio::time::advance(crate::resilience::latency::REFRESH).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let (result, latency) = send(&stack, idempotent_call(Duration::from_secs(10))).await;
+        assert!(matches!(result, Ok(2 | 3)), "{result:?}");
+        slowest = slowest.max(latency);
+    }
+    assert!(replicas.attempts(1) > 0, "the frozen replica was tried");
+    assert_eq!(
+        slowest,
+        Duration::from_millis(51),
+        "one 50 ms attempt timeout, then 1 ms"
+    );
+    assert!(
+        !replicas.state.breakers().is_ejected(addr(1)),
+        "a guess is not evidence against the replica"
+    );
 }
