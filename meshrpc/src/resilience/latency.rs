@@ -42,7 +42,7 @@ pub struct Latencies {
     /// When `current` last changed, in milliseconds since `epoch`.
     rotated_at: AtomicU64,
     /// The cache: when it was computed (ms since `epoch`, `u64::MAX` for never), p50, p95 and p99 in
-    /// microseconds (0 for "no samples").
+    /// microseconds (0 for none: p50 and p95 need [`MIN_SAMPLES`], p99 one sample).
     computed_at: AtomicU64,
     p50_micros: AtomicU64,
     p95_micros: AtomicU64,
