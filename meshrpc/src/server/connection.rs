@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::Either;
@@ -18,6 +18,7 @@ use super::reply::encode_reply;
 use super::request::{
     AcceptedCall, ReadTimer, Rules, accept_call, read_first_message, request_items,
 };
+use super::stream_limit::StreamLimit;
 use super::{IncomingCall, Server};
 use crate::context::CallContext;
 use crate::status::{Code, Status};
@@ -70,10 +71,12 @@ impl Server {
         let _served = ServedConnection(&self.connections);
         let identity = crate::tls::peer_identity(&connection, &self.cluster).map(Arc::new);
         // The stream limit starts small (quinn reserves state for each allowed stream, so an
-        // idle or hostile connection costs little) and doubles whenever the peer keeps half of
-        // it busy, up to `Limits::max_concurrent_streams`.
-        let ceiling = self.limits.max_concurrent_streams;
-        let mut limit = crate::transport::endpoint::initial_stream_limit(&self.limits);
+        // idle or hostile connection costs little) and grows as the peer uses it.
+        let mut limit = StreamLimit::new(
+            crate::transport::endpoint::initial_stream_limit(&self.limits),
+            self.limits.max_concurrent_streams,
+            Instant::now(),
+        );
         let open = Arc::new(OpenStreams::default());
         let mut shutdown = self.shutdown.subscribe();
         // One watch for the connection's life, registered once rather than once per stream.
@@ -96,8 +99,7 @@ impl Server {
             };
             first_unread = recv.id().index() + 1;
             let now_open = open.count.fetch_add(1, Ordering::SeqCst) + 1;
-            if now_open * 2 >= limit && limit < ceiling {
-                limit = limit.saturating_mul(2).min(ceiling);
+            if let Some(limit) = limit.opened(now_open, Instant::now) {
                 connection.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(limit));
             }
             let served = StreamServed(open.clone());

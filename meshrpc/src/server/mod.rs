@@ -28,6 +28,7 @@ pub mod observe;
 mod reply;
 mod request;
 pub mod route;
+mod stream_limit;
 
 #[cfg(test)]
 pub(crate) mod tests;
