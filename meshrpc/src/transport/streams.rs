@@ -344,9 +344,13 @@ pub(crate) fn status_frame(status: &StatusBody) -> Bytes {
 pub(crate) const COALESCE_BELOW: usize = 4 * 1024;
 
 /// How many bytes a stream's writer writes between two yields to its thread's other tasks
-/// (four full batches): often enough that a producer which is always ready does not hold up
-/// the connection's other streams, seldom enough that the connection sends full transmits.
-const YIELD_AFTER_BYTES: usize = 4 * BATCH_BYTES;
+/// (16 full batches, 1 MiB): often enough that a producer which is always ready does not hold
+/// up the connection's other streams (a few milliseconds of writing), seldom enough that the
+/// connection sends full transmits. At each yield the connection sends what is queued, and
+/// its last transmit is a partial one: yielding every 256 KiB made 22 % more `sendmsg` calls
+/// per byte than bare quinn (whose writer yields only when tokio's budget says so), every
+/// 1 MiB 6 % more.
+const YIELD_AFTER_BYTES: usize = 16 * BATCH_BYTES;
 
 /// A stream writer's share of its thread: a producer that is always ready and a peer that
 /// always has room would otherwise keep the writer's task running (tokio's budget lets a task
@@ -493,17 +497,16 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_writer_yields_once_every_four_full_batches() {
+    async fn a_writer_yields_once_every_sixteen_full_batches() {
         let batch = [Bytes::from(vec![0u8; BATCH_BYTES])];
         let mut share = FairShare::default();
-        let mut yields = Vec::new();
-        for _ in 0..8 {
+        let mut yielded_after = Vec::new();
+        for written in 1..=40 {
             let len = FairShare::batch_len(&batch);
-            yields.push(share.wrote(len).now_or_never().is_none());
+            if share.wrote(len).now_or_never().is_none() {
+                yielded_after.push(written);
+            }
         }
-        assert_eq!(
-            yields,
-            [false, false, false, true, false, false, false, true]
-        );
+        assert_eq!(yielded_after, [16, 32]);
     }
 }
