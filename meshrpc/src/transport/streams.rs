@@ -452,7 +452,9 @@ pub(crate) fn poll_batch(
     last_size: &mut usize,
 ) -> Poll<(Vec<Bytes>, Option<End>)> {
     let mut out = FrameOut {
-        buf: Vec::with_capacity(*last_size),
+        // An eighth more than the last batch: the item that fills a batch may end it a little
+        // further than the last one ended, and growing the buffer then copies the whole batch.
+        buf: Vec::with_capacity(*last_size + *last_size / 8),
         whole: 0,
         budget: BATCH_BYTES,
         max_item: max,
