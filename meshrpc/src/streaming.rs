@@ -327,6 +327,38 @@ impl<T> Streaming<T> {
     }
 }
 
+impl<T> Streaming<T> {
+    /// Whether polling must go through [`Self::poll_guarded`]: a context to set, panics to
+    /// catch or a deadline to watch.
+    fn is_guarded(&self) -> bool {
+        self.attached.as_deref().is_some_and(|attached| {
+            attached.context.is_some()
+                || attached.catch_panics.is_some()
+                || attached.deadline.is_some()
+        })
+    }
+
+    /// The next item of a guarded stream; kept out of line, so the unguarded path through
+    /// [`Stream::poll_next`] (every item of a stream read off the network) stays a few
+    /// instructions around the source's own poll.
+    #[inline(never)]
+    fn poll_guarded_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Status>>> {
+        self.poll_guarded(cx, |source, cx| source.poll_next(cx))
+            .unwrap_or_else(|status| Poll::Ready(Some(Err(status))))
+    }
+
+    /// Records the end that `item` (the end of the items, or an error) stands for.
+    #[cold]
+    #[inline(never)]
+    fn record_end(&mut self, item: &Option<Result<T, Status>>) {
+        match item {
+            Some(Ok(_)) => {}
+            None => self.end_with(Code::Ok),
+            Some(Err(status)) => self.end_with(status.code()),
+        }
+    }
+}
+
 impl<T> Stream for Streaming<T> {
     type Item = Result<T, Status>;
 
@@ -335,21 +367,13 @@ impl<T> Stream for Streaming<T> {
         if this.end.is_some() {
             return Poll::Ready(None);
         }
-        let guarded = this.attached.as_deref().is_some_and(|attached| {
-            attached.context.is_some()
-                || attached.catch_panics.is_some()
-                || attached.deadline.is_some()
-        });
-        let item = if !guarded {
-            this.source.poll_next(cx)
+        let item = if this.is_guarded() {
+            this.poll_guarded_next(cx)
         } else {
-            this.poll_guarded(cx, |source, cx| source.poll_next(cx))
-                .unwrap_or_else(|status| Poll::Ready(Some(Err(status))))
+            this.source.poll_next(cx)
         };
-        match &item {
-            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
-            Poll::Ready(None) => this.end_with(Code::Ok),
-            Poll::Ready(Some(Err(status))) => this.end_with(status.code()),
+        if let Poll::Ready(ended @ (None | Some(Err(_)))) = &item {
+            this.record_end(ended);
         }
         item
     }
