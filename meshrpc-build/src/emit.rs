@@ -155,17 +155,11 @@ fn item_encoder(names: &Names, method: &Method, ty: &Ty, client_stream: bool) ->
     }
 }
 
-/// An expression decoding `item` (the encoded `Bytes` of one stream item of `ty`); a client
-/// stream's bad item is the caller's fault, a server stream's a disagreement on the schema.
+/// An expression decoding `item` (the encoded `Bytes` of one stream item of `ty`, not
+/// `Bytes`); a client stream's bad item is the caller's fault, a server stream's a
+/// disagreement on the schema.
 fn decode_item(names: &Names, method: &Method, ty: &Ty, client_stream: bool) -> TokenStream {
     let name = &method.name;
-    if *ty == Ty::Bytes {
-        return if client_stream {
-            quote!(::meshrpc::__generated::decode_request_binary_item(#name, item))
-        } else {
-            quote!(::meshrpc::__generated::decode_binary_item(#name, item))
-        };
-    }
     let item = wire_item(names, method, ty, client_stream);
     let unwrap = item_wrapper(method, ty, client_stream).map(|_| quote!(.map(|item| item.0)));
     if client_stream {
@@ -173,6 +167,29 @@ fn decode_item(names: &Names, method: &Method, ty: &Ty, client_stream: bool) -> 
     } else {
         quote!(::meshrpc::__generated::decode_item::<#item>(#name, &item)#unwrap)
     }
+}
+
+/// An expression decoding each item of `stream` (a `Streaming<Bytes>` of encoded items of
+/// `ty`): `Bytes` items through `binary_items`, which a stream read off the network decodes
+/// as it reads them; others mapped by [`decode_item`].
+fn decode_stream(
+    names: &Names,
+    method: &Method,
+    ty: &Ty,
+    client_stream: bool,
+    stream: TokenStream,
+) -> TokenStream {
+    if *ty == Ty::Bytes {
+        let name = &method.name;
+        let fallback = if client_stream {
+            quote!(::meshrpc::__generated::decode_request_binary_item)
+        } else {
+            quote!(::meshrpc::__generated::decode_binary_item)
+        };
+        return quote!(::meshrpc::__generated::binary_items(#stream, #name, #fallback));
+    }
+    let decode = decode_item(names, method, ty, client_stream);
+    quote!(#stream.try_map(|item| #decode))
 }
 
 fn request_ident(method: &Method) -> syn::Ident {
@@ -920,7 +937,7 @@ fn server_arm(service: &Service, names: &Names, index: usize, method: &Method) -
         None => TokenStream::new(),
         Some(stream) => {
             args.push(quote!(stream));
-            let decode = decode_item(names, method, &stream.ty, true);
+            let decode = decode_stream(names, method, &stream.ty, true, quote!(stream));
             let missing = format!(
                 "`{}.{}` reads a stream of `{}` items after its request, and the call carried \
                  none: call it as a {} method",
@@ -934,7 +951,7 @@ fn server_arm(service: &Service, names: &Names, index: usize, method: &Method) -
                     let status = ::meshrpc::Status::invalid_argument(#missing);
                     #failed
                 };
-                let stream = stream.try_map(|item| #decode);
+                let stream = #decode;
             }
         }
     };
@@ -1070,10 +1087,16 @@ fn client_body(service: &Service, names: &Names, method: &Method) -> TokenStream
         quote!(self.channel.unary(#spec, #message, &self.options))
     };
     if method.result_streams {
-        let decode = decode_item(names, method, &method.result, false);
+        let decode = decode_stream(
+            names,
+            method,
+            &method.result,
+            false,
+            quote!(body.into_stream()),
+        );
         quote! {
             let body = #call.await?;
-            ::core::result::Result::Ok(body.into_stream().try_map(|item| #decode))
+            ::core::result::Result::Ok(#decode)
         }
     } else if streams {
         let target = format!("{}.{}", service.name, method.name);

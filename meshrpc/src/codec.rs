@@ -93,7 +93,7 @@ pub fn encode_binary_into(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), Status>
 
 /// The binary that is the whole of `payload`, which it becomes; `Err(payload)` when it is
 /// anything else (which the general decoder then reads or refuses).
-fn whole_binary(mut payload: Bytes) -> Result<Bytes, Bytes> {
+pub(crate) fn whole_binary(mut payload: Bytes) -> Result<Bytes, Bytes> {
     let head = match payload.first() {
         Some(0xc4) => payload.get(1).map(|&len| (usize::from(len), 2)),
         Some(0xc5) => payload

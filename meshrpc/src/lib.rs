@@ -81,7 +81,7 @@ pub mod __generated {
     };
     pub use crate::schema::openapi3;
     pub use crate::service::{failed, unknown_method};
-    pub use crate::streaming::encoded;
+    pub use crate::streaming::{binary_items, encoded};
 }
 
 pub use channel::{Call, Channel};

@@ -58,6 +58,9 @@ enum Source<T> {
     /// Typed items encoded as they are taken, which a writer can have encoded straight into
     /// its frames ([`Streaming::poll_frames`]).
     Encoded(Pin<Box<dyn encoded::EncodedSource<T>>>),
+    /// Items read off a call's stream, which can decode `Bytes` items themselves
+    /// ([`binary_items`]).
+    Received(Pin<Box<dyn ReceivedItems<T>>>),
     /// Nothing more: the source was dropped.
     Done,
 }
@@ -65,11 +68,52 @@ enum Source<T> {
 /// A boxed stream of items, as [`Streaming::wrap_source`] hands it over.
 pub(crate) type BoxedItems<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// How a `Bytes` item's MessagePack encoding is decoded when it is not one whole binary:
+/// `meshrpc::__generated::decode_binary_item` or `decode_request_binary_item`.
+#[doc(hidden)]
+pub type DecodeBinary = fn(&str, Bytes) -> Result<Bytes, Status>;
+
+/// The items of a call's stream as they are read off the network (each one encoded message).
+pub(crate) trait ReceivedItems<T>: Stream<Item = Result<T, Status>> + Send {
+    /// From now on, yields each item decoded as a `Bytes` item of `method`: a whole
+    /// MessagePack binary by taking its content (no copy), anything else by `fallback`.
+    fn decode_binaries(self: Pin<&mut Self>, method: &'static str, fallback: DecodeBinary);
+}
+
+/// The `Bytes` items of a stream of encoded items, decoded: what generated code makes of a
+/// `Stream<Bytes>` it receives. A stream read off the network decodes them as it reads them
+/// (no layer and no virtual call per item); any other is mapped by `fallback`. Generated
+/// code reaches it as `meshrpc::__generated::binary_items`.
+#[doc(hidden)]
+pub fn binary_items(
+    mut items: Streaming<Bytes>,
+    method: &'static str,
+    fallback: DecodeBinary,
+) -> Streaming<Bytes> {
+    if let Source::Received(received) = &mut items.source {
+        received.as_mut().decode_binaries(method, fallback);
+        return items;
+    }
+    items.try_map(move |item| fallback(method, item))
+}
+
+impl<T> Streaming<T> {
+    /// A stream of the items read off a call's stream.
+    pub(crate) fn received(items: impl ReceivedItems<T> + 'static) -> Streaming<T> {
+        Streaming {
+            source: Source::Received(Box::pin(items)),
+            end: None,
+            attached: None,
+        }
+    }
+}
+
 impl<T> Source<T> {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Status>>> {
         match self {
             Source::Items(items) => items.as_mut().poll_next(cx),
             Source::Encoded(items) => items.as_mut().poll_next(cx),
+            Source::Received(items) => items.as_mut().poll_next(cx),
             Source::Done => Poll::Ready(None),
         }
     }
@@ -81,6 +125,7 @@ impl<T: Send + 'static> Source<T> {
         match self {
             Source::Items(items) => items,
             Source::Encoded(items) => items,
+            Source::Received(items) => items,
             Source::Done => Box::pin(futures_util::stream::empty()),
         }
     }

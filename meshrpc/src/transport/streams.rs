@@ -25,7 +25,7 @@ use quinn::{RecvStream, SendStream, VarInt};
 
 use super::error_code;
 use crate::status::{Code, Status};
-use crate::streaming::{FrameOut, Frames, Streaming};
+use crate::streaming::{DecodeBinary, FrameOut, Frames, ReceivedItems, Streaming};
 use crate::wire::items::{ItemAssembler, ItemDecoder, ItemEvent, Violation};
 use crate::wire::{FrameBuffer, FrameDecoder, FrameKind, StatusBody, encode_frame};
 
@@ -69,7 +69,7 @@ pub(crate) fn incoming_items(
 }
 
 fn items_of(reader: ItemReader) -> Streaming<Bytes> {
-    Streaming::new(reader)
+    Streaming::received(reader)
 }
 
 /// Reads the items of one stream: a [`Stream`](futures_util::Stream) polled directly, each
@@ -83,6 +83,10 @@ struct ItemReader {
     /// Set once the stream's last event is known: it is yielded after the `FIN` that follows a
     /// final status was read (so the stream is not stopped for nothing).
     closing: Option<Option<Result<Bytes, Status>>>,
+    /// Set when the items are `Bytes` items to decode as they are read
+    /// ([`ReceivedItems::decode_binaries`]): the method, and how to decode an item that is not
+    /// one whole binary.
+    binaries: Option<(&'static str, DecodeBinary)>,
 }
 
 impl ItemReader {
@@ -99,6 +103,7 @@ impl ItemReader {
             who,
             first: None,
             closing: None,
+            binaries: None,
         }
     }
 
@@ -206,21 +211,37 @@ impl futures_util::Stream for ItemReader {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(first) = this.first.take() {
-            return Poll::Ready(Some(Ok(first)));
-        }
-        // The common case, first: a whole item at the front of the last chunk read.
-        if let Some(item) = this.items.next_item() {
-            return Poll::Ready(Some(Ok(item)));
-        }
-        // Items already read are taken without waiting; a consumer that keeps up must still
-        // leave the thread to the connection's other streams now and then: once per chunk.
-        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
-        let polled = this.poll_item(cx);
-        if polled.is_ready() {
-            coop.made_progress();
-        }
-        polled
+        let item = if let Some(first) = this.first.take() {
+            first
+        } else if let Some(item) = this.items.next_item() {
+            // The common case: a whole item at the front of the last chunk read.
+            item
+        } else {
+            // Items already read are taken without waiting; a consumer that keeps up must
+            // still leave the thread to the connection's other streams now and then: once
+            // per chunk.
+            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+            let polled = this.poll_item(cx);
+            if polled.is_ready() {
+                coop.made_progress();
+            }
+            match polled {
+                Poll::Ready(Some(Ok(item))) => item,
+                other => return other,
+            }
+        };
+        Poll::Ready(Some(match this.binaries {
+            None => Ok(item),
+            Some((method, fallback)) => {
+                crate::codec::whole_binary(item).or_else(|item| fallback(method, item))
+            }
+        }))
+    }
+}
+
+impl ReceivedItems<Bytes> for ItemReader {
+    fn decode_binaries(self: Pin<&mut Self>, method: &'static str, fallback: DecodeBinary) {
+        self.get_mut().binaries = Some((method, fallback));
     }
 }
 
