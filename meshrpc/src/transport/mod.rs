@@ -30,9 +30,10 @@ pub struct Limits {
     /// prefix before any memory is reserved. Default 4 MiB.
     pub max_message_size: usize,
     /// Streams (calls) a peer may have open on one connection at once; further calls wait for
-    /// a free stream. A connection starts at 64 and doubles its limit whenever the peer keeps
-    /// half of it busy, or (up to 512) opens eight times the limit within a second, up to
-    /// this ceiling. Default 4,096.
+    /// a free stream. A connection starts at 64 and raises its limit to half as much again as
+    /// is open whenever the peer keeps three quarters of it busy, or doubles it (up to 512)
+    /// whenever the peer opens eight times the limit within a second, up to this ceiling.
+    /// Default 4,096.
     pub max_concurrent_streams: u32,
     /// Calls this node serves at once across all peers; beyond it calls are refused with
     /// `resource_exhausted` (load shedding) and may be retried elsewhere. Default 16,384.
