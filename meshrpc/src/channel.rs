@@ -248,34 +248,43 @@ impl Channel {
 
     /// Sends a prepared unary call and waits for its encoded response, at most until its
     /// deadline.
-    pub async fn call(&self, call: Call) -> Result<Bytes, Status> {
+    ///
+    /// Not an `async fn`, which would hold the call once more in its body (and `send`'s
+    /// future within it): the call is held once, by [`Channel::send`].
+    pub fn call(&self, call: Call) -> impl Future<Output = Result<Bytes, Status>> + Send + '_ {
         let target = (call.service.clone(), call.method.clone());
-        match self.send(call).await? {
+        futures_util::FutureExt::map(self.send(call), move |sent| match sent? {
             Body::Message(bytes) => Ok(bytes),
             stream @ Body::Stream(_) => stream.into_message(&format!("{}.{}", target.0, target.1)),
-        }
+        })
     }
 
     /// Sends a prepared call of any kind and waits for its reply: one encoded message, or
     /// (for a method with a server stream) the stream of encoded items, returned once the
     /// first item or the final status arrived. The deadline bounds the whole call, the
     /// stream included.
-    pub async fn send(&self, call: Call) -> Result<Body, Status> {
-        let deadline = call.deadline;
-        // Cheap clones (borrowed names, almost always), kept for the timeout message.
-        let (service_name, method_name) = (call.service.clone(), call.method.clone());
-        let response = self.service.send(call);
-        let Some(deadline) = deadline else {
-            return response.await;
-        };
-        match tokio::time::timeout_at(deadline, response).await {
-            Ok(Ok(Body::Stream(stream))) => Ok(Body::Stream(crate::streaming::until_deadline(
-                stream,
-                deadline,
-                Status::deadline_passed(&service_name, &method_name),
-            ))),
-            Ok(result) => result,
-            Err(_) => Err(Status::deadline_passed(&service_name, &method_name)),
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would move the call once more into its body: twice its size in the future"
+    )]
+    pub fn send(&self, call: Call) -> impl Future<Output = Result<Body, Status>> + Send + '_ {
+        async move {
+            let deadline = call.deadline;
+            // Cheap clones (borrowed names, almost always), kept for the timeout message.
+            let (service_name, method_name) = (call.service.clone(), call.method.clone());
+            let response = self.service.send(call);
+            let Some(deadline) = deadline else {
+                return response.await;
+            };
+            match tokio::time::timeout_at(deadline, response).await {
+                Ok(Ok(Body::Stream(stream))) => Ok(Body::Stream(crate::streaming::until_deadline(
+                    stream,
+                    deadline,
+                    Status::deadline_passed(&service_name, &method_name),
+                ))),
+                Ok(result) => result,
+                Err(_) => Err(Status::deadline_passed(&service_name, &method_name)),
+            }
         }
     }
 
