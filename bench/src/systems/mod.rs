@@ -328,14 +328,23 @@ impl<C: BenchClient> Handler<C> {
         if hops_left == 0 {
             return Ok(state);
         }
+        let client = match self.client.get() {
+            Some(client) => client,
+            // Boxed: the connection is made once, so no hop's future carries its state (for
+            // some systems over a kilobyte, which every nested hop would hold).
+            None => Box::pin(self.connect()).await?,
+        };
+        client.relay(hops_left - 1, bump_hop_count(state)).await
+    }
+
+    /// The client to the ring successor, connected on first use.
+    async fn connect(&self) -> Result<&C> {
         let next = self
             .next
             .ok_or("relay: this peer has no successor in a ring")?;
-        let client = self
-            .client
+        self.client
             .get_or_try_init(|| C::connect(next, &self.tls))
-            .await?;
-        client.relay(hops_left - 1, bump_hop_count(state)).await
+            .await
     }
 }
 
