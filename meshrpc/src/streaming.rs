@@ -310,7 +310,10 @@ impl<T> Streaming<T> {
         outcome
     }
 
-    /// Records that the stream ended with `code` and runs the end callbacks.
+    /// Records that the stream ended with `code` and runs the end callbacks. Once per stream,
+    /// so kept out of line: the path of an item through [`Stream::poll_next`] stays short.
+    #[cold]
+    #[inline(never)]
     fn end_with(&mut self, code: Code) {
         self.end = Some(code);
         self.ended(code);
@@ -391,17 +394,6 @@ impl<T> Streaming<T> {
         self.poll_guarded(cx, |source, cx| source.poll_next(cx))
             .unwrap_or_else(|status| Poll::Ready(Some(Err(status))))
     }
-
-    /// Records the end that `item` (the end of the items, or an error) stands for.
-    #[cold]
-    #[inline(never)]
-    fn record_end(&mut self, item: &Option<Result<T, Status>>) {
-        match item {
-            Some(Ok(_)) => {}
-            None => self.end_with(Code::Ok),
-            Some(Err(status)) => self.end_with(status.code()),
-        }
-    }
 }
 
 impl<T> Stream for Streaming<T> {
@@ -417,8 +409,10 @@ impl<T> Stream for Streaming<T> {
         } else {
             this.source.poll_next(cx)
         };
-        if let Poll::Ready(ended @ (None | Some(Err(_)))) = &item {
-            this.record_end(ended);
+        match &item {
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+            Poll::Ready(None) => this.end_with(Code::Ok),
+            Poll::Ready(Some(Err(status))) => this.end_with(status.code()),
         }
         item
     }
