@@ -5,24 +5,50 @@
 //! deadline and trace automatically: a nested call never outlives the call that caused it.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::metadata::Metadata;
+use crate::spec::MethodSpec;
 
 tokio::task_local! {
     static CURRENT: CallContext;
 }
 
 /// What a handler knows about the call it serves.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct CallContext {
     deadline: Option<Instant>,
     metadata: Metadata,
-    service: Cow<'static, str>,
-    method: Cow<'static, str>,
+    names: CallNames,
+}
+
+/// The service and method a context is for. Every call the node serves or makes has its
+/// method's spec, a pointer: a held call's state carries this, not two strings.
+#[derive(Clone, Default)]
+enum CallNames {
+    /// No call (an empty context).
+    #[default]
+    None,
+    /// A method of a published or called service.
+    Method(&'static MethodSpec),
+    /// Names given as strings ([`CallContext::new`]).
+    Named(Arc<(Cow<'static, str>, Cow<'static, str>)>),
+}
+
+impl fmt::Debug for CallContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallContext")
+            .field("deadline", &self.deadline)
+            .field("metadata", &self.metadata)
+            .field("service", &self.service())
+            .field("method", &self.method())
+            .finish()
+    }
 }
 
 impl CallContext {
@@ -36,8 +62,20 @@ impl CallContext {
         CallContext {
             deadline,
             metadata,
-            service: service.into(),
-            method: method.into(),
+            names: CallNames::Named(Arc::new((service.into(), method.into()))),
+        }
+    }
+
+    /// A context for a call to `method` with this deadline and metadata.
+    pub(crate) fn for_method(
+        method: &'static MethodSpec,
+        deadline: Option<Instant>,
+        metadata: Metadata,
+    ) -> CallContext {
+        CallContext {
+            deadline,
+            metadata,
+            names: CallNames::Method(method),
         }
     }
 
@@ -115,12 +153,20 @@ impl CallContext {
 
     /// The service being called.
     pub fn service(&self) -> &str {
-        &self.service
+        match &self.names {
+            CallNames::None => "",
+            CallNames::Method(method) => method.service,
+            CallNames::Named(names) => &names.0,
+        }
     }
 
     /// The method being called.
     pub fn method(&self) -> &str {
-        &self.method
+        match &self.names {
+            CallNames::None => "",
+            CallNames::Method(method) => method.name,
+            CallNames::Named(names) => &names.1,
+        }
     }
 }
 
@@ -138,5 +184,30 @@ mod tests {
             .await;
         assert_eq!(seen, Some(deadline));
         assert!(CallContext::current().is_none());
+    }
+
+    #[test]
+    fn a_context_names_its_call_however_it_was_made() {
+        let named = CallContext::new("greeter", "greet", None, Metadata::new());
+        assert_eq!((named.service(), named.method()), ("greeter", "greet"));
+        let owned = CallContext::new(
+            String::from("billing"),
+            String::from("charge"),
+            None,
+            Metadata::new(),
+        );
+        assert_eq!((owned.service(), owned.method()), ("billing", "charge"));
+        let spec = crate::node_service::NODE_SPEC
+            .methods
+            .first()
+            .expect("the node service has methods");
+        let for_method = CallContext::for_method(spec, None, Metadata::new());
+        assert_eq!(
+            (for_method.service(), for_method.method()),
+            (spec.service, spec.name)
+        );
+        let empty = CallContext::default();
+        assert_eq!((empty.service(), empty.method()), ("", ""));
+        assert!(format!("{for_method:?}").contains(spec.name));
     }
 }

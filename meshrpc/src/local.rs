@@ -53,7 +53,7 @@ impl Service<Call> for LocalService {
             let status = unknown_method(spec, &call.method);
             return Box::pin(async move { Err(status) });
         };
-        let context = CallContext::new(method.service, method.name, call.deadline, call.metadata);
+        let context = CallContext::for_method(method, call.deadline, call.metadata);
         let stream = call.stream.as_ref().and_then(OutgoingStream::take);
         let response = self.server.dispatch(method, call.payload, stream);
         let stream_context = context.clone();

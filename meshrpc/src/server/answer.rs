@@ -27,13 +27,12 @@ use crate::streaming::Body;
 
 /// The answer to `call`, to be run as (the rest of) its stream's task.
 pub(super) fn answer(
-    server: Arc<Server>,
     call: IncomingCall,
     send: SendStream,
     served: StreamServed,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let answering = AnsweringCall::start(server, served, call.method);
-    let mut stack = answering.server.stack.clone();
+    let answering = AnsweringCall::start(served, call.method);
+    let mut stack = answering.server().stack.clone();
     // The stack is ready at once unless a layer a user added holds calls back: only then does
     // the call wait (boxed) before its handler starts.
     match stack.ready().now_or_never() {
@@ -77,7 +76,7 @@ fn deliver(
     answering: AnsweringCall,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let server = &answering.server;
+        let server = answering.server();
         let method = answering.method;
         let written = match outcome {
             Ok(Body::Stream(items)) => {
@@ -108,31 +107,26 @@ fn deliver(
 }
 
 /// One call being answered: the server counts it (a drain waits for it) until this is
-/// dropped, and its stream's guard goes with it.
+/// dropped, and its stream's guard (which leads to the server) goes with it.
 struct AnsweringCall {
-    server: Arc<Server>,
     method: &'static MethodSpec,
-    _served: StreamServed,
+    served: StreamServed,
 }
 
 impl AnsweringCall {
-    fn start(
-        server: Arc<Server>,
-        served: StreamServed,
-        method: &'static MethodSpec,
-    ) -> AnsweringCall {
-        server.answering.start();
-        AnsweringCall {
-            server,
-            method,
-            _served: served,
-        }
+    fn start(served: StreamServed, method: &'static MethodSpec) -> AnsweringCall {
+        served.server().answering.start();
+        AnsweringCall { method, served }
+    }
+
+    fn server(&self) -> &Arc<Server> {
+        self.served.server()
     }
 }
 
 impl Drop for AnsweringCall {
     fn drop(&mut self) {
-        self.server.answering.finish();
+        self.server().answering.finish();
     }
 }
 
@@ -144,13 +138,32 @@ pin_project_lite::pin_project! {
     struct Handling<F, W, C> {
         #[pin]
         handler: F,
-        // Created when the handler first waits: most answer on their first poll and need no
+        // Made when the handler first waits: most answer on their first poll and need no
         // watch (which costs a registration with the connection).
         #[pin]
-        cancelled: Option<C>,
+        watching: Watching<C>,
         watch: W,
-        ended: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
         call: Option<(SendStream, AnsweringCall)>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What a waiting handler's call watches.
+    #[project = WatchingProj]
+    enum Watching<C> {
+        /// Nothing yet: the handler has not waited.
+        Nothing,
+        /// A unary call: the caller stopping the stream.
+        Caller {
+            #[pin]
+            stopped: C,
+        },
+        /// A streaming call: the caller stopping the stream, and the node ending its calls.
+        /// Boxed: a held unary call's state is not made larger by what only these need.
+        CallerAndNode {
+            stopped: Pin<Box<C>>,
+            ended: Pin<Box<dyn Future<Output = ()> + Send>>,
+        },
     }
 }
 
@@ -163,9 +176,8 @@ where
     fn new(handler: F, send: SendStream, answering: AnsweringCall, watch: W) -> Self {
         Handling {
             handler,
-            cancelled: None,
+            watching: Watching::Nothing,
             watch,
-            ended: None,
             call: Some((send, answering)),
         }
     }
@@ -185,38 +197,36 @@ where
             return Poll::Pending;
         };
         let method = answering.method;
-        let outcome = match this.handler.poll(cx) {
-            Poll::Ready(outcome) => Some(outcome),
-            Poll::Pending => {
-                if method.kind != MethodKind::Unary {
-                    let ended = this
-                        .ended
-                        .get_or_insert_with(|| Box::pin(answering.server.calls_ended()));
-                    if ended.as_mut().poll(cx).is_ready() {
-                        Some(Err(Status::unavailable(format!(
-                            "this node shut down before `{}.{}` finished",
-                            method.service, method.name
-                        ))))
-                    } else {
-                        None
-                    }
-                } else {
-                    None
-                }
-            }
-        };
-        if let Some(outcome) = outcome {
+        if let Poll::Ready(outcome) = this.handler.poll(cx) {
             let (send, answering) = this.call.take().expect("checked above");
             return Poll::Ready(Some((outcome, send, answering)));
         }
-        if this.cancelled.is_none() {
-            let watch = (this.watch)(send);
-            this.cancelled.set(Some(watch));
+        if let WatchingProj::Nothing = this.watching.as_mut().project() {
+            let stopped = (this.watch)(send);
+            this.watching.set(if method.kind == MethodKind::Unary {
+                Watching::Caller { stopped }
+            } else {
+                Watching::CallerAndNode {
+                    stopped: Box::pin(stopped),
+                    ended: Box::pin(answering.server().calls_ended()),
+                }
+            });
         }
-        let stopped = this
-            .cancelled
-            .as_pin_mut()
-            .is_some_and(|cancelled| cancelled.poll(cx).is_ready());
+        let stopped = match this.watching.project() {
+            WatchingProj::Nothing => false,
+            WatchingProj::Caller { stopped } => stopped.poll(cx).is_ready(),
+            WatchingProj::CallerAndNode { stopped, ended } => {
+                if ended.as_mut().poll(cx).is_ready() {
+                    let (send, answering) = this.call.take().expect("checked above");
+                    let status = Status::unavailable(format!(
+                        "this node shut down before `{}.{}` finished",
+                        method.service, method.name
+                    ));
+                    return Poll::Ready(Some((Err(status), send, answering)));
+                }
+                stopped.as_mut().poll(cx).is_ready()
+            }
+        };
         if stopped {
             debug!(method = %method.name, "caller cancelled; handler dropped");
             this.call.take();

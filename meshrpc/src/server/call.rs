@@ -15,7 +15,7 @@ use crate::streaming::Streaming;
 /// identity in the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The peer's address (as seen on the connection).
+    /// The peer's address, as seen when the connection was made.
     pub addr: SocketAddr,
     /// The identity the peer's certificate proves (its SAN URI `meshrpc://<cluster>/<name>`),
     /// if the certificate carries one. Shared by every call of the connection.
@@ -59,8 +59,8 @@ pub struct IncomingCall {
     /// The call's deadline and metadata; handlers read it through
     /// [`CallContext::current`].
     pub context: CallContext,
-    /// Who sent the call.
-    pub caller: Caller,
+    /// Who sent the call: one value per connection, shared by all of its calls.
+    pub caller: Arc<Caller>,
     /// The first request message (the parameters, MessagePack-encoded).
     pub request: Bytes,
     /// The encoded items of a client stream, for methods that have one.

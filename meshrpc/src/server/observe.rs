@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasherDefault;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,6 +14,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::IncomingCall;
+use super::call::Caller;
 use crate::metrics::{MethodMetrics, Metrics, Side};
 use crate::spec::{MethodSpec, ServiceSpec};
 use crate::status::{Code, Status};
@@ -137,7 +137,7 @@ where
         let record = Record {
             shared: self.shared.clone(),
             method: call.method,
-            peer: call.caller.addr,
+            caller: call.caller.clone(),
             started: Instant::now(),
             #[cfg(feature = "otel")]
             span: crate::telemetry::server_span(
@@ -209,7 +209,9 @@ where
 struct Record {
     shared: Arc<Shared>,
     method: &'static MethodSpec,
-    peer: SocketAddr,
+    /// Who called (shared by the calls of a connection: a held call keeps a pointer, not an
+    /// address).
+    caller: Arc<Caller>,
     started: Instant,
     /// The call's SERVER span, when trace export is on. Boxed: a held call's future carries
     /// one pointer for it, whether export is on or not.
@@ -249,7 +251,7 @@ impl Record {
                 target: "meshrpc::access",
                 "{code} | {:>10.3?} | {} | {}.{}",
                 elapsed,
-                self.peer,
+                self.caller.addr,
                 method.service,
                 method.name
             );
@@ -258,7 +260,7 @@ impl Record {
                 target: "meshrpc::access",
                 "{code} | {:>10.3?} | {} | {}.{}",
                 elapsed,
-                self.peer,
+                self.caller.addr,
                 method.service,
                 method.name
             );

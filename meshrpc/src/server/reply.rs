@@ -59,7 +59,17 @@ pub(crate) fn encode_reply(payload: Option<&Bytes>, status: &StatusBody) -> Repl
 }
 
 /// Writes a reply of one message (or a failure's status) on `send` and finishes it.
-pub(crate) async fn write_reply(send: &mut SendStream, outcome: Result<Body, Status>) -> Written {
+///
+/// The reply is encoded before the future is made, so the future holds the encoded reply
+/// alone, not the outcome beside it.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would keep the outcome in its state beside the reply it becomes"
+)]
+pub(crate) fn write_reply(
+    send: &mut SendStream,
+    outcome: Result<Body, Status>,
+) -> impl Future<Output = Written> + Send + '_ {
     let mut reply = match outcome {
         Ok(Body::Message(payload)) => encode_reply(Some(&payload), &StatusBody::ok()),
         Err(status) => encode_reply(None, &StatusBody::from(&status)),
@@ -70,11 +80,13 @@ pub(crate) async fn write_reply(send: &mut SendStream, outcome: Result<Body, Sta
             )),
         ),
     };
-    if send.write_all_chunks(reply.as_mut_slice()).await.is_err() {
-        return Written::Abandoned;
+    async move {
+        if send.write_all_chunks(reply.as_mut_slice()).await.is_err() {
+            return Written::Abandoned;
+        }
+        let _ = send.finish();
+        Written::Finished
     }
-    let _ = send.finish();
-    Written::Finished
 }
 
 /// Writes a stream of items on `send`, item by item until it ends, the caller stops reading,

@@ -104,16 +104,9 @@ impl Service<IncomingCall> for Route {
             };
         };
         let dispatch = service.dispatch(method, call.request, call.stream);
-        let context = call.context;
-        // Only a server stream needs the context again, for its items.
-        let for_items = method
-            .kind
-            .server_streams()
-            .then(|| Box::new(context.clone()));
         Routed {
             state: RoutedState::Running {
-                handler: context.scope_inline(dispatch),
-                for_items,
+                handler: call.context.scope_inline(dispatch),
             },
         }
     }
@@ -130,12 +123,11 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = RoutedProj]
     enum RoutedState {
-        // The handler runs, inside the call's context (held here, not boxed again), with the
-        // context again for the items of a server stream.
+        // The handler runs, inside the call's context (held here, not boxed again; a server
+        // stream's items get it back once the handler is done).
         Running {
             #[pin]
             handler: TaskLocalFuture<CallContext, BoxFuture<'static, Result<Body, Status>>>,
-            for_items: Option<Box<CallContext>>,
         },
         // The call was refused before a handler ran (`None` once answered).
         Refused {
@@ -164,16 +156,16 @@ impl Future for Routed {
                 || Status::internal("a routed call was polled twice"),
                 |status| *status,
             ))),
-            RoutedProj::Running { handler, for_items } => {
-                let outcome = std::task::ready!(handler.poll(cx));
-                let for_items = for_items.take();
-                Poll::Ready(match (outcome, for_items) {
+            RoutedProj::Running { mut handler } => {
+                let outcome = std::task::ready!(handler.as_mut().poll(cx));
+                Poll::Ready(match outcome {
                     // Items are produced after the handler returned: they see the call's
-                    // context too.
-                    (Ok(Body::Stream(stream)), Some(context)) => {
-                        Ok(Body::Stream(stream.in_context(*context)))
-                    }
-                    (outcome, _) => outcome,
+                    // context too, which the handler is done with.
+                    Ok(Body::Stream(stream)) => Ok(match handler.take_value() {
+                        Some(context) => Body::Stream(stream.in_context(context)),
+                        None => Body::Stream(stream),
+                    }),
+                    outcome => outcome,
                 })
             }
         }

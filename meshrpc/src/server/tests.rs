@@ -112,19 +112,21 @@ pub(crate) fn call_to(name: &str) -> IncomingCall {
     IncomingCall {
         method,
         context: CallContext::new("test", method.name, None, Metadata::new()),
-        caller: Caller {
+        caller: std::sync::Arc::new(Caller {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
             identity: None,
-        },
+        }),
         request: Bytes::from_static(b"\x80"),
         stream: None,
     }
 }
 
 /// The state every call keeps while its handler runs is what a held call costs: the server
-/// stack's future stays within this many bytes (it was 584 before its refusal paths were
-/// boxed), so it cannot creep back.
-const STACK_FUTURE_BUDGET: usize = 400;
+/// stack's future stays within this many bytes, so it cannot creep back. It is 256, and 264
+/// with the `otel` feature (the span's pointer). It was 584 before its refusal paths were
+/// boxed, and 320 while the call's context held its service and method as two strings and
+/// the access log's record a copy of the caller's address.
+const STACK_FUTURE_BUDGET: usize = 264;
 
 #[test]
 fn the_server_stacks_future_stays_small() {

@@ -29,7 +29,7 @@ fn call(name: Option<&str>) -> IncomingCall {
     IncomingCall {
         method: &CHARGE,
         context: CallContext::default(),
-        caller: Caller {
+        caller: std::sync::Arc::new(Caller {
             addr: SocketAddr::from(([127, 0, 0, 1], 4000)),
             identity: name.map(|name| {
                 std::sync::Arc::new(PeerIdentity {
@@ -37,7 +37,7 @@ fn call(name: Option<&str>) -> IncomingCall {
                     name: name.to_owned(),
                 })
             }),
-        },
+        }),
         request: Bytes::from_static(b"\x80"),
         stream: None,
     }
