@@ -9,6 +9,7 @@ use std::hash::BuildHasherDefault;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tower::{Layer, Service};
@@ -33,6 +34,8 @@ struct Shared {
     /// name for a spec from elsewhere (a user's layer may substitute one).
     by_address: HashMap<usize, MethodMetrics, BuildHasherDefault<AddressHasher>>,
     by_name: HashMap<(&'static str, &'static str), MethodMetrics>,
+    /// What a call's start is counted from (see [`Record`]).
+    epoch: Instant,
 }
 
 /// Hashes a `usize` address with one multiplication (Fibonacci hashing); nothing else.
@@ -57,6 +60,13 @@ impl std::hash::Hasher for AddressHasher {
 
 fn address(method: &'static MethodSpec) -> usize {
     std::ptr::from_ref(method) as usize
+}
+
+impl Shared {
+    /// `now` in nanoseconds after the epoch (a u64 lasts 584 years).
+    fn nanos_since_epoch(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 impl std::fmt::Debug for ObserveLayer {
@@ -91,6 +101,7 @@ impl ObserveLayer {
                 metrics,
                 by_address,
                 by_name,
+                epoch: Instant::now(),
             }),
         }
     }
@@ -135,10 +146,10 @@ where
     #[allow(unused_mut)]
     fn call(&mut self, mut call: IncomingCall) -> Self::Future {
         let record = Record {
+            started: self.shared.nanos_since_epoch(Instant::now()),
             shared: self.shared.clone(),
             method: call.method,
             caller: call.caller.clone(),
-            started: Instant::now(),
             #[cfg(feature = "otel")]
             span: crate::telemetry::server_span(
                 call.method.service,
@@ -212,7 +223,9 @@ struct Record {
     /// Who called (shared by the calls of a connection: a held call keeps a pointer, not an
     /// address).
     caller: Arc<Caller>,
-    started: Instant,
+    /// When the call started, in nanoseconds after the layer's epoch: half an `Instant`'s
+    /// size, in every held call's state.
+    started: u64,
     /// The call's SERVER span, when trace export is on. Boxed: a held call's future carries
     /// one pointer for it, whether export is on or not.
     #[cfg(feature = "otel")]
@@ -222,7 +235,11 @@ struct Record {
 impl Record {
     /// Records the call's end with `code`.
     fn finish(self, code: Code) {
-        let elapsed = self.started.elapsed();
+        let elapsed = Duration::from_nanos(
+            self.shared
+                .nanos_since_epoch(Instant::now())
+                .saturating_sub(self.started),
+        );
         let method = self.method;
         #[cfg(feature = "otel")]
         if let Some(span) = &self.span {
