@@ -59,10 +59,10 @@ impl CallContext {
         deadline: Option<Instant>,
         metadata: Metadata,
     ) -> CallContext {
+        let names = CallNames::Named(Arc::new((service.into(), method.into())));
         CallContext {
-            deadline,
-            metadata,
-            names: CallNames::Named(Arc::new((service.into(), method.into()))),
+            names,
+            ..CallContext::for_call(deadline, metadata)
         }
     }
 
@@ -73,9 +73,17 @@ impl CallContext {
         metadata: Metadata,
     ) -> CallContext {
         CallContext {
+            names: CallNames::Method(method),
+            ..CallContext::for_call(deadline, metadata)
+        }
+    }
+
+    /// A context with this deadline and metadata, not yet naming its call.
+    fn for_call(deadline: Option<Instant>, metadata: Metadata) -> CallContext {
+        CallContext {
             deadline,
             metadata,
-            names: CallNames::Method(method),
+            names: CallNames::None,
         }
     }
 
