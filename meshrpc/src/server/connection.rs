@@ -192,8 +192,8 @@ impl Server {
 /// A stream's task: it reads the call, then answers it. The reading state is kept no larger
 /// than answering's, so it lives in the task rather than in a box of its own and a held call's
 /// task is only as large as answering needs (tests/allocations.rs pins the heap a held call
-/// keeps). What both stages need travels from one to the other, so the step between them holds
-/// nothing of its own.
+/// keeps, and a unit test below the task's size). What both stages need travels from one to
+/// the other, so the step between them holds nothing of its own.
 fn stream_task(
     served: StreamServed,
     send: SendStream,
@@ -212,9 +212,9 @@ fn stream_task(
 
 /// Reads a stream's opening frame and, for a call, its request: the call, to be answered
 /// (`server/answer.rs`), or what else the stream needs ([`NotACall`]). Either way the stream's
-/// count (`served`, which also leads to the server) comes back with it. The reading state
-/// lives in the stream's task until the call is answered, so everything but the two reads
-/// happens outside it.
+/// count (`served`, which also leads to the server, the connection and its caller) comes back
+/// with it. The reading state lives in the stream's task until the call is answered, so
+/// everything but the two reads happens outside it.
 #[allow(
     clippy::manual_async_fn,
     reason = "an `async fn` would move its arguments once more into its body: twice their size in every stream's task"
