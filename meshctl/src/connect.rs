@@ -84,6 +84,34 @@ impl MeshArgs {
         node.state_dir = self.state_dir.clone();
         Ok(node)
     }
+
+    /// With no --ca/--cert/--key, meshctl signs its certificate with the development CA of the
+    /// state directory. A node that finds no CA there mints one, but one minted by meshctl would
+    /// be trusted by no member: name the directory instead of failing at the handshake.
+    fn check_dev_ca(&self) -> Result<(), Failure> {
+        if self.ca.is_some() {
+            return Ok(());
+        }
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(meshrpc::tls::default_state_dir);
+        let key = meshrpc::tls::dev_ca_key_path(&state_dir, &self.cluster);
+        if key.exists() {
+            return Ok(());
+        }
+        Err(Failure::mesh(format!(
+            "no development CA for cluster `{cluster}` under {dir} ({key} does not exist): \
+             meshctl uses the mesh's CA and does not mint one. Pass the --state-dir (MESHRPC_STATE_DIR) the \
+             mesh's nodes were started with (`cargo xtask demo` prints its own), check the \
+             cluster name (-T/--cluster, MESHRPC_CLUSTER_NAME; now `{cluster}`), or pass \
+             --ca/--cert/--key (MESHRPC_CA, MESHRPC_CERT, MESHRPC_KEY) issued for \
+             `{cluster}.meshrpc`",
+            cluster = self.cluster,
+            dir = state_dir.display(),
+            key = key.display(),
+        )))
+    }
 }
 
 /// The mesh as one seed sees it, and the node meshctl calls through.
@@ -123,6 +151,7 @@ impl Mesh {
                  naming a member of the mesh, e.g. `meshctl -N 127.0.0.1:11999 members`",
             ));
         }
+        args.check_dev_ca()?;
         // Our node joins nothing and serves no admin endpoint: it only makes calls.
         let node = args
             .node_args()?

@@ -482,6 +482,8 @@ async fn a_body_that_does_not_match_the_schema_is_refused_naming_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_reachable_seed_meshctl_names_the_seeds_and_the_flags() {
     let state = tempfile::tempdir().expect("tempdir");
+    // The cluster's CA exists (meshctl checks for it first); only the seed is missing.
+    meshrpc::tls::TlsMaterial::dev(state.path(), CLUSTER, "someone").expect("mint");
     // A port nothing listens on: bound and dropped.
     let free = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|socket| socket.local_addr())
@@ -630,8 +632,12 @@ async fn a_wrong_cluster_or_ca_is_named_in_the_error() {
         .map(|arg| (*arg).to_owned())
         .collect()
     };
+    // The state directory also holds a CA of another cluster, and another directory a CA of
+    // this cluster's name that the mesh never saw: both are refused at the handshake.
+    meshrpc::tls::TlsMaterial::dev(mesh.state.path(), "another", "someone").expect("mint");
     let wrong_cluster = run(&args("another", mesh.state.path()), None).await;
     let other_ca = tempfile::tempdir().expect("tempdir");
+    meshrpc::tls::TlsMaterial::dev(other_ca.path(), CLUSTER, "someone").expect("mint");
     let wrong_ca = run(&args(CLUSTER, other_ca.path()), None).await;
     for (run, cluster) in [(&wrong_cluster, "another"), (&wrong_ca, CLUSTER)] {
         assert_eq!(run.code, Some(4), "{run:?}");
@@ -650,6 +656,46 @@ async fn a_wrong_cluster_or_ca_is_named_in_the_error() {
         assert!(run.stderr.contains("--state-dir"), "{run:?}");
         assert!(run.stderr.contains("--ca/--cert/--key"), "{run:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_without_the_clusters_ca_is_named_and_left_as_it_was() {
+    let mesh = Mesh::start().await;
+    let empty = tempfile::tempdir().expect("tempdir");
+    let seed = mesh.seed_addr().to_string();
+    let state = empty.path().display().to_string();
+    let run = run(
+        &[
+            "-N",
+            &seed,
+            "-T",
+            CLUSTER,
+            "--state-dir",
+            &state,
+            "--timeout",
+            "2s",
+            "members",
+        ]
+        .map(str::to_owned),
+        None,
+    )
+    .await;
+    assert_eq!(run.code, Some(4), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "no development CA for cluster `{CLUSTER}` under {state}"
+        )),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("does not mint one"), "{run:?}");
+    assert!(run.stderr.contains("--ca/--cert/--key"), "{run:?}");
+    assert!(
+        std::fs::read_dir(empty.path())
+            .expect("the directory")
+            .next()
+            .is_none(),
+        "meshctl wrote into a state directory that had no CA"
+    );
 }
 
 /// Calls of `greeter.greet` that `node` served, by its own metrics.

@@ -29,7 +29,7 @@ mod dev;
 pub mod identity;
 
 #[cfg(feature = "dev-ca")]
-pub use dev::dev_ca_params;
+pub use dev::{dev_ca_key_path, dev_ca_params};
 pub use identity::{certificate_identity, identity_uri, is_identity_name, peer_identity};
 
 /// PEM text and where it came from (a file, or the part it plays), for error messages.

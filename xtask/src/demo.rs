@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: builds the binaries, then starts the demo mesh on loopback as separate
 //! processes — the `mesh-api` gateway, three `greeter` replicas, a `concierge` and two `numbers`
-//! replicas (the streaming example) — with the development CA minted under `target/demo/`,
-//! prints the curl lines to try, and drains everything on Ctrl-C. `--smoke` runs those requests
+//! replicas (the streaming example) — with the development CA minted under `target/demo/` (the
+//! target directory's, `$CARGO_TARGET_DIR` when set), prints the curl and meshctl lines to try,
+//! and drains everything on Ctrl-C. `--smoke` runs those requests
 //! itself and stops (used by the tests).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -163,6 +164,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         Err(error) => Err(error),
         Ok(()) => {
             print_curl_lines(http, args.numbers > 0);
+            print_meshctl_lines(mesh, &state);
             if args.smoke {
                 smoke(http, args.numbers > 0)
             } else {
@@ -309,6 +311,39 @@ fn print_curl_lines(http: SocketAddr, streaming: bool) {
     ]) {
         println!("  {line}");
     }
+}
+
+/// The `meshctl` lines to try: the gateway's mesh address as the seed, and the state directory
+/// the demo minted its CA in (under `$CARGO_TARGET_DIR` when that is set), so that meshctl signs
+/// its certificate with the mesh's CA wherever the demo was started from.
+fn print_meshctl_lines(mesh: SocketAddr, state: &std::path::Path) {
+    println!("\nAsk the mesh itself:");
+    for command in meshctl_lines(mesh, &shown_path(state)) {
+        println!("  {command}");
+    }
+}
+
+/// `meshctl members` and `meshctl call greeter.greet` against the demo mesh.
+fn meshctl_lines(mesh: SocketAddr, state: &str) -> [String; 2] {
+    let meshctl = format!("cargo run -q -p meshctl -- -N {mesh} -T demo --state-dir {state}");
+    [
+        format!("{meshctl} members"),
+        format!("{meshctl} call greeter.greet '{{\"name\": \"Max\"}}'"),
+    ]
+}
+
+/// `path` relative to the current directory when it is under it (`target/demo/state`, as the
+/// README writes it), else as it is.
+fn shown_path(path: &std::path::Path) -> String {
+    let relative = std::env::current_dir().ok().and_then(|cwd| {
+        path.strip_prefix(cwd)
+            .ok()
+            .map(std::path::Path::to_path_buf)
+    });
+    relative
+        .unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// One request of the smoke test: method, path, body, and a check of the answer's body.
@@ -559,6 +594,32 @@ mod tests {
         assert!(
             returned,
             "the demo kept running with nothing but its gateway"
+        );
+    }
+
+    #[test]
+    fn the_meshctl_lines_name_the_demos_seed_and_state_directory() {
+        let mesh = SocketAddr::from(([127, 0, 0, 1], 12001));
+        let [members, call] = meshctl_lines(mesh, "/elsewhere/target/demo/state");
+        assert_eq!(
+            members,
+            "cargo run -q -p meshctl -- -N 127.0.0.1:12001 -T demo \
+             --state-dir /elsewhere/target/demo/state members"
+        );
+        assert!(
+            call.ends_with(
+                r#"--state-dir /elsewhere/target/demo/state call greeter.greet '{"name": "Max"}'"#
+            ),
+            "{call}"
+        );
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(
+            shown_path(&cwd.join("target").join("demo").join("state")),
+            "target/demo/state"
+        );
+        assert_eq!(
+            shown_path(std::path::Path::new("/elsewhere/state")),
+            "/elsewhere/state"
         );
     }
 

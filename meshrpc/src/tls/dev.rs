@@ -47,6 +47,14 @@ impl TlsMaterial {
     }
 }
 
+/// Where `cluster`'s development CA keeps its key under `state_dir`
+/// (`<state_dir>/<cluster>/ca.key`). A node that finds none there mints the CA; a tool that only
+/// joins an existing mesh (such as `meshctl`) can check for it first, since a CA of its own
+/// would be trusted by no one.
+pub fn dev_ca_key_path(state_dir: &Path, cluster: &str) -> std::path::PathBuf {
+    state_dir.join(cluster).join(CA_KEY_FILE)
+}
+
 /// The parameters of `cluster`'s development CA, as meshrpc mints it. With the CA key a node
 /// left in its state directory (`<state>/<cluster>/ca.key`), they rebuild the CA's issuer, so
 /// tools and tests can sign certificates of that CA.
@@ -97,13 +105,16 @@ fn node_params(cluster: &str, node: &str) -> Result<CertificateParams, TlsError>
     Ok(params)
 }
 
+/// The CA key's file name in a cluster's state directory.
+const CA_KEY_FILE: &str = "ca.key";
+
 /// Loads the cluster's dev CA from `dir`, minting it first if absent. Concurrent first starts
 /// race safely: each writes to a temporary file and links it into place; losers read the winner's.
 fn load_or_mint_dev_ca(
     dir: &Path,
     cluster: &str,
 ) -> Result<(CertificateParams, KeyPair, CertificateDer<'static>), TlsError> {
-    let key_path = dir.join("ca.key");
+    let key_path = dir.join(CA_KEY_FILE);
     let cert_path = dir.join("ca.pem");
     if !key_path.exists() {
         let key = KeyPair::generate()?;
