@@ -333,17 +333,23 @@ fn meshctl_lines(mesh: SocketAddr, state: &str) -> [String; 2] {
 }
 
 /// `path` relative to the current directory when it is under it (`target/demo/state`, as the
-/// README writes it), else as it is.
+/// README writes it), else as it is; in single quotes when a shell would split or expand it.
 fn shown_path(path: &std::path::Path) -> String {
     let relative = std::env::current_dir().ok().and_then(|cwd| {
         path.strip_prefix(cwd)
             .ok()
             .map(std::path::Path::to_path_buf)
     });
-    relative
+    let shown = relative
         .unwrap_or_else(|| path.to_path_buf())
         .display()
-        .to_string()
+        .to_string();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c);
+    if shown.chars().all(plain) {
+        shown
+    } else {
+        format!("'{}'", shown.replace('\'', r"'\''"))
+    }
 }
 
 /// One request of the smoke test: method, path, body, and a check of the answer's body.
@@ -620,6 +626,10 @@ mod tests {
         assert_eq!(
             shown_path(std::path::Path::new("/elsewhere/state")),
             "/elsewhere/state"
+        );
+        assert_eq!(
+            shown_path(std::path::Path::new("/my projects/it's/state")),
+            r"'/my projects/it'\''s/state'"
         );
     }
 
