@@ -51,8 +51,8 @@ pub(crate) struct MeshArgs {
     #[arg(long, env = "MESHRPC_KEY", value_name = "PEM", requires_all = ["ca", "cert"])]
     key: Option<std::path::PathBuf>,
 
-    /// Where the development CA lives (default: $XDG_STATE_HOME/meshrpc or
-    /// ~/.local/state/meshrpc).
+    /// Where the mesh's development CA lives (default: $XDG_STATE_HOME/meshrpc or
+    /// ~/.local/state/meshrpc). meshctl uses the CA it finds there and never mints one.
     #[arg(long, env = "MESHRPC_STATE_DIR", value_name = "DIR")]
     state_dir: Option<std::path::PathBuf>,
 }
@@ -102,11 +102,11 @@ impl MeshArgs {
         }
         Err(Failure::mesh(format!(
             "no development CA for cluster `{cluster}` under {dir} ({key} does not exist): \
-             meshctl uses the mesh's CA and does not mint one. Pass the --state-dir (MESHRPC_STATE_DIR) the \
-             mesh's nodes were started with (`cargo xtask demo` prints its own), check the \
-             cluster name (-T/--cluster, MESHRPC_CLUSTER_NAME; now `{cluster}`), or pass \
-             --ca/--cert/--key (MESHRPC_CA, MESHRPC_CERT, MESHRPC_KEY) issued for \
-             `{cluster}.meshrpc`",
+             meshctl uses the mesh's CA and does not mint one. Pass the --state-dir \
+             (MESHRPC_STATE_DIR) the mesh's nodes were started with (`cargo xtask demo` prints \
+             its own), check the cluster name (-T/--cluster, MESHRPC_CLUSTER_NAME; now \
+             `{cluster}`), or pass --ca/--cert/--key (MESHRPC_CA, MESHRPC_CERT, MESHRPC_KEY) \
+             issued for `{cluster}.meshrpc`",
             cluster = self.cluster,
             dir = state_dir.display(),
             key = key.display(),
