@@ -479,6 +479,23 @@ async fn a_body_that_does_not_match_the_schema_is_refused_naming_the_field() {
     );
 }
 
+/// `meshctl -N <seed> -T <cluster> --state-dir <state> --timeout <timeout> members`.
+fn members_args(seed: SocketAddr, cluster: &str, state: &Path, timeout: &str) -> Vec<String> {
+    [
+        "-N",
+        &seed.to_string(),
+        "-T",
+        cluster,
+        "--state-dir",
+        &state.display().to_string(),
+        "--timeout",
+        timeout,
+        "members",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_reachable_seed_meshctl_names_the_seeds_and_the_flags() {
     let state = tempfile::tempdir().expect("tempdir");
@@ -488,20 +505,7 @@ async fn without_a_reachable_seed_meshctl_names_the_seeds_and_the_flags() {
     let free = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|socket| socket.local_addr())
         .expect("a free port");
-    let args: Vec<String> = [
-        "-N",
-        &free.to_string(),
-        "-T",
-        CLUSTER,
-        "--state-dir",
-        &state.path().display().to_string(),
-        "--timeout",
-        "1s",
-        "members",
-    ]
-    .iter()
-    .map(|arg| (*arg).to_owned())
-    .collect();
+    let args = members_args(free, CLUSTER, state.path(), "1s");
     let unreachable = run(&args, None).await;
     assert_eq!(unreachable.code, Some(4), "{unreachable:?}");
     assert!(
@@ -616,22 +620,7 @@ async fn top_once_shows_the_calls_just_made_per_method() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_cluster_or_ca_is_named_in_the_error() {
     let mesh = Mesh::start().await;
-    let args = |cluster: &str, state: &Path| -> Vec<String> {
-        [
-            "-N",
-            &mesh.seed_addr().to_string(),
-            "-T",
-            cluster,
-            "--state-dir",
-            &state.display().to_string(),
-            "--timeout",
-            "2s",
-            "members",
-        ]
-        .iter()
-        .map(|arg| (*arg).to_owned())
-        .collect()
-    };
+    let args = |cluster: &str, state: &Path| members_args(mesh.seed_addr(), cluster, state, "2s");
     // The state directory also holds a CA of another cluster, and another directory a CA of
     // this cluster's name that the mesh never saw: both are refused at the handshake.
     meshrpc::tls::TlsMaterial::dev(mesh.state.path(), "another", "someone").expect("mint");
@@ -662,21 +651,9 @@ async fn a_wrong_cluster_or_ca_is_named_in_the_error() {
 async fn a_state_directory_without_the_clusters_ca_is_named_and_left_as_it_was() {
     let mesh = Mesh::start().await;
     let empty = tempfile::tempdir().expect("tempdir");
-    let seed = mesh.seed_addr().to_string();
     let state = empty.path().display().to_string();
     let run = run(
-        &[
-            "-N",
-            &seed,
-            "-T",
-            CLUSTER,
-            "--state-dir",
-            &state,
-            "--timeout",
-            "2s",
-            "members",
-        ]
-        .map(str::to_owned),
+        &members_args(mesh.seed_addr(), CLUSTER, empty.path(), "2s"),
         None,
     )
     .await;
